@@ -1,0 +1,13 @@
+"""dynvit: dynamic (input-adaptive) sparse vision models on timm, with per-image MAC accounting."""
+__version__ = '0.1.0'
+
+from . import runtime, train
+from .models import (
+    DynamicVisionTransformer,
+    DynamicViTAux,
+    create_model,
+    list_models,
+    load_model,
+    read_dynvit_metadata,
+    save_model,
+)

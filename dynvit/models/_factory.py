@@ -1,0 +1,64 @@
+"""``create_model`` / ``list_models`` mirroring timm's, with clear errors for unknown names."""
+import difflib
+import os
+from typing import Any, List, Union
+
+import timm
+import torch.nn as nn
+from timm.models import model_entrypoint, parse_model_name, split_model_name_tag
+
+from ._io import read_dynvit_metadata
+
+
+def _is_dynvit(arch: str) -> bool:
+    return timm.is_model(arch) and model_entrypoint(arch).__module__.startswith('dynvit.')
+
+
+def list_models(filter: Union[str, List[str]] = '', pretrained: bool = False, **kwargs: Any) -> List[str]:
+    """Names of dynvit's registered models, as ``timm.list_models`` gives them.
+
+    Args:
+        filter: Wildcard pattern(s), e.g. ``'dynamicvit_*'``.
+        pretrained: List ``arch.tag`` names that have pretrained weight configs.
+        **kwargs: Passed to ``timm.list_models``.
+    """
+    names = timm.list_models(filter, pretrained=pretrained, **kwargs)
+    return [n for n in names if _is_dynvit(split_model_name_tag(n)[0])]
+
+
+def _unknown_model(name: str) -> ValueError:
+    ours = list_models() + list_models(pretrained=True)
+    close = difflib.get_close_matches(name, ours, n=5, cutoff=0.5)
+    close += [n for n in difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.75) if n not in close]
+    hint = f'; did you mean {", ".join(close)}?' if close else ''
+    return ValueError(f'unknown model {name!r}{hint} (`dynvit list` shows the dynvit models)')
+
+
+def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Creates a model by name like ``timm.create_model`` (any timm model name works too).
+
+    A dynvit safetensors file given as ``pretrained_cfg_overlay=dict(file=...)`` (or
+    ``checkpoint_path=``) is self-describing: the model arguments stored in it (sparsity
+    configuration, number of classes, ...) are used unless given here.
+
+    Args:
+        model_name: ``arch`` or ``arch.tag``.
+        pretrained: Load the pretrained weights of the config (local ``file`` first, as in timm).
+        **kwargs: Passed to ``timm.create_model`` and on to the model.
+    """
+    _, arch = parse_model_name(model_name)
+    arch, _ = split_model_name_tag(arch)
+    if not timm.is_model(arch):
+        raise _unknown_model(model_name)
+    overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
+    for f in (overlay.get('file') if pretrained else None, kwargs.get('checkpoint_path')):
+        if not f:
+            continue
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f'checkpoint file not found: {f}')
+        meta = read_dynvit_metadata(f)
+        if meta is not None:
+            kwargs = {**meta['model_args'], **kwargs}
+            if f == overlay.get('file'):  # the file's data config and classes describe these weights
+                kwargs['pretrained_cfg_overlay'] = {**meta['pretrained_cfg'], **overlay}
+    return timm.create_model(model_name, pretrained=pretrained, **kwargs)

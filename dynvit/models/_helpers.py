@@ -1,0 +1,81 @@
+"""Checks and checkpoint helpers shared by the model families."""
+from typing import Dict, Iterable, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+
+def check_image_batch(x: torch.Tensor, in_chans: int, img_size: Union[None, Sequence[int]]) -> None:
+    """Raises a ValueError naming the problem when ``x`` is not a valid image batch.
+
+    Args:
+        x: The model input.
+        in_chans: Channels the model expects.
+        img_size: ``(H, W)`` the model requires, or None when any size is accepted.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f'expected an image batch tensor [B, C, H, W], got {type(x).__name__}')
+    if x.ndim != 4:
+        raise ValueError(f'expected an image batch [B, C, H, W], got a tensor of shape {tuple(x.shape)}')
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f'expected {in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}); '
+            f'create the model with in_chans={x.shape[1]} or convert the images')
+    if img_size is not None and tuple(x.shape[-2:]) != tuple(img_size):
+        raise ValueError(
+            f'expected images of size {tuple(img_size)}, got {tuple(x.shape[-2:])}; resize the input, or create '
+            f'the model with img_size={tuple(x.shape[-2:])} or dynamic_img_size=True')
+
+
+def fill_missing(
+        state_dict: Dict[str, torch.Tensor],
+        model: nn.Module,
+        prefixes: Iterable[str],
+) -> Dict[str, torch.Tensor]:
+    """Adds the model's own (fresh) tensors for keys under ``prefixes`` that ``state_dict`` lacks."""
+    prefixes = tuple(prefixes)
+    for k, v in model.state_dict().items():
+        if k.startswith(prefixes) and k not in state_dict:
+            state_dict[k] = v
+    return state_dict
+
+
+def check_state_dict(
+        state_dict: Dict[str, torch.Tensor],
+        model: nn.Module,
+        ignore: Tuple[str, ...] = (),
+        what: str = 'checkpoint',
+) -> None:
+    """Raises a ValueError listing missing, unexpected and wrongly shaped keys.
+
+    Args:
+        state_dict: Tensors to load.
+        model: Target model.
+        ignore: Key prefixes whose absence or shape is left to the caller (e.g. a classifier
+            that timm drops when ``num_classes`` changes).
+        what: How to call the source in the message.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict and not k.startswith(ignore)]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [
+        f'{k}: {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}'
+        for k in own
+        if k in state_dict and not k.startswith(ignore) and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+
+    def _fmt(items, n=8):
+        return ', '.join(items[:n]) + (f' ... (+{len(items) - n} more)' if len(items) > n else '')
+
+    parts = []
+    if missing:
+        parts.append(f'{len(missing)} missing: {_fmt(missing)}')
+    if unexpected:
+        parts.append(f'{len(unexpected)} unexpected: {_fmt(unexpected)}')
+    if shapes:
+        parts.append(f'{len(shapes)} with other shapes: {_fmt(shapes, 4)}')
+    raise ValueError(
+        f'{what} does not match {type(model).__name__}: ' + '; '.join(parts)
+        + '. Is it for another architecture or configuration?')

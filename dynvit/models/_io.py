@@ -1,0 +1,111 @@
+"""Self-describing safetensors files: weights plus the architecture and sparsity config."""
+import json
+import os
+import tempfile
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from ._helpers import check_state_dict
+
+FORMAT = 'dynvit'
+_CFG_KEYS = ('input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation', 'num_classes', 'label_names')
+
+
+def read_dynvit_metadata(path: str) -> Optional[Dict[str, Any]]:
+    """The dynvit metadata of a safetensors file (architecture, model_args, pretrained_cfg, ...),
+    None for other files (``.pth``, or safetensors written by other tools)."""
+    if not str(path).endswith('.safetensors'):
+        return None
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f'{path} is not a readable safetensors file: {e}') from None
+    if meta.get('format') != FORMAT:
+        return None
+    out: Dict[str, Any] = dict(meta)
+    for key in ('model_args', 'pretrained_cfg', 'extra'):
+        out[key] = json.loads(meta.get(key, '{}'))
+    return out
+
+
+def save_model(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = None) -> None:
+    """Writes ``model`` to a self-describing safetensors file, atomically.
+
+    The metadata holds the architecture name, every constructor argument with the *current*
+    sparsity settings, and the data config (input size, mean, std, ...), so ``load_model`` or
+    ``create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=path))`` rebuilds it.
+
+    Args:
+        model: A dynvit model (has ``model_args`` and ``sparsity_config``).
+        path: Target ``.safetensors`` path.
+        extra: More JSON-serialisable metadata (class names, training info, ...).
+    """
+    if not hasattr(model, 'sparsity_config') or not hasattr(model, 'model_args'):
+        raise TypeError(f'{type(model).__name__} is not a dynvit model; save its state_dict with safetensors directly')
+    cfg = getattr(model, 'pretrained_cfg', {}) or {}
+    args = {**model.model_args, **model.sparsity_config(), 'num_classes': model.num_classes}
+    meta = {
+        'format': FORMAT,
+        'architecture': cfg.get('architecture', ''),
+        'model_args': _to_json(args, 'model argument'),
+        'pretrained_cfg': _to_json(_data_cfg(model, cfg), 'pretrained_cfg entry'),
+        'extra': _to_json(extra or {}, 'extra metadata'),
+    }
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix='.tmp')
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_model(path: str, **kwargs: Any) -> nn.Module:
+    """Rebuilds a model saved by ``save_model``; ``kwargs`` override stored arguments."""
+    from ._factory import create_model  # the factory reads metadata through this module
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'model file not found: {path}')
+    meta = read_dynvit_metadata(path)
+    if meta is None:
+        raise ValueError(f'{path} has no dynvit metadata; load it with create_model(arch, checkpoint_path=...)')
+    model = create_model(meta['architecture'], pretrained=False, **{**meta['model_args'], **kwargs})
+    state_dict = load_file(path)
+    check_state_dict(state_dict, model, what=str(path))
+    model.load_state_dict(state_dict)
+    model.pretrained_cfg = {**model.pretrained_cfg, **meta['pretrained_cfg']}
+    return model
+
+
+def _data_cfg(model: nn.Module, cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The pretrained-cfg entries that describe these weights, with the model's actual classes and input size."""
+    out = {k: cfg[k] for k in _CFG_KEYS if cfg.get(k) is not None}
+    out['num_classes'] = model.num_classes
+    patch_embed = getattr(model, 'patch_embed', None)
+    if patch_embed is not None and getattr(patch_embed, 'img_size', None) is not None:
+        out['input_size'] = [model.in_chans, *patch_embed.img_size]
+    return out
+
+
+def _to_json(value: Dict[str, Any], what: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True)
+    except TypeError:
+        bad = [k for k, v in value.items() if not _jsonable(v)]
+        raise TypeError(f'cannot store {what}(s) {bad} as metadata: not JSON-serialisable') from None
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+        return True
+    except TypeError:
+        return False

@@ -1,0 +1,3 @@
+"""Per-input MAC accounting and sparsity reports."""
+from .macs import attention_macs, block_macs, conv_macs, count_flops, dense_vit_macs, linear_macs, vit_macs
+from .report import ImageReport, SparsityReport, profile

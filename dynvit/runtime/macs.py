@@ -1,0 +1,82 @@
+"""Analytic MAC counts from real shapes, and a cross-check with torch's FLOP counter.
+
+A MAC is one multiply-accumulate; FLOPs = 2 x MACs. Like the papers (DeiT-S = 4.6 G), we
+count the matrix products: linear layers, convolutions, and the two attention products
+(q @ k^T and attn @ v). Norms, activations, softmax, gathers and additions are not counted.
+"""
+from typing import Union
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
+
+IntOrTensor = Union[int, torch.Tensor]
+
+
+def linear_macs(module: nn.Module) -> int:
+    """MACs per token of every ``nn.Linear`` inside ``module`` (including itself)."""
+    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def conv_macs(module: nn.Module, out_positions: int) -> int:
+    """MACs of every ``nn.Conv2d`` inside ``module`` for ``out_positions`` output pixels each."""
+    total = 0
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            kh, kw = m.kernel_size
+            total += m.out_channels * (m.in_channels // m.groups) * kh * kw * out_positions
+    return total
+
+
+def attention_macs(attn: nn.Module, num_tokens: IntOrTensor) -> IntOrTensor:
+    """MACs of q @ k^T and attn @ v for ``num_tokens`` tokens (``attn`` is a timm Attention)."""
+    attn_dim = attn.num_heads * attn.head_dim
+    return 2 * num_tokens * num_tokens * attn_dim
+
+
+def block_macs(block: nn.Module, num_tokens: IntOrTensor) -> IntOrTensor:
+    """MACs of a timm transformer block on ``num_tokens`` tokens."""
+    return linear_macs(block) * num_tokens + attention_macs(block.attn, num_tokens)
+
+
+def vit_macs(model: nn.Module, tokens_per_block: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """MACs per image of a timm ``VisionTransformer`` given the tokens entering each block.
+
+    Args:
+        model: The ViT (only its modules' shapes are read).
+        tokens_per_block: ``[B, depth]`` token counts, prefix tokens included.
+        num_patches: Patches produced by the patch embedding.
+
+    Returns:
+        ``[B]`` int64 MACs: patch embedding + blocks + head (attention-pooling heads are not counted).
+    """
+    tokens = tokens_per_block.long()
+    total = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+    for i, blk in enumerate(model.blocks):
+        total += block_macs(blk, tokens[:, i])
+    total += conv_macs(model.patch_embed, num_patches) + linear_macs(model.head)
+    return total
+
+
+def dense_vit_macs(model: nn.Module, num_patches: int) -> int:
+    """MACs of one image through a dense timm ViT with ``num_patches`` patches."""
+    tokens = torch.full((1, len(model.blocks)), num_patches + model.num_prefix_tokens)
+    return int(vit_macs(model, tokens, num_patches)[0])
+
+
+def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop(query_shape, key_shape, value_shape)
+
+
+def count_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of ``model(x)`` as counted by ``torch.utils.flop_counter.FlopCounterMode``.
+
+    torch's counter has no formula for the CPU flash-attention kernel, so one is registered
+    here (the same formula torch uses for the CUDA kernels).
+    """
+    custom = {}
+    if hasattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu'):
+        custom[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _sdpa_cpu_flop
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=custom) as counter:
+        model(x)
+    return int(counter.get_total_flops())

@@ -1,0 +1,101 @@
+"""Per-image sparsity reports: what each image kept, the MACs it cost, and what that saved."""
+from dataclasses import dataclass, field
+from typing import List, Tuple
+
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+
+from .macs import dense_vit_macs
+
+
+@dataclass
+class ImageReport:
+    """One image.
+
+    Attributes:
+        kept_tokens: Patch tokens kept after each pruning stage.
+        macs: Multiply-accumulates spent on the image, predictors included (gathers and
+            packing move memory and cost no MACs).
+        dense_macs: MACs of the same backbone without sparsification.
+    """
+    kept_tokens: List[int]
+    macs: int
+    dense_macs: int
+
+    @property
+    def saved_fraction(self) -> float:
+        """1 - macs / dense_macs."""
+        return 1.0 - self.macs / self.dense_macs
+
+
+@dataclass
+class SparsityReport:
+    """A batch of ``ImageReport``; MACs are multiply-accumulates (FLOPs = 2 x MACs)."""
+    images: List[ImageReport] = field(default_factory=list)
+    num_patches: int = 0
+
+    @property
+    def mean_macs(self) -> float:
+        return sum(r.macs for r in self.images) / max(len(self.images), 1)
+
+    @property
+    def dense_macs(self) -> int:
+        return self.images[0].dense_macs if self.images else 0
+
+    @property
+    def saved_fraction(self) -> float:
+        """Mean fraction of MACs saved over the batch."""
+        return 1.0 - self.mean_macs / self.dense_macs if self.images else 0.0
+
+    def to_dict(self) -> dict:
+        return dict(
+            unit='MACs',
+            num_patches=self.num_patches,
+            mean_macs=self.mean_macs,
+            dense_macs=self.dense_macs,
+            saved_fraction=self.saved_fraction,
+            images=[dict(kept_tokens=r.kept_tokens, macs=r.macs, dense_macs=r.dense_macs,
+                         saved_fraction=r.saved_fraction) for r in self.images],
+        )
+
+    def __str__(self) -> str:
+        rows = [f'{"image":>5}  {"kept patch tokens per stage":<28} {"GMACs":>7} {"dense":>7} {"saved":>6}']
+        for i, r in enumerate(self.images):
+            kept = ' / '.join(str(k) for k in r.kept_tokens) or '-'
+            rows.append(f'{i:>5}  {kept:<28} {r.macs / 1e9:>7.3f} {r.dense_macs / 1e9:>7.3f} {r.saved_fraction:>6.1%}')
+        rows.append(f'{"mean":>5}  {f"of {self.num_patches} patches":<28} {self.mean_macs / 1e9:>7.3f} '
+                    f'{self.dense_macs / 1e9:>7.3f} {self.saved_fraction:>6.1%}')
+        return '\n'.join(rows) + '\n(GMACs = 10^9 multiply-accumulates; FLOPs = 2 x MACs)'
+
+
+@torch.no_grad()
+def profile(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, SparsityReport]:
+    """Runs ``model`` on ``x`` as it is configured and reports, per image, what it kept and spent.
+
+    Works for dynvit's dynamic models (they return their decisions with ``return_aux=True``)
+    and for plain timm ViTs (dense: nothing saved).
+
+    Args:
+        model: A dynvit model or a timm ``VisionTransformer``.
+        x: Images ``[B, C, H, W]``.
+
+    Returns:
+        The logits ``[B, num_classes]`` and the ``SparsityReport``.
+    """
+    if hasattr(model, 'count_macs'):
+        logits, aux = model(x, return_aux=True)
+        macs = model.count_macs(aux).tolist()
+        dense = dense_vit_macs(model, aux.num_patches)
+        kept = aux.kept_tokens.tolist()
+        num_patches = aux.num_patches
+    elif isinstance(model, VisionTransformer):
+        logits = model(x)
+        num_patches = model.patch_embed.num_patches if not model.dynamic_img_size else \
+            (x.shape[-2] // model.patch_embed.patch_size[0]) * (x.shape[-1] // model.patch_embed.patch_size[1])
+        dense = dense_vit_macs(model, num_patches)
+        macs, kept = [dense] * x.shape[0], [[] for _ in range(x.shape[0])]
+    else:
+        raise TypeError(f'cannot profile {type(model).__name__}: not a dynvit model or a timm VisionTransformer')
+    report = SparsityReport([ImageReport(k, int(m), dense) for k, m in zip(kept, macs)], num_patches)
+    return logits, report

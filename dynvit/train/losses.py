@@ -1,0 +1,134 @@
+"""Losses for training token-sparse ViTs.
+
+DynamicViT (Rao et al., NeurIPS 2021, arXiv:2106.02034) trains with cross-entropy, a keep-ratio
+loss per stage, KL distillation of the logits from the dense teacher and an MSE distillation
+of the kept tokens; weights 1, 2, 0.5, 0.5 in the paper.
+"""
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def ratio_loss(decisions: Sequence[torch.Tensor], keep_ratios: Sequence[float]) -> torch.Tensor:
+    """Mean over stages of the squared gap between each image's kept fraction and the target.
+
+    Args:
+        decisions: Per stage ``[B, N]`` keep decisions over the original patches.
+        keep_ratios: Target fraction of the original patches per stage.
+
+    Returns:
+        Scalar ``mean_s mean_b (mean_n d[s][b, n] - keep_ratios[s])^2``.
+    """
+    if len(decisions) != len(keep_ratios):
+        raise ValueError(f'{len(decisions)} decision stages but {len(keep_ratios)} keep ratios')
+    terms = [((d.mean(dim=1) - r) ** 2).mean() for d, r in zip(decisions, keep_ratios)]
+    return torch.stack(terms).mean()
+
+
+def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) of the softened class distributions, batch mean, times T^2 (Hinton et al.)."""
+    t = float(temperature)
+    if t <= 0:
+        raise ValueError(f'temperature must be positive, got {temperature}')
+    kl = F.kl_div(
+        F.log_softmax(student_logits / t, dim=-1),
+        F.log_softmax(teacher_logits.detach() / t, dim=-1),
+        reduction='batchmean',
+        log_target=True,
+    )
+    return kl * t * t
+
+
+def token_distillation_loss(
+        student_tokens: torch.Tensor,
+        teacher_tokens: torch.Tensor,
+        keep: torch.Tensor,
+) -> torch.Tensor:
+    """Mean squared error between student and teacher tokens at the positions the student kept.
+
+    Args:
+        student_tokens: ``[B, N, C]`` final student patch tokens in original positions.
+        teacher_tokens: ``[B, N, C]`` the dense teacher's final patch tokens.
+        keep: ``[B, N]`` final keep decisions (> 0.5 = kept).
+
+    Returns:
+        Scalar MSE over kept tokens and channels (0 when nothing is kept).
+    """
+    if student_tokens.shape != teacher_tokens.shape:
+        raise ValueError(f'student tokens {tuple(student_tokens.shape)} and teacher tokens '
+                         f'{tuple(teacher_tokens.shape)} differ in shape')
+    mask = keep.detach() > 0.5
+    if not bool(mask.any()):
+        return student_tokens.sum() * 0.0
+    return (student_tokens[mask] - teacher_tokens.detach()[mask]).pow(2).mean()
+
+
+class DynamicViTLoss(nn.Module):
+    """The DynamicViT training objective.
+
+    ``loss = ce + ratio_weight * ratio + distill_weight * kl + token_weight * token_mse``;
+    the distillation terms are skipped when no teacher output is given.
+
+    Args:
+        keep_ratios: Target kept fraction of the original patches per stage.
+        base_criterion: Classification loss (default cross-entropy; pass e.g. timm's
+            ``SoftTargetCrossEntropy`` for mixup targets).
+        ratio_weight: Weight of ``ratio_loss``.
+        distill_weight: Weight of ``distillation_kl`` on the logits.
+        token_weight: Weight of ``token_distillation_loss``.
+        temperature: Softening temperature of the logit distillation.
+    """
+
+    def __init__(
+            self,
+            keep_ratios: Sequence[float],
+            base_criterion: Optional[nn.Module] = None,
+            ratio_weight: float = 2.0,
+            distill_weight: float = 0.5,
+            token_weight: float = 0.5,
+            temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.keep_ratios = tuple(float(r) for r in keep_ratios)
+        self.base_criterion = base_criterion if base_criterion is not None else nn.CrossEntropyLoss()
+        self.ratio_weight = ratio_weight
+        self.distill_weight = distill_weight
+        self.token_weight = token_weight
+        self.temperature = temperature
+
+    def forward(
+            self,
+            logits: torch.Tensor,
+            aux,
+            target: torch.Tensor,
+            teacher_logits: Optional[torch.Tensor] = None,
+            teacher_tokens: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Computes the loss.
+
+        Args:
+            logits: Student logits ``[B, K]``.
+            aux: The student's ``DynamicViTAux`` from a training-mode forward.
+            target: Class indices ``[B]`` (or soft targets for a soft criterion).
+            teacher_logits: Dense teacher logits ``[B, K]``.
+            teacher_tokens: Dense teacher's final normalised tokens ``[B, L_t, C]``; its last
+                N tokens are the patches.
+
+        Returns:
+            The total loss and its detached parts by name.
+        """
+        parts = {'ce': self.base_criterion(logits, target), 'ratio': ratio_loss(aux.decisions, self.keep_ratios)}
+        total = parts['ce'] + self.ratio_weight * parts['ratio']
+        if teacher_logits is not None:
+            parts['kl'] = distillation_kl(logits, teacher_logits, self.temperature)
+            total = total + self.distill_weight * parts['kl']
+        if teacher_tokens is not None:
+            if aux.execution != 'masked':
+                raise ValueError('token distillation needs the training-mode (masked) forward, '
+                                 'where tokens stay in their original positions')
+            n = aux.num_patches
+            parts['token'] = token_distillation_loss(aux.features[:, -n:], teacher_tokens[:, -n:], aux.decisions[-1])
+            total = total + self.token_weight * parts['token']
+        return total, {k: v.detach() for k, v in parts.items()}

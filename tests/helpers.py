@@ -1,0 +1,44 @@
+"""Small builders shared by the tests."""
+import timm
+import torch
+
+import dynvit
+
+# Backbone configurations beyond the registered test variants: class token + registers,
+# LayerScale, qk-norm, no class token with max pooling, fused attention off (see `make`).
+BACKBONES = {
+    'cls': dict(),
+    'reg_ls_qknorm': dict(reg_tokens=2, init_values=0.1, qk_norm=True),
+    'gap_noembedcls': dict(class_token=False, global_pool='avg', no_embed_class=True, reg_tokens=1),
+    'maxpool': dict(class_token=False, global_pool='max'),
+}
+SPARSE_KEYS = ('prune_loc', 'keep_ratio', 'mode', 'threshold', 'token_order')
+
+
+def make(name='test_dynamicvit', fused_attn=True, predictor_scale=None, **kwargs):
+    """A dynvit model in eval mode; `predictor_scale` spreads the keep scores so that images
+    differ in threshold mode."""
+    model = dynvit.create_model(name, **kwargs).eval()
+    for blk in model.blocks:
+        blk.attn.fused_attn = fused_attn
+    if predictor_scale is not None:
+        with torch.no_grad():
+            for p in model.score_predictor.parameters():
+                if p.ndim == 2:
+                    p.mul_(predictor_scale)
+    return model
+
+
+def dense_twin(model):
+    """The plain timm VisionTransformer with the same backbone config and weights."""
+    args = {k: v for k, v in model.model_args.items() if k not in SPARSE_KEYS}
+    dense = timm.models.VisionTransformer(**args).eval()
+    missing, unexpected = dense.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and all(k.startswith('score_predictor.') for k in unexpected)
+    for a, b in zip(dense.blocks, model.blocks):
+        a.attn.fused_attn = b.attn.fused_attn
+    return dense
+
+
+def images(batch, size=32, chans=3):
+    return torch.randn(batch, chans, size, size)

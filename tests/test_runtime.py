@@ -1,0 +1,70 @@
+"""Analytic MAC counts agree with torch's FLOP counter and reproduce the paper's numbers."""
+import pytest
+import timm
+import torch
+
+import dynvit
+from dynvit.runtime import count_flops, dense_vit_macs, profile
+
+from helpers import make
+
+
+@pytest.mark.parametrize('fused', [True, False])
+@pytest.mark.parametrize('name,kwargs', [
+    ('vit_tiny_patch16_224', dict(img_size=96)),
+    ('deit_small_patch16_224', dict(img_size=64)),
+    ('vit_small_patch16_224', dict(img_size=64, reg_tokens=4, class_token=False, global_pool='avg', qk_norm=True)),
+])
+def test_dense_macs_match_flop_counter(name, kwargs, fused):
+    model = timm.create_model(name, **kwargs).eval()
+    for blk in model.blocks:
+        blk.attn.fused_attn = fused
+    x = torch.randn(2, 3, kwargs['img_size'], kwargs['img_size'])
+    analytic = dense_vit_macs(model, model.patch_embed.num_patches)
+    counted = count_flops(model, x) / 2 / x.shape[0]
+    assert abs(analytic - counted) / counted < 0.02
+    _, report = profile(model, x)
+    assert report.mean_macs == analytic and report.saved_fraction == 0.0
+
+
+@pytest.mark.parametrize('mode', ['topk', 'threshold'])
+@pytest.mark.parametrize('name', ['test_dynamicvit', 'test_dynamicvit2'])
+def test_sparse_macs_match_flop_counter_of_the_executed_model(name, mode):
+    """At batch 1 every executed matmul belongs to the one image: the counter sees exactly the
+    work done, predictors included."""
+    model = make(name, mode=mode, predictor_scale=30.0)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        _, aux = model(x, return_aux=True)
+    analytic = int(model.count_macs(aux)[0])
+    counted = count_flops(model, x) / 2
+    assert abs(analytic - counted) / counted < 0.02
+    assert analytic < dense_vit_macs(model, aux.num_patches)
+
+
+def test_deit_small_numbers_match_the_paper():
+    model = dynvit.create_model('dynamicvit_small_patch16_224').eval()
+    _, report = profile(model, torch.randn(1, 3, 224, 224))
+    image = report.images[0]
+    assert image.kept_tokens == [137, 96, 67]
+    assert abs(image.dense_macs / 1e9 - 4.6) < 0.05   # DeiT-S: 4.6 GMACs
+    assert 2.85 < image.macs / 1e9 < 3.0              # paper: 2.9 G for DynamicViT-DeiT-S/0.7
+    assert 0.34 < image.saved_fraction < 0.38
+    assert 'GMACs' in str(report)
+
+
+def test_report_is_per_image_in_threshold_mode():
+    model = make('test_dynamicvit', mode='threshold', predictor_scale=30.0)
+    x = torch.randn(5, 3, 32, 32)
+    logits, report = profile(model, x)
+    assert logits.shape == (5, 10) and len(report.images) == 5
+    assert len({tuple(r.kept_tokens) for r in report.images}) > 1
+    for r in report.images:
+        assert r.macs < r.dense_macs
+    # keeping no more tokens at any stage never costs more
+    for a in report.images:
+        for b in report.images:
+            if all(ka <= kb for ka, kb in zip(a.kept_tokens, b.kept_tokens)):
+                assert a.macs <= b.macs
+    d = report.to_dict()
+    assert d['unit'] == 'MACs' and len(d['images']) == 5
