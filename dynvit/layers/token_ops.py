@@ -12,6 +12,9 @@ from typing import List, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+from timm.layers import Attention
 from timm.models.vision_transformer import Block
 
 
@@ -58,11 +61,47 @@ def is_packable(block: nn.Module) -> bool:
     return isinstance(block, Block) and type(block).forward is Block.forward
 
 
+def packed_attention(attn: Attention, x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+    """Self-attention within each image of a packed sequence.
+
+    For timm's own ``Attention`` the qkv and output projections run once over all packed
+    tokens and only the attention products run per image; other attention modules are
+    called once per image.
+
+    Args:
+        attn: The block's attention module.
+        x: Packed (normalised) tokens ``[1, T, C]``.
+        lengths: Tokens per image, summing to T.
+
+    Returns:
+        ``[1, T, C]``.
+    """
+    lengths = list(lengths)
+    if type(attn).forward is not Attention.forward:
+        return torch.cat([attn(seg) for seg in x.split(lengths, dim=1)], dim=1)
+    gate = attn.gate(x).sigmoid() if getattr(attn, 'gate', None) is not None else None
+    qkv = rearrange(attn.qkv(x), '1 t (three h d) -> three h t d', three=3, h=attn.num_heads)
+    q, k, v = qkv.unbind(0)  # [H, T, D] each
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    out = []
+    for qi, ki, vi in zip(q.split(lengths, dim=1), k.split(lengths, dim=1), v.split(lengths, dim=1)):
+        if attn.fused_attn:
+            oi = F.scaled_dot_product_attention(qi, ki, vi, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+        else:
+            oi = attn.attn_drop(((qi * attn.scale) @ ki.transpose(-2, -1)).softmax(dim=-1)) @ vi
+        out.append(oi)
+    x = rearrange(torch.cat(out, dim=1), 'h t d -> 1 t (h d)')
+    x = attn.norm(x)
+    if gate is not None:
+        x = x * gate
+    return attn.proj_drop(attn.proj(x))
+
+
 def packed_block_forward(block: Block, x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
     """Runs a timm ``Block`` on several images packed into one sequence.
 
-    Norms, LayerScale and the MLP run once on all packed tokens; attention runs per image
-    through the block's own attention module, so its options (qk-norm, fused SDPA) apply.
+    Norms, LayerScale, the MLP and the attention projections run once on all packed
+    tokens; only the attention products run per image (``packed_attention``).
 
     Args:
         block: A timm ``Block`` (see ``is_packable``).
@@ -72,9 +111,7 @@ def packed_block_forward(block: Block, x: torch.Tensor, lengths: Sequence[int]) 
     Returns:
         ``[1, T, C]``.
     """
-    h = block.norm1(x)
-    attn = torch.cat([block.attn(seg) for seg in h.split(list(lengths), dim=1)], dim=1)
-    x = x + block.drop_path1(block.ls1(attn))
+    x = x + block.drop_path1(block.ls1(packed_attention(block.attn, block.norm1(x), lengths)))
     x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
     return x
 
@@ -94,8 +131,3 @@ def unpack_tokens(x: torch.Tensor, lengths: Sequence[int]) -> tuple[torch.Tensor
     out = x.new_zeros(*valid.shape, x.shape[-1])
     out[valid] = x[0]
     return out, valid
-
-
-def split_lengths(mask: torch.Tensor) -> List[int]:
-    """Per-row counts of a boolean mask ``[B, N]`` as Python ints."""
-    return mask.sum(dim=1).tolist()

@@ -228,6 +228,44 @@ class DynamicVisionTransformer(VisionTransformer):
             token_order=self.token_order,
         )
 
+    @torch.no_grad()
+    def calibrate_threshold(
+            self,
+            x: torch.Tensor,
+            keep_ratio: Union[None, float, Sequence[float]] = None,
+    ) -> Tuple[float, ...]:
+        """Sets per-stage thresholds so that, on average over ``x``, each stage keeps
+        ``keep_ratio`` of the original patches (default: the model's top-k ratios).
+
+        Images still differ: easy ones keep fewer tokens, hard ones more. Stages are
+        calibrated in order, each on the tokens the earlier stages kept.
+
+        Args:
+            x: Calibration images ``[B, C, H, W]``.
+            keep_ratio: Target mean kept fraction per stage (as for ``keep_ratio``).
+
+        Returns:
+            The thresholds, also stored in ``self.threshold``.
+        """
+        targets = resolve_keep_ratio(self.keep_ratio if keep_ratio is None else keep_ratio, len(self.prune_loc))
+        mode, training = self.mode, self.training
+        self.eval()
+        self.mode = 'threshold'
+        thresholds = [0.0] * len(self.prune_loc)
+        try:
+            for s, target in enumerate(targets):
+                self.threshold = thresholds
+                _, aux = self(x, return_aux=True)
+                present = aux.decisions[s - 1] > 0 if s else torch.ones_like(aux.decisions[0], dtype=torch.bool)
+                probs = aux.keep_probs[s][present]
+                keep_fraction = min(1.0, target * present.shape[0] * aux.num_patches / probs.numel())
+                thresholds[s] = float(torch.quantile(probs.double(), 1.0 - keep_fraction))
+        finally:
+            self.mode = mode
+            self.train(training)
+        self.threshold = thresholds
+        return self.threshold
+
     def num_keep(self, stage: int, num_patches: int) -> int:
         """Patches kept after ``stage`` in top-k mode: ``int(N * keep_ratio[stage])``, at least 1."""
         return max(1, int(num_patches * self.keep_ratio[stage]))

@@ -1,0 +1,132 @@
+"""The ``dynvit`` command line: ``list``, ``info`` and ``demo``."""
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import List, Optional
+
+import torch
+
+EXAMPLES = {
+    'list': 'examples:\n  dynvit list\n  dynvit list "dynamicvit_*" --pretrained',
+    'info': 'examples:\n  dynvit info dynamicvit_small_patch16_224\n  dynvit info test_dynamicvit --keep-ratio 0.5 --json',
+    'demo': 'examples:\n  dynvit demo\n  dynvit demo --images 8 --threads 2',
+}
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from . import list_models
+    names = list_models(args.pattern or '', pretrained=args.pretrained)
+    print(json.dumps(names) if args.json else '\n'.join(names))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from . import create_model
+    from .runtime import dense_vit_macs, profile
+    kwargs = {} if args.keep_ratio is None else dict(keep_ratio=args.keep_ratio)
+    model = create_model(args.model, **kwargs).eval()
+    c, h, w = model.pretrained_cfg['input_size']
+    _, report = profile(model, torch.zeros(1, c, h, w))
+    info = dict(
+        model=args.model,
+        architecture=type(model).__name__,
+        params=sum(p.numel() for p in model.parameters()),
+        input_size=[c, h, w],
+        num_classes=model.num_classes,
+        sparsity=model.sparsity_config() if hasattr(model, 'sparsity_config') else None,
+        dense_gmacs=dense_vit_macs(model, report.num_patches) / 1e9,
+        sparse_gmacs_topk=report.mean_macs / 1e9,
+        weights=model.pretrained_cfg.get('hf_hub_id') or model.pretrained_cfg.get('url') or None,
+    )
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        for k, v in info.items():
+            print(f'{k:>18}: {v}')
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import create_model
+    from .runtime import profile
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    name = 'dynamicvit_small_patch16_224'
+    print(f'{name}, random weights (trained weights ship with the model zoo), '
+          f'{args.threads} CPU threads, no network used.\n')
+    model = create_model(name).eval()
+    # smooth random images: low-frequency noise upsampled to 224 px
+    x = torch.nn.functional.interpolate(torch.randn(args.images, 3, 14, 14), size=224, mode='bicubic')
+
+    logits, report = profile(model, x)
+    print(f'top-k mode, keep ratio {model.keep_ratio[0]} per stage (fixed count per image):')
+    print(report, '\n')
+
+    model.calibrate_threshold(x)
+    model.mode = 'threshold'
+    logits, report = profile(model, x)
+    print('threshold mode, thresholds calibrated to the same average keep rate (count per image):')
+    print(report, '\n')
+
+    model.mode = 'topk'
+    dense = create_model(name, keep_ratio=1.0).eval()
+    dense.load_state_dict(model.state_dict())
+    with torch.inference_mode():
+        times = {}
+        for label, m in (('dense (keep ratio 1.0)', dense), ('top-k 0.7', model)):
+            for _ in range(2):
+                m(x[:1])
+            runs = []
+            for _ in range(args.runs):
+                t0 = time.perf_counter()
+                m(x[:1])
+                runs.append(time.perf_counter() - t0)
+            times[label] = statistics.median(runs)
+    base = times['dense (keep ratio 1.0)']
+    print(f'batch-1 latency, median of {args.runs}:')
+    for label, t in times.items():
+        print(f'  {label:<24} {t * 1e3:7.1f} ms  {base / t:4.2f}x')
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='dynvit', description='Dynamic sparse vision models on timm.')
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=EXAMPLES[name],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = add('list', 'List the registered dynvit models.')
+    p.add_argument('pattern', nargs='?', help='wildcard filter, e.g. "dynamicvit_*"')
+    p.add_argument('--pretrained', action='store_true', help='list arch.tag names that have weight configs')
+    p.add_argument('--json', action='store_true', help='print a JSON list')
+    p.set_defaults(func=_cmd_list)
+
+    p = add('info', 'Architecture, sparsity config, parameters, dense vs sparse MACs of a model.')
+    p.add_argument('model')
+    p.add_argument('--keep-ratio', type=float, default=None)
+    p.add_argument('--json', action='store_true')
+    p.set_defaults(func=_cmd_info)
+
+    p = add('demo', 'Run DynamicViT-S on sample images: per-image kept tokens, MACs saved, speed.')
+    p.add_argument('--images', type=int, default=4)
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--runs', type=int, default=10)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, NotImplementedError) as e:
+        print(f'dynvit {args.command}: error: {e}', file=sys.stderr)
+        return 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

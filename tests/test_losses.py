@@ -1,0 +1,71 @@
+"""Each DynamicViT loss term against a plain computation."""
+import math
+
+import pytest
+import torch
+
+from dynvit.train import DynamicViTLoss, distillation_kl, ratio_loss, token_distillation_loss
+
+from helpers import images, make
+
+
+def test_ratio_loss_plain():
+    decisions = [torch.tensor([[1., 1., 0., 0.], [1., 1., 1., 1.]]), torch.tensor([[1., 0., 0., 0.], [0., 0., 0., 0.]])]
+    ratios = (0.5, 0.25)
+    # stage 0: images keep 0.5 and 1.0 -> (0^2 + 0.5^2) / 2; stage 1: 0.25 and 0 -> (0 + 0.25^2) / 2
+    expected = ((0.0 + 0.25) / 2 + (0.0 + 0.0625) / 2) / 2
+    assert math.isclose(ratio_loss(decisions, ratios).item(), expected, rel_tol=1e-6)
+    with pytest.raises(ValueError, match='2 decision stages but 3 keep ratios'):
+        ratio_loss(decisions, (0.5, 0.25, 0.1))
+
+
+def test_distillation_kl_plain():
+    s, t = torch.randn(4, 7), torch.randn(4, 7)
+    for temp in (1.0, 2.5):
+        p_t = torch.softmax(t / temp, -1)
+        plain = (p_t * (p_t.log() - torch.log_softmax(s / temp, -1))).sum(-1).mean() * temp ** 2
+        assert torch.allclose(distillation_kl(s, t, temp), plain, atol=1e-6)
+    assert distillation_kl(t, t).abs() < 1e-6
+    with pytest.raises(ValueError, match='temperature must be positive'):
+        distillation_kl(s, t, 0.0)
+
+
+def test_token_distillation_plain():
+    s, t = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
+    keep = torch.tensor([[1., 0., 1., 0., 0.], [0., 0., 0., 0., 1.]])
+    kept = [(0, 0), (0, 2), (1, 4)]
+    plain = sum(((s[b, n] - t[b, n]) ** 2).sum() for b, n in kept) / (len(kept) * 3)
+    assert torch.allclose(token_distillation_loss(s, t, keep), plain, atol=1e-6)
+    assert token_distillation_loss(s, t, torch.zeros(2, 5)) == 0
+    with pytest.raises(ValueError, match='differ in shape'):
+        token_distillation_loss(s, t[:, :4], keep)
+
+
+def test_dynamicvit_loss_combines_the_terms_with_the_paper_weights():
+    model = make('test_dynamicvit').train()
+    teacher = make('test_dynamicvit', keep_ratio=1.0)  # dense behaviour in eval
+    x, y = images(3), torch.tensor([1, 2, 3])
+    logits, aux = model(x, return_aux=True)
+    with torch.no_grad():
+        t_tokens = teacher.forward_features(x)
+        t_logits = teacher.forward_head(t_tokens)
+    crit = DynamicViTLoss(model.keep_ratio)
+    loss, parts = crit(logits, aux, y, teacher_logits=t_logits, teacher_tokens=t_tokens)
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    expected = (ce + 2.0 * ratio_loss(aux.decisions, model.keep_ratio) + 0.5 * distillation_kl(logits, t_logits)
+                + 0.5 * token_distillation_loss(aux.features[:, 1:], t_tokens[:, 1:], aux.decisions[-1]))
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert set(parts) == {'ce', 'ratio', 'kl', 'token'}
+    loss.backward()
+    assert all(p.grad is not None for p in model.score_predictor.parameters())
+    # without a teacher: CE + ratio only
+    logits, aux = model(x, return_aux=True)
+    loss, parts = crit(logits, aux, y)
+    assert set(parts) == {'ce', 'ratio'}
+
+
+def test_token_distillation_needs_the_masked_forward():
+    model = make('test_dynamicvit')  # eval: gathered tokens
+    logits, aux = model(images(2), return_aux=True)
+    with pytest.raises(ValueError, match='training-mode'):
+        DynamicViTLoss(model.keep_ratio)(logits, aux, torch.tensor([0, 1]), teacher_tokens=torch.zeros(2, 65, 32))
