@@ -228,3 +228,28 @@ def test_bad_inputs_raise_clear_errors():
 def test_unknown_model_name_suggests_close_names():
     with pytest.raises(ValueError, match=r"unknown model 'dynamicvit_smal_patch16_224'.*did you mean dynamicvit_small_patch16_224"):
         dynvit.create_model('dynamicvit_smal_patch16_224')
+
+
+def test_more_bad_inputs():
+    import numpy as np
+    model = make('test_dynamicvit')
+    with pytest.raises(ValueError, match='floating-point image batch'):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match='0/1 keep decisions'):
+        model(images(1), decisions=[torch.full((1, 64), 0.3)] * 3)
+    model.keep_ratio = np.float32(0.5)  # numpy and 0-d tensor scalars are numbers too
+    assert model.keep_ratio == (0.5, 0.25, 0.125)
+    model.threshold = torch.tensor(0.25)
+    assert model.threshold == (0.25,) * 3
+    direct = dynvit.DynamicVisionTransformer(img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2,
+                                             prune_loc=(1, 2))
+    with pytest.raises(ValueError, match='built directly, not by name'):
+        dynvit.save_model(direct, '/tmp/never_written.safetensors')
+
+
+@pytest.mark.parametrize('mode', ['topk', 'threshold'])
+def test_eval_under_bf16_autocast(mode):
+    model = make('test_dynamicvit', mode=mode, predictor_scale=30.0)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        logits, aux = model(images(3), return_aux=True)
+    assert torch.isfinite(logits.float()).all() and aux.kept_tokens.shape == (3, 3)

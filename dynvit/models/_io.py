@@ -48,6 +48,9 @@ def save_model(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = No
     if not hasattr(model, 'sparsity_config') or not hasattr(model, 'model_args'):
         raise TypeError(f'{type(model).__name__} is not a dynvit model; save its state_dict with safetensors directly')
     cfg = getattr(model, 'pretrained_cfg', {}) or {}
+    if not cfg.get('architecture'):
+        raise ValueError(f'{type(model).__name__} was built directly, not by name: create it with '
+                         f'dynvit.create_model(...) so the file can name its architecture')
     args = {**model.model_args, **model.sparsity_config(), 'num_classes': model.num_classes}
     meta = {
         'format': FORMAT,

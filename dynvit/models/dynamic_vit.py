@@ -17,6 +17,7 @@ Three executions of the same decisions:
 
 ``keep_ratio``, ``mode`` and ``threshold`` are plain attributes: change them on a built model.
 """
+import numbers
 from dataclasses import dataclass
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
@@ -85,11 +86,11 @@ class DynamicViTAux:
 
 def resolve_keep_ratio(keep_ratio: Union[float, Sequence[float]], num_stages: int) -> Tuple[float, ...]:
     """Per-stage keep ratios: a float rho gives (rho, rho^2, ...), a sequence is taken as is."""
-    if isinstance(keep_ratio, (int, float)):
-        ratios = tuple(float(keep_ratio) ** (s + 1) for s in range(num_stages))
+    if _is_scalar(keep_ratio):
         base = float(keep_ratio)
         if not 0.0 < base <= 1.0:
             raise ValueError(f'keep_ratio must be in (0, 1], got {keep_ratio}')
+        ratios = tuple(base ** (s + 1) for s in range(num_stages))
     else:
         ratios = tuple(float(r) for r in keep_ratio)
         if len(ratios) != num_stages:
@@ -104,8 +105,12 @@ def resolve_keep_ratio(keep_ratio: Union[float, Sequence[float]], num_stages: in
     return ratios
 
 
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, numbers.Real) or (isinstance(value, torch.Tensor) and value.ndim == 0)
+
+
 def _resolve_threshold(threshold: Union[float, Sequence[float]], num_stages: int) -> Tuple[float, ...]:
-    values = (float(threshold),) * num_stages if isinstance(threshold, (int, float)) else tuple(map(float, threshold))
+    values = (float(threshold),) * num_stages if _is_scalar(threshold) else tuple(map(float, threshold))
     if len(values) != num_stages:
         raise ValueError(f'threshold has {len(values)} values for {num_stages} prune locations')
     if any(not 0.0 <= t <= 1.0 for t in values):
@@ -297,7 +302,7 @@ class DynamicVisionTransformer(VisionTransformer):
                 prev = policy
                 log_probs = self.score_predictor[s](x[:, P:], prev)  # [B, N, 2]
                 if decisions is not None:
-                    policy = _check_decision(decisions[s], B, N, s).to(x.dtype) * prev
+                    policy = _check_decision(decisions[s], B, N, s).to(device=x.device, dtype=x.dtype) * prev
                 else:
                     policy = F.gumbel_softmax(log_probs, hard=True)[..., 0] * prev
                 aux.decisions.append(policy)
@@ -324,7 +329,7 @@ class DynamicVisionTransformer(VisionTransformer):
                 probs = x.new_zeros(B, N)
                 if k < n_cur:
                     score = self.score_predictor[s](x[:, P:])[..., 0]  # [B, n_cur] keep log-prob
-                    probs.scatter_(1, index, score.exp())
+                    probs.scatter_(1, index, score.exp().to(probs.dtype))
                     top = score.topk(k, dim=1, sorted=self.token_order == 'score').indices
                     if self.token_order == 'position':
                         top = top.sort(dim=1).values
@@ -359,7 +364,7 @@ class DynamicVisionTransformer(VisionTransformer):
                 image_of = torch.arange(B, device=x.device)[:, None].expand(B, L)[sel]
                 log_probs = self.score_predictor[s].forward_packed(x[0, is_patch], image_of[is_patch], B)
                 probs = x.new_zeros(B, N)
-                probs[keep] = log_probs[:, 0].exp()
+                probs[keep] = log_probs[:, 0].exp().to(probs.dtype)
                 new_keep = keep & (probs >= self.threshold[s])
                 empty = ~new_keep.any(dim=1)
                 if empty.any():  # every image keeps at least its best patch
@@ -492,8 +497,12 @@ def _new_aux(x: torch.Tensor, depth: int, num_stages: int, num_patches: int, exe
 
 
 def _check_decision(decision: torch.Tensor, batch: int, num_patches: int, stage: int) -> torch.Tensor:
-    if tuple(decision.shape) != (batch, num_patches):
-        raise ValueError(f'decisions[{stage}] must have shape {(batch, num_patches)}, got {tuple(decision.shape)}')
+    if not isinstance(decision, torch.Tensor) or tuple(decision.shape) != (batch, num_patches):
+        shape = tuple(decision.shape) if isinstance(decision, torch.Tensor) else type(decision).__name__
+        raise ValueError(f'decisions[{stage}] must have shape {(batch, num_patches)}, got {shape}')
+    values = decision.detach()
+    if not bool(((values == 0) | (values == 1)).all()):
+        raise ValueError(f'decisions[{stage}] must hold 0/1 keep decisions')
     return decision
 
 
