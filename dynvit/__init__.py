@@ -7,6 +7,7 @@ from .models import (
     DynamicViTAux,
     create_model,
     list_models,
+    load_checkpoint,
     load_model,
     read_dynvit_metadata,
     save_model,

@@ -233,6 +233,8 @@ def test_unknown_model_name_suggests_close_names():
 def test_more_bad_inputs():
     import numpy as np
     model = make('test_dynamicvit')
+    with pytest.raises(ValueError, match='empty batch'):
+        model(torch.zeros(0, 3, 32, 32))
     with pytest.raises(ValueError, match='floating-point image batch'):
         model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match='0/1 keep decisions'):
@@ -253,3 +255,21 @@ def test_eval_under_bf16_autocast(mode):
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         logits, aux = model(images(3), return_aux=True)
     assert torch.isfinite(logits.float()).all() and aux.kept_tokens.shape == (3, 3)
+
+
+def test_checkpoint_path_loads_dense_and_dynvit_files(tmp_path):
+    dense = timm.create_model('deit_tiny_patch16_224', img_size=64)
+    pth = tmp_path / 'deit.pth'
+    torch.save({'model': dense.state_dict()}, pth)
+    model = dynvit.create_model('dynamicvit_tiny_patch16_224', img_size=64, checkpoint_path=str(pth))
+    assert torch.equal(model.pos_embed, dense.pos_embed)
+    saved = tmp_path / 'sparse.safetensors'
+    model.keep_ratio = 0.5
+    dynvit.save_model(model, str(saved))
+    again = dynvit.create_model('dynamicvit_tiny_patch16_224', checkpoint_path=str(saved))
+    assert again.keep_ratio == model.keep_ratio and torch.equal(again.score_predictor[0].in_conv[1].weight,
+                                                                 model.score_predictor[0].in_conv[1].weight)
+    garbage = tmp_path / 'garbage.pth'
+    garbage.write_bytes(b'not a checkpoint at all')
+    with pytest.raises(ValueError, match='cannot read checkpoint'):
+        dynvit.create_model('test_dynamicvit', checkpoint_path=str(garbage))

@@ -68,3 +68,26 @@ def test_report_is_per_image_in_threshold_mode():
                 assert a.macs <= b.macs
     d = report.to_dict()
     assert d['unit'] == 'MACs' and len(d['images']) == 5
+
+
+def test_dynamic_img_size_models_report_the_real_patch_count():
+    model = make('test_dynamicvit', dynamic_img_size=True)
+    _, report = profile(model, torch.randn(2, 3, 48, 40))
+    assert report.num_patches == 12 * 10
+    assert report.images[0].kept_tokens == [model.num_keep(s, 120) for s in range(3)]
+    dense = timm.create_model('vit_tiny_patch16_224', img_size=64, dynamic_img_size=True).eval()
+    _, report = profile(dense, torch.randn(1, 3, 96, 64))
+    assert report.num_patches == 6 * 4
+    assert report.mean_macs == dense_vit_macs(dense, 24)
+
+
+def test_calibrated_threshold_hits_the_mean_keep_rate():
+    model = make('test_dynamicvit', predictor_scale=3.0)  # spread, unsaturated keep probabilities
+    x = torch.randn(16, 3, 32, 32)
+    model.calibrate_threshold(x, keep_ratio=0.6)
+    model.mode = 'threshold'
+    _, report = profile(model, x)
+    for s, target in enumerate((0.6, 0.36, 0.216)):
+        mean_kept = sum(r.kept_tokens[s] for r in report.images) / 16
+        assert abs(mean_kept / 64 - target) < 0.01
+    assert len({tuple(r.kept_tokens) for r in report.images}) > 1  # still per image

@@ -2,7 +2,8 @@
 
 Three ways to run a transformer block on a subset of tokens:
 
-* masked: all tokens stay in the tensor, an additive SDPA mask hides dropped keys (training);
+* masked: all tokens stay in the tensor, an additive SDPA mask hides dropped keys (training,
+  see ``attention.policy_attention``);
 * gathered: every image keeps the same number k of tokens, ``[B, k, C]`` (top-k inference);
 * packed: images keep different numbers of tokens, concatenated into one ``[1, T, C]``
   sequence; token-wise layers (norms, qkv, MLP) run once over all T tokens and attention
@@ -13,9 +14,10 @@ from typing import List, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
 from timm.layers import Attention
 from timm.models.vision_transformer import Block
+
+from .attention import PolicyAttention, merge_heads, split_qkv
 
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -31,34 +33,13 @@ def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def keep_attention_bias(policy: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
-    """Additive attention mask that hides dropped tokens as keys.
-
-    Every query may attend to kept keys and to itself (a dropped token still sees itself, so
-    no softmax row is empty). Forward values are 0 (visible) and -inf (hidden), so the result
-    equals running the block on the kept tokens alone. The gradient w.r.t. ``policy`` equals
-    that of ``log(policy)`` on visible entries, which is the gradient of DynamicViT's
-    policy-weighted softmax there; hidden entries carry no gradient.
-
-    Args:
-        policy: Keep decisions of the patch tokens ``[B, N]`` in {0, 1}, may carry gradient.
-        num_prefix_tokens: Number P of class/register tokens in front, always kept.
-
-    Returns:
-        Float mask ``[B, 1, P + N, P + N]`` for ``F.scaled_dot_product_attention``.
-    """
-    B, N = policy.shape
-    L = num_prefix_tokens + N
-    keep = torch.cat([policy.new_ones(B, num_prefix_tokens), policy], dim=1)[:, None, None, :]  # [B, 1, 1, L]
-    eye = torch.eye(L, dtype=policy.dtype, device=policy.device)
-    visible = keep + (1.0 - keep) * eye  # [B, 1, L, L]; 1 where the key is kept or is the query itself
-    hidden = torch.zeros_like(visible).masked_fill_(visible.detach() < 0.5, float('-inf'))
-    return (visible - 1.0) + hidden
-
-
 def is_packable(block: nn.Module) -> bool:
     """Whether ``packed_block_forward`` reproduces ``block.forward`` (timm's pre-norm ``Block``)."""
     return isinstance(block, Block) and type(block).forward is Block.forward
+
+
+def _is_timm_attention(attn: nn.Module) -> bool:
+    return type(attn).forward in (Attention.forward, PolicyAttention.forward)
 
 
 def packed_attention(attn: Attention, x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
@@ -77,24 +58,17 @@ def packed_attention(attn: Attention, x: torch.Tensor, lengths: Sequence[int]) -
         ``[1, T, C]``.
     """
     lengths = list(lengths)
-    if type(attn).forward is not Attention.forward:
+    if not _is_timm_attention(attn):
         return torch.cat([attn(seg) for seg in x.split(lengths, dim=1)], dim=1)
-    gate = attn.gate(x).sigmoid() if getattr(attn, 'gate', None) is not None else None
-    qkv = rearrange(attn.qkv(x), '1 t (three h d) -> three h t d', three=3, h=attn.num_heads)
-    q, k, v = qkv.unbind(0)  # [H, T, D] each
-    q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k, v, gate = split_qkv(attn, x)  # [1, H, T, D] each
+    dropout_p = attn.attn_drop.p if attn.training else 0.0
     out = []
-    for qi, ki, vi in zip(q.split(lengths, dim=1), k.split(lengths, dim=1), v.split(lengths, dim=1)):
+    for qi, ki, vi in zip(q.split(lengths, dim=2), k.split(lengths, dim=2), v.split(lengths, dim=2)):
         if attn.fused_attn:
-            oi = F.scaled_dot_product_attention(qi, ki, vi, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+            out.append(F.scaled_dot_product_attention(qi, ki, vi, dropout_p=dropout_p))
         else:
-            oi = attn.attn_drop(((qi * attn.scale) @ ki.transpose(-2, -1)).softmax(dim=-1)) @ vi
-        out.append(oi)
-    x = rearrange(torch.cat(out, dim=1), 'h t d -> 1 t (h d)')
-    x = attn.norm(x)
-    if gate is not None:
-        x = x * gate
-    return attn.proj_drop(attn.proj(x))
+            out.append(attn.attn_drop(((qi * attn.scale) @ ki.transpose(-2, -1)).softmax(dim=-1)) @ vi)
+    return merge_heads(attn, torch.cat(out, dim=2), gate)
 
 
 def packed_block_forward(block: Block, x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:

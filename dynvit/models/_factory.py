@@ -7,7 +7,7 @@ import timm
 import torch.nn as nn
 from timm.models import model_entrypoint, parse_model_name, split_model_name_tag
 
-from ._io import read_dynvit_metadata
+from ._io import load_checkpoint, read_dynvit_metadata
 
 
 def _is_dynvit(arch: str) -> bool:
@@ -39,7 +39,9 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
 
     A dynvit safetensors file given as ``pretrained_cfg_overlay=dict(file=...)`` (or
     ``checkpoint_path=``) is self-describing: the model arguments stored in it (sparsity
-    configuration, number of classes, ...) are used unless given here.
+    configuration, number of classes, ...) are used unless given here. ``checkpoint_path``
+    goes through the model's ``checkpoint_filter_fn`` (unlike in timm), so a dense ViT
+    checkpoint loads into a DynamicViT backbone there too.
 
     Args:
         model_name: ``arch`` or ``arch.tag``.
@@ -61,4 +63,6 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
             kwargs = {**meta['model_args'], **kwargs}
             if f == overlay.get('file'):  # the file's data config and classes describe these weights
                 kwargs['pretrained_cfg_overlay'] = {**meta['pretrained_cfg'], **overlay}
-    return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    checkpoint_path = kwargs.pop('checkpoint_path', None)
+    model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    return load_checkpoint(model, checkpoint_path) if checkpoint_path else model

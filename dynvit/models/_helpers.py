@@ -17,6 +17,8 @@ def check_image_batch(x: torch.Tensor, in_chans: int, img_size: Union[None, Sequ
         raise TypeError(f'expected an image batch tensor [B, C, H, W], got {type(x).__name__}')
     if x.ndim != 4:
         raise ValueError(f'expected an image batch [B, C, H, W], got a tensor of shape {tuple(x.shape)}')
+    if x.shape[0] == 0:
+        raise ValueError('got an empty batch (0 images)')
     if not x.is_floating_point():
         raise ValueError(f'expected a floating-point image batch (normalised as the model\'s data config says), '
                          f'got dtype {x.dtype}')

@@ -1,6 +1,7 @@
 """Self-describing safetensors files: weights plus the architecture and sparsity config."""
 import json
 import os
+import sys
 import tempfile
 from typing import Any, Dict, Optional
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from timm.models import load_state_dict
 
 from ._helpers import check_state_dict
 
@@ -71,6 +73,27 @@ def save_model(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = No
             os.remove(tmp)
 
 
+def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
+    """Loads weights from ``path`` into ``model`` through its family's ``checkpoint_filter_fn``.
+
+    Accepts what ``pretrained=True`` accepts: safetensors, or ``.pth`` read with
+    ``weights_only=True`` (``{'model': ...}``/``{'state_dict': ...}`` unwrapped); a dense
+    timm ViT checkpoint fills a DynamicViT backbone. Mismatching keys raise a ValueError.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint file not found: {path}')
+    try:
+        state_dict = load_state_dict(str(path))
+    except (SafetensorError, RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f'cannot read checkpoint {path}: {e}') from None
+    filter_fn = getattr(sys.modules[type(model).__module__], 'checkpoint_filter_fn', None)
+    if filter_fn is not None:
+        state_dict = filter_fn(state_dict, model)
+    check_state_dict(state_dict, model, what=str(path))
+    model.load_state_dict(state_dict)
+    return model
+
+
 def load_model(path: str, **kwargs: Any) -> nn.Module:
     """Rebuilds a model saved by ``save_model``; ``kwargs`` override stored arguments."""
     from ._factory import create_model  # the factory reads metadata through this module
@@ -83,7 +106,7 @@ def load_model(path: str, **kwargs: Any) -> nn.Module:
     model = create_model(meta['architecture'], pretrained=False, **{**meta['model_args'], **kwargs})
     state_dict = load_file(path)
     check_state_dict(state_dict, model, what=str(path))
-    model.load_state_dict(state_dict)
+    model.load_state_dict(state_dict)  # keys and shapes checked above
     model.pretrained_cfg = {**model.pretrained_cfg, **meta['pretrained_cfg']}
     return model
 

@@ -33,7 +33,15 @@ from timm.models.vision_transformer import (
     init_weights_vit_timm,
 )
 
-from ..layers import KeepPredictor, gather_tokens, is_packable, keep_attention_bias, packed_block_forward, unpack_tokens
+from ..layers import (
+    KeepPredictor,
+    PolicyAttention,
+    gather_tokens,
+    is_packable,
+    packed_block_forward,
+    policy_bias,
+    unpack_tokens,
+)
 from ..runtime.macs import linear_macs, vit_macs
 from ._helpers import check_image_batch, check_state_dict, fill_missing
 
@@ -146,7 +154,8 @@ class DynamicVisionTransformer(VisionTransformer):
         if global_pool in ('map', 'prr'):
             raise ValueError(f"global_pool='{global_pool}' (attention pooling) is not supported by DynamicViT; "
                              "use 'token', 'avg', 'max' or 'avgmax'")
-        super().__init__(**kwargs)
+        model_args = dict(kwargs)
+        super().__init__(**{'attn_layer': PolicyAttention, **kwargs})
         depth = len(self.blocks)
         prune_loc = tuple(int(i) for i in prune_loc)
         if not prune_loc or list(prune_loc) != sorted(set(prune_loc)) or not 0 <= prune_loc[0] <= prune_loc[-1] < depth:
@@ -160,7 +169,7 @@ class DynamicVisionTransformer(VisionTransformer):
         self.mode = mode
         self.threshold = threshold
         self.token_order = token_order
-        self.model_args = {**kwargs, 'prune_loc': list(prune_loc)}
+        self.model_args = {**model_args, 'prune_loc': list(prune_loc)}
 
     # ---- sparsity settings (changeable on a built model) ----
     @property
@@ -262,9 +271,9 @@ class DynamicVisionTransformer(VisionTransformer):
                 self.threshold = thresholds
                 _, aux = self(x, return_aux=True)
                 present = aux.decisions[s - 1] > 0 if s else torch.ones_like(aux.decisions[0], dtype=torch.bool)
-                probs = aux.keep_probs[s][present]
+                probs = aux.keep_probs[s][present].sort().values  # ascending
                 keep_fraction = min(1.0, target * present.shape[0] * aux.num_patches / probs.numel())
-                thresholds[s] = float(torch.quantile(probs.double(), 1.0 - keep_fraction))
+                thresholds[s] = float(probs[int(round((1.0 - keep_fraction) * (probs.numel() - 1)))])
         finally:
             self.mode = mode
             self.train(training)
@@ -308,7 +317,7 @@ class DynamicVisionTransformer(VisionTransformer):
                 aux.decisions.append(policy)
                 aux.keep_probs.append(log_probs[..., 0].exp() * prev.detach())
                 aux.predictor_tokens[:, s] = prev.detach().sum(1).round().long()
-                bias = keep_attention_bias(policy, P)
+                bias = policy_bias(torch.cat([policy.new_ones(B, P), policy], dim=1))
             aux.tokens_per_block[:, i] = P + policy.detach().sum(1).round().long()
             x = self._block(block, x, bias)
         aux.features = self.norm(x)

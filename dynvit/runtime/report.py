@@ -91,8 +91,8 @@ def profile(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, SparsityRe
         num_patches = aux.num_patches
     elif isinstance(model, VisionTransformer):
         logits = model(x)
-        num_patches = model.patch_embed.num_patches if not model.dynamic_img_size else \
-            (x.shape[-2] // model.patch_embed.patch_size[0]) * (x.shape[-1] // model.patch_embed.patch_size[1])
+        grid = model.patch_embed.dynamic_feat_size(x.shape[-2:]) if model.dynamic_img_size else model.patch_embed.grid_size
+        num_patches = grid[0] * grid[1]
         dense = dense_vit_macs(model, num_patches)
         macs, kept = [dense] * x.shape[0], [[] for _ in range(x.shape[0])]
     else:
