@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument('--keep-ratio', type=float, default=0.7)
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--batch', type=int, default=32, help='large batch size for throughput')
-    ap.add_argument('--rounds', type=int, default=10, help='rounds of turns between the models')
+    ap.add_argument('--rounds', type=int, default=20, help='rounds of turns between the models')
     ap.add_argument('--runs-b1', type=int, default=5, help='timed batch-1 forwards per model per round')
     ap.add_argument('--runs-large', type=int, default=1, help='timed large-batch forwards per model per round')
     ap.add_argument('--out', type=str, default='')

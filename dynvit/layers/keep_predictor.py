@@ -7,10 +7,15 @@ The predictor scores every patch token from a local feature (the token itself) a
 feature (the mean over the tokens still kept). Submodule indices follow the released
 checkpoints (`in_conv.{0,1}`, `out_conv.{0,2,4}`) so their weights load without renaming.
 """
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+from ..runtime.macs import linear_macs
+
+IntOrTensor = Union[int, torch.Tensor]
 
 
 class KeepPredictor(nn.Module):
@@ -34,9 +39,18 @@ class KeepPredictor(nn.Module):
         )
 
     def _score(self, feat: torch.Tensor, global_feat: torch.Tensor) -> torch.Tensor:
+        # out_conv[0] sees [local, global]; its global half is the same for all tokens of an
+        # image, so it is computed once per image and broadcast (same result as concatenating).
         half = self.dim // 2
-        local = feat[..., :half]
-        return self.out_conv(torch.cat([local, global_feat.expand_as(feat[..., half:])], dim=-1))
+        first = self.out_conv[0]
+        h = F.linear(feat[..., :half], first.weight[:, :half]) + F.linear(global_feat, first.weight[:, half:], first.bias)
+        return self.out_conv[1:](h)
+
+    def macs(self, num_tokens: IntOrTensor, num_images: IntOrTensor = 1) -> IntOrTensor:
+        """MACs of scoring ``num_tokens`` tokens of ``num_images`` images."""
+        half, w = self.dim // 2, self.out_conv[0].weight
+        per_token = linear_macs(self) - w.shape[0] * (w.shape[1] - half)
+        return per_token * num_tokens + w.shape[0] * (w.shape[1] - half) * num_images
 
     def forward(self, x: torch.Tensor, policy: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Scores a rectangular batch.

@@ -42,7 +42,7 @@ from ..layers import (
     policy_bias,
     unpack_tokens,
 )
-from ..runtime.macs import linear_macs, vit_macs
+from ..runtime.macs import vit_macs
 from ._helpers import check_image_batch, check_state_dict, fill_missing
 
 __all__ = ['DynamicVisionTransformer', 'DynamicViTAux']
@@ -331,6 +331,7 @@ class DynamicVisionTransformer(VisionTransformer):
         N = L - P
         index = torch.arange(N, device=x.device).expand(B, N)  # original positions of current patches
         aux = _new_aux(x, len(self.blocks), len(self.prune_loc), N, 'gathered')
+        tokens_per_block, predictor_tokens = [], [0] * len(self.prune_loc)  # the same for every image
         for i, block in enumerate(self.blocks):
             s = self._stage_of_block.get(i)
             if s is not None:
@@ -344,11 +345,13 @@ class DynamicVisionTransformer(VisionTransformer):
                         top = top.sort(dim=1).values
                     x = torch.cat([x[:, :P], gather_tokens(x[:, P:], top)], dim=1)
                     index = index.gather(1, top)
-                    aux.predictor_tokens[:, s] = n_cur
+                    predictor_tokens[s] = n_cur
                 aux.decisions.append(x.new_zeros(B, N).scatter_(1, index, 1.0))
                 aux.keep_probs.append(probs)
-            aux.tokens_per_block[:, i] = x.shape[1]
+            tokens_per_block.append(x.shape[1])
             x = self._block(block, x)
+        aux.tokens_per_block = torch.tensor(tokens_per_block, device=x.device).expand(B, -1)
+        aux.predictor_tokens = torch.tensor(predictor_tokens, device=x.device).expand(B, -1)
         aux.features = self.norm(x)
         prefix = torch.arange(P, device=x.device).expand(B, P)
         aux.token_index = torch.cat([prefix, index + P], dim=1)
@@ -489,7 +492,8 @@ class DynamicVisionTransformer(VisionTransformer):
         """MACs spent per image ``[B]``: backbone on the tokens each block saw, plus predictors."""
         macs = vit_macs(self, aux.tokens_per_block, aux.num_patches)
         for s, predictor in enumerate(self.score_predictor):
-            macs = macs + linear_macs(predictor) * aux.predictor_tokens[:, s].long()
+            tokens = aux.predictor_tokens[:, s].long()
+            macs = macs + predictor.macs(tokens, (tokens > 0).long())
         return macs
 
 
