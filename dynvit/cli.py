@@ -123,7 +123,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, NotImplementedError) as e:
+    except (ValueError, TypeError, OSError, NotImplementedError) as e:
         print(f'dynvit {args.command}: error: {e}', file=sys.stderr)
         return 1
 

@@ -64,5 +64,16 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
             if f == overlay.get('file'):  # the file's data config and classes describe these weights
                 kwargs['pretrained_cfg_overlay'] = {**meta['pretrained_cfg'], **overlay}
     checkpoint_path = kwargs.pop('checkpoint_path', None)
-    model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    try:
+        model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    except OSError as e:  # download failures (offline, unknown file) are OSErrors in timm and huggingface_hub
+        if not pretrained or overlay.get('file'):
+            raise
+        raise PretrainedWeightsError(
+            f'could not fetch the pretrained weights of {model_name} ({type(e).__name__}: {str(e).splitlines()[0]}); '
+            f'offline, download the file elsewhere and pass pretrained_cfg_overlay=dict(file=PATH)') from None
     return load_checkpoint(model, checkpoint_path) if checkpoint_path else model
+
+
+class PretrainedWeightsError(OSError):
+    """Pretrained weights could not be fetched."""
