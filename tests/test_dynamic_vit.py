@@ -284,3 +284,46 @@ def test_offline_hub_download_gives_a_clear_error(monkeypatch):
     with pytest.raises(OSError, match=r'could not fetch the pretrained weights of dynamicvit_tiny_patch16_224\.deit_in1k'
                                       r'.*pretrained_cfg_overlay=dict\(file=PATH\)'):
         dynvit.create_model('dynamicvit_tiny_patch16_224.deit_in1k', pretrained=True, img_size=64)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+        return (os.getcwd, ())
+
+
+def _awkward_file(tmp_path, kind):
+    import pickle
+    path = tmp_path / ('x.safetensors' if kind in ('empty_st', 'truncated_st') else 'x.pth')
+    if kind == 'empty_st' or kind == 'empty_pth':
+        path.write_bytes(b'')
+    elif kind == 'truncated_st':
+        dynvit.save_model(make('test_dynamicvit'), str(path))
+        path.write_bytes(path.read_bytes()[:1000])
+    elif kind == 'tensor_pth':
+        torch.save(torch.zeros(3), path)
+    elif kind == 'code_pth':
+        path.write_bytes(pickle.dumps({'model': _RunsCode()}))
+    elif kind == 'text_pth':
+        path.write_text('hello')
+    elif kind == 'not_tensors':
+        torch.save({'model': {'a': 1, 'b': 'x'}}, path)
+    return str(path)
+
+
+@pytest.mark.filterwarnings('ignore:Detected pickle protocol')
+@pytest.mark.parametrize('kind', ['empty_st', 'empty_pth', 'truncated_st', 'tensor_pth', 'code_pth', 'text_pth', 'not_tensors'])
+def test_awkward_checkpoint_files_give_clear_errors(tmp_path, kind):
+    path = _awkward_file(tmp_path, kind)
+    match = r'not a readable safetensors file|cannot read checkpoint|does not hold a state dict'
+    with pytest.raises(ValueError, match=match):
+        dynvit.create_model('test_dynamicvit', pretrained=True, pretrained_cfg_overlay=dict(file=path))
+    with pytest.raises(ValueError, match=match):
+        dynvit.create_model('test_dynamicvit', checkpoint_path=path)
+
+
+def test_loaded_overlay_state_dict_is_not_kept_alive(tmp_path):
+    path = tmp_path / 'm.safetensors'
+    dynvit.save_model(make('test_dynamicvit'), str(path))
+    model = dynvit.create_model('test_dynamicvit', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert 'state_dict' not in model.pretrained_cfg and model.pretrained_cfg['file'] == str(path)

@@ -7,7 +7,7 @@ import timm
 import torch.nn as nn
 from timm.models import model_entrypoint, parse_model_name, split_model_name_tag
 
-from ._io import load_checkpoint, read_dynvit_metadata
+from ._io import load_checkpoint, read_dynvit_metadata, read_state_dict
 
 
 def _is_dynvit(arch: str) -> bool:
@@ -62,7 +62,13 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
         if meta is not None:
             kwargs = {**meta['model_args'], **kwargs}
             if f == overlay.get('file'):  # the file's data config and classes describe these weights
-                kwargs['pretrained_cfg_overlay'] = {**meta['pretrained_cfg'], **overlay}
+                overlay = {**meta['pretrained_cfg'], **overlay}
+    if pretrained and overlay.get('file'):
+        # read and validate the file here; timm then loads the tensors (classifier reset,
+        # input-channel adaptation and our checkpoint filter included)
+        overlay['state_dict'] = read_state_dict(overlay['file'])
+    if overlay:
+        kwargs['pretrained_cfg_overlay'] = overlay
     checkpoint_path = kwargs.pop('checkpoint_path', None)
     try:
         model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
@@ -72,6 +78,9 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
         raise PretrainedWeightsError(
             f'could not fetch the pretrained weights of {model_name} ({type(e).__name__}: {str(e).splitlines()[0]}); '
             f'offline, download the file elsewhere and pass pretrained_cfg_overlay=dict(file=PATH)') from None
+    cfg = getattr(model, 'pretrained_cfg', None)
+    if isinstance(cfg, dict) and cfg.get('state_dict') is not None:
+        cfg.pop('state_dict')  # loaded; do not keep a second copy of the weights alive
     return load_checkpoint(model, checkpoint_path) if checkpoint_path else model
 
 

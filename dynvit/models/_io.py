@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from timm.models import load_state_dict
+from timm.models._helpers import clean_state_dict
 
 from ._helpers import check_state_dict
 
@@ -73,19 +73,45 @@ def save_model(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = No
             os.remove(tmp)
 
 
-def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
-    """Loads weights from ``path`` into ``model`` through its family's ``checkpoint_filter_fn``.
+def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """Reads the tensors of a checkpoint file, refusing anything else with a clear error.
 
-    Accepts what ``pretrained=True`` accepts: safetensors, or ``.pth`` read with
-    ``weights_only=True`` (``{'model': ...}``/``{'state_dict': ...}`` unwrapped); a dense
-    timm ViT checkpoint fills a DynamicViT backbone. Mismatching keys raise a ValueError.
+    safetensors files are read as they are; other files with ``torch.load(weights_only=True)``
+    (no pickled code runs), unwrapping ``{'state_dict_ema' | 'model_ema' | 'state_dict' | 'model': ...}``
+    the way timm does, and dropping DDP/compile key prefixes.
     """
+    path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {path}')
     try:
-        state_dict = load_state_dict(str(path))
-    except (SafetensorError, RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f'cannot read checkpoint {path}: {e}') from None
+        if path.endswith('.safetensors'):
+            obj = load_file(path)
+        else:
+            obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # any parse failure means the file is not a readable checkpoint
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        reason = f'{type(e).__name__}: {detail}' if detail else type(e).__name__
+        raise ValueError(f'cannot read checkpoint {path}: {reason}') from None
+    if isinstance(obj, dict):
+        for key in ('state_dict_ema', 'model_ema', 'state_dict', 'model'):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise ValueError(f'{path} does not hold a state dict (parameter name -> tensor), got {type(obj).__name__}')
+    bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f'{path} does not hold a state dict: {len(bad)} entries are not tensors ({", ".join(bad[:5])})')
+    return clean_state_dict(obj)
+
+
+def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
+    """Loads weights from ``path`` into ``model`` through its family's ``checkpoint_filter_fn``.
+
+    Accepts what ``read_state_dict`` accepts; a dense timm ViT checkpoint fills a DynamicViT
+    backbone. Mismatching keys raise a ValueError.
+    """
+    state_dict = read_state_dict(path)
     filter_fn = getattr(sys.modules[type(model).__module__], 'checkpoint_filter_fn', None)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, model)
