@@ -327,3 +327,18 @@ def test_loaded_overlay_state_dict_is_not_kept_alive(tmp_path):
     dynvit.save_model(make('test_dynamicvit'), str(path))
     model = dynvit.create_model('test_dynamicvit', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     assert 'state_dict' not in model.pretrained_cfg and model.pretrained_cfg['file'] == str(path)
+
+
+@pytest.mark.parametrize('how', ['pretrained', 'checkpoint_path'])
+def test_other_input_channels_and_sizes_load_from_a_3_channel_224_checkpoint(tmp_path, how):
+    dense = timm.create_model('deit_tiny_patch16_224', img_size=64)
+    path = tmp_path / 'deit.safetensors'
+    save_file(dense.state_dict(), str(path))
+    src = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path))) if how == 'pretrained' \
+        else dict(checkpoint_path=str(path))
+    gray = dynvit.create_model('dynamicvit_tiny_patch16_224', img_size=64, in_chans=1, **src).eval()
+    assert torch.allclose(gray.patch_embed.proj.weight[:, 0], dense.patch_embed.proj.weight.sum(1))
+    assert gray(torch.randn(2, 1, 64, 64)).shape == (2, 1000)
+    big = dynvit.create_model('dynamicvit_tiny_patch16_224', img_size=96, **src).eval()  # pos_embed resampled
+    _, aux = big(torch.randn(1, 3, 96, 96), return_aux=True)
+    assert aux.num_patches == 36 and aux.kept_tokens[0].tolist() == [25, 17, 12]

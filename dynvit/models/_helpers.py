@@ -3,6 +3,7 @@ from typing import Dict, Iterable, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+from timm.models._manipulate import adapt_input_conv
 
 
 def check_image_batch(x: torch.Tensor, in_chans: int, img_size: Union[None, Sequence[int]]) -> None:
@@ -32,6 +33,22 @@ def check_image_batch(x: torch.Tensor, in_chans: int, img_size: Union[None, Sequ
             f'the model with img_size={tuple(x.shape[-2:])} or dynamic_img_size=True')
 
 
+def first_conv_keys(model: nn.Module) -> Tuple[str, ...]:
+    """Weight keys of the model's input convolution(s), from its pretrained cfg."""
+    convs = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv') or ()
+    return tuple(f'{c}.weight' for c in ((convs,) if isinstance(convs, str) else convs))
+
+
+def adapt_input_channels(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Adapts the first conv of a checkpoint to the model's input channels, as timm's pretrained loading does."""
+    own = model.state_dict()
+    for key in first_conv_keys(model):
+        w = state_dict.get(key)
+        if w is not None and key in own and w.ndim == 4 and w.shape[1] != own[key].shape[1]:
+            state_dict[key] = adapt_input_conv(own[key].shape[1], w)
+    return state_dict
+
+
 def fill_missing(
         state_dict: Dict[str, torch.Tensor],
         model: nn.Module,
@@ -50,6 +67,7 @@ def check_state_dict(
         model: nn.Module,
         ignore: Tuple[str, ...] = (),
         what: str = 'checkpoint',
+        any_shape: Tuple[str, ...] = (),
 ) -> None:
     """Raises a ValueError listing missing, unexpected and wrongly shaped keys.
 
@@ -59,6 +77,8 @@ def check_state_dict(
         ignore: Key prefixes whose absence or shape is left to the caller (e.g. a classifier
             that timm drops when ``num_classes`` changes).
         what: How to call the source in the message.
+        any_shape: Keys that must be present but whose shape is adapted later (e.g. the first
+            conv, whose input channels timm adapts).
     """
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict and not k.startswith(ignore)]
@@ -66,7 +86,8 @@ def check_state_dict(
     shapes = [
         f'{k}: {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}'
         for k in own
-        if k in state_dict and not k.startswith(ignore) and tuple(state_dict[k].shape) != tuple(own[k].shape)
+        if k in state_dict and not k.startswith(ignore) and k not in any_shape
+        and tuple(state_dict[k].shape) != tuple(own[k].shape)
     ]
     if not (missing or unexpected or shapes):
         return

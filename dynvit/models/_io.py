@@ -11,7 +11,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from timm.models._helpers import clean_state_dict
 
-from ._helpers import check_state_dict
+from ._helpers import adapt_input_channels, check_state_dict
 
 FORMAT = 'dynvit'
 _CFG_KEYS = ('input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation', 'num_classes', 'label_names')
@@ -115,6 +115,7 @@ def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
     filter_fn = getattr(sys.modules[type(model).__module__], 'checkpoint_filter_fn', None)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, model)
+    state_dict = adapt_input_channels(state_dict, model)
     check_state_dict(state_dict, model, what=str(path))
     model.load_state_dict(state_dict)
     return model

@@ -43,7 +43,7 @@ from ..layers import (
     unpack_tokens,
 )
 from ..runtime.macs import vit_macs
-from ._helpers import check_image_batch, check_state_dict, fill_missing
+from ._helpers import check_image_batch, check_state_dict, fill_missing, first_conv_keys
 
 __all__ = ['DynamicVisionTransformer', 'DynamicViTAux']
 
@@ -527,7 +527,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: DynamicVisi
     """
     state_dict = vit_checkpoint_filter_fn(state_dict, model)
     state_dict = fill_missing(state_dict, model, ('score_predictor.',))
-    check_state_dict(state_dict, model, ignore=('head.',))
+    # timm drops a classifier of another size and adapts the input channels after this filter
+    check_state_dict(state_dict, model, ignore=('head.',), any_shape=first_conv_keys(model))
     return state_dict
 
 
