@@ -330,7 +330,7 @@ class DynamicVisionTransformer(VisionTransformer):
         P = self.num_prefix_tokens
         N = L - P
         index = torch.arange(N, device=x.device).expand(B, N)  # original positions of current patches
-        aux = _new_aux(x, len(self.blocks), len(self.prune_loc), N, 'gathered')
+        decisions, keep_probs = [], []
         tokens_per_block, predictor_tokens = [], [0] * len(self.prune_loc)  # the same for every image
         for i, block in enumerate(self.blocks):
             s = self._stage_of_block.get(i)
@@ -346,16 +346,21 @@ class DynamicVisionTransformer(VisionTransformer):
                     x = torch.cat([x[:, :P], gather_tokens(x[:, P:], top)], dim=1)
                     index = index.gather(1, top)
                     predictor_tokens[s] = n_cur
-                aux.decisions.append(x.new_zeros(B, N).scatter_(1, index, 1.0))
-                aux.keep_probs.append(probs)
+                decisions.append(x.new_zeros(B, N).scatter_(1, index, 1.0))
+                keep_probs.append(probs)
             tokens_per_block.append(x.shape[1])
             x = self._block(block, x)
-        aux.tokens_per_block = torch.tensor(tokens_per_block, device=x.device).expand(B, -1)
-        aux.predictor_tokens = torch.tensor(predictor_tokens, device=x.device).expand(B, -1)
-        aux.features = self.norm(x)
         prefix = torch.arange(P, device=x.device).expand(B, P)
-        aux.token_index = torch.cat([prefix, index + P], dim=1)
-        return aux
+        return DynamicViTAux(
+            decisions=decisions,
+            keep_probs=keep_probs,
+            tokens_per_block=torch.tensor(tokens_per_block, device=x.device).expand(B, -1),
+            predictor_tokens=torch.tensor(predictor_tokens, device=x.device).expand(B, -1),
+            num_patches=N,
+            token_index=torch.cat([prefix, index + P], dim=1),
+            features=self.norm(x),
+            execution='gathered',
+        )
 
     def _forward_packed(self, x: torch.Tensor) -> DynamicViTAux:
         """Threshold per image; after the first stage images are packed into ``[1, T, C]``."""
