@@ -37,7 +37,8 @@ def policy_bias(keep: torch.Tensor) -> torch.Tensor:
     return torch.log(visible + POLICY_EPS)
 
 
-def _attention(q, k, v, mask: Optional[torch.Tensor], fused: bool, scale: float, dropout_p: float) -> torch.Tensor:
+def attend(q, k, v, mask: Optional[torch.Tensor], fused: bool, scale: float, dropout_p: float) -> torch.Tensor:
+    """``softmax(q k^T * scale + mask) v`` through SDPA (``fused``) or written out, as timm's Attention does."""
     if fused:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     attn = (q * scale) @ k.transpose(-2, -1)
@@ -76,9 +77,9 @@ def policy_attention(
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     hard = torch.zeros(bias.shape, dtype=q.dtype, device=q.device).masked_fill_(bias.detach() < _LOG_HALF, float('-inf'))
-    out = _attention(q, k, v, hard, fused, scale, dropout_p)
+    out = attend(q, k, v, hard, fused, scale, dropout_p)
     if bias.requires_grad:
-        soft = _attention(q.detach(), k.detach(), v.detach(), bias.to(q.dtype), fused, scale, 0.0)
+        soft = attend(q.detach(), k.detach(), v.detach(), bias.to(q.dtype), fused, scale, 0.0)
         out = out + (soft - soft.detach())
     return out
 

@@ -13,11 +13,10 @@ from typing import List, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import Attention
 from timm.models.vision_transformer import Block
 
-from .attention import PolicyAttention, merge_heads, split_qkv
+from .attention import PolicyAttention, attend, merge_heads, split_qkv
 
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -62,12 +61,8 @@ def packed_attention(attn: Attention, x: torch.Tensor, lengths: Sequence[int]) -
         return torch.cat([attn(seg) for seg in x.split(lengths, dim=1)], dim=1)
     q, k, v, gate = split_qkv(attn, x)  # [1, H, T, D] each
     dropout_p = attn.attn_drop.p if attn.training else 0.0
-    out = []
-    for qi, ki, vi in zip(q.split(lengths, dim=2), k.split(lengths, dim=2), v.split(lengths, dim=2)):
-        if attn.fused_attn:
-            out.append(F.scaled_dot_product_attention(qi, ki, vi, dropout_p=dropout_p))
-        else:
-            out.append(attn.attn_drop(((qi * attn.scale) @ ki.transpose(-2, -1)).softmax(dim=-1)) @ vi)
+    out = [attend(qi, ki, vi, None, attn.fused_attn, attn.scale, dropout_p)
+           for qi, ki, vi in zip(q.split(lengths, dim=2), k.split(lengths, dim=2), v.split(lengths, dim=2))]
     return merge_heads(attn, torch.cat(out, dim=2), gate)
 
 
