@@ -131,9 +131,7 @@ def load_model(path: str, **kwargs: Any) -> nn.Module:
     if meta is None:
         raise ValueError(f'{path} has no dynvit metadata; load it with create_model(arch, checkpoint_path=...)')
     model = create_model(meta['architecture'], pretrained=False, **{**meta['model_args'], **kwargs})
-    state_dict = load_file(path)
-    check_state_dict(state_dict, model, what=str(path))
-    model.load_state_dict(state_dict)  # keys and shapes checked above
+    load_checkpoint(model, path)
     model.pretrained_cfg = {**model.pretrained_cfg, **meta['pretrained_cfg']}
     return model
 
