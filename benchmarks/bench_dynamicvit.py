@@ -9,34 +9,13 @@ and writes them as JSON.
 import argparse
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import timm
 import torch
 
 import dynvit
-from dynvit.runtime import profile
-
-
-def interleaved(models: dict, x: torch.Tensor, rounds: int, per_round: int) -> dict:
-    """Median seconds per forward of each model.
-
-    Models take turns round by round so they share the machine's noise; within a round a
-    model runs one untimed warm-up and then ``per_round`` timed forwards back to back, as a
-    model serving requests does (its weights are warm in cache, not evicted by the others).
-    """
-    times = {k: [] for k in models}
-    with torch.inference_mode():
-        for _ in range(rounds):
-            for k, m in models.items():
-                m(x)
-                for _ in range(per_round):
-                    t0 = time.perf_counter()
-                    m(x)
-                    times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+from dynvit.runtime import median_latencies, profile
 
 
 def main() -> None:
@@ -65,8 +44,8 @@ def main() -> None:
     models = {'dense': dense, 'topk': topk, 'threshold': threshold}
 
     reports = {k: profile(m, xb)[1] for k, m in models.items()}
-    b1 = interleaved(models, x1, args.rounds, args.runs_b1)
-    bl = interleaved(models, xb, max(1, args.rounds // 2), args.runs_large)
+    b1 = median_latencies(models, x1, args.rounds, args.runs_b1)
+    bl = median_latencies(models, xb, max(1, args.rounds // 2), args.runs_large)
 
     rows = {}
     for k in models:

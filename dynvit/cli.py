@@ -1,9 +1,7 @@
 """The ``dynvit`` command line: ``list``, ``info`` and ``demo``."""
 import argparse
 import json
-import statistics
 import sys
-import time
 from typing import List, Optional
 
 import torch
@@ -50,7 +48,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import create_model
-    from .runtime import profile
+    from .runtime import median_latencies, profile
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     name = 'dynamicvit_small_patch16_224'
@@ -73,19 +71,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     model.mode = 'topk'
     dense = create_model(name, keep_ratio=1.0).eval()
     dense.load_state_dict(model.state_dict())
-    with torch.inference_mode():
-        times = {}
-        for label, m in (('dense (keep ratio 1.0)', dense), ('top-k 0.7', model)):
-            for _ in range(2):
-                m(x[:1])
-            runs = []
-            for _ in range(args.runs):
-                t0 = time.perf_counter()
-                m(x[:1])
-                runs.append(time.perf_counter() - t0)
-            times[label] = statistics.median(runs)
+    rounds = 2
+    per_round = max(1, args.runs // rounds)
+    times = median_latencies({'dense (keep ratio 1.0)': dense, 'top-k 0.7': model}, x[:1], rounds, per_round)
     base = times['dense (keep ratio 1.0)']
-    print(f'batch-1 latency, median of {args.runs}:')
+    print(f'batch-1 latency, median of {rounds * per_round}:')
     for label, t in times.items():
         print(f'  {label:<24} {t * 1e3:7.1f} ms  {base / t:4.2f}x')
     return 0

@@ -1,0 +1,26 @@
+"""Latency measurement shared by the benchmarks and the CLI."""
+import statistics
+import time
+from typing import Dict
+
+import torch
+import torch.nn as nn
+
+
+def median_latencies(models: Dict[str, nn.Module], x: torch.Tensor, rounds: int, per_round: int) -> Dict[str, float]:
+    """Median seconds per forward of each model on ``x``.
+
+    Models take turns round by round so they share the machine's noise; within a round a
+    model runs one untimed warm-up and then ``per_round`` timed forwards back to back, as a
+    model serving requests does (its weights stay warm in cache, not evicted by the others).
+    """
+    times = {k: [] for k in models}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for k, m in models.items():
+                m(x)
+                for _ in range(per_round):
+                    t0 = time.perf_counter()
+                    m(x)
+                    times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
