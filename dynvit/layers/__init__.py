@@ -1,3 +1,11 @@
 from .attention import PolicyAttention, policy_attention, policy_bias
+from .evo_update import block_forward_with_cls_attention, merge_slow_fast, representative_token, split_slow_fast
 from .keep_predictor import KeepPredictor
-from .token_ops import gather_tokens, is_packable, packed_attention, packed_block_forward, unpack_tokens
+from .token_ops import (
+    gather_tokens,
+    is_packable,
+    packed_attention,
+    packed_block_forward,
+    residual_block_forward,
+    unpack_tokens,
+)

@@ -9,7 +9,7 @@ Three ways to run a transformer block on a subset of tokens:
   sequence; token-wise layers (norms, qkv, MLP) run once over all T tokens and attention
   runs per image (threshold inference).
 """
-from typing import List, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -80,7 +80,25 @@ def packed_block_forward(block: Block, x: torch.Tensor, lengths: Sequence[int]) 
     Returns:
         ``[1, T, C]``.
     """
-    x = x + block.drop_path1(block.ls1(packed_attention(block.attn, block.norm1(x), lengths)))
+    return residual_block_forward(block, x, lambda attn, y: packed_attention(attn, y, lengths))
+
+
+def residual_block_forward(
+        block: Block,
+        x: torch.Tensor,
+        attention: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """timm's pre-norm ``Block.forward`` with the attention call replaced.
+
+    Args:
+        block: A timm ``Block`` (see ``is_packable``).
+        x: Tokens ``[B, L, C]``.
+        attention: ``attention(block.attn, norm1(x))`` returns the attention branch ``[B, L, C]``.
+
+    Returns:
+        ``[B, L, C]``.
+    """
+    x = x + block.drop_path1(block.ls1(attention(block.attn, block.norm1(x))))
     x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
     return x
 

@@ -1,9 +1,15 @@
-"""Checks and checkpoint helpers shared by the model families."""
-from typing import Dict, Iterable, Sequence, Tuple, Union
+"""Checks, forward steps and checkpoint helpers shared by the model families."""
+import numbers
+from typing import Any, Callable, Dict, Iterable, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.models._manipulate import adapt_input_conv
+from timm.models._manipulate import adapt_input_conv, checkpoint
+
+
+def is_scalar(value: Any) -> bool:
+    """A real number or a 0-d tensor (as opposed to a per-stage sequence)."""
+    return isinstance(value, numbers.Real) or (isinstance(value, torch.Tensor) and value.ndim == 0)
 
 
 def check_image_batch(x: torch.Tensor, in_chans: int, img_size: Union[None, Sequence[int]]) -> None:
@@ -31,6 +37,30 @@ def check_image_batch(x: torch.Tensor, in_chans: int, img_size: Union[None, Sequ
         raise ValueError(
             f'expected images of size {tuple(img_size)}, got {tuple(x.shape[-2:])}; resize the input, or create '
             f'the model with img_size={tuple(x.shape[-2:])} or dynamic_img_size=True')
+
+
+def embed_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Checks the images and runs a timm ``VisionTransformer``'s embedding steps.
+
+    Args:
+        model: The ViT.
+        x: Images ``[B, C, H, W]``.
+
+    Returns:
+        Tokens ``[B, P + N, C]``, prefix (class, register) tokens first.
+    """
+    check_image_batch(x, model.in_chans, None if model.dynamic_img_size else model.patch_embed.img_size)
+    x = model.patch_embed(x)
+    x = model._pos_embed(x)
+    x = model.patch_drop(x)
+    return model.norm_pre(x)
+
+
+def run_block(model: nn.Module, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, through activation checkpointing when the model has it on."""
+    if model.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+        return checkpoint(fn, *args, **kwargs)
+    return fn(*args, **kwargs)
 
 
 def first_conv_keys(model: nn.Module) -> Tuple[str, ...]:

@@ -17,7 +17,6 @@ Three executions of the same decisions:
 
 ``keep_ratio``, ``mode`` and ``threshold`` are plain attributes: change them on a built model.
 """
-import numbers
 from dataclasses import dataclass
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
@@ -26,7 +25,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._manipulate import checkpoint
 from timm.models.vision_transformer import (
     VisionTransformer,
     checkpoint_filter_fn as vit_checkpoint_filter_fn,
@@ -43,7 +41,7 @@ from ..layers import (
     unpack_tokens,
 )
 from ..runtime.macs import vit_macs
-from ._helpers import check_image_batch, check_state_dict, fill_missing, first_conv_keys
+from ._helpers import check_state_dict, embed_tokens, fill_missing, first_conv_keys, is_scalar, run_block
 
 __all__ = ['DynamicVisionTransformer', 'DynamicViTAux']
 
@@ -94,7 +92,7 @@ class DynamicViTAux:
 
 def resolve_keep_ratio(keep_ratio: Union[float, Sequence[float]], num_stages: int) -> Tuple[float, ...]:
     """Per-stage keep ratios: a float rho gives (rho, rho^2, ...), a sequence is taken as is."""
-    if _is_scalar(keep_ratio):
+    if is_scalar(keep_ratio):
         base = float(keep_ratio)
         if not 0.0 < base <= 1.0:
             raise ValueError(f'keep_ratio must be in (0, 1], got {keep_ratio}')
@@ -113,12 +111,8 @@ def resolve_keep_ratio(keep_ratio: Union[float, Sequence[float]], num_stages: in
     return ratios
 
 
-def _is_scalar(value: Any) -> bool:
-    return isinstance(value, numbers.Real) or (isinstance(value, torch.Tensor) and value.ndim == 0)
-
-
 def _resolve_threshold(threshold: Union[float, Sequence[float]], num_stages: int) -> Tuple[float, ...]:
-    values = (float(threshold),) * num_stages if _is_scalar(threshold) else tuple(map(float, threshold))
+    values = (float(threshold),) * num_stages if is_scalar(threshold) else tuple(map(float, threshold))
     if len(values) != num_stages:
         raise ValueError(f'threshold has {len(values)} values for {num_stages} prune locations')
     if any(not 0.0 <= t <= 1.0 for t in values):
@@ -286,16 +280,9 @@ class DynamicVisionTransformer(VisionTransformer):
 
     # ---- forward ----
     def _block(self, block: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-            return checkpoint(block, x, attn_mask=attn_mask)
-        return block(x) if attn_mask is None else block(x, attn_mask=attn_mask)
-
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_batch(x, self.in_chans, None if self.dynamic_img_size else self.patch_embed.img_size)
-        x = self.patch_embed(x)
-        x = self._pos_embed(x)
-        x = self.patch_drop(x)
-        return self.norm_pre(x)
+        if attn_mask is None:
+            return run_block(self, block, x)
+        return run_block(self, block, x, attn_mask=attn_mask)
 
     def _forward_masked(self, x: torch.Tensor, decisions: Optional[Sequence[torch.Tensor]]) -> DynamicViTAux:
         """All tokens stay; dropped ones are hidden as keys. Gumbel decisions unless given."""
@@ -427,7 +414,7 @@ class DynamicVisionTransformer(VisionTransformer):
         if attn_mask is not None or is_causal:
             raise ValueError('DynamicViT selects tokens per image and builds its own attention masks; '
                              'attn_mask and is_causal are not supported')
-        x = self._embed(x)
+        x = embed_tokens(self, x)
         if decisions is not None:
             if len(decisions) != len(self.prune_loc):
                 raise ValueError(f'decisions has {len(decisions)} entries for {len(self.prune_loc)} stages')

@@ -1,0 +1,130 @@
+"""Evo-ViT's slow-fast token evolution, as operations on timm blocks.
+
+Paper: Evo-ViT: Slow-Fast Token Evolution for Dynamic Vision Transformer (Xu, Zhang, Zhang,
+Wang, Xu, Wei, Zhang, Sun, Ji; AAAI 2022), arXiv:2108.01390.
+
+Importance is the attention the class token pays to each patch. The informative patches run
+through the blocks ("slow", full update); the others, the placeholders, are summarised by a
+representative token, their importance-weighted mean, which runs through the blocks with the
+informative ones; every placeholder then receives the representative token's residual
+("fast" update). The released DeiT code has no representative token: placeholders are left
+unchanged.
+
+Within a stage (the blocks between two selections) the placeholders' weights do not change
+and every placeholder receives the same residual, so the representative token of block i+1
+is the representative token that block i returned: a stage runs its blocks on
+``[prefix, informative, representative]`` and the placeholders take the summed residual once,
+at the end (``merge_slow_fast``). That is exactly the per-block update of the paper.
+"""
+from typing import Optional, Tuple
+
+import torch
+from einops import einsum
+from timm.models.vision_transformer import Block
+
+from .attention import attend, merge_heads, split_qkv
+from .token_ops import gather_tokens, residual_block_forward
+
+
+def block_forward_with_cls_attention(block: Block, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Runs a timm ``Block`` and also returns the attention of token 0 (the class token).
+
+    The block's attention stays fused (SDPA); only the class token's attention row is
+    computed explicitly, ``softmax(q_0 K^T * scale)``, from the same q and k, without a
+    gradient (it is used to rank tokens).
+
+    Args:
+        block: A timm ``Block`` (see ``token_ops.is_packable``).
+        x: Tokens ``[B, L, C]``, the class token first.
+
+    Returns:
+        The block output ``[B, L, C]`` and the class token's attention over the L keys,
+        averaged over heads, ``[B, L]``.
+    """
+    row = []
+
+    def attention(attn, y):
+        q, k, v, gate = split_qkv(attn, y)  # [B, H, L, D]
+        with torch.no_grad():
+            logits = einsum(q[:, :, 0] * attn.scale, k, 'b h d, b h l d -> b h l')
+            row.append(logits.softmax(dim=-1).mean(dim=1))  # [B, L]
+        dropout_p = attn.attn_drop.p if attn.training else 0.0
+        return merge_heads(attn, attend(q, k, v, None, attn.fused_attn, attn.scale, dropout_p), gate)
+
+    x = residual_block_forward(block, x, attention)
+    return x, row[0]
+
+
+def representative_token(placeholders: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The importance-weighted mean of the placeholder tokens.
+
+    Args:
+        placeholders: ``[B, M, C]``.
+        weights: Non-negative importance ``[B, M]``; an image whose weights are all zero gets
+            the plain mean.
+
+    Returns:
+        ``[B, 1, C]``.
+    """
+    total = weights.sum(dim=1, keepdim=True)
+    w = torch.where(total > 0, weights / total.clamp_min(torch.finfo(weights.dtype).tiny),
+                    torch.full_like(weights, 1.0 / weights.shape[1]))
+    return einsum(w.to(placeholders.dtype), placeholders, 'b m, b m c -> b c').unsqueeze(1)
+
+
+def split_slow_fast(
+        x: torch.Tensor,
+        num_prefix: int,
+        informative: torch.Tensor,
+        placeholders: torch.Tensor,
+        weights: Optional[torch.Tensor],
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The tokens a stage computes: prefix tokens, informative patches, representative token.
+
+    Args:
+        x: All tokens ``[B, P + N, C]``, prefix tokens first, patches in original positions.
+        num_prefix: P (class and register tokens).
+        informative: Patch indices given the full update ``[B, k]``.
+        placeholders: The other patch indices ``[B, N - k]``.
+        weights: Importance of every patch ``[B, N]``, or None for no representative token
+            (the released DeiT code's behaviour).
+
+    Returns:
+        ``[B, P + k (+ 1), C]`` and the representative token ``[B, 1, C]`` (None without one).
+    """
+    patches = x[:, num_prefix:]
+    parts = [x[:, :num_prefix], gather_tokens(patches, informative)]
+    rep = None
+    if weights is not None and placeholders.shape[1] > 0:
+        rep = representative_token(gather_tokens(patches, placeholders), weights.gather(1, placeholders))
+        parts.append(rep)
+    return torch.cat(parts, dim=1), rep
+
+
+def merge_slow_fast(
+        x: torch.Tensor,
+        y: torch.Tensor,
+        num_prefix: int,
+        informative: torch.Tensor,
+        rep: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """Puts a stage's results back into all tokens.
+
+    Args:
+        x: All tokens before the stage ``[B, P + N, C]``.
+        y: The stage's output for the tokens ``split_slow_fast`` gave it ``[B, P + k (+ 1), C]``.
+        num_prefix: P.
+        informative: The informative patch indices ``[B, k]``.
+        rep: The representative token that entered the stage, or None.
+
+    Returns:
+        ``[B, P + N, C]``: prefix and informative tokens from ``y``; placeholders are their
+        input plus the representative token's residual ``y_rep - rep`` (unchanged without one).
+    """
+    k = informative.shape[1]
+    patches = x[:, num_prefix:]
+    if rep is not None:
+        patches = patches + (y[:, num_prefix + k:] - rep)
+    index = informative.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+    patches = patches.scatter(1, index, y[:, num_prefix:num_prefix + k])
+    return torch.cat([y[:, :num_prefix], patches], dim=1)
