@@ -5,6 +5,8 @@ from . import runtime, train
 from .models import (
     DynamicVisionTransformer,
     DynamicViTAux,
+    EvoVisionTransformer,
+    EvoViTAux,
     create_model,
     list_models,
     load_checkpoint,

@@ -35,7 +35,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         num_classes=model.num_classes,
         sparsity=model.sparsity_config() if hasattr(model, 'sparsity_config') else None,
         dense_gmacs=dense_vit_macs(model, report.num_patches) / 1e9,
-        sparse_gmacs_topk=report.mean_macs / 1e9,
+        sparse_gmacs=report.mean_macs / 1e9,
         weights=model.pretrained_cfg.get('hf_hub_id') or model.pretrained_cfg.get('url') or None,
     )
     if args.json:

@@ -12,7 +12,9 @@ BACKBONES = {
     'gap_noembedcls': dict(class_token=False, global_pool='avg', no_embed_class=True, reg_tokens=1),
     'maxpool': dict(class_token=False, global_pool='max'),
 }
-SPARSE_KEYS = ('prune_loc', 'keep_ratio', 'mode', 'threshold', 'token_order')
+SPARSE_KEYS = ('prune_loc', 'keep_ratio', 'mode', 'threshold', 'token_order',
+               'select_loc', 'tradeoff', 'representative_token', 'aux_head')
+SPARSE_ONLY_PARAMS = ('score_predictor.', 'norm_cls.', 'head_cls.')
 
 
 def make(name='test_dynamicvit', fused_attn=True, predictor_scale=None, **kwargs):
@@ -34,7 +36,7 @@ def dense_twin(model):
     args = {k: v for k, v in model.model_args.items() if k not in SPARSE_KEYS}
     dense = timm.models.VisionTransformer(**args).eval()
     missing, unexpected = dense.load_state_dict(model.state_dict(), strict=False)
-    assert not missing and all(k.startswith('score_predictor.') for k in unexpected)
+    assert not missing and all(k.startswith(SPARSE_ONLY_PARAMS) for k in unexpected)
     for a, b in zip(dense.blocks, model.blocks):
         a.attn.fused_attn = b.attn.fused_attn
     return dense
@@ -42,3 +44,16 @@ def dense_twin(model):
 
 def images(batch, size=32, chans=3):
     return torch.randn(batch, chans, size, size)
+
+
+def training_loss(model, logits, aux, target):
+    """The model family's training objective on a training-mode forward."""
+    if isinstance(model, dynvit.EvoVisionTransformer):
+        return dynvit.train.EvoViTLoss()(logits, aux, target)[0]
+    return dynvit.train.DynamicViTLoss(model.keep_ratio)(logits, aux, target)[0]
+
+
+def stages(model):
+    """Number of selection stages of a token-sparse model."""
+    config = model.sparsity_config()
+    return len(config.get('prune_loc') or config['select_loc'])

@@ -1,10 +1,11 @@
-"""Each DynamicViT loss term against a plain computation."""
+"""Each loss term (DynamicViT, Evo-ViT) against a plain computation."""
 import math
 
 import pytest
 import torch
 
-from dynvit.train import DynamicViTLoss, distillation_kl, ratio_loss, token_distillation_loss
+import dynvit
+from dynvit.train import DynamicViTLoss, EvoViTLoss, distillation_kl, ratio_loss, token_distillation_loss
 
 from helpers import images, make
 
@@ -69,3 +70,24 @@ def test_token_distillation_needs_the_masked_forward():
     logits, aux = model(images(2), return_aux=True)
     with pytest.raises(ValueError, match='training-mode'):
         DynamicViTLoss(model.keep_ratio)(logits, aux, torch.tensor([0, 1]), teacher_tokens=torch.zeros(2, 65, 32))
+
+
+def test_evovit_loss_plain():
+    logits, cls_logits, teacher = torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 5)
+    target = torch.tensor([0, 4, 2, 2])
+    aux = dynvit.EvoViTAux([], [], torch.zeros(4, 1), torch.zeros(4, 1), torch.zeros(4, 0), 16,
+                           cls_logits=cls_logits)
+
+    def ce(z):
+        return -torch.log_softmax(z, -1)[torch.arange(4), target].mean()
+
+    loss, parts = EvoViTLoss()(logits, aux, target)
+    assert torch.allclose(loss, 0.5 * ce(logits) + 0.5 * ce(cls_logits), atol=1e-6)
+    assert set(parts) == {'ce', 'ce_cls'}
+    loss, parts = EvoViTLoss(cls_weight=0.25, distill_weight=2.0, temperature=3.0)(logits, aux, target, teacher)
+    expected = 0.75 * ce(logits) + 0.25 * ce(cls_logits) + 2.0 * distillation_kl(logits, teacher, 3.0)
+    assert torch.allclose(loss, expected, atol=1e-6) and set(parts) == {'ce', 'ce_cls', 'kl'}
+    loss, _ = EvoViTLoss(cls_weight=0.0)(logits, None, target)
+    assert torch.allclose(loss, ce(logits), atol=1e-6)
+    with pytest.raises(ValueError, match=r'cls_weight must be in \[0, 1\]'):
+        EvoViTLoss(cls_weight=1.5)

@@ -5,7 +5,7 @@ import torch
 
 import dynvit
 
-from helpers import images
+from helpers import images, stages, training_loss
 
 MODELS = dynvit.list_models()
 # Full-size variants run at 64 px (16 patches) to keep the suite fast; geometry is unchanged.
@@ -23,8 +23,10 @@ def _input(model, batch):
 
 def test_registry():
     assert {'dynamicvit_tiny_patch16_224', 'dynamicvit_small_patch16_224', 'dynamicvit_base_patch16_224',
-            'test_dynamicvit', 'test_dynamicvit2'} <= set(MODELS)
-    assert 'dynamicvit_small_patch16_224.deit_in1k' in dynvit.list_models(pretrained=True)
+            'test_dynamicvit', 'test_dynamicvit2', 'evovit_tiny_patch16_224', 'evovit_small_patch16_224',
+            'evovit_base_patch16_224', 'test_evovit', 'test_evovit2'} <= set(MODELS)
+    assert {'dynamicvit_small_patch16_224.deit_in1k', 'evovit_small_patch16_224.deit_in1k'} <= set(
+        dynvit.list_models(pretrained=True))
     assert dynvit.list_models('dynamicvit_s*') == ['dynamicvit_small_patch16_224']
 
 
@@ -36,14 +38,16 @@ def test_forward_all_modes(name):
     with torch.no_grad():
         logits, aux = model(x, return_aux=True)
         assert logits.shape == (2, model.num_classes) and torch.isfinite(logits).all()
-        expected = [model.num_keep(s, n) for s in range(len(model.prune_loc))]
+        expected = [model.num_keep(s, n) for s in range(stages(model))]
         assert aux.kept_tokens.tolist() == [expected] * 2
-        model.mode = 'threshold'
-        logits, aux = model(x, return_aux=True)
-        assert logits.shape == (2, model.num_classes) and torch.isfinite(logits).all()
+        assert torch.equal(model(x), logits)
+        if hasattr(model, 'mode'):
+            model.mode = 'threshold'
+            logits, aux = model(x, return_aux=True)
+            assert logits.shape == (2, model.num_classes) and torch.isfinite(logits).all()
     model.train()
     logits, aux = model(x, return_aux=True)
-    assert logits.shape == (2, model.num_classes) and len(aux.decisions) == len(model.prune_loc)
+    assert logits.shape == (2, model.num_classes) and aux.kept_tokens.shape == (2, stages(model))
 
 
 @pytest.mark.parametrize('name', MODELS)
@@ -51,18 +55,24 @@ def test_backward_reaches_every_parameter(name):
     model = _create(name).train()
     x = _input(model, 2)
     logits, aux = model(x, return_aux=True)
-    loss, _ = dynvit.train.DynamicViTLoss(model.keep_ratio)(logits, aux, torch.tensor([0, 1]))
-    loss.backward()
+    training_loss(model, logits, aux, torch.tensor([0, 1])).backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not no_grad, f'no/invalid gradient for {no_grad}'
     zero = [n for n, p in model.named_parameters() if p.grad.abs().sum() == 0]
     assert not zero, f'zero gradient for {zero}'
 
 
+# sparsity settings other than the defaults, per family
+OTHER_SETTINGS = {
+    dynvit.DynamicVisionTransformer: dict(keep_ratio=0.5, mode='threshold', threshold=0.4),
+    dynvit.EvoVisionTransformer: dict(keep_ratio=0.4, tradeoff=0.8, representative_token=False),
+}
+
+
 @pytest.mark.parametrize('name', MODELS)
 def test_safetensors_roundtrip(name, tmp_path):
     model = _create(name, num_classes=7).eval()
-    model.set_sparsity(keep_ratio=0.5, mode='threshold', threshold=0.4)
+    model.set_sparsity(**OTHER_SETTINGS[type(model)])
     path = tmp_path / 'model.safetensors'
     dynvit.save_model(model, str(path), extra={'note': 'roundtrip'})
     meta = dynvit.read_dynvit_metadata(str(path))

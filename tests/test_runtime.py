@@ -91,3 +91,31 @@ def test_calibrated_threshold_hits_the_mean_keep_rate():
         mean_kept = sum(r.kept_tokens[s] for r in report.images) / 16
         assert abs(mean_kept / 64 - target) < 0.01
     assert len({tuple(r.kept_tokens) for r in report.images}) > 1  # still per image
+
+
+@pytest.mark.parametrize('representative', [True, False])
+@pytest.mark.parametrize('name', ['test_evovit', 'test_evovit2'])
+def test_evovit_macs_match_flop_counter_of_the_executed_model(name, representative):
+    """Blocks on the tokens they computed, the class-attention rows, the representative tokens."""
+    model = dynvit.create_model(name, representative_token=representative).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        _, aux = model(x, return_aux=True)
+    analytic = int(model.count_macs(aux)[0])
+    assert analytic == count_flops(model, x) / 2
+    assert analytic < dense_vit_macs(model, aux.num_patches)
+
+
+def test_evovit_deit_small_numbers():
+    model = dynvit.create_model('evovit_small_patch16_224').eval()
+    _, report = profile(model, torch.randn(1, 3, 224, 224))
+    image = report.images[0]
+    assert image.kept_tokens == [98, 98]
+    assert image.tokens_per_block == [197] * 4 + [100] * 8  # CLS + 98 informative + representative
+    assert 3.0 < image.macs / 1e9 < 3.1  # paper: 3.0 G for Evo-ViT-S
+    assert 0.32 < image.saved_fraction < 0.35
+    assert 'fully updated patches' in str(report) and '197x4 100x8' in str(report)
+    model.representative_token = False  # the released code: 99 tokens from block 4
+    _, report = profile(model, torch.randn(1, 3, 224, 224))
+    assert report.images[0].tokens_per_block == [197] * 4 + [99] * 8
+    assert report.images[0].macs < image.macs

@@ -19,7 +19,6 @@ at the end (``merge_slow_fast``). That is exactly the per-block update of the pa
 from typing import Optional, Tuple
 
 import torch
-from einops import einsum
 from timm.models.vision_transformer import Block
 
 from .attention import attend, merge_heads, split_qkv
@@ -46,8 +45,8 @@ def block_forward_with_cls_attention(block: Block, x: torch.Tensor) -> Tuple[tor
     def attention(attn, y):
         q, k, v, gate = split_qkv(attn, y)  # [B, H, L, D]
         with torch.no_grad():
-            logits = einsum(q[:, :, 0] * attn.scale, k, 'b h d, b h l d -> b h l')
-            row.append(logits.softmax(dim=-1).mean(dim=1))  # [B, L]
+            logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # [B, H, 1, L]
+            row.append(logits.softmax(dim=-1).mean(dim=1)[:, 0])  # [B, L]
         dropout_p = attn.attn_drop.p if attn.training else 0.0
         return merge_heads(attn, attend(q, k, v, None, attn.fused_attn, attn.scale, dropout_p), gate)
 
@@ -69,7 +68,7 @@ def representative_token(placeholders: torch.Tensor, weights: torch.Tensor) -> t
     total = weights.sum(dim=1, keepdim=True)
     w = torch.where(total > 0, weights / total.clamp_min(torch.finfo(weights.dtype).tiny),
                     torch.full_like(weights, 1.0 / weights.shape[1]))
-    return einsum(w.to(placeholders.dtype), placeholders, 'b m, b m c -> b c').unsqueeze(1)
+    return w.to(placeholders.dtype).unsqueeze(1) @ placeholders  # [B, 1, M] @ [B, M, C]
 
 
 def split_slow_fast(

@@ -112,7 +112,7 @@ def check_state_dict(
     """
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict and not k.startswith(ignore)]
-    unexpected = [k for k in state_dict if k not in own]
+    unexpected = [k for k in state_dict if k not in own and not k.startswith(ignore)]
     shapes = [
         f'{k}: {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}'
         for k in own

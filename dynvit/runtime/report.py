@@ -14,14 +14,16 @@ class ImageReport:
     """One image.
 
     Attributes:
-        kept_tokens: Patch tokens kept after each pruning stage.
-        macs: Multiply-accumulates spent on the image, predictors included (gathers and
-            packing move memory and cost no MACs).
+        kept_tokens: Patch tokens kept (given the full update) in each stage.
+        macs: Multiply-accumulates spent on the image, predictors and token selection
+            included (gathers and packing move memory and cost no MACs).
         dense_macs: MACs of the same backbone without sparsification.
+        tokens_per_block: Tokens each transformer block computed, prefix tokens included.
     """
     kept_tokens: List[int]
     macs: int
     dense_macs: int
+    tokens_per_block: List[int] = field(default_factory=list)
 
     @property
     def saved_fraction(self) -> float:
@@ -34,6 +36,7 @@ class SparsityReport:
     """A batch of ``ImageReport``; MACs are multiply-accumulates (FLOPs = 2 x MACs)."""
     images: List[ImageReport] = field(default_factory=list)
     num_patches: int = 0
+    stage_label: str = 'kept patch tokens per stage'
 
     @property
     def mean_macs(self) -> float:
@@ -55,18 +58,31 @@ class SparsityReport:
             mean_macs=self.mean_macs,
             dense_macs=self.dense_macs,
             saved_fraction=self.saved_fraction,
-            images=[dict(kept_tokens=r.kept_tokens, macs=r.macs, dense_macs=r.dense_macs,
-                         saved_fraction=r.saved_fraction) for r in self.images],
+            stage_label=self.stage_label,
+            images=[dict(kept_tokens=r.kept_tokens, tokens_per_block=r.tokens_per_block, macs=r.macs,
+                         dense_macs=r.dense_macs, saved_fraction=r.saved_fraction) for r in self.images],
         )
 
     def __str__(self) -> str:
-        rows = [f'{"image":>5}  {"kept patch tokens per stage":<28} {"GMACs":>7} {"dense":>7} {"saved":>6}']
+        rows = [f'{"image":>5}  {self.stage_label:<30} {"tokens per block":<24} {"GMACs":>7} {"dense":>7} {"saved":>6}']
         for i, r in enumerate(self.images):
             kept = ' / '.join(str(k) for k in r.kept_tokens) or '-'
-            rows.append(f'{i:>5}  {kept:<28} {r.macs / 1e9:>7.3f} {r.dense_macs / 1e9:>7.3f} {r.saved_fraction:>6.1%}')
-        rows.append(f'{"mean":>5}  {f"of {self.num_patches} patches":<28} {self.mean_macs / 1e9:>7.3f} '
+            rows.append(f'{i:>5}  {kept:<30} {_runs(r.tokens_per_block):<24} {r.macs / 1e9:>7.3f} '
+                        f'{r.dense_macs / 1e9:>7.3f} {r.saved_fraction:>6.1%}')
+        rows.append(f'{"mean":>5}  {f"of {self.num_patches} patches":<30} {"":<24} {self.mean_macs / 1e9:>7.3f} '
                     f'{self.dense_macs / 1e9:>7.3f} {self.saved_fraction:>6.1%}')
         return '\n'.join(rows) + '\n(GMACs = 10^9 multiply-accumulates; FLOPs = 2 x MACs)'
+
+
+def _runs(values: List[int]) -> str:
+    """Run-length form of per-block counts: [197, 197, 100] -> '197x2 100'."""
+    out: List[str] = []
+    for v in values:
+        if out and out[-1][0] == v:
+            out[-1][1] += 1
+        else:
+            out.append([v, 1])
+    return ' '.join(f'{v}x{n}' if n > 1 else str(v) for v, n in out) or '-'
 
 
 @torch.no_grad()
@@ -88,14 +104,18 @@ def profile(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, SparsityRe
         macs = model.count_macs(aux).tolist()
         dense = dense_vit_macs(model, aux.num_patches)
         kept = aux.kept_tokens.tolist()
+        tokens = aux.tokens_per_block.tolist()
         num_patches = aux.num_patches
+        label = getattr(model, 'report_stage_label', SparsityReport.stage_label)
     elif isinstance(model, VisionTransformer):
         logits = model(x)
         grid = model.patch_embed.dynamic_feat_size(x.shape[-2:]) if model.dynamic_img_size else model.patch_embed.grid_size
         num_patches = grid[0] * grid[1]
         dense = dense_vit_macs(model, num_patches)
         macs, kept = [dense] * x.shape[0], [[] for _ in range(x.shape[0])]
+        tokens = [[num_patches + model.num_prefix_tokens] * len(model.blocks)] * x.shape[0]
+        label = SparsityReport.stage_label
     else:
         raise TypeError(f'cannot profile {type(model).__name__}: not a dynvit model or a timm VisionTransformer')
-    report = SparsityReport([ImageReport(k, int(m), dense) for k, m in zip(kept, macs)], num_patches)
+    report = SparsityReport([ImageReport(k, int(m), dense, t) for k, m, t in zip(kept, macs, tokens)], num_patches, label)
     return logits, report

@@ -1,2 +1,2 @@
 """Training pieces: losses (the fine-tuning loop comes with the trainer)."""
-from .losses import DynamicViTLoss, distillation_kl, ratio_loss, token_distillation_loss
+from .losses import DynamicViTLoss, EvoViTLoss, distillation_kl, ratio_loss, token_distillation_loss

@@ -3,6 +3,10 @@
 DynamicViT (Rao et al., NeurIPS 2021, arXiv:2106.02034) trains with cross-entropy, a keep-ratio
 loss per stage, KL distillation of the logits from the dense teacher and an MSE distillation
 of the kept tokens; weights 1, 2, 0.5, 0.5 in the paper.
+
+Evo-ViT (Xu et al., AAAI 2022, arXiv:2108.01390) trains two heads, one on the pooled patch
+tokens and one on the class token, with half of the cross-entropy each; its released code has
+logit distillation from a teacher as an option, off by default.
 """
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -131,4 +135,66 @@ class DynamicViTLoss(nn.Module):
             n = aux.num_patches
             parts['token'] = token_distillation_loss(aux.features[:, -n:], teacher_tokens[:, -n:], aux.decisions[-1])
             total = total + self.token_weight * parts['token']
+        return total, {k: v.detach() for k, v in parts.items()}
+
+
+class EvoViTLoss(nn.Module):
+    """The Evo-ViT training objective.
+
+    ``loss = (1 - cls_weight) * ce(logits) + cls_weight * ce(aux.cls_logits)
+    + distill_weight * kl(logits, teacher_logits)``; the distillation term is skipped when no
+    teacher output is given.
+
+    Args:
+        base_criterion: Classification loss (default cross-entropy).
+        cls_weight: Share of the class-token head in the classification loss, in [0, 1]
+            (0.5 in the paper; 0 for a model without ``aux_head``).
+        distill_weight: Weight of ``distillation_kl`` on the main head's logits.
+        temperature: Softening temperature of the distillation.
+    """
+
+    def __init__(
+            self,
+            base_criterion: Optional[nn.Module] = None,
+            cls_weight: float = 0.5,
+            distill_weight: float = 0.5,
+            temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= cls_weight <= 1.0:
+            raise ValueError(f'cls_weight must be in [0, 1], got {cls_weight}')
+        self.base_criterion = base_criterion if base_criterion is not None else nn.CrossEntropyLoss()
+        self.cls_weight = cls_weight
+        self.distill_weight = distill_weight
+        self.temperature = temperature
+
+    def forward(
+            self,
+            logits: torch.Tensor,
+            aux,
+            target: torch.Tensor,
+            teacher_logits: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Computes the loss.
+
+        Args:
+            logits: The main head's logits ``[B, K]``.
+            aux: The ``EvoViTAux`` of a training-mode forward (carries the class-token head's logits).
+            target: Class indices ``[B]`` (or soft targets for a soft criterion).
+            teacher_logits: Teacher logits ``[B, K]``.
+
+        Returns:
+            The total loss and its detached parts by name.
+        """
+        parts = {'ce': self.base_criterion(logits, target)}
+        total = (1.0 - self.cls_weight) * parts['ce']
+        if self.cls_weight > 0:
+            if getattr(aux, 'cls_logits', None) is None:
+                raise ValueError('the class-token head loss needs aux.cls_logits: run the model in training mode '
+                                 'with return_aux=True (and aux_head=True), or set cls_weight=0')
+            parts['ce_cls'] = self.base_criterion(aux.cls_logits, target)
+            total = total + self.cls_weight * parts['ce_cls']
+        if teacher_logits is not None:
+            parts['kl'] = distillation_kl(logits, teacher_logits, self.temperature)
+            total = total + self.distill_weight * parts['kl']
         return total, {k: v.detach() for k, v in parts.items()}

@@ -1,0 +1,535 @@
+"""Evo-ViT on timm's VisionTransformer.
+
+Paper: Evo-ViT: Slow-Fast Token Evolution for Dynamic Vision Transformer (Xu, Zhang, Zhang,
+Wang, Xu, Wei, Zhang, Sun, Ji; AAAI 2022), arXiv:2108.01390.
+
+No learned predictor: a patch's importance is the attention the class token pays to it,
+carried across blocks as a moving average ``score = (1 - t) * score + t * attention``. Before
+each block in ``select_loc`` the patches are ranked; the top ``keep_ratio`` of them get the
+full update in the blocks up to the next selection ("slow"), the rest (placeholders) are
+summarised by a representative token whose residual every placeholder receives ("fast"),
+see ``dynvit.layers.evo_update``. Blocks before the first selection are dense and only
+provide attention; the output head pools all patch tokens (placeholders included).
+
+``representative_token=False`` leaves placeholders unchanged, as the released DeiT code does
+(for its checkpoints). ``keep_ratio``, ``select_loc``, ``tradeoff`` and
+``representative_token`` are plain attributes: change them on a built model.
+
+Training and inference run the same computation: the selection is a sort, the informative
+tokens are gathered, and the placeholders' update is a broadcast add, so both are
+differentiable where they should be (the importance itself is not).
+"""
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import (
+    VisionTransformer,
+    checkpoint_filter_fn as vit_checkpoint_filter_fn,
+    init_weights_vit_timm,
+)
+
+from ..layers import block_forward_with_cls_attention, is_packable, merge_slow_fast, split_slow_fast
+from ..runtime.macs import vit_macs
+from ._helpers import check_state_dict, embed_tokens, first_conv_keys, is_scalar, run_block
+
+__all__ = ['EvoVisionTransformer', 'EvoViTAux']
+
+
+@dataclass
+class EvoViTAux:
+    """What a forward pass selected, for losses, reports and pictures.
+
+    Positions refer to the original patch grid (row-major, N patches).
+
+    Attributes:
+        informative: Per selection ``[B, N]`` float, 1 for the patches given the full update
+            in that stage.
+        scores: Per selection ``[B, N]`` the importance the patches were ranked by.
+        tokens_per_block: ``[B, depth]`` tokens each block computed: prefix tokens,
+            informative patches and the representative token.
+        cls_attention_keys: ``[B, depth]`` keys of the explicit class-attention row computed
+            in each block (0 where the block did not need it).
+        averaged_placeholders: ``[B, stages]`` placeholders averaged into a representative token.
+        num_patches: N.
+        features: The normalised output tokens, all of them in original positions.
+        cls_logits: The class-token head's logits (training mode, with ``aux_head``), else None.
+    """
+    informative: List[torch.Tensor]
+    scores: List[torch.Tensor]
+    tokens_per_block: torch.Tensor
+    cls_attention_keys: torch.Tensor
+    averaged_placeholders: torch.Tensor
+    num_patches: int
+    features: Optional[torch.Tensor] = None
+    cls_logits: Optional[torch.Tensor] = None
+
+    @property
+    def kept_tokens(self) -> torch.Tensor:
+        """``[B, stages]`` patches given the full update in each stage."""
+        if not self.informative:
+            return self.tokens_per_block.new_zeros(self.tokens_per_block.shape[0], 0)
+        return torch.stack([m.sum(dim=1) for m in self.informative], dim=1).round().long()
+
+
+def _resolve_keep_ratio(keep_ratio: Union[float, Sequence[float]], num_stages: int) -> Tuple[float, ...]:
+    """A float is the same fraction in every stage; a sequence gives one per stage."""
+    ratios = (float(keep_ratio),) * num_stages if is_scalar(keep_ratio) else tuple(float(r) for r in keep_ratio)
+    if len(ratios) != num_stages:
+        raise ValueError(f'keep_ratio has {len(ratios)} values for {num_stages} selections (select_loc)')
+    if any(not 0.0 < r <= 1.0 for r in ratios):
+        raise ValueError(f'keep_ratio is the fraction of patches given the full update and must be in (0, 1], '
+                         f'got {list(ratios)}')
+    return ratios
+
+
+def _check_select_loc(value: Sequence[int], depth: int) -> Tuple[int, ...]:
+    try:
+        loc = tuple(int(i) for i in value)
+    except (TypeError, ValueError):
+        raise ValueError(f'select_loc must be a sequence of block indices, got {value!r}') from None
+    if not loc or list(loc) != sorted(set(loc)) or not 1 <= loc[0] <= loc[-1] < depth:
+        raise ValueError(f'select_loc must be increasing block indices in [1, {depth}) (the ranking needs '
+                         f'the class attention of an earlier block), got {list(loc)}')
+    return loc
+
+
+class EvoVisionTransformer(VisionTransformer):
+    """timm ``VisionTransformer`` with Evo-ViT slow-fast token evolution.
+
+    Args:
+        select_loc: Blocks before which the patches are ranked and split into informative
+            ones and placeholders; the first is where slow-fast updating starts (at least 1:
+            the ranking needs the class attention of an earlier block). ``(4, 8)`` is the
+            released code's stage-wise schedule, ``range(4, 12)`` the layer-wise one.
+        keep_ratio: Fraction of the patches given the full update, one float for all stages
+            or one per stage.
+        tradeoff: Weight t of the current block's class attention in the moving average, in
+            (0, 1]; blocks before the first selection use 1.
+        representative_token: Update the placeholders through a representative token (the
+            paper); False leaves them unchanged (the released DeiT code).
+        aux_head: Add the class-token head (``norm_cls``, ``head_cls``) Evo-ViT trains beside
+            the main head; its logits come in ``aux.cls_logits`` in training mode.
+        **kwargs: Passed to timm's ``VisionTransformer`` (it needs a class token).
+    """
+
+    report_stage_label = 'fully updated patches / stage'
+
+    def __init__(
+            self,
+            *,
+            select_loc: Sequence[int] = (4, 8),
+            keep_ratio: Union[float, Sequence[float]] = 0.5,
+            tradeoff: float = 0.5,
+            representative_token: bool = True,
+            aux_head: bool = True,
+            **kwargs: Any,
+    ) -> None:
+        if not kwargs.get('class_token', True):
+            raise ValueError('Evo-ViT ranks patches by the attention of the class token; class_token=False '
+                             'is not supported')
+        if kwargs.get('global_pool', 'token') in ('map', 'prr'):
+            raise ValueError(f"global_pool='{kwargs['global_pool']}' (attention pooling) is not supported by "
+                             f"Evo-ViT; use 'token', 'avg', 'max' or 'avgmax'")
+        model_args = dict(kwargs)
+        super().__init__(**kwargs)
+        bad = [i for i, b in enumerate(self.blocks) if not is_packable(b)]
+        if bad:
+            raise ValueError(f'Evo-ViT reads the class attention inside timm Block blocks; blocks {bad} are '
+                             f'{type(self.blocks[bad[0]]).__name__}')
+        self.norm_cls: Optional[nn.Module] = None
+        self.head_cls: Optional[nn.Module] = None
+        if aux_head:
+            final_norm = self.fc_norm if isinstance(self.norm, nn.Identity) else self.norm
+            self.norm_cls = copy.deepcopy(final_norm)
+            self.head_cls = self._new_cls_head()
+        self._select_loc: Tuple[int, ...] = ()
+        self._keep_ratio: Tuple[float, ...] = ()
+        if select_loc is None or keep_ratio is None or tradeoff is None or representative_token is None:
+            raise ValueError('select_loc, keep_ratio, tradeoff and representative_token cannot be None')
+        self.set_sparsity(select_loc=select_loc, keep_ratio=keep_ratio, tradeoff=tradeoff,
+                          representative_token=representative_token)
+        self.model_args = {**model_args, 'aux_head': aux_head}
+
+    def _new_cls_head(self) -> nn.Module:
+        if self.num_classes <= 0:
+            return nn.Identity()
+        head = nn.Linear(self.embed_dim, self.num_classes)
+        init_weights_vit_timm(head)
+        ref = self.cls_token
+        return head.to(device=ref.device, dtype=ref.dtype)
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Resets the main head (timm's way) and the class-token head."""
+        super().reset_classifier(num_classes, global_pool)
+        if self.head_cls is not None:
+            self.head_cls = self._new_cls_head()
+            self.head_cls.train(self.training)
+
+    # ---- sparsity settings (changeable on a built model) ----
+    @property
+    def select_loc(self) -> Tuple[int, ...]:
+        """Blocks before which the patches are re-ranked."""
+        return self._select_loc
+
+    @select_loc.setter
+    def select_loc(self, value: Sequence[int]) -> None:
+        self.set_sparsity(select_loc=value)
+
+    @property
+    def keep_ratio(self) -> Tuple[float, ...]:
+        """Per-stage fraction of the patches given the full update."""
+        return self._keep_ratio
+
+    @keep_ratio.setter
+    def keep_ratio(self, value: Union[float, Sequence[float]]) -> None:
+        self.set_sparsity(keep_ratio=value)
+
+    @property
+    def tradeoff(self) -> float:
+        """Weight of the current block's class attention in the moving average."""
+        return self._tradeoff
+
+    @tradeoff.setter
+    def tradeoff(self, value: float) -> None:
+        self.set_sparsity(tradeoff=value)
+
+    @property
+    def representative_token(self) -> bool:
+        """Whether placeholders are updated through a representative token."""
+        return self._representative_token
+
+    @representative_token.setter
+    def representative_token(self, value: bool) -> None:
+        self.set_sparsity(representative_token=value)
+
+    def set_sparsity(
+            self,
+            keep_ratio: Union[None, float, Sequence[float]] = None,
+            select_loc: Optional[Sequence[int]] = None,
+            tradeoff: Optional[float] = None,
+            representative_token: Optional[bool] = None,
+    ) -> 'EvoVisionTransformer':
+        """Changes the settings given (others stay); returns the model. Nothing changes if one is invalid.
+
+        A new ``select_loc`` with another number of stages keeps a single keep ratio for all
+        of them; per-stage ratios must then be given with it.
+        """
+        loc = self._select_loc if select_loc is None else _check_select_loc(select_loc, len(self.blocks))
+        if keep_ratio is not None:
+            ratios = _resolve_keep_ratio(keep_ratio, len(loc))
+        elif len(self._keep_ratio) == len(loc):
+            ratios = self._keep_ratio
+        elif len(set(self._keep_ratio)) == 1:
+            ratios = (self._keep_ratio[0],) * len(loc)
+        else:
+            raise ValueError(f'the model has per-stage keep ratios {list(self._keep_ratio)} for {len(self._keep_ratio)} '
+                             f'stages; give keep_ratio with the new select_loc {list(loc)}')
+        if tradeoff is not None and (not is_scalar(tradeoff) or not 0.0 < float(tradeoff) <= 1.0):
+            raise ValueError(f'tradeoff must be a number in (0, 1], got {tradeoff!r}')
+        if representative_token is not None and not isinstance(representative_token, bool):
+            raise ValueError(f'representative_token must be True or False, got {representative_token!r}')
+        self._select_loc, self._keep_ratio = loc, ratios
+        self._stage_of_block = {b: s for s, b in enumerate(loc)}
+        if tradeoff is not None:
+            self._tradeoff = float(tradeoff)
+        if representative_token is not None:
+            self._representative_token = representative_token
+        return self
+
+    def sparsity_config(self) -> Dict[str, Any]:
+        """The current settings as plain values (stored with saved weights)."""
+        return dict(
+            select_loc=list(self.select_loc),
+            keep_ratio=list(self.keep_ratio),
+            tradeoff=self.tradeoff,
+            representative_token=self.representative_token,
+        )
+
+    def num_keep(self, stage: int, num_patches: int) -> int:
+        """Patches given the full update in ``stage``: ``int(N * keep_ratio[stage])``, at least 1."""
+        return max(1, int(num_patches * self.keep_ratio[stage]))
+
+    # ---- forward ----
+    def forward_features(
+            self,
+            x: torch.Tensor,
+            attn_mask: Optional[torch.Tensor] = None,
+            is_causal: bool = False,
+            return_aux: bool = False,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, EvoViTAux]]:
+        """Embeds and runs the blocks with slow-fast token evolution.
+
+        Args:
+            x: Images ``[B, C, H, W]``.
+            attn_mask: Not supported (tokens are selected per image); must be None.
+            is_causal: Not supported; must be False.
+            return_aux: Also return the ``EvoViTAux`` of this pass.
+
+        Returns:
+            Normalised tokens ``[B, P + N, C]`` in original positions; with ``return_aux`` also the aux.
+        """
+        if attn_mask is not None or is_causal:
+            raise ValueError('Evo-ViT selects tokens per image and runs its own attention; '
+                             'attn_mask and is_causal are not supported')
+        x = embed_tokens(self, x)
+        B, L, _ = x.shape
+        P = self.num_prefix_tokens
+        N = L - P
+        loc = self.select_loc
+        keeps = [min(self.num_keep(s, N), N) for s in range(len(loc))]
+        # the ranking before select_loc[s] reads the class attention of blocks select_loc[0] - 1 on
+        # (earlier ones are overwritten with t = 1); without a ranking no attention row is needed
+        last_read = max((b for b, k in zip(loc, keeps) if k < N), default=0)
+        tokens, row_keys, averaged = [], [], []  # per block, per block, per stage: the same for every image
+        informative_masks, scores = [], []
+        score = None  # [B, N] importance, no gradient
+        full = x  # all tokens in original positions as of the current stage's start
+        informative = rep = None  # the current stage's informative patch indices [B, k] and representative token
+        for i, block in enumerate(self.blocks):
+            s = self._stage_of_block.get(i)
+            if s is not None:
+                if informative is not None:
+                    x = merge_slow_fast(full, x, P, informative, rep)
+                full, informative, rep = x, None, None
+                if keeps[s] < N:
+                    order = score.argsort(dim=1, descending=True)
+                    informative, placeholders = order[:, :keeps[s]], order[:, keeps[s]:]
+                    x, rep = split_slow_fast(full, P, informative, placeholders,
+                                             score if self.representative_token else None)
+                averaged.append(N - keeps[s] if rep is not None else 0)
+                informative_masks.append(informative)
+                scores.append(score)
+            tokens.append(x.shape[1])
+            if loc[0] - 1 <= i < last_read:
+                x, row = run_block(self, block_forward_with_cls_attention, block, x)
+                row_keys.append(x.shape[1])
+                score = self._update_score(score, row, i, P, informative)
+            else:
+                x = run_block(self, block, x)
+                row_keys.append(0)
+        if informative is not None:
+            x = merge_slow_fast(full, x, P, informative, rep)
+        x = self.norm(x)
+        if not return_aux:
+            return x
+
+        def per_image(values: List[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=x.device).expand(B, -1)
+
+        aux = EvoViTAux(
+            informative=[x.new_ones(B, N) if idx is None else x.new_zeros(B, N).scatter_(1, idx, 1.0)
+                         for idx in informative_masks],
+            scores=[x.new_zeros(B, N) if sc is None else sc for sc in scores],
+            tokens_per_block=per_image(tokens),
+            cls_attention_keys=per_image(row_keys),
+            averaged_placeholders=per_image(averaged),
+            num_patches=N,
+            features=x,
+        )
+        return x, aux
+
+    def _update_score(
+            self,
+            score: Optional[torch.Tensor],
+            row: torch.Tensor,
+            block: int,
+            num_prefix: int,
+            informative: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """Moving average of the class attention; in a slow-fast stage only the informative
+        patches were seen, the placeholders keep their importance."""
+        if block < self.select_loc[0] or score is None:
+            return row[:, num_prefix:].clone()  # t = 1 before the first selection
+        t = self.tradeoff
+        if informative is None:
+            return (1 - t) * score + t * row[:, num_prefix:num_prefix + score.shape[1]]
+        k = informative.shape[1]
+        seen = (1 - t) * score.gather(1, informative) + t * row[:, num_prefix:num_prefix + k]
+        return score.scatter(1, informative, seen)
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            attn_mask: Optional[torch.Tensor] = None,
+            is_causal: bool = False,
+            return_aux: bool = False,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, EvoViTAux]]:
+        """Logits ``[B, num_classes]`` of the main head; with ``return_aux`` also the ``EvoViTAux``
+        (with the class-token head's logits in training mode)."""
+        if not return_aux:
+            return self.forward_head(self.forward_features(x, attn_mask, is_causal))
+        feats, aux = self.forward_features(x, attn_mask, is_causal, return_aux=True)
+        if self.training and self.head_cls is not None:
+            aux.cls_logits = self.head_cls(self.norm_cls(feats[:, 0]))
+        return self.forward_head(feats), aux
+
+    def forward_intermediates(self, *args: Any, **kwargs: Any):
+        """Refused while patches are split: timm's intermediates would come from the dense blocks."""
+        if any(r < 1.0 for r in self.keep_ratio):
+            raise NotImplementedError(
+                'forward_intermediates runs the dense blocks, not the slow-fast update; use '
+                'forward(x, return_aux=True) for the output tokens, or set keep_ratio=1.0')
+        return super().forward_intermediates(*args, **kwargs)
+
+    # ---- MACs ----
+    def count_macs(self, aux: EvoViTAux) -> torch.Tensor:
+        """MACs spent per image ``[B]``: blocks on the tokens they computed, the class-attention
+        rows (q_cls K^T) and the representative tokens' weighted means."""
+        macs = vit_macs(self, aux.tokens_per_block, aux.num_patches)
+        for i, block in enumerate(self.blocks):
+            macs = macs + aux.cls_attention_keys[:, i] * (block.attn.num_heads * block.attn.head_dim)
+        return macs + aux.averaged_placeholders.sum(dim=1) * self.embed_dim
+
+
+_OFFICIAL_KEY = re.compile(r'^(qks|vs|norms|projs)\.(\d+)\.(?:(?:qk|v)\.)?(weight|bias)$')
+
+
+def _from_official_layout(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The released Evo-ViT DeiT code keeps attention outside its blocks: ``norms.{i}``,
+    ``qks.{i}.qk`` (q and k stacked), ``vs.{i}.v`` and ``projs.{i}``. Maps them onto timm's
+    ``blocks.{i}.norm1`` / ``attn.qkv`` / ``attn.proj``."""
+    out, qk, v = {}, {}, {}
+    for key, value in state_dict.items():
+        m = _OFFICIAL_KEY.match(key)
+        if m is None:
+            out[key] = value
+            continue
+        kind, i, param = m.groups()
+        if kind == 'norms':
+            out[f'blocks.{i}.norm1.{param}'] = value
+        elif kind == 'projs':
+            out[f'blocks.{i}.attn.proj.{param}'] = value
+        else:
+            (qk if kind == 'qks' else v)[(i, param)] = value
+    for i, param in sorted(set(qk) | set(v)):
+        if (i, param) not in qk or (i, param) not in v:
+            have = 'qks' if (i, param) in qk else 'vs'
+            raise ValueError(f'official Evo-ViT checkpoint: block {i} has {have} {param} but not the other half '
+                             f'of its attention projection')
+        out[f'blocks.{i}.attn.qkv.{param}'] = torch.cat([qk[i, param], v[i, param]], dim=0)
+    return out
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EvoVisionTransformer) -> Dict[str, torch.Tensor]:
+    """Maps an Evo-ViT checkpoint (ours or the released DeiT code's) or a dense timm/DeiT ViT
+    checkpoint onto ``model``.
+
+    A dense checkpoint's final norm and head also initialise the class-token head, and its
+    final norm the pooled-feature norm (``fc_norm``) when the model pools patches. Key layouts
+    that fit none of these raise a ValueError naming the keys.
+    """
+    state_dict = state_dict.get('model', state_dict)
+    if any(k.startswith('qks.') for k in state_dict):
+        state_dict = _from_official_layout(state_dict)
+    state_dict = vit_checkpoint_filter_fn(state_dict, model)
+    own = model.state_dict()
+    pooled_norm = isinstance(model.norm, nn.Identity) and 'fc_norm.weight' in own
+    source = {k: v for k, v in state_dict.items() if k.startswith(('norm.', 'head.'))}
+    if pooled_norm and 'fc_norm.weight' not in state_dict:
+        for k in [k for k in state_dict if k.startswith('norm.')]:
+            state_dict['fc_' + k] = state_dict.pop(k)
+    if model.head_cls is not None:
+        for k, v in source.items():
+            state_dict.setdefault(k.replace('norm.', 'norm_cls.').replace('head.', 'head_cls.'), v)
+    else:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(('norm_cls.', 'head_cls.'))}
+    # timm drops classifiers of another size and adapts the input channels after this filter
+    check_state_dict(state_dict, model, ignore=('head.', 'head_cls.'), any_shape=first_conv_keys(model))
+    return state_dict
+
+
+def _create_evo_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer:
+    if kwargs.get('features_only'):
+        raise ValueError('features_only is not supported: Evo-ViT runs most blocks on a subset of the tokens')
+    return build_model_with_cfg(
+        EvoVisionTransformer,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        **kwargs,
+    )
+
+
+def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
+    return {
+        'url': url,
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': None,
+        'crop_pct': 0.875,
+        'interpolation': 'bicubic',
+        'fixed_input_size': True,
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj',
+        'classifier': ('head', 'head_cls'),
+        'paper_ids': 'arXiv:2108.01390',
+        'paper_name': 'Evo-ViT: Slow-Fast Token Evolution for Dynamic Vision Transformer',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    # Backbone (and both heads) from timm's DeiT ImageNet-1k weights; Evo-ViT fine-tunes from these.
+    'evovit_tiny_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_tiny_patch16_224.fb_in1k', license='apache-2.0'),
+    'evovit_small_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_small_patch16_224.fb_in1k', license='apache-2.0'),
+    'evovit_base_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_base_patch16_224.fb_in1k', license='apache-2.0'),
+    # Tiny configurations for tests.
+    'test_evovit.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
+    'test_evovit2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
+})
+
+
+def _evo_deit_args(embed_dim: int, num_heads: int) -> Dict[str, Any]:
+    """DeiT geometry with the released schedule: half of the patches get the full update from
+    block 4 on, re-ranked before blocks 4 and 8; the head pools all patches."""
+    return dict(patch_size=16, embed_dim=embed_dim, depth=12, num_heads=num_heads, global_pool='avg',
+                select_loc=(4, 8), keep_ratio=0.5, tradeoff=0.5)
+
+
+@register_model
+def evovit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer:
+    """Evo-ViT on DeiT-Tiny (192 wide, 12 blocks)."""
+    model_args = _evo_deit_args(embed_dim=192, num_heads=3)
+    return _create_evo_vit('evovit_tiny_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def evovit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer:
+    """Evo-ViT on DeiT-Small (384 wide, 12 blocks)."""
+    model_args = _evo_deit_args(embed_dim=384, num_heads=6)
+    return _create_evo_vit('evovit_small_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def evovit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer:
+    """Evo-ViT on DeiT-Base (768 wide, 12 blocks)."""
+    model_args = _evo_deit_args(embed_dim=768, num_heads=12)
+    return _create_evo_vit('evovit_base_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def test_evovit(pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer:
+    """Tiny Evo-ViT for tests: 32 px, patch 4 (64 patches), 32 wide, 4 blocks, average pooling,
+    stage-wise selection before blocks 2 and 3."""
+    model_args = dict(
+        img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2, global_pool='avg',
+        select_loc=(2, 3), keep_ratio=0.5)
+    return _create_evo_vit('test_evovit', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def test_evovit2(pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer:
+    """Tiny Evo-ViT for tests: class-token pooling, a register token, LayerScale, qk-norm,
+    position embedding on patches only, layer-wise selection from block 1."""
+    model_args = dict(
+        img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2,
+        reg_tokens=1, no_embed_class=True, init_values=1e-5, qk_norm=True,
+        select_loc=(1, 2, 3), keep_ratio=(0.5, 0.4, 0.3), tradeoff=0.7)
+    return _create_evo_vit('test_evovit2', pretrained=pretrained, **dict(model_args, **kwargs))
