@@ -7,15 +7,14 @@ and writes them as JSON.
     python benchmarks/bench_dynamicvit.py --threads 2 --out benchmarks/results/dynamicvit_small_cpu.json
 """
 import argparse
-import json
-import platform
-from pathlib import Path
 
 import timm
 import torch
 
 import dynvit
-from dynvit.runtime import median_latencies, profile
+from dynvit.runtime import profile
+
+from common import compare, print_rows, save
 
 
 def main() -> None:
@@ -43,40 +42,16 @@ def main() -> None:
     threshold.mode = 'threshold'
     models = {'dense': dense, 'topk': topk, 'threshold': threshold}
 
-    reports = {k: profile(m, xb)[1] for k, m in models.items()}
-    b1 = median_latencies(models, x1, args.rounds, args.runs_b1)
-    bl = median_latencies(models, xb, max(1, args.rounds // 2), args.runs_large)
-
-    rows = {}
-    for k in models:
-        r = reports[k]
-        kept = [sum(img.kept_tokens[s] for img in r.images) / len(r.images) for s in range(len(r.images[0].kept_tokens))]
-        rows[k] = dict(
-            gmacs=r.mean_macs / 1e9,
-            saved_fraction=r.saved_fraction,
-            mean_kept_tokens=[round(v, 1) for v in kept],
-            b1_latency_ms=b1[k] * 1e3,
-            b1_speedup=b1['dense'] / b1[k],
-            throughput_img_s=args.batch / bl[k],
-            throughput_ratio=bl['dense'] / bl[k],
-        )
+    rows = compare(models, xb, args.rounds, args.runs_b1, args.runs_large)
     title = (f'DeiT-{args.size[0].upper()} vs DynamicViT/{args.keep_ratio}, {args.threads} CPU threads, fp32, '
              f'torch {torch.__version__}, timm {timm.__version__}')
-    print(title)
-    print(f'{"model":<10} {"GMACs":>6} {"saved":>6} {"kept/stage":>18} {"b1 ms":>8} {"b1 x":>6} '
-          f'{"b" + str(args.batch) + " img/s":>10} {"x":>6}')
-    for k, r in rows.items():
-        kept = '/'.join(f'{v:.0f}' for v in r['mean_kept_tokens']) or '-'
-        print(f'{k:<10} {r["gmacs"]:>6.2f} {r["saved_fraction"]:>6.1%} {kept:>18} {r["b1_latency_ms"]:>8.1f} '
-              f'{r["b1_speedup"]:>6.2f} {r["throughput_img_s"]:>10.2f} {r["throughput_ratio"]:>6.2f}')
+    print_rows(title, rows, args.batch)
+    kept_last = [img.kept_tokens[-1] for img in profile(threshold, xb)[1].images]
     print(f'threshold mode: thresholds {[round(t, 4) for t in threshold.threshold]}, kept tokens per image at the '
-          f'last stage range {min(i.kept_tokens[-1] for i in reports["threshold"].images)}-'
-          f'{max(i.kept_tokens[-1] for i in reports["threshold"].images)}')
+          f'last stage range {min(kept_last)}-{max(kept_last)}')
     print(f'threshold vs top-k throughput: {rows["threshold"]["throughput_img_s"] / rows["topk"]["throughput_img_s"]:.2f}')
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(dict(
-            title=title, args=vars(args), machine=platform.processor() or platform.machine(), results=rows), indent=1))
+        save(args.out, title, vars(args), rows)
 
 
 if __name__ == '__main__':

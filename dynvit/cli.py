@@ -68,12 +68,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print('threshold mode, thresholds calibrated to the same average keep rate (count per image):')
     print(report, '\n')
 
+    evo_name = 'evovit_small_patch16_224'
+    evo = create_model(evo_name).eval()
+    _, report = profile(evo, x)
+    print(f'{evo_name}, random weights: half of the patches get the full update from block 4 on, '
+          f'the others a representative token\'s update:')
+    print(report, '\n')
+
     model.mode = 'topk'
     dense = create_model(name, keep_ratio=1.0).eval()
     dense.load_state_dict(model.state_dict())
     rounds = 2
     per_round = max(1, args.runs // rounds)
-    times = median_latencies({'dense (keep ratio 1.0)': dense, 'top-k 0.7': model}, x[:1], rounds, per_round)
+    models = {'dense (keep ratio 1.0)': dense, 'DynamicViT top-k 0.7': model, 'Evo-ViT 0.5': evo}
+    times = median_latencies(models, x[:1], rounds, per_round)
     base = times['dense (keep ratio 1.0)']
     print(f'batch-1 latency, median of {rounds * per_round}:')
     for label, t in times.items():
@@ -101,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--json', action='store_true')
     p.set_defaults(func=_cmd_info)
 
-    p = add('demo', 'Run DynamicViT-S on sample images: per-image kept tokens, MACs saved, speed.')
+    p = add('demo', 'Run DynamicViT-S and Evo-ViT-S on sample images: per-image kept tokens, MACs saved, speed.')
     p.add_argument('--images', type=int, default=4)
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--runs', type=int, default=10)

@@ -67,14 +67,14 @@ class SparsityReport:
         rows = [f'{"image":>5}  {self.stage_label:<30} {"tokens per block":<24} {"GMACs":>7} {"dense":>7} {"saved":>6}']
         for i, r in enumerate(self.images):
             kept = ' / '.join(str(k) for k in r.kept_tokens) or '-'
-            rows.append(f'{i:>5}  {kept:<30} {_runs(r.tokens_per_block):<24} {r.macs / 1e9:>7.3f} '
+            rows.append(f'{i:>5}  {kept:<30} {run_length(r.tokens_per_block):<24} {r.macs / 1e9:>7.3f} '
                         f'{r.dense_macs / 1e9:>7.3f} {r.saved_fraction:>6.1%}')
         rows.append(f'{"mean":>5}  {f"of {self.num_patches} patches":<30} {"":<24} {self.mean_macs / 1e9:>7.3f} '
                     f'{self.dense_macs / 1e9:>7.3f} {self.saved_fraction:>6.1%}')
         return '\n'.join(rows) + '\n(GMACs = 10^9 multiply-accumulates; FLOPs = 2 x MACs)'
 
 
-def _runs(values: List[int]) -> str:
+def run_length(values: List[int]) -> str:
     """Run-length form of per-block counts: [197, 197, 100] -> '197x2 100'."""
     out: List[str] = []
     for v in values:

@@ -1,0 +1,61 @@
+"""Dense DeiT vs Evo-ViT on the CPU, side by side in one run.
+
+Evo-ViT at its default setting: half of the patches get the full update from block 4 on,
+re-ranked before blocks 4 and 8, placeholders updated through a representative token. Also
+the released code's behaviour (no representative token) and the layer-wise schedule (re-ranked
+before every block from 4 on). The same random backbone weights in all models; the number of
+tokens each block computes does not depend on the weights, so neither does the speed.
+
+    python benchmarks/bench_evovit.py --threads 2 --out benchmarks/results/evovit_small_cpu.json
+"""
+import argparse
+
+import timm
+import torch
+
+import dynvit
+from dynvit.models.evo_vit import checkpoint_filter_fn
+from dynvit.runtime.report import run_length
+
+from common import compare, print_rows, save
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--size', default='small', choices=['tiny', 'small', 'base'])
+    ap.add_argument('--keep-ratio', type=float, default=0.5)
+    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--batch', type=int, default=32, help='large batch size for throughput')
+    ap.add_argument('--rounds', type=int, default=20, help='rounds of turns between the models')
+    ap.add_argument('--runs-b1', type=int, default=5, help='timed batch-1 forwards per model per round')
+    ap.add_argument('--runs-large', type=int, default=1, help='timed large-batch forwards per model per round')
+    ap.add_argument('--out', type=str, default='')
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dense = timm.create_model(f'deit_{args.size}_patch16_224').eval()
+    variants = {
+        'evo': dict(),
+        'evo_release': dict(representative_token=False),
+        'evo_layer': dict(select_loc=range(4, 12)),
+    }
+    models = {'dense': dense}
+    for label, kwargs in variants.items():
+        model = dynvit.create_model(f'evovit_{args.size}_patch16_224', keep_ratio=args.keep_ratio, **kwargs).eval()
+        model.load_state_dict(checkpoint_filter_fn(dense.state_dict(), model))  # same backbone weights
+        models[label] = model
+    xb = torch.randn(args.batch, 3, 224, 224)
+
+    rows = compare(models, xb, args.rounds, args.runs_b1, args.runs_large)
+    title = (f'DeiT-{args.size[0].upper()} vs Evo-ViT/{args.keep_ratio}, {args.threads} CPU threads, fp32, '
+             f'torch {torch.__version__}, timm {timm.__version__}')
+    print_rows(title, rows, args.batch)
+    for k, r in rows.items():
+        print(f'{k:<12} tokens per block: {run_length(r["tokens_per_block"])}')
+    if args.out:
+        save(args.out, title, vars(args), rows)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,53 @@
+"""Shared steps of the speed benchmarks: MACs from the per-image report, batch-1 latency and
+large-batch throughput measured side by side, a printed table and a JSON record."""
+import json
+import platform
+from pathlib import Path
+from typing import Dict
+
+import torch
+import torch.nn as nn
+
+from dynvit.runtime import median_latencies, profile
+from dynvit.runtime.report import run_length
+
+
+def compare(models: Dict[str, nn.Module], xb: torch.Tensor, rounds: int, runs_b1: int, runs_large: int,
+            baseline: str = 'dense') -> Dict[str, dict]:
+    """Per model: GMACs, saved fraction, mean kept patches per stage, batch-1 latency and
+    large-batch throughput, each also as a ratio to ``baseline``. The models take turns."""
+    reports = {k: profile(m, xb)[1] for k, m in models.items()}
+    b1 = median_latencies(models, xb[:1], rounds, runs_b1)
+    bl = median_latencies(models, xb, max(1, rounds // 2), runs_large)
+    rows = {}
+    for k in models:
+        r = reports[k]
+        stages = len(r.images[0].kept_tokens)
+        kept = [sum(img.kept_tokens[s] for img in r.images) / len(r.images) for s in range(stages)]
+        rows[k] = dict(
+            gmacs=r.mean_macs / 1e9,
+            saved_fraction=r.saved_fraction,
+            mean_kept_tokens=[round(v, 1) for v in kept],
+            tokens_per_block=r.images[0].tokens_per_block,
+            b1_latency_ms=b1[k] * 1e3,
+            b1_speedup=b1[baseline] / b1[k],
+            throughput_img_s=xb.shape[0] / bl[k],
+            throughput_ratio=bl[baseline] / bl[k],
+        )
+    return rows
+
+
+def print_rows(title: str, rows: Dict[str, dict], batch: int) -> None:
+    print(title)
+    print(f'{"model":<12} {"GMACs":>6} {"saved":>6} {"kept/stage (mean)":>18} {"b1 ms":>8} {"b1 x":>6} '
+          f'{"b" + str(batch) + " img/s":>10} {"x":>6}')
+    for k, r in rows.items():
+        kept = run_length([round(v) for v in r['mean_kept_tokens']]) if r['mean_kept_tokens'] else '-'
+        print(f'{k:<12} {r["gmacs"]:>6.2f} {r["saved_fraction"]:>6.1%} {kept:>18} {r["b1_latency_ms"]:>8.1f} '
+              f'{r["b1_speedup"]:>6.2f} {r["throughput_img_s"]:>10.2f} {r["throughput_ratio"]:>6.2f}')
+
+
+def save(path: str, title: str, args: dict, rows: Dict[str, dict]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(dict(
+        title=title, args=args, machine=platform.processor() or platform.machine(), results=rows), indent=1))
