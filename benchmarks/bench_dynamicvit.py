@@ -37,7 +37,6 @@ def main() -> None:
     threshold = dynvit.create_model(f'dynamicvit_{args.size}_patch16_224', keep_ratio=args.keep_ratio).eval()
     threshold.load_state_dict(topk.state_dict())
     xb = torch.randn(args.batch, 3, 224, 224)
-    x1 = xb[:1]
     threshold.calibrate_threshold(xb)
     threshold.mode = 'threshold'
     models = {'dense': dense, 'topk': topk, 'threshold': threshold}

@@ -239,8 +239,9 @@ def test_timm_deit_weights_load_as_backbone_and_both_heads(tmp_path):
     deit, path = _deit(tmp_path)
     x = images(2, 64)
     # class-token pooling, nothing dropped: exactly DeiT
+    overlay = dict(file=path, num_classes=10)
     evo = dynvit.create_model('evovit_tiny_patch16_224', img_size=64, num_classes=10, global_pool='token',
-                              keep_ratio=1.0, pretrained=True, pretrained_cfg_overlay=dict(file=path, num_classes=10)).eval()
+                              keep_ratio=1.0, pretrained=True, pretrained_cfg_overlay=overlay).eval()
     with torch.no_grad():
         torch.testing.assert_close(evo(x), deit(x), rtol=0, atol=0)
     # the default (patch pooling): DeiT's final norm becomes the pooled-feature norm, and DeiT's
@@ -309,3 +310,14 @@ def test_bad_arguments_raise_clear_errors():
         model.forward_intermediates(images(1))
     model.keep_ratio = 1.0
     assert len(model.forward_intermediates(images(1))[1]) == len(model.blocks)
+
+
+def test_any_image_size_and_bf16_autocast():
+    model = dynvit.create_model('test_evovit', dynamic_img_size=True).eval()
+    with torch.no_grad():
+        for size, patches in ((32, 64), (48, 144), (40, 100)):
+            _, aux = model(images(2, size), return_aux=True)
+            assert aux.num_patches == patches and aux.kept_tokens[0].tolist() == [patches // 2] * 2
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = model(images(2))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()

@@ -228,8 +228,8 @@ class EvoVisionTransformer(VisionTransformer):
         elif len(set(self._keep_ratio)) == 1:
             ratios = (self._keep_ratio[0],) * len(loc)
         else:
-            raise ValueError(f'the model has per-stage keep ratios {list(self._keep_ratio)} for {len(self._keep_ratio)} '
-                             f'stages; give keep_ratio with the new select_loc {list(loc)}')
+            raise ValueError(f'the model has per-stage keep ratios {list(self._keep_ratio)}; give keep_ratio with '
+                             f'the new select_loc {list(loc)}')
         if tradeoff is not None and (not is_scalar(tradeoff) or not 0.0 < float(tradeoff) <= 1.0):
             raise ValueError(f'tradeoff must be a number in (0, 1], got {tradeoff!r}')
         if representative_token is not None and not isinstance(representative_token, bool):
@@ -287,7 +287,7 @@ class EvoVisionTransformer(VisionTransformer):
         # (earlier ones are overwritten with t = 1); without a ranking no attention row is needed
         last_read = max((b for b, k in zip(loc, keeps) if k < N), default=0)
         tokens, row_keys, averaged = [], [], []  # per block, per block, per stage: the same for every image
-        informative_masks, scores = [], []
+        informative_index, scores = [], []
         score = None  # [B, N] importance, no gradient
         full = x  # all tokens in original positions as of the current stage's start
         informative = rep = None  # the current stage's informative patch indices [B, k] and representative token
@@ -303,7 +303,7 @@ class EvoVisionTransformer(VisionTransformer):
                     x, rep = split_slow_fast(full, P, informative, placeholders,
                                              score if self.representative_token else None)
                 averaged.append(N - keeps[s] if rep is not None else 0)
-                informative_masks.append(informative)
+                informative_index.append(informative)
                 scores.append(score)
             tokens.append(x.shape[1])
             if loc[0] - 1 <= i < last_read:
@@ -324,7 +324,7 @@ class EvoVisionTransformer(VisionTransformer):
 
         aux = EvoViTAux(
             informative=[x.new_ones(B, N) if idx is None else x.new_zeros(B, N).scatter_(1, idx, 1.0)
-                         for idx in informative_masks],
+                         for idx in informative_index],
             scores=[x.new_zeros(B, N) if sc is None else sc for sc in scores],
             tokens_per_block=per_image(tokens),
             cls_attention_keys=per_image(row_keys),

@@ -117,5 +117,6 @@ def profile(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, SparsityRe
         label = SparsityReport.stage_label
     else:
         raise TypeError(f'cannot profile {type(model).__name__}: not a dynvit model or a timm VisionTransformer')
-    report = SparsityReport([ImageReport(k, int(m), dense, t) for k, m, t in zip(kept, macs, tokens)], num_patches, label)
+    images = [ImageReport(k, int(m), dense, t) for k, m, t in zip(kept, macs, tokens)]
+    report = SparsityReport(images, num_patches, label)
     return logits, report
