@@ -244,6 +244,9 @@ def test_timm_deit_weights_load_as_backbone_and_both_heads(tmp_path):
                               keep_ratio=1.0, pretrained=True, pretrained_cfg_overlay=overlay).eval()
     with torch.no_grad():
         torch.testing.assert_close(evo(x), deit(x), rtol=0, atol=0)
+        evo.train()  # no dropout configured: the class-token head, started from DeiT's, is DeiT too
+        _, aux = evo(x, return_aux=True)
+        torch.testing.assert_close(aux.cls_logits, deit(x), rtol=1e-5, atol=1e-5)
     # the default (patch pooling): DeiT's final norm becomes the pooled-feature norm, and DeiT's
     # norm + head the class-token head
     evo = dynvit.create_model('evovit_tiny_patch16_224', img_size=64, num_classes=10, pretrained=True,
@@ -296,6 +299,7 @@ def test_bad_arguments_raise_clear_errors():
         (dict(global_pool='map'), 'attention pooling'),
         (dict(keep_ratio=-1), r'\(0, 1\]'),
         (dict(block_fn=timm.models.vision_transformer.ParallelScalingBlock), 'timm Block blocks'),
+        (dict(attn_layer='diff'), 'with timm Attention'),
         (dict(features_only=True), 'features_only'),
     ]:
         with pytest.raises(ValueError, match=match):
@@ -321,3 +325,24 @@ def test_any_image_size_and_bf16_autocast():
         with torch.autocast('cpu', dtype=torch.bfloat16):
             out = model(images(2))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_own_files_load_across_pooling_and_head_settings(tmp_path):
+    """The final norm moves between before-pooling (norm) and after-pooling (fc_norm) placement,
+    and starts a class-token head the file does not have."""
+    x = images(2)
+    source = dynvit.create_model('test_evovit', aux_head=False).eval()
+    path = str(tmp_path / 'avg.safetensors')
+    dynvit.save_model(source, path)
+    with_head = dynvit.create_model('test_evovit', aux_head=True, checkpoint_path=path)
+    assert torch.equal(with_head.norm_cls.weight, source.fc_norm.weight)
+    assert torch.equal(with_head.head_cls.weight, source.head.weight)
+    token = dynvit.create_model('test_evovit', global_pool='token', checkpoint_path=path)
+    assert torch.equal(token.norm.weight, source.fc_norm.weight)
+    # a pooling change made by reset_classifier survives save and load
+    source.reset_classifier(5, 'token')
+    dynvit.save_model(source, path)
+    loaded = dynvit.load_model(path).eval()
+    assert loaded.global_pool == 'token'
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), source(x), rtol=0, atol=0)

@@ -4,6 +4,7 @@ from .keep_predictor import KeepPredictor
 from .token_ops import (
     gather_tokens,
     is_packable,
+    is_timm_attention,
     packed_attention,
     packed_block_forward,
     residual_block_forward,

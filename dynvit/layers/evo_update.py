@@ -38,7 +38,7 @@ def block_forward_with_cls_attention(block: Block, x: torch.Tensor) -> Tuple[tor
 
     Returns:
         The block output ``[B, L, C]`` and the class token's attention over the L keys,
-        averaged over heads, ``[B, L]``.
+        averaged over heads, ``[B, L]`` (float32 whatever the block's dtype).
     """
     row = []
 
@@ -46,7 +46,7 @@ def block_forward_with_cls_attention(block: Block, x: torch.Tensor) -> Tuple[tor
         q, k, v, gate = split_qkv(attn, y)  # [B, H, L, D]
         with torch.no_grad():
             logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # [B, H, 1, L]
-            row.append(logits.softmax(dim=-1).mean(dim=1)[:, 0])  # [B, L]
+            row.append(logits.float().softmax(dim=-1).mean(dim=1)[:, 0])  # [B, L], float32 to rank finely
         dropout_p = attn.attn_drop.p if attn.training else 0.0
         return merge_heads(attn, attend(q, k, v, None, attn.fused_attn, attn.scale, dropout_p), gate)
 

@@ -37,7 +37,8 @@ def is_packable(block: nn.Module) -> bool:
     return isinstance(block, Block) and type(block).forward is Block.forward
 
 
-def _is_timm_attention(attn: nn.Module) -> bool:
+def is_timm_attention(attn: nn.Module) -> bool:
+    """Whether ``attn`` computes timm's own ``Attention`` forward (so its q/k/v may be used directly)."""
     return type(attn).forward in (Attention.forward, PolicyAttention.forward)
 
 
@@ -57,7 +58,7 @@ def packed_attention(attn: Attention, x: torch.Tensor, lengths: Sequence[int]) -
         ``[1, T, C]``.
     """
     lengths = list(lengths)
-    if not _is_timm_attention(attn):
+    if not is_timm_attention(attn):
         return torch.cat([attn(seg) for seg in x.split(lengths, dim=1)], dim=1)
     q, k, v, gate = split_qkv(attn, x)  # [1, H, T, D] each
     dropout_p = attn.attn_drop.p if attn.training else 0.0

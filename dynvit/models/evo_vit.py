@@ -34,7 +34,13 @@ from timm.models.vision_transformer import (
     init_weights_vit_timm,
 )
 
-from ..layers import block_forward_with_cls_attention, is_packable, merge_slow_fast, split_slow_fast
+from ..layers import (
+    block_forward_with_cls_attention,
+    is_packable,
+    is_timm_attention,
+    merge_slow_fast,
+    split_slow_fast,
+)
 from ..runtime.macs import vit_macs
 from ._helpers import check_state_dict, embed_tokens, first_conv_keys, is_scalar, run_block
 
@@ -57,7 +63,9 @@ class EvoViTAux:
             in each block (0 where the block did not need it).
         averaged_placeholders: ``[B, stages]`` placeholders averaged into a representative token.
         num_patches: N.
-        features: The normalised output tokens, all of them in original positions.
+        features: The output tokens (after the final norm; with patch pooling the norm comes
+            after pooling, ``fc_norm``), all of them in original positions.
+        cls_token: The class token before the final norm ``[B, C]`` (input of the class-token head).
         cls_logits: The class-token head's logits (training mode, with ``aux_head``), else None.
     """
     informative: List[torch.Tensor]
@@ -67,6 +75,7 @@ class EvoViTAux:
     averaged_placeholders: torch.Tensor
     num_patches: int
     features: Optional[torch.Tensor] = None
+    cls_token: Optional[torch.Tensor] = None
     cls_logits: Optional[torch.Tensor] = None
 
     @property
@@ -90,6 +99,8 @@ def _resolve_keep_ratio(keep_ratio: Union[float, Sequence[float]], num_stages: i
 
 def _check_select_loc(value: Sequence[int], depth: int) -> Tuple[int, ...]:
     try:
+        if isinstance(value, (str, bytes)) or any(isinstance(i, bool) or int(i) != i for i in value):
+            raise TypeError
         loc = tuple(int(i) for i in value)
     except (TypeError, ValueError):
         raise ValueError(f'select_loc must be a sequence of block indices, got {value!r}') from None
@@ -138,10 +149,11 @@ class EvoVisionTransformer(VisionTransformer):
                              f"Evo-ViT; use 'token', 'avg', 'max' or 'avgmax'")
         model_args = dict(kwargs)
         super().__init__(**kwargs)
-        bad = [i for i, b in enumerate(self.blocks) if not is_packable(b)]
+        bad = [i for i, b in enumerate(self.blocks) if not (is_packable(b) and is_timm_attention(b.attn))]
         if bad:
-            raise ValueError(f'Evo-ViT reads the class attention inside timm Block blocks; blocks {bad} are '
-                             f'{type(self.blocks[bad[0]]).__name__}')
+            b = self.blocks[bad[0]]
+            raise ValueError(f'Evo-ViT reads the class attention inside timm Block blocks with timm Attention; '
+                             f'blocks {bad} are {type(b).__name__} with {type(getattr(b, "attn", None)).__name__}')
         self.norm_cls: Optional[nn.Module] = None
         self.head_cls: Optional[nn.Module] = None
         if aux_head:
@@ -230,7 +242,8 @@ class EvoVisionTransformer(VisionTransformer):
         else:
             raise ValueError(f'the model has per-stage keep ratios {list(self._keep_ratio)}; give keep_ratio with '
                              f'the new select_loc {list(loc)}')
-        if tradeoff is not None and (not is_scalar(tradeoff) or not 0.0 < float(tradeoff) <= 1.0):
+        if tradeoff is not None and (isinstance(tradeoff, bool) or not is_scalar(tradeoff)
+                                     or not 0.0 < float(tradeoff) <= 1.0):
             raise ValueError(f'tradeoff must be a number in (0, 1], got {tradeoff!r}')
         if representative_token is not None and not isinstance(representative_token, bool):
             raise ValueError(f'representative_token must be True or False, got {representative_token!r}')
@@ -272,7 +285,8 @@ class EvoVisionTransformer(VisionTransformer):
             return_aux: Also return the ``EvoViTAux`` of this pass.
 
         Returns:
-            Normalised tokens ``[B, P + N, C]`` in original positions; with ``return_aux`` also the aux.
+            Tokens ``[B, P + N, C]`` in original positions, after the final norm (Identity when the
+            model normalises pooled features, ``fc_norm``); with ``return_aux`` also the aux.
         """
         if attn_mask is not None or is_causal:
             raise ValueError('Evo-ViT selects tokens per image and runs its own attention; '
@@ -315,6 +329,7 @@ class EvoVisionTransformer(VisionTransformer):
                 row_keys.append(0)
         if informative is not None:
             x = merge_slow_fast(full, x, P, informative, rep)
+        cls_token = x[:, 0]
         x = self.norm(x)
         if not return_aux:
             return x
@@ -331,6 +346,7 @@ class EvoVisionTransformer(VisionTransformer):
             averaged_placeholders=per_image(averaged),
             num_patches=N,
             features=x,
+            cls_token=cls_token,
         )
         return x, aux
 
@@ -366,7 +382,7 @@ class EvoVisionTransformer(VisionTransformer):
             return self.forward_head(self.forward_features(x, attn_mask, is_causal))
         feats, aux = self.forward_features(x, attn_mask, is_causal, return_aux=True)
         if self.training and self.head_cls is not None:
-            aux.cls_logits = self.head_cls(self.norm_cls(feats[:, 0]))
+            aux.cls_logits = self.head_cls(self.norm_cls(aux.cls_token))
         return self.forward_head(feats), aux
 
     def forward_intermediates(self, *args: Any, **kwargs: Any):
@@ -429,14 +445,18 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EvoVisionTr
         state_dict = _from_official_layout(state_dict)
     state_dict = vit_checkpoint_filter_fn(state_dict, model)
     own = model.state_dict()
-    pooled_norm = isinstance(model.norm, nn.Identity) and 'fc_norm.weight' in own
-    source = {k: v for k, v in state_dict.items() if k.startswith(('norm.', 'head.'))}
-    if pooled_norm and 'fc_norm.weight' not in state_dict:
-        for k in [k for k in state_dict if k.startswith('norm.')]:
-            state_dict['fc_' + k] = state_dict.pop(k)
-    if model.head_cls is not None:
+    # the checkpoint's final norm sits before pooling (norm) or after it (fc_norm); put it where the model has it
+    final_norm = 'norm.' if 'norm.weight' in state_dict else 'fc_norm.'
+    source = {k[len(final_norm):]: v for k, v in state_dict.items() if k.startswith(final_norm)}
+    target = 'norm.' if 'norm.weight' in own else 'fc_norm.' if 'fc_norm.weight' in own else None
+    if target is not None and target != final_norm and target + 'weight' not in state_dict:
+        for k in source:
+            state_dict[target + k] = state_dict.pop(final_norm + k)
+    if model.head_cls is not None:  # the final norm and head also start the class-token head
         for k, v in source.items():
-            state_dict.setdefault(k.replace('norm.', 'norm_cls.').replace('head.', 'head_cls.'), v)
+            state_dict.setdefault('norm_cls.' + k, v)
+        for k in [k for k in state_dict if k.startswith('head.')]:
+            state_dict.setdefault('head_cls.' + k[len('head.'):], state_dict[k])
     else:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(('norm_cls.', 'head_cls.'))}
     # timm drops classifiers of another size and adapts the input channels after this filter
