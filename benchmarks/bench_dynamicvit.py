@@ -6,31 +6,17 @@ and writes them as JSON.
 
     python benchmarks/bench_dynamicvit.py --threads 2 --out benchmarks/results/dynamicvit_small_cpu.json
 """
-import argparse
-
 import timm
 import torch
 
 import dynvit
 from dynvit.runtime import profile
 
-from common import compare, print_rows, save
+from common import compare, parse_args, print_rows, save
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--size', default='small', choices=['tiny', 'small', 'base'])
-    ap.add_argument('--keep-ratio', type=float, default=0.7)
-    ap.add_argument('--threads', type=int, default=2)
-    ap.add_argument('--batch', type=int, default=32, help='large batch size for throughput')
-    ap.add_argument('--rounds', type=int, default=20, help='rounds of turns between the models')
-    ap.add_argument('--runs-b1', type=int, default=5, help='timed batch-1 forwards per model per round')
-    ap.add_argument('--runs-large', type=int, default=1, help='timed large-batch forwards per model per round')
-    ap.add_argument('--out', type=str, default='')
-    args = ap.parse_args()
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = parse_args(__doc__, keep_ratio=0.7)
     dense = timm.create_model(f'deit_{args.size}_patch16_224').eval()
     topk = dynvit.create_model(f'dynamicvit_{args.size}_patch16_224', keep_ratio=args.keep_ratio).eval()
     topk.load_state_dict(dense.state_dict(), strict=False)  # same backbone weights

@@ -8,8 +8,6 @@ tokens each block computes does not depend on the weights, so neither does the s
 
     python benchmarks/bench_evovit.py --threads 2 --out benchmarks/results/evovit_small_cpu.json
 """
-import argparse
-
 import timm
 import torch
 
@@ -17,23 +15,11 @@ import dynvit
 from dynvit.models.evo_vit import checkpoint_filter_fn
 from dynvit.runtime.report import run_length
 
-from common import compare, print_rows, save
+from common import compare, parse_args, print_rows, save
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--size', default='small', choices=['tiny', 'small', 'base'])
-    ap.add_argument('--keep-ratio', type=float, default=0.5)
-    ap.add_argument('--threads', type=int, default=2)
-    ap.add_argument('--batch', type=int, default=32, help='large batch size for throughput')
-    ap.add_argument('--rounds', type=int, default=20, help='rounds of turns between the models')
-    ap.add_argument('--runs-b1', type=int, default=5, help='timed batch-1 forwards per model per round')
-    ap.add_argument('--runs-large', type=int, default=1, help='timed large-batch forwards per model per round')
-    ap.add_argument('--out', type=str, default='')
-    args = ap.parse_args()
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = parse_args(__doc__, keep_ratio=0.5)
     dense = timm.create_model(f'deit_{args.size}_patch16_224').eval()
     variants = {
         'evo': dict(),

@@ -1,5 +1,6 @@
 """Shared steps of the speed benchmarks: MACs from the per-image report, batch-1 latency and
 large-batch throughput measured side by side, a printed table and a JSON record."""
+import argparse
 import json
 import platform
 from pathlib import Path
@@ -10,6 +11,23 @@ import torch.nn as nn
 
 from dynvit.runtime import median_latencies, profile
 from dynvit.runtime.report import run_length
+
+
+def parse_args(description: str, keep_ratio: float) -> argparse.Namespace:
+    """The options every benchmark takes; sets the thread count and the seed."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--size', default='small', choices=['tiny', 'small', 'base'])
+    ap.add_argument('--keep-ratio', type=float, default=keep_ratio)
+    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--batch', type=int, default=32, help='large batch size for throughput')
+    ap.add_argument('--rounds', type=int, default=20, help='rounds of turns between the models')
+    ap.add_argument('--runs-b1', type=int, default=5, help='timed batch-1 forwards per model per round')
+    ap.add_argument('--runs-large', type=int, default=1, help='timed large-batch forwards per model per round')
+    ap.add_argument('--out', type=str, default='')
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    return args
 
 
 def compare(models: Dict[str, nn.Module], xb: torch.Tensor, rounds: int, runs_b1: int, runs_large: int,

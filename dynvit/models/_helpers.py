@@ -4,6 +4,7 @@ from typing import Any, Callable, Dict, Iterable, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models._manipulate import adapt_input_conv, checkpoint
 
 
@@ -37,6 +38,24 @@ def check_image_batch(x: torch.Tensor, in_chans: int, img_size: Union[None, Sequ
         raise ValueError(
             f'expected images of size {tuple(img_size)}, got {tuple(x.shape[-2:])}; resize the input, or create '
             f'the model with img_size={tuple(x.shape[-2:])} or dynamic_img_size=True')
+
+
+def vit_cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
+    """Pretrained cfg of a DeiT-style ViT: 224 px ImageNet defaults, overridden by ``kwargs``."""
+    return {
+        'url': url,
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': None,
+        'crop_pct': 0.875,
+        'interpolation': 'bicubic',
+        'fixed_input_size': True,
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj',
+        'classifier': 'head',
+        **kwargs,
+    }
 
 
 def embed_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,6 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import (
     VisionTransformer,
@@ -41,7 +40,7 @@ from ..layers import (
     unpack_tokens,
 )
 from ..runtime.macs import vit_macs
-from ._helpers import check_state_dict, embed_tokens, fill_missing, first_conv_keys, is_scalar, run_block
+from ._helpers import check_state_dict, embed_tokens, fill_missing, first_conv_keys, is_scalar, run_block, vit_cfg
 
 __all__ = ['DynamicVisionTransformer', 'DynamicViTAux']
 
@@ -537,22 +536,8 @@ def _create_dynamic_vit(variant: str, pretrained: bool = False, **kwargs: Any) -
 
 
 def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
-    return {
-        'url': url,
-        'num_classes': 1000,
-        'input_size': (3, 224, 224),
-        'pool_size': None,
-        'crop_pct': 0.875,
-        'interpolation': 'bicubic',
-        'fixed_input_size': True,
-        'mean': IMAGENET_DEFAULT_MEAN,
-        'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj',
-        'classifier': 'head',
-        'paper_ids': 'arXiv:2106.02034',
-        'paper_name': 'DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsification',
-        **kwargs,
-    }
+    return vit_cfg(url, classifier='head', paper_ids='arXiv:2106.02034',
+                   paper_name='DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsification', **kwargs)
 
 
 default_cfgs = generate_default_cfgs({

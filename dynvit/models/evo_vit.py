@@ -26,7 +26,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import (
     VisionTransformer,
@@ -42,7 +41,7 @@ from ..layers import (
     split_slow_fast,
 )
 from ..runtime.macs import vit_macs
-from ._helpers import check_state_dict, embed_tokens, first_conv_keys, is_scalar, run_block
+from ._helpers import check_state_dict, embed_tokens, first_conv_keys, is_scalar, run_block, vit_cfg
 
 __all__ = ['EvoVisionTransformer', 'EvoViTAux']
 
@@ -477,22 +476,8 @@ def _create_evo_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> Ev
 
 
 def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
-    return {
-        'url': url,
-        'num_classes': 1000,
-        'input_size': (3, 224, 224),
-        'pool_size': None,
-        'crop_pct': 0.875,
-        'interpolation': 'bicubic',
-        'fixed_input_size': True,
-        'mean': IMAGENET_DEFAULT_MEAN,
-        'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj',
-        'classifier': ('head', 'head_cls'),
-        'paper_ids': 'arXiv:2108.01390',
-        'paper_name': 'Evo-ViT: Slow-Fast Token Evolution for Dynamic Vision Transformer',
-        **kwargs,
-    }
+    return vit_cfg(url, classifier=('head', 'head_cls'), paper_ids='arXiv:2108.01390',
+                   paper_name='Evo-ViT: Slow-Fast Token Evolution for Dynamic Vision Transformer', **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
