@@ -31,7 +31,7 @@ def main() -> None:
     title = (f'DeiT-{args.size[0].upper()} vs DynamicViT/{args.keep_ratio}, {args.threads} CPU threads, fp32, '
              f'torch {torch.__version__}, timm {timm.__version__}')
     print_rows(title, rows, args.batch)
-    kept_last = [img.kept_tokens[-1] for img in profile(threshold, xb)[1].images]
+    kept_last = [img.kept[-1] for img in profile(threshold, xb)[1].images]
     print(f'threshold mode: thresholds {[round(t, 4) for t in threshold.threshold]}, kept tokens per image at the '
           f'last stage range {min(kept_last)}-{max(kept_last)}')
     print(f'threshold vs top-k throughput: {rows["threshold"]["throughput_img_s"] / rows["topk"]["throughput_img_s"]:.2f}')

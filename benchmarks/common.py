@@ -40,13 +40,13 @@ def compare(models: Dict[str, nn.Module], xb: torch.Tensor, rounds: int, runs_b1
     rows = {}
     for k in models:
         r = reports[k]
-        stages = len(r.images[0].kept_tokens)
-        kept = [sum(img.kept_tokens[s] for img in r.images) / len(r.images) for s in range(stages)]
+        stages = len(r.images[0].kept)
+        kept = [sum(img.kept[s] for img in r.images) / len(r.images) for s in range(stages)]
         rows[k] = dict(
             gmacs=r.mean_macs / 1e9,
             saved_fraction=r.saved_fraction,
             mean_kept_tokens=[round(v, 1) for v in kept],
-            tokens_per_block=r.images[0].tokens_per_block,
+            tokens_per_block=r.images[0].per_block,
             b1_latency_ms=b1[k] * 1e3,
             b1_speedup=b1[baseline] / b1[k],
             throughput_img_s=xb.shape[0] / bl[k],

@@ -22,7 +22,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import create_model
-    from .runtime import dense_vit_macs, profile
+    from .runtime import profile
     kwargs = {} if args.keep_ratio is None else dict(keep_ratio=args.keep_ratio)
     model = create_model(args.model, **kwargs).eval()
     c, h, w = model.pretrained_cfg['input_size']
@@ -34,7 +34,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         input_size=[c, h, w],
         num_classes=model.num_classes,
         sparsity=model.sparsity_config() if hasattr(model, 'sparsity_config') else None,
-        dense_gmacs=dense_vit_macs(model, report.num_patches) / 1e9,
+        dense_gmacs=report.dense_macs / 1e9,
         sparse_gmacs=report.mean_macs / 1e9,
         weights=model.pretrained_cfg.get('hf_hub_id') or model.pretrained_cfg.get('url') or None,
     )

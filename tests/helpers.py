@@ -13,7 +13,7 @@ BACKBONES = {
     'maxpool': dict(class_token=False, global_pool='max'),
 }
 SPARSE_KEYS = ('prune_loc', 'keep_ratio', 'mode', 'threshold', 'token_order',
-               'select_loc', 'tradeoff', 'representative_token', 'aux_head')
+               'select_loc', 'tradeoff', 'representative_token', 'aux_head', 'density', 'execution')
 SPARSE_ONLY_PARAMS = ('score_predictor.', 'norm_cls.', 'head_cls.')
 
 
@@ -46,11 +46,31 @@ def images(batch, size=32, chans=3):
     return torch.randn(batch, chans, size, size)
 
 
+def is_cnn(model):
+    return isinstance(model, (dynvit.FBSResNet, dynvit.FBSEfficientNet))
+
+
 def training_loss(model, logits, aux, target):
     """The model family's training objective on a training-mode forward."""
+    if is_cnn(model):
+        return dynvit.train.FBSLoss(l1_weight=0.1)(logits, aux, target)[0]
     if isinstance(model, dynvit.EvoVisionTransformer):
         return dynvit.train.EvoViTLoss()(logits, aux, target)[0]
     return dynvit.train.DynamicViTLoss(model.keep_ratio)(logits, aux, target)[0]
+
+
+def randomize_batch_norms(model, seed=0):
+    """Random BatchNorm statistics and affine parameters, so that folding them is exercised
+    (fresh ones are the identity, and ResNets zero the last one of each block)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model
 
 
 def stages(model):

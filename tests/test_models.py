@@ -5,28 +5,44 @@ import torch
 
 import dynvit
 
-from helpers import images, stages, training_loss
+from helpers import images, is_cnn, randomize_batch_norms, stages, training_loss
 
 MODELS = dynvit.list_models()
-# Full-size variants run at 64 px (16 patches) to keep the suite fast; geometry is unchanged.
+# Full-size variants run at 64 px to keep the suite fast (ViTs: 16 patches); geometry is unchanged.
 SMALL = dict(img_size=64)
 
 
 def _create(name, **kwargs):
-    extra = {} if name.startswith('test_') else SMALL
-    return dynvit.create_model(name, **extra, **kwargs)
+    if name.startswith('test_'):
+        return dynvit.create_model(name, **kwargs)
+    if name.startswith('fbs_'):  # CNNs take any image size
+        return dynvit.create_model(name, **kwargs)
+    return dynvit.create_model(name, **SMALL, **kwargs)
 
 
 def _input(model, batch):
+    if is_cnn(model):
+        return images(batch, 32 if model.pretrained_cfg['architecture'].startswith('test_') else 64)
     return images(batch, model.patch_embed.img_size[0])
+
+
+def _expected_kept(model, x):
+    if is_cnn(model):
+        return model.num_keep()
+    return [model.num_keep(s, model.patch_embed.num_patches) for s in range(stages(model))]
+
+
+def _kept(aux):
+    return aux.kept_channels if hasattr(aux, 'kept_channels') else aux.kept_tokens
 
 
 def test_registry():
     assert {'dynamicvit_tiny_patch16_224', 'dynamicvit_small_patch16_224', 'dynamicvit_base_patch16_224',
             'test_dynamicvit', 'test_dynamicvit2', 'evovit_tiny_patch16_224', 'evovit_small_patch16_224',
-            'evovit_base_patch16_224', 'test_evovit', 'test_evovit2'} <= set(MODELS)
-    assert {'dynamicvit_small_patch16_224.deit_in1k', 'evovit_small_patch16_224.deit_in1k'} <= set(
-        dynvit.list_models(pretrained=True))
+            'evovit_base_patch16_224', 'test_evovit', 'test_evovit2', 'fbs_resnet18', 'fbs_resnet34',
+            'fbs_efficientnet_lite0', 'test_fbs_resnet', 'test_fbs_resnet2', 'test_fbs_efficientnet'} <= set(MODELS)
+    assert {'dynamicvit_small_patch16_224.deit_in1k', 'evovit_small_patch16_224.deit_in1k', 'fbs_resnet18.tv_in1k',
+            'fbs_efficientnet_lite0.in1k'} <= set(dynvit.list_models(pretrained=True))
     assert dynvit.list_models('dynamicvit_s*') == ['dynamicvit_small_patch16_224']
 
 
@@ -34,25 +50,23 @@ def test_registry():
 def test_forward_all_modes(name):
     model = _create(name).eval()
     x = _input(model, 2)
-    n = model.patch_embed.num_patches
     with torch.no_grad():
         logits, aux = model(x, return_aux=True)
         assert logits.shape == (2, model.num_classes) and torch.isfinite(logits).all()
-        expected = [model.num_keep(s, n) for s in range(stages(model))]
-        assert aux.kept_tokens.tolist() == [expected] * 2
+        assert _kept(aux).tolist() == [_expected_kept(model, x)] * 2
         assert torch.equal(model(x), logits)
-        if hasattr(model, 'mode'):
-            model.mode = 'threshold'
+        for mode in ('threshold',) if hasattr(model, 'mode') else ('loop', 'mask') if is_cnn(model) else ():
+            model.set_sparsity(**({'mode': mode} if hasattr(model, 'mode') else {'execution': mode}))
             logits, aux = model(x, return_aux=True)
             assert logits.shape == (2, model.num_classes) and torch.isfinite(logits).all()
     model.train()
     logits, aux = model(x, return_aux=True)
-    assert logits.shape == (2, model.num_classes) and aux.kept_tokens.shape == (2, stages(model))
+    assert logits.shape == (2, model.num_classes) and _kept(aux).shape[0] == 2
 
 
 @pytest.mark.parametrize('name', MODELS)
 def test_backward_reaches_every_parameter(name):
-    model = _create(name).train()
+    model = randomize_batch_norms(_create(name)).train()
     x = _input(model, 2)
     logits, aux = model(x, return_aux=True)
     training_loss(model, logits, aux, torch.tensor([0, 1])).backward()
@@ -66,17 +80,20 @@ def test_backward_reaches_every_parameter(name):
 OTHER_SETTINGS = {
     dynvit.DynamicVisionTransformer: dict(keep_ratio=0.5, mode='threshold', threshold=0.4),
     dynvit.EvoVisionTransformer: dict(keep_ratio=0.4, tradeoff=0.8, representative_token=False),
+    dynvit.FBSResNet: dict(density=0.3, execution='loop'),
+    dynvit.FBSEfficientNet: dict(density=0.7, execution='grouped'),
 }
 
 
 @pytest.mark.parametrize('name', MODELS)
 def test_safetensors_roundtrip(name, tmp_path):
-    model = _create(name, num_classes=7).eval()
+    model = randomize_batch_norms(_create(name, num_classes=7)).eval()
     model.set_sparsity(**OTHER_SETTINGS[type(model)])
     path = tmp_path / 'model.safetensors'
     dynvit.save_model(model, str(path), extra={'note': 'roundtrip'})
     meta = dynvit.read_dynvit_metadata(str(path))
-    assert meta['model_args']['keep_ratio'] == list(model.keep_ratio)
+    for k, v in model.sparsity_config().items():
+        assert meta['model_args'][k] == v
     assert meta['extra'] == {'note': 'roundtrip'}
 
     loaded = dynvit.load_model(str(path)).eval()
@@ -96,3 +113,4 @@ def test_timm_create_model_works_after_import():
     import timm
     model = timm.create_model('test_dynamicvit')
     assert isinstance(model, dynvit.DynamicVisionTransformer)
+    assert isinstance(timm.create_model('fbs_resnet18'), dynvit.FBSResNet)

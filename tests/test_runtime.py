@@ -46,7 +46,7 @@ def test_deit_small_numbers_match_the_paper():
     model = dynvit.create_model('dynamicvit_small_patch16_224').eval()
     _, report = profile(model, torch.randn(1, 3, 224, 224))
     image = report.images[0]
-    assert image.kept_tokens == [137, 96, 67]
+    assert image.kept == [137, 96, 67]
     assert abs(image.dense_macs / 1e9 - 4.6) < 0.05   # DeiT-S: 4.6 GMACs
     assert 2.85 < image.macs / 1e9 < 3.0              # paper: 2.9 G for DynamicViT-DeiT-S/0.7
     assert 0.34 < image.saved_fraction < 0.38
@@ -58,13 +58,13 @@ def test_report_is_per_image_in_threshold_mode():
     x = torch.randn(5, 3, 32, 32)
     logits, report = profile(model, x)
     assert logits.shape == (5, 10) and len(report.images) == 5
-    assert len({tuple(r.kept_tokens) for r in report.images}) > 1
+    assert len({tuple(r.kept) for r in report.images}) > 1
     for r in report.images:
         assert r.macs < r.dense_macs
     # keeping no more tokens at any stage never costs more
     for a in report.images:
         for b in report.images:
-            if all(ka <= kb for ka, kb in zip(a.kept_tokens, b.kept_tokens)):
+            if all(ka <= kb for ka, kb in zip(a.kept, b.kept)):
                 assert a.macs <= b.macs
     d = report.to_dict()
     assert d['unit'] == 'MACs' and len(d['images']) == 5
@@ -73,11 +73,11 @@ def test_report_is_per_image_in_threshold_mode():
 def test_dynamic_img_size_models_report_the_real_patch_count():
     model = make('test_dynamicvit', dynamic_img_size=True)
     _, report = profile(model, torch.randn(2, 3, 48, 40))
-    assert report.num_patches == 12 * 10
-    assert report.images[0].kept_tokens == [model.num_keep(s, 120) for s in range(3)]
+    assert report.total == 12 * 10
+    assert report.images[0].kept == [model.num_keep(s, 120) for s in range(3)]
     dense = timm.create_model('vit_tiny_patch16_224', img_size=64, dynamic_img_size=True).eval()
     _, report = profile(dense, torch.randn(1, 3, 96, 64))
-    assert report.num_patches == 6 * 4
+    assert report.total == 6 * 4
     assert report.mean_macs == dense_vit_macs(dense, 24)
 
 
@@ -88,9 +88,9 @@ def test_calibrated_threshold_hits_the_mean_keep_rate():
     model.mode = 'threshold'
     _, report = profile(model, x)
     for s, target in enumerate((0.6, 0.36, 0.216)):
-        mean_kept = sum(r.kept_tokens[s] for r in report.images) / 16
+        mean_kept = sum(r.kept[s] for r in report.images) / 16
         assert abs(mean_kept / 64 - target) < 0.01
-    assert len({tuple(r.kept_tokens) for r in report.images}) > 1  # still per image
+    assert len({tuple(r.kept) for r in report.images}) > 1  # still per image
 
 
 @pytest.mark.parametrize('representative', [True, False])
@@ -110,12 +110,12 @@ def test_evovit_deit_small_numbers():
     model = dynvit.create_model('evovit_small_patch16_224').eval()
     _, report = profile(model, torch.randn(1, 3, 224, 224))
     image = report.images[0]
-    assert image.kept_tokens == [98, 98]
-    assert image.tokens_per_block == [197] * 4 + [100] * 8  # CLS + 98 informative + representative
+    assert image.kept == [98, 98]
+    assert image.per_block == [197] * 4 + [100] * 8  # CLS + 98 informative + representative
     assert 3.0 < image.macs / 1e9 < 3.1  # paper: 3.0 G for Evo-ViT-S
     assert 0.32 < image.saved_fraction < 0.35
     assert 'fully updated patches' in str(report) and '197x4 100x8' in str(report)
     model.representative_token = False  # the released code: 99 tokens from block 4
     _, report = profile(model, torch.randn(1, 3, 224, 224))
-    assert report.images[0].tokens_per_block == [197] * 4 + [99] * 8
+    assert report.images[0].per_block == [197] * 4 + [99] * 8
     assert report.images[0].macs < image.macs

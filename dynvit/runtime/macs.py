@@ -4,7 +4,7 @@ A MAC is one multiply-accumulate; FLOPs = 2 x MACs. Like the papers (DeiT-S = 4.
 count the matrix products: linear layers, convolutions, and the two attention products
 (q @ k^T and attn @ v). Norms, activations, softmax, gathers and additions are not counted.
 """
-from typing import Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -80,3 +80,27 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=custom) as counter:
         model(x)
     return int(counter.get_total_flops())
+
+
+def conv2d_macs(
+        conv: nn.Conv2d,
+        out_hw: Sequence[int],
+        in_channels: Optional[IntOrTensor] = None,
+        out_channels: Optional[IntOrTensor] = None,
+) -> IntOrTensor:
+    """MACs of one Conv2d producing an ``out_hw`` map, on a subset of its channels.
+
+    Args:
+        conv: The convolution (dense, grouped or depthwise).
+        out_hw: Output height and width.
+        in_channels: Input channels read (default all); per image as a tensor if they differ.
+        out_channels: Output channels computed (default all). For a depthwise convolution
+            each output channel reads one input channel whatever ``in_channels`` is.
+    """
+    kh, kw = conv.kernel_size
+    cout = conv.out_channels if out_channels is None else out_channels
+    if conv.groups > 1 and conv.groups == conv.in_channels:
+        per_output = 1  # depthwise
+    else:
+        per_output = (conv.in_channels if in_channels is None else in_channels) // conv.groups
+    return cout * per_output * kh * kw * int(out_hw[0]) * int(out_hw[1])

@@ -14,16 +14,18 @@ class ImageReport:
     """One image.
 
     Attributes:
-        kept_tokens: Patch tokens kept (given the full update) in each stage.
-        macs: Multiply-accumulates spent on the image, predictors and token selection
+        kept: ViTs: patch tokens kept (given the full update) in each stage. CNNs: channels
+            kept by each gated layer.
+        macs: Multiply-accumulates spent on the image, predictors, gates and token selection
             included (gathers and packing move memory and cost no MACs).
         dense_macs: MACs of the same backbone without sparsification.
-        tokens_per_block: Tokens each transformer block computed, prefix tokens included.
+        per_block: ViTs: tokens each transformer block computed, prefix tokens included.
+            CNNs: channels each gated layer chooses from.
     """
-    kept_tokens: List[int]
+    kept: List[int]
     macs: int
     dense_macs: int
-    tokens_per_block: List[int] = field(default_factory=list)
+    per_block: List[int] = field(default_factory=list)
 
     @property
     def saved_fraction(self) -> float:
@@ -33,10 +35,21 @@ class ImageReport:
 
 @dataclass
 class SparsityReport:
-    """A batch of ``ImageReport``; MACs are multiply-accumulates (FLOPs = 2 x MACs)."""
+    """A batch of ``ImageReport``; MACs are multiply-accumulates (FLOPs = 2 x MACs).
+
+    Attributes:
+        images: One report per image.
+        total: What ``kept`` is counted out of: patches (ViTs) or gated channels (CNNs).
+        stage_label, per_block_label: Column titles of ``kept`` and ``per_block``.
+        total_label: What ``total`` counts.
+        kept_style: 'stages' prints ``kept`` as ``a / b / c``, 'runs' run-length encoded.
+    """
     images: List[ImageReport] = field(default_factory=list)
-    num_patches: int = 0
+    total: int = 0
     stage_label: str = 'kept patch tokens per stage'
+    per_block_label: str = 'tokens per block'
+    total_label: str = 'patches'
+    kept_style: str = 'stages'
 
     @property
     def mean_macs(self) -> float:
@@ -54,23 +67,32 @@ class SparsityReport:
     def to_dict(self) -> dict:
         return dict(
             unit='MACs',
-            num_patches=self.num_patches,
+            total=self.total,
+            total_label=self.total_label,
             mean_macs=self.mean_macs,
             dense_macs=self.dense_macs,
             saved_fraction=self.saved_fraction,
             stage_label=self.stage_label,
-            images=[dict(kept_tokens=r.kept_tokens, tokens_per_block=r.tokens_per_block, macs=r.macs,
+            per_block_label=self.per_block_label,
+            images=[dict(kept=r.kept, per_block=r.per_block, macs=r.macs,
                          dense_macs=r.dense_macs, saved_fraction=r.saved_fraction) for r in self.images],
         )
 
+    def _kept(self, kept: List[int]) -> str:
+        if self.kept_style == 'runs':
+            return run_length(kept)
+        return ' / '.join(str(k) for k in kept) or '-'
+
     def __str__(self) -> str:
-        rows = [f'{"image":>5}  {self.stage_label:<30} {"tokens per block":<24} {"GMACs":>7} {"dense":>7} {"saved":>6}']
+        width = max([30, len(self.stage_label)] + [len(self._kept(r.kept)) for r in self.images])
+        width2 = max([24, len(self.per_block_label)] + [len(run_length(r.per_block)) for r in self.images])
+        rows = [f'{"image":>5}  {self.stage_label:<{width}} {self.per_block_label:<{width2}} '
+                f'{"GMACs":>7} {"dense":>7} {"saved":>6}']
         for i, r in enumerate(self.images):
-            kept = ' / '.join(str(k) for k in r.kept_tokens) or '-'
-            rows.append(f'{i:>5}  {kept:<30} {run_length(r.tokens_per_block):<24} {r.macs / 1e9:>7.3f} '
-                        f'{r.dense_macs / 1e9:>7.3f} {r.saved_fraction:>6.1%}')
-        rows.append(f'{"mean":>5}  {f"of {self.num_patches} patches":<30} {"":<24} {self.mean_macs / 1e9:>7.3f} '
-                    f'{self.dense_macs / 1e9:>7.3f} {self.saved_fraction:>6.1%}')
+            rows.append(f'{i:>5}  {self._kept(r.kept):<{width}} {run_length(r.per_block):<{width2}} '
+                        f'{r.macs / 1e9:>7.3f} {r.dense_macs / 1e9:>7.3f} {r.saved_fraction:>6.1%}')
+        rows.append(f'{"mean":>5}  {f"of {self.total} {self.total_label}":<{width}} {"":<{width2}} '
+                    f'{self.mean_macs / 1e9:>7.3f} {self.dense_macs / 1e9:>7.3f} {self.saved_fraction:>6.1%}')
         return '\n'.join(rows) + '\n(GMACs = 10^9 multiply-accumulates; FLOPs = 2 x MACs)'
 
 
@@ -89,8 +111,8 @@ def run_length(values: List[int]) -> str:
 def profile(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, SparsityReport]:
     """Runs ``model`` on ``x`` as it is configured and reports, per image, what it kept and spent.
 
-    Works for dynvit's dynamic models (they return their decisions with ``return_aux=True``)
-    and for plain timm ViTs (dense: nothing saved).
+    Works for dynvit's dynamic models (they return their decisions with ``return_aux=True``):
+    token-sparse ViTs and channel-gated CNNs, and for plain timm ViTs (dense: nothing saved).
 
     Args:
         model: A dynvit model or a timm ``VisionTransformer``.
@@ -102,6 +124,12 @@ def profile(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, SparsityRe
     if hasattr(model, 'count_macs'):
         logits, aux = model(x, return_aux=True)
         macs = model.count_macs(aux).tolist()
+        if hasattr(aux, 'kept_channels'):  # channel-gated CNN
+            kept = aux.kept_channels.tolist()
+            per_block = [list(aux.gate_channels)] * len(kept)
+            images = [ImageReport(k, int(m), aux.dense_macs, p) for k, m, p in zip(kept, macs, per_block)]
+            return logits, SparsityReport(images, sum(aux.gate_channels), 'kept channels per gated layer',
+                                          'of channels', 'gated channels', 'runs')
         dense = dense_vit_macs(model, aux.num_patches)
         kept = aux.kept_tokens.tolist()
         tokens = aux.tokens_per_block.tolist()
@@ -118,5 +146,4 @@ def profile(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, SparsityRe
     else:
         raise TypeError(f'cannot profile {type(model).__name__}: not a dynvit model or a timm VisionTransformer')
     images = [ImageReport(k, int(m), dense, t) for k, m, t in zip(kept, macs, tokens)]
-    report = SparsityReport(images, num_patches, label)
-    return logits, report
+    return logits, SparsityReport(images, num_patches, label)

@@ -7,6 +7,9 @@ of the kept tokens; weights 1, 2, 0.5, 0.5 in the paper.
 Evo-ViT (Xu et al., AAAI 2022, arXiv:2108.01390) trains two heads, one on the pooled patch
 tokens and one on the class token, with half of the cross-entropy each; its released code has
 logit distillation from a teacher as an option, off by default.
+
+FBS (Gao et al., ICLR 2019, arXiv:1810.05331) adds an L1 penalty on the gates' saliencies to
+the task loss, so that few channels stay salient.
 """
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -194,6 +197,76 @@ class EvoViTLoss(nn.Module):
                                  'with return_aux=True (and aux_head=True), or set cls_weight=0')
             parts['ce_cls'] = self.base_criterion(aux.cls_logits, target)
             total = total + self.cls_weight * parts['ce_cls']
+        if teacher_logits is not None:
+            parts['kl'] = distillation_kl(logits, teacher_logits, self.temperature)
+            total = total + self.distill_weight * parts['kl']
+        return total, {k: v.detach() for k, v in parts.items()}
+
+
+def saliency_l1(saliency: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
+    """Mean absolute saliency: per gate the batch mean of ``mean_c |s_c|``, averaged over the gates
+    that were on (0 when none was).
+
+    Args:
+        saliency: Per gate ``[B, C]`` saliencies (``FBSAux.saliency``); None for gates that were off.
+    """
+    terms = [s.abs().mean() for s in saliency if s is not None]
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).mean()
+
+
+class FBSLoss(nn.Module):
+    """The FBS training objective: ``ce(logits) + l1_weight * saliency_l1(aux.saliency)
+    + distill_weight * kl(logits, teacher_logits)``.
+
+    The paper sums the saliencies' absolute values; here they are averaged per channel and
+    over the gates, so the weight does not depend on the network's width or depth.
+
+    Args:
+        base_criterion: Classification loss (default cross-entropy).
+        l1_weight: Weight of the saliency L1 term.
+        distill_weight: Weight of ``distillation_kl`` (used when teacher logits are given).
+        temperature: Softening temperature of the distillation.
+    """
+
+    def __init__(
+            self,
+            base_criterion: Optional[nn.Module] = None,
+            l1_weight: float = 1e-3,
+            distill_weight: float = 0.5,
+            temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if l1_weight < 0:
+            raise ValueError(f'l1_weight must be >= 0, got {l1_weight}')
+        self.base_criterion = base_criterion if base_criterion is not None else nn.CrossEntropyLoss()
+        self.l1_weight = l1_weight
+        self.distill_weight = distill_weight
+        self.temperature = temperature
+
+    def forward(
+            self,
+            logits: torch.Tensor,
+            aux,
+            target: torch.Tensor,
+            teacher_logits: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Computes the loss.
+
+        Args:
+            logits: ``[B, K]``.
+            aux: The ``FBSAux`` of the forward (``return_aux=True``).
+            target: Class indices ``[B]`` (or soft targets for a soft criterion).
+            teacher_logits: Teacher logits ``[B, K]``.
+
+        Returns:
+            The total loss and its detached parts by name.
+        """
+        if not hasattr(aux, 'saliency'):
+            raise ValueError('FBSLoss needs the FBSAux of the forward: call model(x, return_aux=True)')
+        parts = {'ce': self.base_criterion(logits, target), 'l1': saliency_l1(aux.saliency).to(logits)}
+        total = parts['ce'] + self.l1_weight * parts['l1']
         if teacher_logits is not None:
             parts['kl'] = distillation_kl(logits, teacher_logits, self.temperature)
             total = total + self.distill_weight * parts['kl']

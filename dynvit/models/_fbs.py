@@ -1,0 +1,309 @@
+"""What every FBS model shares: the gated-block protocol, the sparsity settings, the aux output.
+
+Paper: Dynamic Channel Pruning: Feature Boosting and Suppression (Gao et al., ICLR 2019),
+arXiv:1810.05331. The gate itself and the sliced convolutions are in
+``dynvit.layers.channel_gate``; each family (``fbs_resnet``, ``fbs_efficientnet``) subclasses
+timm's block, mixes in ``GatedBlock`` and writes its masked and skipped computations.
+"""
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from ..layers.channel_gate import ChannelGate, check_batch_norm, check_sliceable_conv, num_kept, select_channels
+from ._helpers import check_state_dict, first_conv_keys, is_scalar
+
+EXECUTIONS = ('auto', 'grouped', 'loop', 'mask')
+
+
+def _sync(x: torch.Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
+@dataclass
+class FBSAux:
+    """What the gates of one forward pass decided.
+
+    Attributes:
+        indices: Per gate ``[B, k]`` the kept channels of each image (ascending); None for a
+            gate that was off (density 1.0).
+        saliency: Per gate ``[B, C]`` the gate's saliency (carries gradients in training, for
+            the L1 term); None for a gate that was off.
+        kept_channels: ``[B, G]`` channels each gate kept.
+        gate_channels: Channels each gate chooses from (``C``).
+        macs: ``[B]`` multiply-accumulates spent per image (gates included).
+        dense_macs: MACs of the same network without gates, per image.
+        features: The final feature map (before pooling).
+    """
+    indices: List[Optional[torch.Tensor]]
+    saliency: List[Optional[torch.Tensor]]
+    kept_channels: torch.Tensor
+    gate_channels: List[int]
+    macs: torch.Tensor
+    dense_macs: int
+    features: Optional[torch.Tensor] = None
+
+
+class GateTrace:
+    """Collects, during one forward, what each gate did. Slots are addressed by the gate's
+    position in the model, so a block re-run by activation checkpointing overwrites its own."""
+
+    def __init__(self, num_gates: int, batch: int, decisions: Optional[Sequence[torch.Tensor]] = None) -> None:
+        self.batch = batch
+        self.decisions = decisions
+        self.indices: List[Optional[torch.Tensor]] = [None] * num_gates
+        self.saliency: List[Optional[torch.Tensor]] = [None] * num_gates
+        self.kept: List[Optional[torch.Tensor]] = [None] * num_gates
+        self.macs: Dict[str, torch.Tensor] = {}  # part name -> [B] MACs
+        self.dense_macs: Dict[str, int] = {}
+
+    def given(self, gate: int) -> Optional[torch.Tensor]:
+        return None if self.decisions is None else self.decisions[gate]
+
+    def add_macs(self, name: str, macs: Union[int, torch.Tensor], dense: int) -> None:
+        self.macs[name] = torch.as_tensor(macs, dtype=torch.long).expand(self.batch)
+        self.dense_macs[name] = int(dense)
+
+
+class GatedBlock:
+    """Mixin for a timm residual block with FBS gates (put it before the timm class).
+
+    Subclasses define ``_gate_names`` (attribute names of their ``ChannelGate`` s in order),
+    ``_masked(x, trace)``, ``_skipped(x)`` (batch-grouped, inference) and ``_count_macs(in_hw,
+    out_hw, kept)``. The model sets ``density``, ``execution`` and ``gate_offset``.
+    """
+    _gate_names: Tuple[str, ...] = ()
+    density: float = 1.0
+    execution: str = 'auto'
+    gate_offset: int = 0
+    block_name: str = ''
+
+    def gates(self) -> List[ChannelGate]:
+        return [getattr(self, n) for n in self._gate_names]
+
+    def forward(self, x: torch.Tensor, trace: Optional[GateTrace] = None) -> torch.Tensor:
+        gates = self.gates()
+        B = x.shape[0]
+        if self.density >= 1.0 and (trace is None or trace.decisions is None):
+            out = super().forward(x)  # the timm block, untouched
+            kept = torch.tensor([[g.out_channels for g in gates]]).expand(B, -1)
+            indices = saliency = [None] * len(gates)
+        elif self.training or self.execution == 'mask' or (trace is not None and trace.decisions is not None):
+            given = [None if trace is None else trace.given(self.gate_offset + j) for j in range(len(gates))]
+            out, indices, saliency = self._masked(x, given)
+            kept = torch.stack([torch.full((B,), i.shape[1]) for i in indices], dim=1)
+        else:
+            strategy = self.execution if B > 1 and self.execution != 'auto' else self._fastest(x)
+            out, indices, saliency = self._skipped_loop(x) if strategy == 'loop' else self._skipped(x)
+            kept = torch.stack([torch.full((B,), i.shape[1]) for i in indices], dim=1)
+        if trace is not None:
+            for j in range(len(gates)):
+                trace.indices[self.gate_offset + j] = indices[j]
+                trace.saliency[self.gate_offset + j] = saliency[j]
+                trace.kept[self.gate_offset + j] = kept[:, j]
+            dense = self._count_macs(x.shape[-2:], out.shape[-2:], None)
+            spent = dense if self.density >= 1.0 and trace.decisions is None else \
+                self._count_macs(x.shape[-2:], out.shape[-2:], kept)
+            trace.add_macs(self.block_name, spent, dense)
+        return out
+
+    def _skipped_loop(self, x: torch.Tensor):
+        """``_skipped`` image by image (each with its own sliced weights), concatenated."""
+        parts = [self._skipped(x[i:i + 1]) for i in range(x.shape[0])]
+        n = len(self._gate_names)
+        return (torch.cat([p[0] for p in parts]), [torch.cat([p[1][j] for p in parts]) for j in range(n)],
+                [torch.cat([p[2][j] for p in parts]) for j in range(n)])
+
+    def _fastest(self, x: torch.Tensor) -> str:
+        """'grouped' or 'loop', whichever ran this block faster on inputs of this shape.
+
+        Measured on the first batch of each shape and density (a few runs of each, like
+        ``torch.backends.cudnn.benchmark``) and remembered. At batch 1 the two are the same.
+        """
+        if x.shape[0] == 1:
+            return 'grouped'
+        cache = self.__dict__.setdefault('_strategy_cache', {})
+        key = (tuple(x.shape), x.dtype, x.device, self.density)
+        if key not in cache:
+            times = {}
+            for name, fn in (('grouped', self._skipped), ('loop', self._skipped_loop)):
+                fn(x)  # warm-up: kernel selection for the new shapes
+                runs = []
+                for _ in range(3):
+                    _sync(x)
+                    t0 = time.perf_counter()
+                    fn(x)
+                    _sync(x)
+                    runs.append(time.perf_counter() - t0)
+                times[name] = min(runs)
+            cache[key] = min(times, key=times.get)
+        return cache[key]
+
+    def num_keep(self) -> List[int]:
+        """Channels each gate of the block keeps at the current density."""
+        return [num_kept(self.density, g.out_channels) for g in self.gates()]
+
+    def _decide(self, gate: ChannelGate, pooled: torch.Tensor, k: int,
+                given: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Saliency ``[B, C]`` and kept channels ``[B, k]`` (``given`` ones if not None)."""
+        s = gate(pooled)
+        if given is None:
+            return s, select_channels(s, k)
+        given = torch.as_tensor(given, device=s.device, dtype=torch.long)
+        if given.ndim != 2 or given.shape[0] != s.shape[0] or given.numel() and (
+                given.min() < 0 or given.max() >= s.shape[1]):
+            raise ValueError(f'{self.block_name}: decisions must be [B, k] channel indices in [0, {s.shape[1]}) '
+                             f'for B={s.shape[0]} images, got shape {tuple(given.shape)}')
+        return s, given
+
+
+def check_gated_convs(block: nn.Module, convs: Sequence[str], norms: Sequence[str], where: str) -> None:
+    """Refuses blocks whose gated convolutions cannot be sliced or whose norms cannot be folded."""
+    for n in convs:
+        check_sliceable_conv(getattr(block, n), f'{where}.{n}')
+    for n in norms:
+        check_batch_norm(getattr(block, n), f'{where}.{n}')
+
+
+def check_density(density: Any) -> float:
+    """The density as a float in (0, 1], or a ValueError naming the problem."""
+    if isinstance(density, bool) or not is_scalar(density):
+        raise ValueError(f'density must be a number in (0, 1], got {density!r}')
+    d = float(density)
+    if not 0.0 < d <= 1.0:
+        raise ValueError(f'density must be in (0, 1] (the fraction of channels each gate keeps), got {d}')
+    return d
+
+
+class FBSModel:
+    """Mixin for a timm CNN whose residual blocks are ``GatedBlock`` s (put it before the timm class).
+
+    Subclasses call ``_init_fbs(density, execution)`` at the end of ``__init__`` and implement
+    ``_stem_and_blocks(x, trace)`` / ``_head_macs`` through ``forward_features``.
+    """
+
+    def _init_fbs(self, density: float, execution: str) -> None:
+        self.gated_blocks: List[GatedBlock] = []
+        offset = 0
+        for name, m in self.named_modules():
+            if isinstance(m, GatedBlock):
+                m.gate_offset, m.block_name = offset, name
+                offset += len(m.gates())
+                self.gated_blocks.append(m)
+        self.num_gates = offset
+        self._density, self._execution = 1.0, 'auto'
+        self.set_sparsity(density=density, execution=execution)
+
+    # ---- sparsity settings (changeable on a built model) ----
+    @property
+    def density(self) -> float:
+        """Fraction of each gated layer's channels kept (1.0: gates off, the dense timm model)."""
+        return self._density
+
+    @density.setter
+    def density(self, value: float) -> None:
+        self.set_sparsity(density=value)
+
+    @property
+    def execution(self) -> str:
+        """How inference runs the kept channels: 'auto', 'grouped', 'loop' or 'mask'."""
+        return self._execution
+
+    @execution.setter
+    def execution(self, value: str) -> None:
+        self.set_sparsity(execution=value)
+
+    def set_sparsity(self, density: Optional[float] = None, execution: Optional[str] = None) -> 'FBSModel':
+        """Changes the settings given (others stay); returns the model. Nothing changes if one is invalid.
+
+        Args:
+            density: Fraction of channels each gate keeps, in (0, 1]; 1.0 switches the gates off.
+            execution: 'grouped' (one grouped convolution per layer for the whole batch, each
+                image with its own gathered weights), 'loop' (image by image with sliced
+                weights), 'mask' (dense convolutions times the gate: the training computation),
+                or 'auto' (per block, whichever of grouped and loop it measured faster on
+                the first batch of each shape). At batch 1 grouped and loop are the same
+                computation. Training always masks.
+        """
+        d = self._density if density is None else check_density(density)
+        if execution is not None and execution not in EXECUTIONS:
+            raise ValueError(f'execution must be one of {EXECUTIONS}, got {execution!r}')
+        e = self._execution if execution is None else execution
+        self._density, self._execution = d, e
+        for blk in self.gated_blocks:
+            blk.density, blk.execution = d, e
+        return self
+
+    def sparsity_config(self) -> Dict[str, Any]:
+        """The current settings as plain values (stored with saved weights)."""
+        return dict(density=self.density, execution=self.execution)
+
+    def gate_channels(self) -> List[int]:
+        """Channels each gate chooses from, in gate order."""
+        return [g.out_channels for blk in self.gated_blocks for g in blk.gates()]
+
+    def num_keep(self) -> List[int]:
+        """Channels each gate keeps at the current density, in gate order."""
+        return [k for blk in self.gated_blocks for k in blk.num_keep()]
+
+    def count_macs(self, aux: FBSAux) -> torch.Tensor:
+        """MACs spent per image ``[B]`` (they are counted during the forward, from the shapes seen)."""
+        return aux.macs
+
+    def _finish_aux(self, trace: GateTrace, features: torch.Tensor) -> FBSAux:
+        macs = torch.stack(list(trace.macs.values())).sum(0)
+        return FBSAux(
+            indices=list(trace.indices),
+            saliency=list(trace.saliency),
+            kept_channels=torch.stack(trace.kept, dim=1),
+            gate_channels=self.gate_channels(),
+            macs=macs,
+            dense_macs=sum(trace.dense_macs.values()),
+            features=features,
+        )
+
+    def _check_decisions(self, decisions: Optional[Sequence[torch.Tensor]]) -> None:
+        if decisions is not None and len(decisions) != self.num_gates:
+            raise ValueError(f'decisions must hold one [B, k] index tensor per gate ({self.num_gates}), '
+                             f'got {len(decisions)}')
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            decisions: Optional[Sequence[torch.Tensor]] = None,
+            return_aux: bool = False,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, FBSAux]]:
+        """Logits ``[B, num_classes]``; with ``return_aux`` also the ``FBSAux``.
+
+        Args:
+            x: Images ``[B, C, H, W]``.
+            decisions: Kept channels per gate (``aux.indices`` of another pass): runs the masked
+                computation with these decisions instead of the gates' own.
+            return_aux: Also return what the gates decided and the MACs spent.
+        """
+        if not return_aux and decisions is None:
+            return self.forward_head(self.forward_features(x))
+        feats, aux = self.forward_features(x, decisions=decisions, return_aux=True)
+        logits = self.forward_head(feats)
+        return (logits, aux) if return_aux else logits
+
+
+def fbs_checkpoint_filter(state_dict: Dict[str, torch.Tensor], model: nn.Module,
+                          classifier: str) -> Dict[str, torch.Tensor]:
+    """A dense timm checkpoint of the backbone gets the model's fresh gates; anything else must match.
+
+    Args:
+        state_dict: Checkpoint tensors (``{'model': ...}`` already unwrapped).
+        model: The FBS model.
+        classifier: Key prefix of the classifier, which timm drops when ``num_classes`` differs.
+    """
+    own = model.state_dict()
+    gates = tuple(f'{n}.' for n, m in model.named_modules() if isinstance(m, ChannelGate))
+    gate_keys = [k for k in own if k.startswith(gates)]
+    if not any(k in state_dict for k in gate_keys):  # a dense backbone: start the gates fresh
+        state_dict = {**state_dict, **{k: own[k] for k in gate_keys}}
+    check_state_dict(state_dict, model, ignore=(classifier,), any_shape=first_conv_keys(model))
+    return state_dict

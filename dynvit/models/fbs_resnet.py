@@ -1,0 +1,209 @@
+"""FBS ResNet: timm's basic-block ResNet with a channel gate on both convolutions of every block.
+
+Paper: Dynamic Channel Pruning: Feature Boosting and Suppression (Gao, Zhao, Dudziak,
+Mullins, Xu; ICLR 2019), arXiv:1810.05331.
+
+In each ``BasicBlock`` gate 1 picks the output channels of ``conv1`` from the block input and
+gate 2 those of ``conv2`` from ``conv1``'s (gated) output. At inference ``conv1`` computes
+only its kept channels, ``conv2`` reads only those and computes only its own kept channels,
+and these are added into the shortcut (a suppressed ``conv2`` channel adds nothing). The
+stem, the downsample shortcuts and the classifier stay dense. At density 0.5 ``conv1``
+costs half and ``conv2`` a quarter of its dense MACs.
+
+``density=1.0`` switches the gates off: the model is then timm's ResNet, bit for bit.
+"""
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.resnet import BasicBlock, ResNet
+
+from ..layers.channel_gate import (
+    ChannelGate,
+    bn_affine,
+    is_positively_homogeneous,
+    masked_saliency,
+    scatter_pooled,
+    sliced_affine,
+    sliced_conv,
+)
+from ..runtime.macs import conv2d_macs, conv_macs, linear_macs
+from ._fbs import FBSAux, FBSModel, GatedBlock, GateTrace, check_gated_convs, fbs_checkpoint_filter
+from ._helpers import check_image_batch, run_block
+
+__all__ = ['FBSBasicBlock', 'FBSResNet']
+
+
+class FBSBasicBlock(GatedBlock, BasicBlock):
+    """timm ``BasicBlock`` with FBS gates on ``conv1`` (``gate1``) and ``conv2`` (``gate2``)."""
+    _gate_names = ('gate1', 'gate2')
+
+    def __init__(self, inplanes: int, planes: int, *args: Any, **kwargs: Any) -> None:
+        super().__init__(inplanes, planes, *args, **kwargs)
+        if not isinstance(self.aa, nn.Identity) or self.se is not None:
+            raise ValueError('FBS ResNet blocks do not support anti-aliasing (aa_layer) or attention '
+                             '(attn_layer) layers: they would read the suppressed channels')
+        check_gated_convs(self, ('conv1', 'conv2'), ('bn1', 'bn2'), 'FBSBasicBlock')
+        self._boost_before_act1 = is_positively_homogeneous(self.act1)
+        self.gate1 = ChannelGate(inplanes, self.conv1.out_channels)
+        self.gate2 = ChannelGate(self.conv1.out_channels, self.conv2.out_channels)
+
+    def _masked(self, x: torch.Tensor, given: Sequence[Optional[torch.Tensor]]):
+        k1, k2 = self.num_keep()
+        s1, idx1 = self._decide(self.gate1, x.mean((2, 3)), k1, given[0])
+        h = self.act1(self.drop_block(self.bn1(self.conv1(x))))
+        h = h * masked_saliency(s1, idx1)[:, :, None, None]
+        s2, idx2 = self._decide(self.gate2, h.mean((2, 3)), k2, given[1])
+        y = self.bn2(self.conv2(h)) * masked_saliency(s2, idx2)[:, :, None, None]
+        if self.drop_path is not None:
+            y = self.drop_path(y)
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.act2(y + shortcut), [idx1, idx2], [s1, s2]
+
+    def _skipped(self, x: torch.Tensor):
+        # BatchNorms and boosts are folded into the gathered weights (see sliced_conv)
+        B = x.shape[0]
+        k1, k2 = self.num_keep()
+        s1, idx1 = self._decide(self.gate1, x.mean((2, 3)), k1)
+        boost1 = s1.gather(1, idx1).flatten()  # [B * k1]
+        scale, shift = sliced_affine(*bn_affine(self.bn1), idx1, B)
+        if self._boost_before_act1:  # relu(s * y) == s * relu(y) for s >= 0
+            h = self.act1(sliced_conv(self.conv1, x, B, idx1, out_scale=scale * boost1, out_shift=shift * boost1))
+        else:
+            h = self.act1(sliced_conv(self.conv1, x, B, idx1, out_scale=scale, out_shift=shift))
+            h = h * boost1.reshape(1, -1, 1, 1)
+        # h: [1, B * k1, H, W]
+        pooled = scatter_pooled(h.mean((2, 3)).reshape(B, k1), idx1, self.gate2.in_channels)
+        s2, idx2 = self._decide(self.gate2, pooled, k2)
+        boost2 = s2.gather(1, idx2).flatten()
+        scale, shift = sliced_affine(*bn_affine(self.bn2), idx2, B)
+        y = sliced_conv(self.conv2, h, B, idx2, idx1, out_scale=scale * boost2, out_shift=shift * boost2)
+        shortcut = x if self.downsample is None else self.downsample(x)
+        H, W = y.shape[-2:]
+        # suppressed conv2 channels add nothing to the shortcut
+        out = shortcut.scatter_add(1, idx2[:, :, None, None].expand(B, k2, H, W), y.reshape(B, k2, H, W))
+        return self.act2(out), [idx1, idx2], [s1, s2]
+
+    def _count_macs(self, in_hw, out_hw, kept: Optional[torch.Tensor]) -> Union[int, torch.Tensor]:
+        k1, k2 = (None, None) if kept is None else (kept[:, 0], kept[:, 1])
+        macs = conv2d_macs(self.conv1, out_hw, out_channels=k1) + conv2d_macs(self.conv2, out_hw, k1, k2)
+        if self.downsample is not None:
+            macs = macs + conv_macs(self.downsample, int(out_hw[0]) * int(out_hw[1]))
+        if kept is not None:
+            macs = macs + linear_macs(self.gate1) + linear_macs(self.gate2)
+        return macs
+
+
+class FBSResNet(FBSModel, ResNet):
+    """timm ``ResNet`` with ``FBSBasicBlock`` blocks.
+
+    Args:
+        density: Fraction of the channels each gate keeps, ``ceil(density * C)``; 1.0 switches
+            the gates off (the dense ResNet).
+        execution: How inference skips channels: 'auto', 'grouped', 'loop' or 'mask' (see
+            ``set_sparsity``).
+        **kwargs: timm ``ResNet`` arguments (``layers``, ``channels``, ``stem_type``, ...);
+            the block is always ``FBSBasicBlock``.
+    """
+
+    def __init__(self, *, density: float = 0.5, execution: str = 'auto', **kwargs: Any) -> None:
+        if 'block' in kwargs:
+            raise ValueError('FBSResNet always uses FBSBasicBlock; do not pass block=')
+        model_args = dict(kwargs)
+        super().__init__(block=FBSBasicBlock, **kwargs)
+        self._init_fbs(density, execution)
+        self.model_args = model_args
+
+    def forward_features(
+            self,
+            x: torch.Tensor,
+            decisions: Optional[Sequence[torch.Tensor]] = None,
+            return_aux: bool = False,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, FBSAux]]:
+        """Stem, then the gated blocks; returns the final feature map ``[B, C, h, w]``
+        (and the ``FBSAux`` with ``return_aux``)."""
+        check_image_batch(x, self.in_chans, None)
+        self._check_decisions(decisions)
+        trace = GateTrace(self.num_gates, x.shape[0], decisions) if return_aux or decisions is not None else None
+        x = self.act1(self.bn1(self.conv1(x)))
+        if trace is not None:
+            stem = conv_macs(self.conv1, x.shape[-2] * x.shape[-1])
+            trace.add_macs('stem', stem, stem)
+        x = self.maxpool(x)
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for blk in layer:
+                x = run_block(self, blk, x, trace)
+        if trace is None:
+            return x
+        head = linear_macs(self.fc)
+        trace.add_macs('head', head, head)
+        aux = self._finish_aux(trace, x)
+        return (x, aux) if return_aux else x
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FBSResNet) -> Dict[str, torch.Tensor]:
+    """Loads an FBS ResNet checkpoint, or a dense timm/torchvision ResNet one with fresh gates."""
+    state_dict = state_dict.get('model', state_dict)
+    return fbs_checkpoint_filter(state_dict, model, classifier='fc.')
+
+
+def _create_fbs_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> FBSResNet:
+    if kwargs.get('features_only'):
+        raise ValueError('features_only is not supported by FBS models')
+    return build_model_with_cfg(FBSResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+
+
+def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
+    return {
+        'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'conv1', 'classifier': 'fc', 'paper_ids': 'arXiv:1810.05331',
+        'paper_name': 'Dynamic Channel Pruning: Feature Boosting and Suppression', **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    # Dense backbones from timm's hub; the gates start fresh and FBS fine-tunes from these.
+    'fbs_resnet18.tv_in1k': _cfg(hf_hub_id='timm/resnet18.tv_in1k', license='bsd-3-clause'),
+    'fbs_resnet18.a1_in1k': _cfg(hf_hub_id='timm/resnet18.a1_in1k', interpolation='bicubic', crop_pct=0.95,
+                                 license='apache-2.0'),
+    'fbs_resnet34.tv_in1k': _cfg(hf_hub_id='timm/resnet34.tv_in1k', license='bsd-3-clause'),
+    'fbs_resnet34.a1_in1k': _cfg(hf_hub_id='timm/resnet34.a1_in1k', interpolation='bicubic', crop_pct=0.95,
+                                 license='apache-2.0'),
+    'test_fbs_resnet.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(1, 1)),
+    'test_fbs_resnet2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(1, 1),
+                                       first_conv='conv1.0'),
+})
+
+
+@register_model
+def fbs_resnet18(pretrained: bool = False, **kwargs: Any) -> FBSResNet:
+    """FBS ResNet-18 (basic blocks 2-2-2-2), density 0.5."""
+    model_args = dict(layers=(2, 2, 2, 2))
+    return _create_fbs_resnet('fbs_resnet18', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fbs_resnet34(pretrained: bool = False, **kwargs: Any) -> FBSResNet:
+    """FBS ResNet-34 (basic blocks 3-4-6-3), density 0.5."""
+    model_args = dict(layers=(3, 4, 6, 3))
+    return _create_fbs_resnet('fbs_resnet34', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def test_fbs_resnet(pretrained: bool = False, **kwargs: Any) -> FBSResNet:
+    """Tiny FBS ResNet for tests: 8-16-32-64 channels, one block per stage, 32 px."""
+    model_args = dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_width=8, num_classes=10,
+                      zero_init_last=False)
+    return _create_fbs_resnet('test_fbs_resnet', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def test_fbs_resnet2(pretrained: bool = False, **kwargs: Any) -> FBSResNet:
+    """Tiny FBS ResNet for tests: deep stem, average-pool downsampling, two blocks in stage 1,
+    density 0.3."""
+    model_args = dict(layers=(2, 1, 1, 1), channels=(8, 16, 24, 32), stem_width=8, stem_type='deep',
+                      avg_down=True, num_classes=10, zero_init_last=False, density=0.3)
+    return _create_fbs_resnet('test_fbs_resnet2', pretrained, **dict(model_args, **kwargs))
