@@ -20,6 +20,7 @@ Two ways to run a gated convolution here:
   inputs. At batch 1 this is just a convolution with the sliced weight.
 """
 import math
+import threading
 from typing import Optional, Tuple
 
 import torch
@@ -29,8 +30,7 @@ from timm.layers.conv2d_same import Conv2dSame, conv2d_same
 
 __all__ = [
     'ChannelGate', 'num_kept', 'select_channels', 'masked_saliency', 'check_sliceable_conv', 'check_batch_norm',
-    'is_positively_homogeneous',
-    'bn_affine', 'sliced_conv', 'sliced_affine', 'scatter_pooled',
+    'bn_affine', 'folded_conv_bn', 'sliced_weight', 'sliced_conv', 'shared_conv', 'channel_union', 'scatter_pooled',
 ]
 
 
@@ -70,9 +70,8 @@ def num_kept(density: float, channels: int) -> int:
 
 
 def select_channels(saliency: torch.Tensor, k: int) -> torch.Tensor:
-    """Winner-take-all: the ``k`` most salient channels of each image, ascending ``[B, k]`` int64."""
-    idx = saliency.detach().topk(k, dim=1, sorted=False).indices
-    return idx.sort(dim=1).values
+    """Winner-take-all: the ``k`` most salient channels of each image, most salient first ``[B, k]`` int64."""
+    return saliency.detach().topk(k, dim=1).indices
 
 
 def masked_saliency(saliency: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -97,8 +96,8 @@ def check_sliceable_conv(conv: nn.Module, where: str) -> None:
     if conv.padding_mode != 'zeros':
         raise ValueError(f'{where}: padding_mode={conv.padding_mode!r} is not supported')
     if conv.bias is not None:
-        raise ValueError(f'{where}: convolutions with a bias are not supported (FBS folds the following '
-                         f'BatchNorm into the sliced weights)')
+        raise ValueError(f'{where}: convolutions with a bias are not supported (FBS folds the BatchNorm '
+                         f'that follows into the sliced weights)')
 
 
 def check_batch_norm(bn: nn.Module, where: str) -> None:
@@ -107,12 +106,6 @@ def check_batch_norm(bn: nn.Module, where: str) -> None:
     if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats:
         raise ValueError(f'{where}: FBS needs BatchNorm2d with running statistics after a gated convolution, '
                          f'got {type(bn).__name__}')
-
-
-def is_positively_homogeneous(act: nn.Module) -> bool:
-    """Whether ``act(s * x) == s * act(x)`` for ``s >= 0`` (ReLU, LeakyReLU, identity), so a
-    boost can be applied before the activation."""
-    return isinstance(act, (nn.ReLU, nn.LeakyReLU, nn.Identity))
 
 
 def bn_affine(bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -126,71 +119,137 @@ def bn_affine(bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
     return scale, shift
 
 
+def folded_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``conv`` followed by the inference ``bn`` as one convolution: ``(weight, bias)``.
+
+    Without autograd the result is cached on ``conv`` and recomputed when any of the tensors
+    involved changes (new values, device or dtype), so inference folds once, not per call.
+    With autograd it is computed afresh and differentiable.
+    """
+    if torch.is_grad_enabled():
+        scale, shift = bn_affine(bn)
+        return conv.weight * scale.reshape(-1, 1, 1, 1), shift
+    tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    try:
+        key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+    except RuntimeError:  # inference tensors have no version counter: do not cache
+        key = None
+    cached = conv.__dict__.get('_fbs_folded')
+    if key is not None and cached is not None and cached[0] == (key, bn.eps):
+        return cached[1], cached[2]
+    scale, shift = bn_affine(bn)
+    weight = (conv.weight * scale.reshape(-1, 1, 1, 1)).contiguous()
+    if key is not None:
+        conv.__dict__['_fbs_folded'] = ((key, bn.eps), weight, shift)
+    return weight, shift
+
+
+def _gather_rows(owner: nn.Module, src: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``src.index_select(0, rows)``; without autograd into a buffer kept on ``owner`` (one per
+    thread) and reused by the next call. Gathered weights are megabytes, fresh each call: a new
+    allocation each time costs page faults comparable to the convolution itself."""
+    if torch.is_grad_enabled():
+        return src.index_select(0, rows)
+    buffers = owner.__dict__.setdefault('_fbs_gather_buffers', {})
+    key = (threading.get_ident(), src.dtype, src.device)
+    buf = buffers.get(key)
+    if buf is None or buf.is_inference() != torch.is_inference_mode_enabled():
+        buf = buffers[key] = torch.empty(0, dtype=src.dtype, device=src.device)
+    return torch.index_select(src, 0, rows, out=buf.resize_(rows.numel(), src.shape[1]))
+
+
+def sliced_weight(
+        conv: nn.Conv2d,
+        batch: int,
+        out_idx: Optional[torch.Tensor] = None,
+        in_idx: Optional[torch.Tensor] = None,
+        weight: Optional[torch.Tensor] = None,
+        bias: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The rows (output channels) and columns (input channels) of ``conv``'s weight each image needs.
+
+    Args:
+        conv: A dense or depthwise Conv2d (see ``check_sliceable_conv``).
+        batch: B.
+        out_idx: ``[B, k_out]`` output channels per image; None for all.
+        in_idx: ``[B, k_in]`` input channels per image; None for all. Ignored by a depthwise
+            convolution, whose channel c reads only input c.
+        weight, bias: The full ``[C_out, C_in / groups, kh, kw]`` weight and ``[C_out]`` bias
+            to slice (default: the conv's own; ``folded_conv_bn`` gives BatchNorm folded in).
+
+    Returns:
+        ``[B * k_out, k_in, kh, kw]`` weight (``[B * k, 1, kh, kw]`` if depthwise) and
+        ``[B * k_out]`` bias (None without bias).
+    """
+    w = conv.weight if weight is None else weight  # [C_out, C_in / groups, kh, kw]
+    b = conv.bias if bias is None else bias
+    c_out, c_in, kh, kw = w.shape
+    if out_idx is not None and b is not None:
+        b = b.index_select(0, out_idx.flatten())
+    elif b is not None:
+        b = b.repeat(batch)
+    if conv.groups != 1:  # depthwise
+        return _gather_rows(conv, w.reshape(c_out, -1), out_idx.flatten()).view(-1, 1, kh, kw), b
+    # one index_select on contiguous weight pieces: rows of C_in * kh * kw, or single
+    # (out, in) kernels of kh * kw
+    if in_idx is None:
+        if out_idx is None:
+            return w.expand(batch, *w.shape).flatten(0, 1), b
+        return _gather_rows(conv, w.reshape(c_out, -1), out_idx.flatten()).view(-1, c_in, kh, kw), b
+    out = out_idx if out_idx is not None else torch.arange(c_out, device=w.device).expand(batch, c_out)
+    flat = (out[:, :, None] * c_in + in_idx[:, None, :]).flatten()  # [B * k_out * k_in]
+    return _gather_rows(conv, w.reshape(c_out * c_in, kh * kw), flat).view(-1, in_idx.shape[1], kh, kw), b
+
+
+def _run_conv(conv: nn.Conv2d, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
+              groups: int) -> torch.Tensor:
+    if isinstance(conv, Conv2dSame):
+        return conv2d_same(x, w, b, conv.stride, (0, 0), conv.dilation, groups)
+    return F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, groups)
+
+
 def sliced_conv(
         conv: nn.Conv2d,
         x: torch.Tensor,
         batch: int,
         out_idx: Optional[torch.Tensor] = None,
         in_idx: Optional[torch.Tensor] = None,
-        out_scale: Optional[torch.Tensor] = None,
-        out_shift: Optional[torch.Tensor] = None,
-        in_scale: Optional[torch.Tensor] = None,
+        weight: Optional[torch.Tensor] = None,
+        bias: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Runs ``conv`` on the kept channels of each image only (batch-grouped layout).
 
-    A per-channel affine map after the convolution (an inference BatchNorm, the gate's
-    boost) and a per-channel scale of its input (a boost) are folded into the gathered
-    weights, so they cost no pass over the activations.
-
     Args:
-        conv: A dense or depthwise Conv2d (see ``check_sliceable_conv``), without bias.
+        conv: A dense or depthwise Conv2d (see ``check_sliceable_conv``): its geometry.
         x: ``[1, B * k_in, H, W]`` the kept input channels ``in_idx`` of each image, or
             ``[B, C_in, H, W]`` all of them when ``in_idx`` is None.
         batch: B.
-        out_idx: ``[B, k_out]`` output channels to compute per image; None for all.
-        in_idx: ``[B, k_in]`` input channels present in ``x``; None for all. A depthwise
-            convolution needs ``in_idx`` equal to ``out_idx``.
-        out_scale, out_shift: ``[B * k_out]`` the output becomes ``conv(x) * out_scale + out_shift``.
-        in_scale: ``[B * k_in]`` the input is taken as ``x * in_scale`` (per channel).
+        out_idx, in_idx, weight, bias: As for ``sliced_weight``.
 
     Returns:
         ``[1, B * k_out, H', W']`` (``k_out = C_out`` when ``out_idx`` is None).
     """
-    w = conv.weight  # [C_out, C_in / groups, kh, kw]
-    c_out, c_in, kh, kw = w.shape
-    if conv.groups != 1:  # depthwise: channel c reads only input c
-        w = w.index_select(0, out_idx.flatten())  # [B * k, 1, kh, kw]
-        groups = w.shape[0]
-    else:
-        # one index_select on contiguous weight pieces: rows of C_in * kh * kw, or single
-        # (out, in) kernels of kh * kw
-        if in_idx is None:
-            w = w.expand(batch, *w.shape).flatten(0, 1) if out_idx is None else w.index_select(0, out_idx.flatten())
-        else:
-            out = (out_idx if out_idx is not None else
-                   torch.arange(c_out, device=w.device).expand(batch, c_out))  # [B, k_out]
-            flat = (out[:, :, None] * c_in + in_idx[:, None, :]).flatten()  # [B * k_out * k_in]
-            w = w.reshape(c_out * c_in, kh * kw).index_select(0, flat).view(-1, in_idx.shape[1], kh, kw)
-        groups = batch
-    # w: [B * k_out, k_in, kh, kw], a fresh tensor unless nothing was gathered
-    if out_scale is not None or in_scale is not None:
-        scale = 1.0
-        if out_scale is not None:
-            scale = out_scale.reshape(-1, 1, 1, 1)  # per output row
-        if in_scale is not None:  # per (image, input channel): rows of image b get in_scale[b]
-            per_row = in_scale.reshape(batch, 1, -1).expand(batch, w.shape[0] // batch, -1)
-            scale = scale * per_row.reshape(w.shape[0], -1, 1, 1)
-        w = w * scale
+    w, b = sliced_weight(conv, batch, out_idx, in_idx, weight, bias)  # [B * k_out, k_in, kh, kw]
     x = x.reshape(1, -1, *x.shape[-2:])  # '(b c) h w' as one image with B groups
-    if isinstance(conv, Conv2dSame):
-        return conv2d_same(x, w, out_shift, conv.stride, (0, 0), conv.dilation, groups)
-    return F.conv2d(x, w, out_shift, conv.stride, conv.padding, conv.dilation, groups)
+    return _run_conv(conv, x, w, b, w.shape[0] if conv.groups != 1 else batch)
 
 
-def sliced_affine(scale: torch.Tensor, shift: torch.Tensor, idx: Optional[torch.Tensor],
-                  batch: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel ``[C]`` scale and shift picked for the batch-grouped layout: ``[B * k]``."""
-    if idx is None:
-        return scale.repeat(batch), shift.repeat(batch)
-    flat = idx.flatten()
-    return scale.index_select(0, flat), shift.index_select(0, flat)
+def shared_conv(
+        conv: nn.Conv2d,
+        x: torch.Tensor,
+        out_idx: Optional[torch.Tensor] = None,
+        in_idx: Optional[torch.Tensor] = None,
+        weight: Optional[torch.Tensor] = None,
+        bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Runs ``conv`` on one channel subset shared by the whole batch (e.g. the union of the
+    images' kept channels): ``x`` ``[B, k_in, H, W]`` holds input channels ``in_idx`` ``[k_in]``,
+    the result ``[B, k_out, H', W']`` output channels ``out_idx`` ``[k_out]``."""
+    w, b = sliced_weight(conv, 1, None if out_idx is None else out_idx[None],
+                         None if in_idx is None else in_idx[None], weight, bias)
+    return _run_conv(conv, x, w, b, w.shape[0] if conv.groups != 1 else 1)
+
+
+def channel_union(idx: torch.Tensor) -> torch.Tensor:
+    """The channels kept by any image of the batch, ascending ``[U]``."""
+    return torch.unique(idx)

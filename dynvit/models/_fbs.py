@@ -15,7 +15,7 @@ import torch.nn as nn
 from ..layers.channel_gate import ChannelGate, check_batch_norm, check_sliceable_conv, num_kept, select_channels
 from ._helpers import check_state_dict, first_conv_keys, is_scalar
 
-EXECUTIONS = ('auto', 'grouped', 'loop', 'mask')
+EXECUTIONS = ('auto', 'grouped', 'loop', 'union', 'mask')
 
 
 def _sync(x: torch.Tensor) -> None:
@@ -87,41 +87,48 @@ class GatedBlock:
     def forward(self, x: torch.Tensor, trace: Optional[GateTrace] = None) -> torch.Tensor:
         gates = self.gates()
         B = x.shape[0]
+        computed = None  # channels computed per image and gate, when not the kept ones
         if self.density >= 1.0 and (trace is None or trace.decisions is None):
             out = super().forward(x)  # the timm block, untouched
             kept = torch.tensor([[g.out_channels for g in gates]]).expand(B, -1)
             indices = saliency = [None] * len(gates)
-        elif self.training or self.execution == 'mask' or (trace is not None and trace.decisions is not None):
-            given = [None if trace is None else trace.given(self.gate_offset + j) for j in range(len(gates))]
-            out, indices, saliency = self._masked(x, given)
-            kept = torch.stack([torch.full((B,), i.shape[1]) for i in indices], dim=1)
         else:
-            strategy = self.execution if B > 1 and self.execution != 'auto' else self._fastest(x)
-            out, indices, saliency = self._skipped_loop(x) if strategy == 'loop' else self._skipped(x)
-            kept = torch.stack([torch.full((B,), i.shape[1]) for i in indices], dim=1)
+            if self.training or self.execution == 'mask' or (trace is not None and trace.decisions is not None):
+                given = [None if trace is None else trace.given(self.gate_offset + j) for j in range(len(gates))]
+                out, indices, saliency, computed = self._masked(x, given)
+            else:
+                strategy = self.execution if B > 1 and self.execution != 'auto' else self._fastest(x)
+                out, indices, saliency, computed = self._strategies()[strategy](x)
+            kept = torch.tensor([[i.shape[1] for i in indices]]).expand(B, -1)
         if trace is not None:
             for j in range(len(gates)):
                 trace.indices[self.gate_offset + j] = indices[j]
                 trace.saliency[self.gate_offset + j] = saliency[j]
                 trace.kept[self.gate_offset + j] = kept[:, j]
             dense = self._count_macs(x.shape[-2:], out.shape[-2:], None)
-            spent = dense if self.density >= 1.0 and trace.decisions is None else \
-                self._count_macs(x.shape[-2:], out.shape[-2:], kept)
+            if self.density >= 1.0 and trace.decisions is None:
+                spent = dense
+            else:
+                computed = kept if computed is None else torch.tensor([computed]).expand(B, -1)
+                spent = self._count_macs(x.shape[-2:], out.shape[-2:], computed)
             trace.add_macs(self.block_name, spent, dense)
         return out
+
+    def _strategies(self):
+        return {'grouped': self._skipped, 'loop': self._skipped_loop, 'union': self._skipped_union}
 
     def _skipped_loop(self, x: torch.Tensor):
         """``_skipped`` image by image (each with its own sliced weights), concatenated."""
         parts = [self._skipped(x[i:i + 1]) for i in range(x.shape[0])]
         n = len(self._gate_names)
         return (torch.cat([p[0] for p in parts]), [torch.cat([p[1][j] for p in parts]) for j in range(n)],
-                [torch.cat([p[2][j] for p in parts]) for j in range(n)])
+                [torch.cat([p[2][j] for p in parts]) for j in range(n)], None)
 
     def _fastest(self, x: torch.Tensor) -> str:
-        """'grouped' or 'loop', whichever ran this block faster on inputs of this shape.
+        """The strategy that ran this block fastest on inputs of this shape.
 
         Measured on the first batch of each shape and density (a few runs of each, like
-        ``torch.backends.cudnn.benchmark``) and remembered. At batch 1 the two are the same.
+        ``torch.backends.cudnn.benchmark``) and remembered. At batch 1 all are the same computation.
         """
         if x.shape[0] == 1:
             return 'grouped'
@@ -129,7 +136,7 @@ class GatedBlock:
         key = (tuple(x.shape), x.dtype, x.device, self.density)
         if key not in cache:
             times = {}
-            for name, fn in (('grouped', self._skipped), ('loop', self._skipped_loop)):
+            for name, fn in self._strategies().items():
                 fn(x)  # warm-up: kernel selection for the new shapes
                 runs = []
                 for _ in range(3):
@@ -221,12 +228,17 @@ class FBSModel:
 
         Args:
             density: Fraction of channels each gate keeps, in (0, 1]; 1.0 switches the gates off.
-            execution: 'grouped' (one grouped convolution per layer for the whole batch, each
-                image with its own gathered weights), 'loop' (image by image with sliced
-                weights), 'mask' (dense convolutions times the gate: the training computation),
-                or 'auto' (per block, whichever of grouped and loop it measured faster on
-                the first batch of each shape). At batch 1 grouped and loop are the same
-                computation. Training always masks.
+            execution: How inference runs each gated block on a batch:
+                'grouped': one grouped convolution per layer, each image a group with its own
+                gathered weights (only its kept channels);
+                'loop': image by image, each with its sliced weights;
+                'union': the batch as a group of images: one convolution on the channels any
+                of its images kept, the others' outputs zeroed (computes more than each image
+                needs, reads each weight once);
+                'mask': dense convolutions times the gate (the training computation);
+                'auto' (default): per block, the fastest of grouped, loop and union, measured
+                on the first batch of each shape. At batch 1 grouped, loop and union are the
+                same computation. Training always masks.
         """
         d = self._density if density is None else check_density(density)
         if execution is not None and execution not in EXECUTIONS:

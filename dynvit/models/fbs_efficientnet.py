@@ -25,7 +25,7 @@ from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedRes
 from timm.models._efficientnet_builder import BN_EPS_TF_DEFAULT, decode_arch_def, resolve_act_layer, round_channels
 from timm.models.efficientnet import EfficientNet
 
-from ..layers.channel_gate import ChannelGate, bn_affine, masked_saliency, sliced_affine, sliced_conv
+from ..layers.channel_gate import ChannelGate, channel_union, folded_conv_bn, masked_saliency, shared_conv, sliced_conv
 from ..runtime.macs import conv2d_macs, conv_macs, linear_macs
 from ._fbs import FBSAux, FBSModel, GatedBlock, GateTrace, check_gated_convs, fbs_checkpoint_filter
 from ._helpers import check_image_batch, check_state_dict, run_block
@@ -66,24 +66,39 @@ class FBSInvertedResidual(GatedBlock, InvertedResidual):
         y = self.bn3(self.conv_pwl(h * masked_saliency(s, idx)[:, :, None, None]))
         if self.has_skip:
             y = self.drop_path(y) + x
-        return y, [idx], [s]
+        return y, [idx], [s], None
 
     def _skipped(self, x: torch.Tensor):
-        # BatchNorms and the boost are folded into the gathered weights (see sliced_conv)
         B = x.shape[0]
         (k,) = self.num_keep()
         s, idx = self._decide(self.gate, x.mean((2, 3)), k)
-        scale, shift = sliced_affine(*bn_affine(self.bn1), idx, B)
-        h = _act(self.bn1, sliced_conv(self.conv_pw, x, B, idx, out_scale=scale, out_shift=shift))  # [1, B * k, H, W]
-        scale, shift = sliced_affine(*bn_affine(self.bn2), idx, B)
-        h = _act(self.bn2, sliced_conv(self.conv_dw, h, B, idx, idx, out_scale=scale, out_shift=shift))
-        scale, shift = sliced_affine(*bn_affine(self.bn3), None, B)
-        y = sliced_conv(self.conv_pwl, h, B, in_idx=idx, in_scale=s.gather(1, idx).flatten(),
-                        out_scale=scale, out_shift=shift)  # [1, B * C_out, H', W']
+        w, b = folded_conv_bn(self.conv_pw, self.bn1)
+        h = _act(self.bn1, sliced_conv(self.conv_pw, x, B, idx, weight=w, bias=b))  # [1, B * k, H, W]
+        w, b = folded_conv_bn(self.conv_dw, self.bn2)
+        h = _act(self.bn2, sliced_conv(self.conv_dw, h, B, idx, idx, weight=w, bias=b))
+        h = h * s.gather(1, idx).reshape(1, -1, 1, 1)  # boost
+        w, b = folded_conv_bn(self.conv_pwl, self.bn3)
+        y = sliced_conv(self.conv_pwl, h, B, in_idx=idx, weight=w, bias=b)  # [1, B * C_out, H', W']
         y = _act(self.bn3, y.reshape(B, -1, *y.shape[-2:]))
         if self.has_skip:
             y = y + x
-        return y, [idx], [s]
+        return y, [idx], [s], None
+
+    def _skipped_union(self, x: torch.Tensor):
+        # the whole batch computes the expansion channels any of its images kept
+        (k,) = self.num_keep()
+        s, idx = self._decide(self.gate, x.mean((2, 3)), k)
+        u = channel_union(idx)
+        w, b = folded_conv_bn(self.conv_pw, self.bn1)
+        h = _act(self.bn1, shared_conv(self.conv_pw, x, u, weight=w, bias=b))  # [B, U, H, W]
+        w, b = folded_conv_bn(self.conv_dw, self.bn2)
+        h = _act(self.bn2, shared_conv(self.conv_dw, h, u, u, weight=w, bias=b))
+        h = h * masked_saliency(s, idx).index_select(1, u)[:, :, None, None]
+        w, b = folded_conv_bn(self.conv_pwl, self.bn3)
+        y = _act(self.bn3, shared_conv(self.conv_pwl, h, None, u, weight=w, bias=b))
+        if self.has_skip:
+            y = y + x
+        return y, [idx], [s], [u.numel()]
 
     def _count_macs(self, in_hw, out_hw, kept: Optional[torch.Tensor]) -> Union[int, torch.Tensor]:
         k = None if kept is None else kept[:, 0]
@@ -196,19 +211,13 @@ def lite0_package_weights() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def _create_fbs_effnet(variant: str, arch_def: List[List[str]], pretrained: bool = False, channel_multiplier: float = 1.0,
-                       depth_multiplier: float = 1.0, **kwargs: Any) -> FBSEfficientNet:
-    """EfficientNet-Lite geometry (ReLU6, no SE, fixed stem and head), as timm's ``_gen_efficientnet_lite``."""
-    if kwargs.get('features_only'):
-        raise ValueError('features_only is not supported by FBS models')
-    user_args = {k: v for k, v in kwargs.items()
-                 if k not in ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'density', 'execution')}
-    kwargs.setdefault('bn_eps', BN_EPS_TF_DEFAULT)
+def lite_kwargs(arch_def: List[List[str]], channel_multiplier: float = 1.0, depth_multiplier: float = 1.0,
+                **kwargs: Any) -> Dict[str, Any]:
+    """timm ``EfficientNet`` arguments of an EfficientNet-Lite with this block definition (ReLU6, no
+    SE, fixed stem and head; TF 'same' padding and BN eps 1e-3 by default, as timm's ``tf_`` models)."""
     kwargs.setdefault('pad_type', 'same')
-    bn_eps = kwargs.pop('bn_eps')
-    model = build_model_with_cfg(
-        FBSEfficientNet, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+    bn_eps = kwargs.pop('bn_eps', BN_EPS_TF_DEFAULT)
+    return dict(
         block_args=decode_arch_def(arch_def, depth_multiplier, fix_first_last=True),
         num_features=kwargs.pop('num_features', 1280),
         stem_size=kwargs.pop('stem_size', 32),
@@ -218,11 +227,22 @@ def _create_fbs_effnet(variant: str, arch_def: List[List[str]], pretrained: bool
         norm_layer=partial(nn.BatchNorm2d, eps=bn_eps),
         **kwargs,
     )
+
+
+def _create_fbs_effnet(variant: str, arch_def: List[List[str]], pretrained: bool = False,
+                       **kwargs: Any) -> FBSEfficientNet:
+    if kwargs.get('features_only'):
+        raise ValueError('features_only is not supported by FBS models')
+    user_args = {k: v for k, v in kwargs.items()
+                 if k not in ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'density', 'execution')}
+    model = build_model_with_cfg(FBSEfficientNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                 **lite_kwargs(arch_def, **kwargs))
     model.model_args = user_args  # the variant function rebuilds the rest
     return model
 
 
-_LITE_ARCH = [
+TEST_ARCH = [['ds_r1_k3_s1_e1_c8'], ['ir_r2_k3_s2_e4_c16'], ['ir_r1_k5_s2_e6_c24'], ['ir_r1_k3_s1_e3_c24']]
+LITE_ARCH = [
     ['ds_r1_k3_s1_e1_c16'],
     ['ir_r2_k3_s2_e6_c24'],
     ['ir_r2_k5_s2_e6_c40'],
@@ -253,12 +273,11 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def fbs_efficientnet_lite0(pretrained: bool = False, **kwargs: Any) -> FBSEfficientNet:
     """FBS EfficientNet-Lite0 (timm ``tf_efficientnet_lite0`` geometry: TF 'same' padding, BN eps 1e-3), density 0.5."""
-    return _create_fbs_effnet('fbs_efficientnet_lite0', _LITE_ARCH, pretrained, **kwargs)
+    return _create_fbs_effnet('fbs_efficientnet_lite0', LITE_ARCH, pretrained, **kwargs)
 
 
 @register_model
 def test_fbs_efficientnet(pretrained: bool = False, **kwargs: Any) -> FBSEfficientNet:
     """Tiny FBS EfficientNet-Lite for tests: 32 px, a ds block and three MBConv stages (3x3 and 5x5)."""
-    arch = [['ds_r1_k3_s1_e1_c8'], ['ir_r2_k3_s2_e4_c16'], ['ir_r1_k5_s2_e6_c24'], ['ir_r1_k3_s1_e3_c24']]
     model_args = dict(num_features=64, stem_size=8, num_classes=10)
-    return _create_fbs_effnet('test_fbs_efficientnet', arch, pretrained, **dict(model_args, **kwargs))
+    return _create_fbs_effnet('test_fbs_efficientnet', TEST_ARCH, pretrained, **dict(model_args, **kwargs))

@@ -22,11 +22,11 @@ from timm.models.resnet import BasicBlock, ResNet
 
 from ..layers.channel_gate import (
     ChannelGate,
-    bn_affine,
-    is_positively_homogeneous,
+    channel_union,
+    folded_conv_bn,
     masked_saliency,
     scatter_pooled,
-    sliced_affine,
+    shared_conv,
     sliced_conv,
 )
 from ..runtime.macs import conv2d_macs, conv_macs, linear_macs
@@ -46,7 +46,6 @@ class FBSBasicBlock(GatedBlock, BasicBlock):
             raise ValueError('FBS ResNet blocks do not support anti-aliasing (aa_layer) or attention '
                              '(attn_layer) layers: they would read the suppressed channels')
         check_gated_convs(self, ('conv1', 'conv2'), ('bn1', 'bn2'), 'FBSBasicBlock')
-        self._boost_before_act1 = is_positively_homogeneous(self.act1)
         self.gate1 = ChannelGate(inplanes, self.conv1.out_channels)
         self.gate2 = ChannelGate(self.conv1.out_channels, self.conv2.out_channels)
 
@@ -60,31 +59,43 @@ class FBSBasicBlock(GatedBlock, BasicBlock):
         if self.drop_path is not None:
             y = self.drop_path(y)
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.act2(y + shortcut), [idx1, idx2], [s1, s2]
+        return self.act2(y + shortcut), [idx1, idx2], [s1, s2], None
 
     def _skipped(self, x: torch.Tensor):
-        # BatchNorms and boosts are folded into the gathered weights (see sliced_conv)
         B = x.shape[0]
         k1, k2 = self.num_keep()
         s1, idx1 = self._decide(self.gate1, x.mean((2, 3)), k1)
-        boost1 = s1.gather(1, idx1).flatten()  # [B * k1]
-        scale, shift = sliced_affine(*bn_affine(self.bn1), idx1, B)
-        if self._boost_before_act1:  # relu(s * y) == s * relu(y) for s >= 0
-            h = self.act1(sliced_conv(self.conv1, x, B, idx1, out_scale=scale * boost1, out_shift=shift * boost1))
-        else:
-            h = self.act1(sliced_conv(self.conv1, x, B, idx1, out_scale=scale, out_shift=shift))
-            h = h * boost1.reshape(1, -1, 1, 1)
-        # h: [1, B * k1, H, W]
+        w, b = folded_conv_bn(self.conv1, self.bn1)
+        h = self.act1(sliced_conv(self.conv1, x, B, idx1, weight=w, bias=b))  # [1, B * k1, H, W]
+        h = h * s1.gather(1, idx1).reshape(1, -1, 1, 1)  # boost
         pooled = scatter_pooled(h.mean((2, 3)).reshape(B, k1), idx1, self.gate2.in_channels)
         s2, idx2 = self._decide(self.gate2, pooled, k2)
-        boost2 = s2.gather(1, idx2).flatten()
-        scale, shift = sliced_affine(*bn_affine(self.bn2), idx2, B)
-        y = sliced_conv(self.conv2, h, B, idx2, idx1, out_scale=scale * boost2, out_shift=shift * boost2)
+        w, b = folded_conv_bn(self.conv2, self.bn2)
+        y = sliced_conv(self.conv2, h, B, idx2, idx1, weight=w, bias=b)  # [1, B * k2, H, W]
+        y = y * s2.gather(1, idx2).reshape(1, -1, 1, 1)
         shortcut = x if self.downsample is None else self.downsample(x)
-        H, W = y.shape[-2:]
-        # suppressed conv2 channels add nothing to the shortcut
-        out = shortcut.scatter_add(1, idx2[:, :, None, None].expand(B, k2, H, W), y.reshape(B, k2, H, W))
-        return self.act2(out), [idx1, idx2], [s1, s2]
+        C = shortcut.shape[1]
+        # suppressed conv2 channels add nothing to the shortcut: add rows b * C + idx2[b] of '(b c) (h w)'
+        rows = (idx2 + torch.arange(B, device=x.device)[:, None] * C).flatten()
+        out = shortcut.reshape(B * C, -1).index_add(0, rows, y.reshape(B * k2, -1)).view_as(shortcut)
+        return self.act2(out), [idx1, idx2], [s1, s2], None
+
+    def _skipped_union(self, x: torch.Tensor):
+        # the whole batch computes the channels any of its images kept; the others' are zero
+        k1, k2 = self.num_keep()
+        s1, idx1 = self._decide(self.gate1, x.mean((2, 3)), k1)
+        u1 = channel_union(idx1)
+        w, b = folded_conv_bn(self.conv1, self.bn1)
+        h = self.act1(shared_conv(self.conv1, x, u1, weight=w, bias=b))  # [B, U1, H, W]
+        h = h * masked_saliency(s1, idx1).index_select(1, u1)[:, :, None, None]
+        pooled = h.new_zeros(x.shape[0], self.gate2.in_channels).index_copy_(1, u1, h.mean((2, 3)))
+        s2, idx2 = self._decide(self.gate2, pooled, k2)
+        u2 = channel_union(idx2)
+        w, b = folded_conv_bn(self.conv2, self.bn2)
+        y = shared_conv(self.conv2, h, u2, u1, weight=w, bias=b)  # [B, U2, H, W]
+        y = y * masked_saliency(s2, idx2).index_select(1, u2)[:, :, None, None]
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.act2(shortcut.index_add(1, u2, y)), [idx1, idx2], [s1, s2], [u1.numel(), u2.numel()]
 
     def _count_macs(self, in_hw, out_hw, kept: Optional[torch.Tensor]) -> Union[int, torch.Tensor]:
         k1, k2 = (None, None) if kept is None else (kept[:, 0], kept[:, 1])
