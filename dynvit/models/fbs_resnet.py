@@ -12,7 +12,7 @@ costs half and ``conv2`` a quarter of its dense MACs.
 
 ``density=1.0`` switches the gates off: the model is then timm's ResNet, bit for bit.
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
