@@ -24,6 +24,15 @@ def test_info_reports_macs():
     assert 0 < info['sparse_gmacs'] < info['dense_gmacs']
 
 
+def test_info_fbs_density():
+    r = run('info', 'test_fbs_resnet', '--density', '0.5', '--json')
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info['sparsity']['density'] == 0.5 and 0 < info['sparse_gmacs'] < info['dense_gmacs']
+    r = run('info', 'test_fbs_resnet', '--density', '0')
+    assert r.returncode == 1 and 'density must be in (0, 1]' in r.stderr
+
+
 def test_unknown_model_is_a_one_line_error():
     r = run('info', 'dynamicvit_smal_patch16_224')
     assert r.returncode == 1

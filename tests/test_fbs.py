@@ -281,3 +281,15 @@ def test_packaged_lite0_recognises_real_photos():
     model.set_sparsity(density=0.5, execution='grouped')
     _, report = profile(model, x)
     assert all(0.4 < r.saved_fraction < 0.5 for r in report.images), str(report)
+
+
+def test_saved_file_keeps_a_changed_classifier(tmp_path):
+    model = make('test_fbs_efficientnet')
+    model.reset_classifier(4, global_pool='max')
+    path = tmp_path / 'm.safetensors'
+    dynvit.save_model(model, str(path))
+    loaded = dynvit.load_model(str(path)).eval()
+    assert loaded.num_classes == 4 and loaded.global_pool.pool_type == 'max'
+    x = images(2)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..layers.channel_gate import ChannelGate, check_batch_norm, check_sliceable_conv, num_kept, select_channels
-from ._helpers import check_state_dict, first_conv_keys, is_scalar
+from ._helpers import check_image_batch, check_state_dict, first_conv_keys, is_scalar
 
 EXECUTIONS = ('auto', 'grouped', 'loop', 'union', 'mask')
 
@@ -34,7 +34,9 @@ class FBSAux:
             the L1 term); None for a gate that was off.
         kept_channels: ``[B, G]`` channels each gate kept.
         gate_channels: Channels each gate chooses from (``C``).
-        macs: ``[B]`` multiply-accumulates spent per image (gates included).
+        macs: ``[B]`` multiply-accumulates spent per image (gates included): the channels the
+            image kept, or where a block ran the batch's union, the union's channels. A masked
+            (training) pass counts what skipping its decisions costs.
         dense_macs: MACs of the same network without gates, per image.
         features: The final feature map (before pooling).
     """
@@ -71,9 +73,15 @@ class GateTrace:
 class GatedBlock:
     """Mixin for a timm residual block with FBS gates (put it before the timm class).
 
-    Subclasses define ``_gate_names`` (attribute names of their ``ChannelGate`` s in order),
-    ``_masked(x, trace)``, ``_skipped(x)`` (batch-grouped, inference) and ``_count_macs(in_hw,
-    out_hw, kept)``. The model sets ``density``, ``execution`` and ``gate_offset``.
+    Subclasses define ``_gate_names`` (attribute names of their ``ChannelGate`` s in order) and
+    the computations, each returning ``(output, indices, saliencies, computed)``:
+    ``_masked(x, given)`` (dense convolutions times the gates, for training; ``given``
+    decisions per gate or None), ``_skipped(x)`` (batch-grouped: each image its own kept
+    channels) and ``_skipped_union(x)`` (the batch computes the union of its images' channels);
+    ``computed`` is the channel count per gate each image computed when that is not what it
+    kept (union), else None. ``_count_macs(in_hw, out_hw, kept)`` gives the block's MACs for
+    ``[B, gates]`` channel counts (None: dense, gates off). The model sets ``density``,
+    ``execution``, ``gate_offset`` and ``block_name``.
     """
     _gate_names: Tuple[str, ...] = ()
     density: float = 1.0
@@ -277,10 +285,23 @@ class FBSModel:
             features=features,
         )
 
-    def _check_decisions(self, decisions: Optional[Sequence[torch.Tensor]]) -> None:
+    def _start_trace(self, x: torch.Tensor, in_chans: int, decisions: Optional[Sequence[torch.Tensor]],
+                     return_aux: bool) -> Optional[GateTrace]:
+        """Checks the images and the decisions; a ``GateTrace`` when the pass records them."""
+        check_image_batch(x, in_chans, None)
         if decisions is not None and len(decisions) != self.num_gates:
             raise ValueError(f'decisions must hold one [B, k] index tensor per gate ({self.num_gates}), '
                              f'got {len(decisions)}')
+        return GateTrace(self.num_gates, x.shape[0], decisions) if return_aux or decisions is not None else None
+
+    def _end_trace(self, x: torch.Tensor, trace: Optional[GateTrace], head_macs: int,
+                   return_aux: bool) -> Union[torch.Tensor, Tuple[torch.Tensor, FBSAux]]:
+        """The features, with the ``FBSAux`` (head MACs added) when asked for."""
+        if trace is None:
+            return x
+        trace.add_macs('head', head_macs, head_macs)
+        aux = self._finish_aux(trace, x)
+        return (x, aux) if return_aux else x
 
     def forward(
             self,

@@ -54,7 +54,10 @@ def save_model(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = No
         raise ValueError(f'{type(model).__name__} was built directly, not by name: create it with '
                          f'dynvit.create_model(...) so the file can name its architecture')
     args = {**model.model_args, **model.sparsity_config(), 'num_classes': model.num_classes}
-    if hasattr(model, 'global_pool') and hasattr(model, 'fc_norm'):  # reset_classifier may have changed the pooling
+    pool_type = getattr(getattr(model, 'global_pool', None), 'pool_type', None)
+    if pool_type is not None:  # a timm CNN's pooling module (reset_classifier may have changed it)
+        args['global_pool'] = pool_type
+    elif hasattr(model, 'global_pool') and hasattr(model, 'fc_norm'):  # reset_classifier may have changed the pooling
         args['global_pool'] = model.global_pool
         fc_norm = not isinstance(model.fc_norm, nn.Identity)
         if fc_norm != (model.global_pool in ('avg', 'avgmax', 'max')):  # not what timm derives from the pooling

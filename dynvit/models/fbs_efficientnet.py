@@ -27,8 +27,8 @@ from timm.models.efficientnet import EfficientNet
 
 from ..layers.channel_gate import ChannelGate, channel_union, folded_conv_bn, masked_saliency, shared_conv, sliced_conv
 from ..runtime.macs import conv2d_macs, conv_macs, linear_macs
-from ._fbs import FBSAux, FBSModel, GatedBlock, GateTrace, check_gated_convs, fbs_checkpoint_filter
-from ._helpers import check_image_batch, run_block
+from ._fbs import FBSAux, FBSModel, GatedBlock, check_gated_convs, fbs_checkpoint_filter
+from ._helpers import run_block
 
 __all__ = ['FBSInvertedResidual', 'FBSEfficientNet', 'lite0_package_weights']
 
@@ -147,9 +147,7 @@ class FBSEfficientNet(FBSModel, EfficientNet):
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, FBSAux]]:
         """Stem, blocks (MBConv ones gated), head convolution; returns the final feature map
         ``[B, C, h, w]`` (and the ``FBSAux`` with ``return_aux``)."""
-        check_image_batch(x, self.conv_stem.in_channels, None)
-        self._check_decisions(decisions)
-        trace = GateTrace(self.num_gates, x.shape[0], decisions) if return_aux or decisions is not None else None
+        trace = self._start_trace(x, self.conv_stem.in_channels, decisions, return_aux)
         x = self.bn1(self.conv_stem(x))
         if trace is not None:
             stem = conv_macs(self.conv_stem, x.shape[-2] * x.shape[-1])
@@ -164,11 +162,8 @@ class FBSEfficientNet(FBSModel, EfficientNet):
                         macs = _dense_block_macs(blk, x.shape[-2:])
                         trace.add_macs(f'blocks.{s}.{i}', macs, macs)
         x = self.bn2(self.conv_head(x))
-        if trace is None:
-            return x
         head = conv_macs(self.conv_head, x.shape[-2] * x.shape[-1]) + linear_macs(self.classifier)
-        trace.add_macs('head', head, head)
-        return x, self._finish_aux(trace, x)
+        return self._end_trace(x, trace, head, return_aux)
 
 
 def _from_package_layout(state_dict: Dict[str, torch.Tensor], model: FBSEfficientNet) -> Dict[str, torch.Tensor]:

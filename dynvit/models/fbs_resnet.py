@@ -30,8 +30,8 @@ from ..layers.channel_gate import (
     sliced_conv,
 )
 from ..runtime.macs import conv2d_macs, conv_macs, linear_macs
-from ._fbs import FBSAux, FBSModel, GatedBlock, GateTrace, check_gated_convs, fbs_checkpoint_filter
-from ._helpers import check_image_batch, run_block
+from ._fbs import FBSAux, FBSModel, GatedBlock, check_gated_convs, fbs_checkpoint_filter
+from ._helpers import run_block
 
 __all__ = ['FBSBasicBlock', 'FBSResNet']
 
@@ -135,9 +135,7 @@ class FBSResNet(FBSModel, ResNet):
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, FBSAux]]:
         """Stem, then the gated blocks; returns the final feature map ``[B, C, h, w]``
         (and the ``FBSAux`` with ``return_aux``)."""
-        check_image_batch(x, self.in_chans, None)
-        self._check_decisions(decisions)
-        trace = GateTrace(self.num_gates, x.shape[0], decisions) if return_aux or decisions is not None else None
+        trace = self._start_trace(x, self.in_chans, decisions, return_aux)
         x = self.act1(self.bn1(self.conv1(x)))
         if trace is not None:
             stem = conv_macs(self.conv1, x.shape[-2] * x.shape[-1])
@@ -146,12 +144,7 @@ class FBSResNet(FBSModel, ResNet):
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             for blk in layer:
                 x = run_block(self, blk, x, trace)
-        if trace is None:
-            return x
-        head = linear_macs(self.fc)
-        trace.add_macs('head', head, head)
-        aux = self._finish_aux(trace, x)
-        return (x, aux) if return_aux else x
+        return self._end_trace(x, trace, linear_macs(self.fc), return_aux)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FBSResNet) -> Dict[str, torch.Tensor]:

@@ -141,7 +141,24 @@ class DynamicViTLoss(nn.Module):
         return total, {k: v.detach() for k, v in parts.items()}
 
 
-class EvoViTLoss(nn.Module):
+class _DistilledLoss(nn.Module):
+    """A classification loss with optional KL distillation from teacher logits (shared setup)."""
+
+    def __init__(self, base_criterion: Optional[nn.Module], distill_weight: float, temperature: float) -> None:
+        super().__init__()
+        self.base_criterion = base_criterion if base_criterion is not None else nn.CrossEntropyLoss()
+        self.distill_weight = distill_weight
+        self.temperature = temperature
+
+    def _with_distillation(self, total: torch.Tensor, parts: Dict[str, torch.Tensor], logits: torch.Tensor,
+                           teacher_logits: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        if teacher_logits is not None:
+            parts['kl'] = distillation_kl(logits, teacher_logits, self.temperature)
+            total = total + self.distill_weight * parts['kl']
+        return total, {k: v.detach() for k, v in parts.items()}
+
+
+class EvoViTLoss(_DistilledLoss):
     """The Evo-ViT training objective.
 
     ``loss = (1 - cls_weight) * ce(logits) + cls_weight * ce(aux.cls_logits)
@@ -163,13 +180,10 @@ class EvoViTLoss(nn.Module):
             distill_weight: float = 0.5,
             temperature: float = 1.0,
     ) -> None:
-        super().__init__()
         if not 0.0 <= cls_weight <= 1.0:
             raise ValueError(f'cls_weight must be in [0, 1], got {cls_weight}')
-        self.base_criterion = base_criterion if base_criterion is not None else nn.CrossEntropyLoss()
+        super().__init__(base_criterion, distill_weight, temperature)
         self.cls_weight = cls_weight
-        self.distill_weight = distill_weight
-        self.temperature = temperature
 
     def forward(
             self,
@@ -197,10 +211,7 @@ class EvoViTLoss(nn.Module):
                                  'with return_aux=True (and aux_head=True), or set cls_weight=0')
             parts['ce_cls'] = self.base_criterion(aux.cls_logits, target)
             total = total + self.cls_weight * parts['ce_cls']
-        if teacher_logits is not None:
-            parts['kl'] = distillation_kl(logits, teacher_logits, self.temperature)
-            total = total + self.distill_weight * parts['kl']
-        return total, {k: v.detach() for k, v in parts.items()}
+        return self._with_distillation(total, parts, logits, teacher_logits)
 
 
 def saliency_l1(saliency: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
@@ -216,7 +227,7 @@ def saliency_l1(saliency: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
-class FBSLoss(nn.Module):
+class FBSLoss(_DistilledLoss):
     """The FBS training objective: ``ce(logits) + l1_weight * saliency_l1(aux.saliency)
     + distill_weight * kl(logits, teacher_logits)``.
 
@@ -237,13 +248,10 @@ class FBSLoss(nn.Module):
             distill_weight: float = 0.5,
             temperature: float = 1.0,
     ) -> None:
-        super().__init__()
         if l1_weight < 0:
             raise ValueError(f'l1_weight must be >= 0, got {l1_weight}')
-        self.base_criterion = base_criterion if base_criterion is not None else nn.CrossEntropyLoss()
+        super().__init__(base_criterion, distill_weight, temperature)
         self.l1_weight = l1_weight
-        self.distill_weight = distill_weight
-        self.temperature = temperature
 
     def forward(
             self,
@@ -267,7 +275,4 @@ class FBSLoss(nn.Module):
             raise ValueError('FBSLoss needs the FBSAux of the forward: call model(x, return_aux=True)')
         parts = {'ce': self.base_criterion(logits, target), 'l1': saliency_l1(aux.saliency).to(logits)}
         total = parts['ce'] + self.l1_weight * parts['l1']
-        if teacher_logits is not None:
-            parts['kl'] = distillation_kl(logits, teacher_logits, self.temperature)
-            total = total + self.distill_weight * parts['kl']
-        return total, {k: v.detach() for k, v in parts.items()}
+        return self._with_distillation(total, parts, logits, teacher_logits)
