@@ -51,6 +51,7 @@ def compare(models: Dict[str, nn.Module], xb: torch.Tensor, rounds: int, runs_b1
         rows[k] = dict(
             gmacs=r.mean_macs / 1e9,
             saved_fraction=1 - r.mean_macs / dense_macs,
+            executed_gmacs=(r.mean_macs if r.executed_macs is None else r.executed_macs) / 1e9,
             mean_kept_tokens=[round(v, 1) for v in kept],
             tokens_per_block=r.images[0].per_block,
             b1_latency_ms=b1[k] * 1e3,

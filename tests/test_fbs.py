@@ -166,7 +166,12 @@ def test_union_counts_the_channels_it_computes():
         model.execution = 'grouped'
         _, aux_grouped = model(x, return_aux=True)
     assert torch.equal(aux.kept_channels, aux_grouped.kept_channels)
-    assert (aux.macs >= aux_grouped.macs).all() and (aux.macs > aux_grouped.macs).any()
+    # what each image needed is the same; what the union pass computed for it is more
+    assert torch.equal(aux.macs, aux_grouped.macs) and torch.equal(aux_grouped.executed_macs, aux_grouped.macs)
+    assert (aux.executed_macs >= aux.macs).all() and (aux.executed_macs > aux.macs).any()
+    model.execution = 'union'
+    _, report = profile(model, x)
+    assert report.executed_macs > report.mean_macs and 'union' in str(report)
 
 
 def test_reference_macs():

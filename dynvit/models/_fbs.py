@@ -34,10 +34,12 @@ class FBSAux:
             the L1 term); None for a gate that was off.
         kept_channels: ``[B, G]`` channels each gate kept.
         gate_channels: Channels each gate chooses from (``C``).
-        macs: ``[B]`` multiply-accumulates spent per image (gates included): the channels the
-            image kept, or where a block ran the batch's union, the union's channels. A masked
-            (training) pass counts what skipping its decisions costs.
+        macs: ``[B]`` multiply-accumulates per image (gates included) for the channels the image
+            kept: what skipping costs for this input, whatever the batch around it.
         dense_macs: MACs of the same network without gates, per image.
+        executed_macs: ``[B]`` MACs this pass computed for each image: ``macs``, except where a
+            block ran the batch's union of channels (``execution='union'``, or chosen by
+            'auto'), which computes more per image. A masked (training) pass counts like ``macs``.
         features: The final feature map (before pooling).
     """
     indices: List[Optional[torch.Tensor]]
@@ -46,6 +48,7 @@ class FBSAux:
     gate_channels: List[int]
     macs: torch.Tensor
     dense_macs: int
+    executed_macs: Optional[torch.Tensor] = None
     features: Optional[torch.Tensor] = None
 
 
@@ -59,14 +62,18 @@ class GateTrace:
         self.indices: List[Optional[torch.Tensor]] = [None] * num_gates
         self.saliency: List[Optional[torch.Tensor]] = [None] * num_gates
         self.kept: List[Optional[torch.Tensor]] = [None] * num_gates
-        self.macs: Dict[str, torch.Tensor] = {}  # part name -> [B] MACs
+        self.macs: Dict[str, torch.Tensor] = {}  # part name -> [B] MACs of the image's own channels
+        self.executed_macs: Dict[str, torch.Tensor] = {}  # part name -> [B] MACs computed for the image
         self.dense_macs: Dict[str, int] = {}
 
     def given(self, gate: int) -> Optional[torch.Tensor]:
         return None if self.decisions is None else self.decisions[gate]
 
-    def add_macs(self, name: str, macs: Union[int, torch.Tensor], dense: int) -> None:
+    def add_macs(self, name: str, macs: Union[int, torch.Tensor], dense: int,
+                 executed: Union[None, int, torch.Tensor] = None) -> None:
         self.macs[name] = torch.as_tensor(macs, dtype=torch.long).expand(self.batch)
+        self.executed_macs[name] = self.macs[name] if executed is None else \
+            torch.as_tensor(executed, dtype=torch.long).expand(self.batch)
         self.dense_macs[name] = int(dense)
 
 
@@ -115,11 +122,12 @@ class GatedBlock:
                 trace.kept[self.gate_offset + j] = kept[:, j]
             dense = self._count_macs(x.shape[-2:], out.shape[-2:], None)
             if self.density >= 1.0 and trace.decisions is None:
-                spent = dense
+                spent = executed = dense
             else:
-                computed = kept if computed is None else torch.tensor([computed]).expand(B, -1)
-                spent = self._count_macs(x.shape[-2:], out.shape[-2:], computed)
-            trace.add_macs(self.block_name, spent, dense)
+                spent = self._count_macs(x.shape[-2:], out.shape[-2:], kept)
+                executed = spent if computed is None else \
+                    self._count_macs(x.shape[-2:], out.shape[-2:], torch.tensor([computed]).expand(B, -1))
+            trace.add_macs(self.block_name, spent, dense, executed)
         return out
 
     def _strategies(self):
@@ -275,6 +283,7 @@ class FBSModel:
 
     def _finish_aux(self, trace: GateTrace, features: torch.Tensor) -> FBSAux:
         macs = torch.stack(list(trace.macs.values())).sum(0)
+        executed = torch.stack(list(trace.executed_macs.values())).sum(0)
         return FBSAux(
             indices=list(trace.indices),
             saliency=list(trace.saliency),
@@ -282,6 +291,7 @@ class FBSModel:
             gate_channels=self.gate_channels(),
             macs=macs,
             dense_macs=sum(trace.dense_macs.values()),
+            executed_macs=executed,
             features=features,
         )
 

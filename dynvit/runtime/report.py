@@ -1,6 +1,6 @@
 """Per-image sparsity reports: what each image kept, the MACs it cost, and what that saved."""
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -43,6 +43,8 @@ class SparsityReport:
         stage_label, per_block_label: Column titles of ``kept`` and ``per_block``.
         total_label: What ``total`` counts.
         kept_style: 'stages' prints ``kept`` as ``a / b / c``, 'runs' run-length encoded.
+        executed_macs: Mean MACs per image the pass computed, when it differs from what the images
+            needed (channel-gated CNNs whose blocks ran the union of the batch's channels).
     """
     images: List[ImageReport] = field(default_factory=list)
     total: int = 0
@@ -50,6 +52,7 @@ class SparsityReport:
     per_block_label: str = 'tokens per block'
     total_label: str = 'patches'
     kept_style: str = 'stages'
+    executed_macs: Optional[float] = None
 
     @property
     def mean_macs(self) -> float:
@@ -74,6 +77,7 @@ class SparsityReport:
             saved_fraction=self.saved_fraction,
             stage_label=self.stage_label,
             per_block_label=self.per_block_label,
+            executed_macs=self.executed_macs,
             images=[dict(kept=r.kept, per_block=r.per_block, macs=r.macs,
                          dense_macs=r.dense_macs, saved_fraction=r.saved_fraction) for r in self.images],
         )
@@ -93,7 +97,11 @@ class SparsityReport:
                         f'{r.macs / 1e9:>7.3f} {r.dense_macs / 1e9:>7.3f} {r.saved_fraction:>6.1%}')
         rows.append(f'{"mean":>5}  {f"of {self.total} {self.total_label}":<{width}} {"":<{width2}} '
                     f'{self.mean_macs / 1e9:>7.3f} {self.dense_macs / 1e9:>7.3f} {self.saved_fraction:>6.1%}')
-        return '\n'.join(rows) + '\n(GMACs = 10^9 multiply-accumulates; FLOPs = 2 x MACs)'
+        note = ''
+        if self.executed_macs is not None and self.executed_macs != self.mean_macs:
+            note = (f'\nthis batch computed {self.executed_macs / 1e9:.3f} GMACs per image: some blocks ran the union '
+                    f'of the images\' kept channels (execution \'union\', or \'auto\' found it faster)')
+        return '\n'.join(rows) + '\n(GMACs = 10^9 multiply-accumulates; FLOPs = 2 x MACs)' + note
 
 
 def run_length(values: List[int]) -> str:
@@ -128,8 +136,10 @@ def profile(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, SparsityRe
             kept = aux.kept_channels.tolist()
             per_block = [list(aux.gate_channels)] * len(kept)
             images = [ImageReport(k, int(m), aux.dense_macs, p) for k, m, p in zip(kept, macs, per_block)]
-            return logits, SparsityReport(images, sum(aux.gate_channels), 'kept channels per gated layer',
-                                          'of channels', 'gated channels', 'runs')
+            report = SparsityReport(images, sum(aux.gate_channels), 'kept channels per gated layer',
+                                    'of channels', 'gated channels', 'runs')
+            report.executed_macs = aux.executed_macs.double().mean().item()
+            return logits, report
         dense = dense_vit_macs(model, aux.num_patches)
         kept = aux.kept_tokens.tolist()
         tokens = aux.tokens_per_block.tolist()
