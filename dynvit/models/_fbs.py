@@ -105,17 +105,16 @@ class GatedBlock:
         computed = None  # channels computed per image and gate, when not the kept ones
         if self.density >= 1.0 and (trace is None or trace.decisions is None):
             out = super().forward(x)  # the timm block, untouched
-            kept = torch.tensor([[g.out_channels for g in gates]]).expand(B, -1)
             indices = saliency = [None] * len(gates)
+        elif self.training or self.execution == 'mask' or (trace is not None and trace.decisions is not None):
+            given = [None if trace is None else trace.given(self.gate_offset + j) for j in range(len(gates))]
+            out, indices, saliency, computed = self._masked(x, given)
         else:
-            if self.training or self.execution == 'mask' or (trace is not None and trace.decisions is not None):
-                given = [None if trace is None else trace.given(self.gate_offset + j) for j in range(len(gates))]
-                out, indices, saliency, computed = self._masked(x, given)
-            else:
-                strategy = self.execution if B > 1 and self.execution != 'auto' else self._fastest(x)
-                out, indices, saliency, computed = self._strategies()[strategy](x)
-            kept = torch.tensor([[i.shape[1] for i in indices]]).expand(B, -1)
+            strategy = self.execution if B > 1 and self.execution != 'auto' else self._fastest(x)
+            out, indices, saliency, computed = self._strategies()[strategy](x)
         if trace is not None:
+            kept = torch.tensor([[g.out_channels if i is None else i.shape[1] for g, i in zip(gates, indices)]])
+            kept = kept.expand(B, -1)
             for j in range(len(gates)):
                 trace.indices[self.gate_offset + j] = indices[j]
                 trace.saliency[self.gate_offset + j] = saliency[j]

@@ -76,7 +76,7 @@ class FBSBasicBlock(GatedBlock, BasicBlock):
         shortcut = x if self.downsample is None else self.downsample(x)
         C = shortcut.shape[1]
         # suppressed conv2 channels add nothing to the shortcut: add rows b * C + idx2[b] of '(b c) (h w)'
-        rows = (idx2 + torch.arange(B, device=x.device)[:, None] * C).flatten()
+        rows = idx2[0] if B == 1 else (idx2 + torch.arange(B, device=x.device)[:, None] * C).flatten()
         out = shortcut.reshape(B * C, -1).index_add(0, rows, y.reshape(B * k2, -1)).view_as(shortcut)
         return self.act2(out), [idx1, idx2], [s1, s2], None
 
