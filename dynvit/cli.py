@@ -1,7 +1,8 @@
-"""The ``dynvit`` command line: ``list``, ``info`` and ``demo``."""
+"""The ``dynvit`` command line: ``list``, ``info``, ``demo``, ``finetune`` and ``eval``."""
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import torch
@@ -11,6 +12,16 @@ EXAMPLES = {
     'info': 'examples:\n  dynvit info dynamicvit_small_patch16_224\n'
             '  dynvit info test_dynamicvit --keep-ratio 0.5 --json\n  dynvit info fbs_resnet18 --density 0.5',
     'demo': 'examples:\n  dynvit demo\n  dynvit demo --images 8 --threads 2',
+    'finetune': 'examples:\n'
+                '  dynvit finetune dynamicvit_small_patch16_224 --data path/to/images --checkpoint deit_small.pth '
+                '--out runs/dyvit\n'
+                '  dynvit finetune dynamicvit_small_patch16_224 --data fashion-mnist '
+                '--model-args \'{"img_size": 28, "patch_size": 4, "in_chans": 1}\' --epochs 5 --out runs/fm\n'
+                '  dynvit finetune fbs_resnet18 --data path/to/images --density 0.5 --gate-warmup-epochs 1 --out runs/fbs\n'
+                '  torchrun --nproc_per_node 2 -m dynvit finetune test_evovit --data path/to/images --out runs/ddp\n'
+                '  dynvit finetune test_dynamicvit --data path/to/images --out runs/x --resume',
+    'eval': 'examples:\n  dynvit eval runs/fm/best.safetensors --data fashion-mnist\n'
+            '  dynvit eval dynamicvit_small_patch16_224 --checkpoint m.safetensors --data path/to/images --json',
 }
 
 
@@ -94,6 +105,100 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_for_data(args: argparse.Namespace, num_classes: Optional[int], **sparsity) -> torch.nn.Module:
+    """The model named (or the dynvit file given) with ``--model-args``, the sparsity targets and
+    ``num_classes``; ``--checkpoint`` (or the file) provides the weights, the head reset the timm
+    way when the classes differ."""
+    from . import create_model, read_dynvit_metadata
+    torch.manual_seed(args.seed)  # fresh parameters (heads, predictors, gates) start the same in every process
+    kwargs = json.loads(args.model_args) if args.model_args else {}
+    if not isinstance(kwargs, dict):
+        raise ValueError(f'--model-args must be a JSON object, got {args.model_args!r}')
+    kwargs.update({k: v for k, v in sparsity.items() if v is not None})
+    if num_classes is not None:
+        kwargs['num_classes'] = num_classes
+    name, weights = args.model, args.checkpoint
+    if name.endswith(('.safetensors', '.pth', '.pt', '.bin')):
+        meta = read_dynvit_metadata(name)
+        if meta is None:
+            raise ValueError(f'{name} is not a dynvit model file; give a model name and --checkpoint {name}')
+        name, weights = meta['architecture'], weights or args.model
+    if weights:
+        model = create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=weights), **kwargs)
+    else:
+        model = create_model(name, **kwargs)
+    for key in ('mean', 'std'):
+        value = getattr(args, key, None)
+        if value:
+            model.pretrained_cfg = {**model.pretrained_cfg, key: tuple(value)}
+    return model
+
+
+def _num_classes(args: argparse.Namespace) -> int:
+    from .data import FASHION_MNIST_CLASSES, image_folder
+    if args.data.lower().replace('_', '-') == 'fashion-mnist':
+        return len(FASHION_MNIST_CLASSES)
+    return len(image_folder(args.data, args.val_fraction, args.seed)[2])
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .data import build_datasets
+    from .train import TrainConfig, Trainer
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = _model_for_data(args, _num_classes(args), keep_ratio=args.keep_ratio, density=args.density)
+    train_kwargs = {} if args.aug_scale is None else dict(scale=(args.aug_scale, 1.0))
+    if args.no_color_jitter:
+        train_kwargs['color_jitter'] = None
+    train, val, classes = build_datasets(args.data, model, args.data_root, args.val_fraction, args.seed,
+                                         train_kwargs, augment=not args.no_aug)
+    if args.max_train_images and args.max_train_images < len(train):
+        train = torch.utils.data.Subset(train, range(args.max_train_images))
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, sparse_lr=args.sparse_lr,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+        sparsity_start=args.sparsity_start, sparsity_warmup_epochs=args.sparsity_warmup_epochs,
+        gate_warmup_epochs=args.gate_warmup_epochs, distill=not args.no_distill, l1_weight=args.l1_weight,
+        amp=args.amp, grad_clip=args.grad_clip, seed=args.seed, num_workers=args.workers, train_kwargs=train_kwargs)
+    trainer = Trainer(model, train, val, config, out_dir=args.out, class_names=classes, progress=not args.quiet)
+    if args.resume:
+        if not trainer.resume():
+            raise FileNotFoundError(f'nothing to resume in {args.out} (no train_state.safetensors)')
+        if trainer.rank == 0:
+            print(f'resuming at epoch {trainer.epoch + 1}, step {trainer.step}', flush=True)
+    elif trainer.rank == 0 and (Path(args.out) / 'train_state.safetensors').exists():
+        raise FileExistsError(f'{args.out} already holds a run; pass --resume to continue it or choose another --out')
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        return 130
+    if trainer.rank == 0:
+        print(f'best validation top-1 {trainer.best_top1:.4f}; model saved to {Path(args.out) / "best.safetensors"}')
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .data import build_datasets
+    from .train import evaluate
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = _model_for_data(args, None).eval()
+    _, val, classes = build_datasets(args.data, model, args.data_root, args.val_fraction, args.seed, augment=False)
+    if len(classes) != model.num_classes:
+        raise ValueError(f'the data has {len(classes)} classes, the model {model.num_classes}')
+    if args.limit:
+        val = torch.utils.data.Subset(val, range(min(args.limit, len(val))))
+    loader = torch.utils.data.DataLoader(val, batch_size=args.batch_size, num_workers=args.workers)
+    metrics = evaluate(model, loader, torch.device('cpu'))
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+    else:
+        print(f'{args.model} on {args.data} ({metrics["images"]} images): top-1 {metrics["top1"]:.4f}, '
+              f'top-5 {metrics["top5"]:.4f}, {metrics["mean_macs"] / 1e9:.4f} GMACs per image, '
+              f'{metrics["saved_fraction"]:.1%} of the dense MACs saved, keep rate {metrics["keep_rate"]:.3f}')
+    return 0
+
+
 def _demo_fbs(args: argparse.Namespace) -> None:
     """FBS EfficientNet-Lite0 with its ImageNet weights on real photos (when the demo extra is installed)."""
     from . import create_model
@@ -162,6 +267,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--runs', type=int, default=10)
     p.set_defaults(func=_cmd_demo)
+
+    def data_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument('model', help='a model name, or a dynvit .safetensors file')
+        p.add_argument('--data', required=True, help="'fashion-mnist' or an image folder (root/<class>/<image>)")
+        p.add_argument('--data-root', default=None, help='Fashion-MNIST IDX folder (default: the Debian package\'s)')
+        p.add_argument('--val-fraction', type=float, default=0.1, help='validation share of an image folder')
+        p.add_argument('--checkpoint', default=None, help='weights to start from (dense or sparse; timm, DeiT, dynvit)')
+        p.add_argument('--model-args', default=None, help='JSON constructor arguments, e.g. \'{"img_size": 28}\'')
+        p.add_argument('--mean', type=float, nargs='+', default=None, help='normalisation mean (default: model cfg)')
+        p.add_argument('--std', type=float, nargs='+', default=None, help='normalisation std (default: model cfg)')
+        p.add_argument('--batch-size', type=int, default=64, help='global batch size')
+        p.add_argument('--workers', type=int, default=0)
+        p.add_argument('--threads', type=int, default=0, help='CPU threads (default: torch\'s)')
+        p.add_argument('--seed', type=int, default=0)
+
+    p = add('finetune', 'Fine-tune a dynamic model on Fashion-MNIST or an image folder (resumable; torchrun for DDP).')
+    data_args(p)
+    p.add_argument('--out', required=True, help='run folder: train_state.safetensors, best.safetensors, log.jsonl')
+    p.add_argument('--resume', action='store_true', help='continue the run in --out')
+    p.add_argument('--keep-ratio', type=float, default=None, help='ViTs: target keep ratio')
+    p.add_argument('--density', type=float, default=None, help='FBS: target density')
+    p.add_argument('--epochs', type=int, default=10)
+    p.add_argument('--lr', type=float, default=5e-4)
+    p.add_argument('--sparse-lr', type=float, default=None, help='lr of keep predictors / gates (default: --lr)')
+    p.add_argument('--weight-decay', type=float, default=0.05)
+    p.add_argument('--warmup-epochs', type=float, default=1.0)
+    p.add_argument('--label-smoothing', type=float, default=0.0)
+    p.add_argument('--sparsity-start', type=float, default=1.0, help='keep ratio / density the schedule starts at')
+    p.add_argument('--sparsity-warmup-epochs', type=float, default=0.0, help='epochs to reach the target sparsity')
+    p.add_argument('--gate-warmup-epochs', type=int, default=0, help='FBS: epochs training only the gates')
+    p.add_argument('--l1-weight', type=float, default=1e-3, help='FBS: L1 on the saliencies')
+    p.add_argument('--no-distill', action='store_true', help='no distillation from the dense teacher')
+    p.add_argument('--amp', default='auto', choices=['auto', 'off', 'bf16', 'fp16'])
+    p.add_argument('--grad-clip', type=float, default=None)
+    p.add_argument('--aug-scale', type=float, default=None, help='smallest random-resized-crop area (timm: 0.08)')
+    p.add_argument('--no-color-jitter', action='store_true')
+    p.add_argument('--no-aug', action='store_true', help='no training augmentation')
+    p.add_argument('--max-train-images', type=int, default=0, help='use the first N training images')
+    p.add_argument('--quiet', action='store_true', help='no progress bar or epoch lines')
+    p.set_defaults(func=_cmd_finetune)
+
+    p = add('eval', 'Top-1/top-5 and the MACs per image of a model on Fashion-MNIST or an image folder.')
+    data_args(p)
+    p.add_argument('--limit', type=int, default=0, help='evaluate the first N validation images')
+    p.add_argument('--json', action='store_true')
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 
@@ -169,7 +320,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError, NotImplementedError) as e:
+    except (ValueError, TypeError, OSError, NotImplementedError, FloatingPointError) as e:
         print(f'dynvit {args.command}: error: {e}', file=sys.stderr)
         return 1
 

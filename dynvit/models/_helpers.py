@@ -82,6 +82,23 @@ def run_block(model: nn.Module, fn: Callable[..., Any], *args: Any, **kwargs: An
     return fn(*args, **kwargs)
 
 
+def model_input_size(model: nn.Module) -> Tuple[int, int, int]:
+    """``(channels, height, width)`` the model takes: channels from its first convolution, the size
+    from its patch embedding (ViTs) or else its pretrained cfg."""
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    c, h, w = cfg.get('input_size') or (3, 224, 224)
+    patch_embed = getattr(model, 'patch_embed', None)
+    if patch_embed is not None and getattr(patch_embed, 'img_size', None) is not None:
+        h, w = patch_embed.img_size
+    first = cfg.get('first_conv')
+    first = first[0] if isinstance(first, (tuple, list)) else first
+    try:
+        c = model.get_submodule(first).in_channels if first else getattr(model, 'in_chans', c)
+    except AttributeError:
+        c = getattr(model, 'in_chans', c)
+    return int(c), int(h), int(w)
+
+
 def first_conv_keys(model: nn.Module) -> Tuple[str, ...]:
     """Weight keys of the model's input convolution(s), from its pretrained cfg."""
     convs = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv') or ()

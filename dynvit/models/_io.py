@@ -11,7 +11,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from timm.models._helpers import clean_state_dict
 
-from ._helpers import adapt_input_channels, check_state_dict
+from ._helpers import adapt_input_channels, check_state_dict, model_input_size
 
 FORMAT = 'dynvit'
 _CFG_KEYS = ('input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation', 'num_classes', 'label_names')
@@ -69,12 +69,17 @@ def save_model(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = No
         'pretrained_cfg': _to_json(_data_cfg(model, cfg), 'pretrained_cfg entry'),
         'extra': _to_json(extra or {}, 'extra metadata'),
     }
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file_atomic({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, path, meta)
+
+
+def save_file_atomic(tensors: Dict[str, torch.Tensor], path: str, metadata: Dict[str, str]) -> None:
+    """``safetensors.torch.save_file`` into a temporary file beside ``path``, then renamed over it:
+    a crash or an interruption leaves the previous file (or none), never a partial one."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix='.tmp')
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + '.', suffix='.tmp')
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -148,9 +153,7 @@ def _data_cfg(model: nn.Module, cfg: Dict[str, Any]) -> Dict[str, Any]:
     """The pretrained-cfg entries that describe these weights, with the model's actual classes and input size."""
     out = {k: cfg[k] for k in _CFG_KEYS if cfg.get(k) is not None}
     out['num_classes'] = model.num_classes
-    patch_embed = getattr(model, 'patch_embed', None)
-    if patch_embed is not None and getattr(patch_embed, 'img_size', None) is not None:
-        out['input_size'] = [model.in_chans, *patch_embed.img_size]
+    out['input_size'] = list(model_input_size(model))
     return out
 
 

@@ -140,7 +140,7 @@ def profile(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, SparsityRe
                                     'of channels', 'gated channels', 'runs')
             report.executed_macs = aux.executed_macs.double().mean().item()
             return logits, report
-        dense = dense_vit_macs(model, aux.num_patches)
+        dense = dense_macs(model, aux)
         kept = aux.kept_tokens.tolist()
         tokens = aux.tokens_per_block.tolist()
         num_patches = aux.num_patches
@@ -157,3 +157,17 @@ def profile(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, SparsityRe
         raise TypeError(f'cannot profile {type(model).__name__}: not a dynvit model or a timm VisionTransformer')
     images = [ImageReport(k, int(m), dense, t) for k, m, t in zip(kept, macs, tokens)]
     return logits, SparsityReport(images, num_patches, label)
+
+
+def dense_macs(model: nn.Module, aux) -> int:
+    """MACs per image of ``model`` without sparsification, for the input ``aux`` describes."""
+    if hasattr(aux, 'dense_macs'):  # channel-gated CNNs count it during the forward
+        return int(aux.dense_macs)
+    return dense_vit_macs(model, aux.num_patches)
+
+
+def kept_fraction(aux) -> torch.Tensor:
+    """``[B]`` fraction of the patch tokens (last stage) or of the gated channels each image kept."""
+    if hasattr(aux, 'kept_channels'):
+        return aux.kept_channels.sum(1).double() / sum(aux.gate_channels)
+    return aux.kept_tokens[:, -1].double() / aux.num_patches

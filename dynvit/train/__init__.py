@@ -1,4 +1,4 @@
-"""Training pieces: losses (the fine-tuning loop comes with the trainer)."""
+"""Training: the methods' losses, the fine-tuning loop and its checkpoints."""
 from .losses import (
     DynamicViTLoss,
     EvoViTLoss,
@@ -8,3 +8,5 @@ from .losses import (
     saliency_l1,
     token_distillation_loss,
 )
+from .checkpoint import load_training_state, save_training_state
+from .trainer import EpochBatchSampler, TrainConfig, Trainer, evaluate

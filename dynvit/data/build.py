@@ -1,0 +1,40 @@
+"""Training and validation sets by name: 'fashion-mnist' or a folder of images."""
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from .fashion_mnist import FashionMNIST
+from .folders import image_folder
+from .transforms import model_transform
+
+__all__ = ['build_datasets']
+
+
+def build_datasets(
+        data: str,
+        model: nn.Module,
+        data_root: Optional[str] = None,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        train_kwargs: Optional[Dict[str, Any]] = None,
+        augment: bool = True,
+) -> Tuple[Dataset, Dataset, List[str]]:
+    """``(train, validation, class names)`` preprocessed for ``model``.
+
+    Args:
+        data: 'fashion-mnist' (train / test splits from the IDX files in ``data_root``) or the path
+            of an image folder (``root/<class>/...``, split by ``val_fraction``, or ``root/train`` +
+            ``root/val``).
+        model: Gives the preprocessing (its data config; 1 or 3 input channels).
+        data_root: Fashion-MNIST's folder (default: the Debian package's).
+        val_fraction, seed: The validation split of an image folder.
+        train_kwargs: Overrides for timm's training transform.
+        augment: False: the training set gets the validation preprocessing.
+    """
+    train_tf = model_transform(model, is_training=augment, train_kwargs=train_kwargs)
+    val_tf = model_transform(model, is_training=False)
+    if data.lower().replace('_', '-') == 'fashion-mnist':
+        train = FashionMNIST(data_root, 'train', train_tf)
+        return train, FashionMNIST(data_root, 'test', val_tf), list(train.classes)
+    return image_folder(data, val_fraction, seed, train_tf, val_tf)

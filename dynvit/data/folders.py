@@ -1,0 +1,87 @@
+"""Image folders in the class-per-subfolder layout (torchvision ``ImageFolder``), with a
+validation split, and clear errors for the ways a folder can be wrong."""
+import random
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Subset
+from torchvision.datasets import ImageFolder
+
+__all__ = ['image_folder', 'load_image', 'split_indices']
+
+
+def load_image(path: str) -> Image.Image:
+    """Opens an image file, naming the file when it is not a readable image."""
+    try:
+        with open(path, 'rb') as f:
+            image = Image.open(f)
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f'cannot read image {path}: {type(e).__name__}: {e}') from None
+    return image
+
+
+def _folder(root: Path) -> ImageFolder:
+    if not root.is_dir():
+        raise FileNotFoundError(f'image folder not found: {root}')
+    try:
+        dataset = ImageFolder(str(root), loader=load_image)
+    except FileNotFoundError as e:  # no class subfolders, or no images in them
+        raise ValueError(f'{root} holds no images in the class-per-subfolder layout (root/<class>/<image>): '
+                         f'{e}') from None
+    if len(dataset.classes) < 2:
+        raise ValueError(f'{root} has {len(dataset.classes)} class folder(s) ({", ".join(dataset.classes)}); '
+                         f'classification needs at least 2')
+    return dataset
+
+
+def split_indices(targets: Sequence[int], val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:
+    """A stratified split: ``val_fraction`` of every class (at least one image where the class has
+    two or more) goes to validation, chosen by ``seed``."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f'val_fraction must be in (0, 1), got {val_fraction}')
+    rng = random.Random(seed)
+    by_class = {}
+    for i, t in enumerate(targets):
+        by_class.setdefault(t, []).append(i)
+    train, val = [], []
+    for t in sorted(by_class):
+        idx = by_class[t]
+        rng.shuffle(idx)
+        n_val = min(len(idx) - 1, max(1, round(len(idx) * val_fraction))) if len(idx) > 1 else 0
+        val += idx[:n_val]
+        train += idx[n_val:]
+    return sorted(train), sorted(val)
+
+
+def image_folder(
+        root: str,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        train_transform: Optional[Callable] = None,
+        val_transform: Optional[Callable] = None,
+) -> Tuple[Dataset, Dataset, List[str]]:
+    """Training and validation sets from an image folder.
+
+    ``root/train/<class>/...`` and ``root/val/<class>/...`` are used as they are when both exist;
+    otherwise ``root/<class>/...`` is split, stratified, ``val_fraction`` for validation.
+
+    Returns:
+        The training set, the validation set and the class names.
+    """
+    root = Path(root)
+    if (root / 'train').is_dir() and (root / 'val').is_dir():
+        train, val = _folder(root / 'train'), _folder(root / 'val')
+        if train.classes != val.classes:
+            raise ValueError(f'{root}/train and {root}/val have different class folders: '
+                             f'{train.classes} vs {val.classes}')
+        train.transform, val.transform = train_transform, val_transform
+        return train, val, train.classes
+    full = _folder(root)
+    train_idx, val_idx = split_indices(full.targets, val_fraction, seed)
+    if not val_idx:
+        raise ValueError(f'{root} has too few images for a validation split (one per class at most)')
+    val_set = _folder(root)  # its own copy, so that it can have its own transform
+    full.transform, val_set.transform = train_transform, val_transform
+    return Subset(full, train_idx), Subset(val_set, val_idx), full.classes

@@ -1,0 +1,82 @@
+"""Preprocessing from a model's data config (timm), for grayscale or color models, and
+augmentation that depends only on (seed, epoch, image index)."""
+import random
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from timm.data import create_transform, resolve_data_config
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+
+from ..models._helpers import model_input_size
+
+__all__ = ['model_transform', 'SeededAugmentation']
+
+
+def model_transform(model: torch.nn.Module, is_training: bool = False,
+                    train_kwargs: Optional[Dict[str, Any]] = None) -> Callable:
+    """timm's transform for ``model``'s data config (size, interpolation, crop, mean, std).
+
+    Images are first converted to the model's channels ('L' for one input channel, 'RGB' for
+    three), so grayscale and color images both work; a three-value mean/std is averaged for a
+    one-channel model.
+
+    Args:
+        model: A timm model (its ``pretrained_cfg`` gives the data config).
+        is_training: timm's training transform (random resized crop, flip, color jitter...).
+        train_kwargs: Overrides for timm's ``create_transform`` in training, e.g.
+            ``dict(scale=(0.6, 1.0), color_jitter=0.0)``.
+    """
+    cfg = resolve_data_config({}, model=model)
+    cfg['input_size'] = model_input_size(model)  # the cfg's size may predate img_size / in_chans changes
+    chans = cfg['input_size'][0]
+    mean, std = tuple(cfg['mean']), tuple(cfg['std'])
+    if len(mean) != chans:
+        mean, std = (sum(mean) / len(mean),) * chans, (sum(std) / len(std),) * chans
+    kwargs = dict(input_size=cfg['input_size'], interpolation=cfg['interpolation'], mean=mean, std=std,
+                  crop_pct=cfg['crop_pct'], crop_mode=cfg.get('crop_mode', 'center'))
+    if is_training:
+        kwargs.update(train_kwargs or {})
+    mode = 'L' if chans == 1 else 'RGB'
+    return T.Compose([ConvertMode(mode), create_transform(is_training=is_training, **kwargs)])
+
+
+class ConvertMode:
+    """``image.convert(mode)`` as a picklable transform (DataLoader workers)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __call__(self, image):
+        return image.convert(self.mode)
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}({self.mode!r})'
+
+
+class SeededAugmentation(Dataset):
+    """Wraps a dataset so that each item's random augmentation is drawn from a generator seeded
+    by (seed, epoch, index): the same image gets the same augmentation whatever the batch, the
+    worker or the process that loads it, so a resumed or a multi-process run sees exactly the
+    data of a single uninterrupted one. The global random state is left as it was.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item_seed = hash((self.seed, self.epoch, int(index))) & 0x7FFFFFFF
+        state = random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(item_seed)
+                random.seed(item_seed)
+                return self.dataset[index]
+        finally:
+            random.setstate(state)

@@ -1,0 +1,509 @@
+"""Fine-tuning a dynvit model on a dataset: the method's loss, a sparsity schedule, AdamW with a
+warmed-up cosine learning rate, per-epoch validation with MACs, atomic resumable checkpoints,
+and DistributedDataParallel under ``torchrun``.
+
+A run writes into ``out_dir``: ``train_state.safetensors`` (weights, optimizer, scheduler,
+progress and random states; rewritten every epoch and on Ctrl-C), ``best.safetensors`` (the
+best validation top-1 as a self-describing dynvit file with class names and preprocessing)
+and ``log.jsonl`` (one line per epoch). Only rank 0 writes.
+"""
+import copy
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.optim import param_groups_weight_decay
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..data.transforms import SeededAugmentation
+from ..models import DynamicVisionTransformer, EvoVisionTransformer, FBSEfficientNet, FBSResNet, save_model
+from ..runtime.report import dense_macs, kept_fraction
+from .checkpoint import load_training_state, save_training_state
+from .losses import DynamicViTLoss, EvoViTLoss, FBSLoss
+
+__all__ = ['TrainConfig', 'Trainer', 'evaluate', 'EpochBatchSampler']
+
+STATE_FILE = 'train_state.safetensors'
+BEST_FILE = 'best.safetensors'
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a fine-tuning run.
+
+    Attributes:
+        epochs: Passes over the training set.
+        batch_size: Global batch size (split over the processes under torchrun).
+        lr: Peak learning rate of the backbone and head (AdamW).
+        sparse_lr: Peak learning rate of the keep predictors / channel gates (None: ``lr``).
+        weight_decay: AdamW weight decay (not on norms, biases, tokens).
+        warmup_epochs: Linear warm-up of the learning rate, then cosine decay to ``min_lr_ratio * lr``.
+        min_lr_ratio: Final learning rate as a fraction of the peak.
+        label_smoothing: Cross-entropy label smoothing.
+        sparsity_start: Keep ratio / density at the start of the sparsity schedule.
+        sparsity_warmup_epochs: Epochs over which the keep ratio (ViTs) or density (FBS) goes
+            linearly from ``sparsity_start`` to the model's configured value (0: target from the start).
+        gate_warmup_epochs: FBS: epochs in which only the gates train (backbone frozen), before joint training.
+        distill: Distil from the dense teacher (a frozen copy of the starting model with sparsity off).
+        l1_weight: FBS: weight of the L1 term on the saliencies.
+        amp: 'auto' (bf16 autocast on CUDA, off on CPU), 'off', 'bf16' or 'fp16' (CUDA, with a grad scaler).
+        grad_clip: Clip the gradient norm to this (None: no clipping).
+        seed: Seed of the data order, the augmentation and the model's randomness.
+        num_workers: DataLoader workers.
+        train_kwargs: Overrides for timm's training transform (informational; the caller builds the datasets).
+    """
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 5e-4
+    sparse_lr: Optional[float] = None
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01
+    label_smoothing: float = 0.0
+    sparsity_start: float = 1.0
+    sparsity_warmup_epochs: float = 0.0
+    gate_warmup_epochs: int = 0
+    distill: bool = True
+    l1_weight: float = 1e-3
+    amp: str = 'auto'
+    grad_clip: Optional[float] = None
+    seed: int = 0
+    num_workers: int = 0
+    train_kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f'epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}')
+        if self.lr <= 0 or (self.sparse_lr is not None and self.sparse_lr <= 0):
+            raise ValueError('learning rates must be positive')
+        if self.amp not in ('auto', 'off', 'bf16', 'fp16'):
+            raise ValueError(f"amp must be 'auto', 'off', 'bf16' or 'fp16', got {self.amp!r}")
+        if not 0.0 < self.sparsity_start <= 1.0:
+            raise ValueError(f'sparsity_start must be in (0, 1], got {self.sparsity_start}')
+
+
+# ---- what differs between the families ----
+
+def _sparse_param(name: str) -> bool:
+    """Keep predictors (DynamicViT) and channel gates (FBS) get ``sparse_lr``."""
+    return name.startswith('score_predictor.') or '.gate' in name and '.fc.' in name
+
+
+def _target(model: nn.Module) -> Tuple[float, ...]:
+    if isinstance(model, (FBSResNet, FBSEfficientNet)):
+        return (model.density,)
+    return tuple(model.keep_ratio)
+
+
+def _set_level(model: nn.Module, target: Sequence[float], start: float, frac: float) -> Tuple[float, ...]:
+    """Moves the keep ratios / density a fraction ``frac`` of the way from ``start`` to ``target``."""
+    level = tuple(start + (t - start) * min(1.0, frac) if t < start else t for t in target)
+    if isinstance(model, (FBSResNet, FBSEfficientNet)):
+        model.density = level[0]
+    else:
+        model.keep_ratio = level
+    return level
+
+
+def _dense_teacher(model: nn.Module) -> nn.Module:
+    teacher = copy.deepcopy(model)
+    if isinstance(teacher, (FBSResNet, FBSEfficientNet)):
+        teacher.density = 1.0
+    else:
+        teacher.keep_ratio = 1.0
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+def _make_loss(model: nn.Module, config: TrainConfig) -> nn.Module:
+    ce = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    if isinstance(model, DynamicVisionTransformer):
+        return DynamicViTLoss(model.keep_ratio, base_criterion=ce)
+    if isinstance(model, EvoVisionTransformer):
+        return EvoViTLoss(base_criterion=ce, cls_weight=0.5 if model.head_cls is not None else 0.0)
+    if isinstance(model, (FBSResNet, FBSEfficientNet)):
+        return FBSLoss(base_criterion=ce, l1_weight=config.l1_weight)
+    raise TypeError(f'no training objective for {type(model).__name__}; dynvit trains DynamicViT, Evo-ViT and FBS models')
+
+
+def _loss(loss_fn: nn.Module, model: nn.Module, logits, aux, target, teacher_out) -> Tuple[torch.Tensor, Dict]:
+    if isinstance(loss_fn, DynamicViTLoss):
+        loss_fn.keep_ratios = tuple(model.keep_ratio)
+        t_logits, t_tokens = teacher_out if teacher_out is not None else (None, None)
+        return loss_fn(logits, aux, target, teacher_logits=t_logits, teacher_tokens=t_tokens)
+    return loss_fn(logits, aux, target, teacher_logits=None if teacher_out is None else teacher_out[0])
+
+
+@torch.no_grad()
+def _teacher_forward(teacher: nn.Module, x: torch.Tensor, want_tokens: bool):
+    tokens = teacher.forward_features(x)
+    return teacher.forward_head(tokens), (tokens if want_tokens else None)
+
+
+# ---- data order ----
+
+class EpochBatchSampler(Sampler):
+    """Per epoch a permutation drawn from (seed, epoch), cut into global batches (the last
+    incomplete one dropped), each split across ``world`` processes; ``start`` skips the first
+    batches (a resumed epoch). The same global batches come out for any number of processes."""
+
+    def __init__(self, n: int, global_batch: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        if global_batch % world:
+            raise ValueError(f'the batch size {global_batch} must be divisible by the {world} processes')
+        if n < global_batch:
+            raise ValueError(f'the training set has {n} images, fewer than one batch of {global_batch}')
+        self.n, self.global_batch, self.seed, self.rank, self.world = n, global_batch, seed, rank, world
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.n // self.global_batch - self.start
+
+    def __iter__(self) -> Iterator[List[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        per_rank = self.global_batch // self.world
+        for b in range(self.start, self.n // self.global_batch):
+            batch = perm[b * self.global_batch:(b + 1) * self.global_batch]
+            yield batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+
+# ---- evaluation ----
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
+             autocast: Optional[Callable] = None) -> Dict[str, float]:
+    """Top-1, top-5, mean loss, mean MACs per image and the fraction saved, over ``loader``
+    (summed over all processes when distributed)."""
+    model.eval()
+    sums = torch.zeros(7, dtype=torch.float64, device=device)  # n, top1, top5, loss, macs, dense, kept
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast() if autocast else _null():
+            logits, aux = model(x, return_aux=True)
+        _check_targets(y, logits.shape[1])
+        top = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
+        sums += torch.stack([
+            torch.tensor(float(len(y)), device=device, dtype=torch.float64),
+            (top[:, 0] == y).sum().double(),
+            (top == y[:, None]).any(1).sum().double(),
+            F.cross_entropy(logits.float(), y, reduction='sum').double(),
+            model.count_macs(aux).double().sum().to(device),
+            torch.tensor(float(dense_macs(model, aux)) * len(y), device=device, dtype=torch.float64),
+            kept_fraction(aux).sum().to(device),
+        ])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(sums)
+    n = max(sums[0].item(), 1.0)
+    return dict(top1=sums[1].item() / n, top5=sums[2].item() / n, loss=sums[3].item() / n,
+                mean_macs=sums[4].item() / n, saved_fraction=1.0 - sums[4].item() / max(sums[5].item(), 1.0),
+                keep_rate=sums[6].item() / n, images=int(sums[0].item()))
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _check_targets(y: torch.Tensor, num_classes: int) -> None:
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        bad = y[(y < 0) | (y >= num_classes)][0].item()
+        raise ValueError(f'label {bad} is out of range for a model with {num_classes} classes '
+                         f'(labels must be 0..{num_classes - 1})')
+
+
+# ---- the trainer ----
+
+class Trainer:
+    """Trains ``model`` on ``train_set`` and validates on ``val_set`` every epoch.
+
+    Args:
+        model: A DynamicViT, Evo-ViT or FBS model whose sparsity settings are the targets.
+        train_set, val_set: Datasets of (image tensor, label) with the model's preprocessing.
+        config: ``TrainConfig``.
+        out_dir: Where checkpoints and the log go ('' keeps nothing on disk).
+        class_names: Stored with the exported best model.
+        device: Default: CUDA (the local rank's GPU under torchrun) if available, else CPU.
+        progress: Show a tqdm progress bar (rank 0).
+    """
+
+    def __init__(self, model: nn.Module, train_set: Dataset, val_set: Optional[Dataset], config: TrainConfig,
+                 out_dir: str = '', class_names: Optional[Sequence[str]] = None,
+                 device: Optional[torch.device] = None, progress: bool = True) -> None:
+        config.check()
+        self.config, self.out_dir, self.progress = config, Path(out_dir) if out_dir else None, progress
+        self.class_names = list(class_names) if class_names is not None else None
+        self.rank, self.world, local_rank = _distributed_setup()
+        if device is None:
+            device = torch.device(f'cuda:{local_rank}') if torch.cuda.is_available() else torch.device('cpu')
+        self.device = torch.device(device)
+        if self.device.type == 'cuda':
+            torch.cuda.set_device(self.device)
+        torch.manual_seed(config.seed + self.rank)  # the model's own randomness (Gumbel noise, dropout)
+        self.model = model.to(self.device)
+        self.target = _target(model)
+        self.teacher = _dense_teacher(model) if config.distill else None
+        self.loss_fn = _make_loss(model, config)
+        self.train_set = SeededAugmentation(train_set, config.seed)
+        self.sampler = EpochBatchSampler(len(train_set), config.batch_size, config.seed, self.rank, self.world)
+        self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=config.num_workers,
+                                 pin_memory=self.device.type == 'cuda',
+                                 generator=torch.Generator().manual_seed(config.seed))
+        self.val_loader = None
+        if val_set is not None:
+            val_sampler = _ShardSampler(len(val_set), self.rank, self.world)
+            self.val_loader = DataLoader(val_set, batch_size=max(1, config.batch_size // self.world),
+                                         sampler=val_sampler, num_workers=config.num_workers,
+                                         generator=torch.Generator().manual_seed(config.seed))
+        self.steps_per_epoch = len(train_set) // config.batch_size
+        self.optimizer = self._optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.autocast, self.scaler = self._amp()
+        self.ddp = self.model
+        if self.world > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
+                find_unused_parameters=True)
+        self.epoch, self.step, self.best_top1 = 0, 0, -1.0
+        self.history: List[Dict[str, Any]] = []
+        self._sums = torch.zeros(5, dtype=torch.float64)  # this epoch so far: images, correct, loss, kept, saved
+
+    # -- setup pieces --
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """AdamW with four groups: backbone / predictors-or-gates, each with and without weight decay."""
+        groups = []
+        for tag, select, lr in (('backbone', lambda n: not _sparse_param(n), self.config.lr),
+                                ('sparse', _sparse_param, self.config.sparse_lr or self.config.lr)):
+            params = _Params([(n, p) for n, p in self.model.named_parameters() if select(n)])
+            for g in param_groups_weight_decay(params, self.config.weight_decay, _no_decay(self.model)):
+                if g['params']:
+                    groups.append({**g, 'lr': lr, 'name': f'{tag}_{"decay" if g["weight_decay"] else "no_decay"}'})
+        return torch.optim.AdamW(groups, lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def _lr_factor(self, step: int) -> float:
+        total = self.config.epochs * self.steps_per_epoch
+        warmup = self.config.warmup_epochs * self.steps_per_epoch
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1.0, total - warmup)
+        m = self.config.min_lr_ratio
+        return m + (1 - m) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def _amp(self):
+        amp = self.config.amp
+        if amp == 'auto':
+            amp = 'bf16' if self.device.type == 'cuda' else 'off'
+        if amp == 'off':
+            return None, None
+        if amp == 'fp16' and self.device.type != 'cuda':
+            raise ValueError('fp16 mixed precision needs a CUDA device; use amp="bf16" or "off" on the CPU')
+        dtype = torch.bfloat16 if amp == 'bf16' else torch.float16
+        scaler = torch.amp.GradScaler('cuda') if amp == 'fp16' else None
+        return (lambda: torch.autocast(self.device.type, dtype=dtype)), scaler
+
+    # -- state --
+    def _progress_state(self) -> Dict[str, Any]:
+        return dict(epoch=self.epoch, step=self.step, best_top1=self.best_top1, history=self.history,
+                    epoch_sums=self._sums.tolist(), config=asdict(self.config), world=self.world)
+
+    def save_state(self) -> None:
+        """Writes ``train_state.safetensors`` atomically (rank 0)."""
+        if self.rank == 0 and self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_training_state(str(self.out_dir / STATE_FILE), self.model, self.optimizer, self.scheduler,
+                                self._progress_state())
+
+    def resume(self, path: Optional[str] = None) -> bool:
+        """Continues from ``path`` (default: this run's ``train_state.safetensors``); False if there is none."""
+        path = Path(path) if path else (self.out_dir / STATE_FILE if self.out_dir else None)
+        if path is None or not path.is_file():
+            return False
+        progress = load_training_state(str(path), self.model, self.optimizer, self.scheduler)
+        self.epoch, self.step = progress['epoch'], progress['step']
+        self.best_top1, self.history = progress['best_top1'], progress['history']
+        self._sums = torch.tensor(progress['epoch_sums'], dtype=torch.float64)
+        if self.rank:  # every process continues its own random stream
+            torch.manual_seed(self.config.seed + self.rank + 1_000 * (self.epoch * self.steps_per_epoch + self.step))
+        return True
+
+    # -- training --
+    def fit(self, on_step: Optional[Callable[['Trainer'], None]] = None) -> List[Dict[str, Any]]:
+        """Trains from the current position to ``config.epochs``; returns the per-epoch log.
+
+        On Ctrl-C (KeyboardInterrupt) the state is saved before the interrupt propagates, so
+        ``resume()`` continues from the last finished step.
+
+        Args:
+            on_step: Called after every optimizer step (for tests and custom logging).
+        """
+        try:
+            while self.epoch < self.config.epochs:
+                self._train_epoch(on_step)
+                metrics = self._end_epoch()
+                if self.rank == 0 and self.progress:
+                    print(_epoch_line(metrics), flush=True)
+            return self.history
+        except KeyboardInterrupt:
+            self.save_state()
+            if self.rank == 0 and self.out_dir is not None:
+                print(f'\ninterrupted at epoch {self.epoch} step {self.step}; state saved to '
+                      f'{self.out_dir / STATE_FILE}; continue with resume', flush=True)
+            raise
+
+    def _train_epoch(self, on_step) -> None:
+        cfg, model = self.config, self.model
+        self.sampler.set_epoch(self.epoch, self.step)
+        self.train_set.set_epoch(self.epoch)
+        frozen = isinstance(model, (FBSResNet, FBSEfficientNet)) and self.epoch < cfg.gate_warmup_epochs
+        for n, p in model.named_parameters():  # FBS gate warm-up: only the gates learn at first
+            p.requires_grad_(not frozen or _sparse_param(n))
+        self.ddp.train()
+        bar = self._bar()
+        if self.step == 0:
+            self._sums = torch.zeros(5, dtype=torch.float64)
+        sums = self._sums
+        for x, y in self.loader:
+            frac = (self.epoch + self.step / self.steps_per_epoch) / cfg.sparsity_warmup_epochs \
+                if cfg.sparsity_warmup_epochs > 0 else 1.0
+            _set_level(model, self.target, cfg.sparsity_start, frac)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            _check_targets(y, model.num_classes)
+            with self.autocast() if self.autocast else _null():
+                teacher_out = None
+                if self.teacher is not None:
+                    teacher_out = _teacher_forward(self.teacher, x, isinstance(model, DynamicVisionTransformer))
+                logits, aux = self.ddp(x, return_aux=True)
+                loss, parts = _loss(self.loss_fn, model, logits, aux, y, teacher_out)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f'the loss is {loss.item()} at epoch {self.epoch} step {self.step}; '
+                                         f'lower the learning rate or use amp="off"')
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            with torch.no_grad():
+                saved = 1.0 - model.count_macs(aux).double().mean().item() / dense_macs(model, aux)
+                sums += torch.tensor([len(y), (logits.argmax(1) == y).sum().item(), loss.item() * len(y),
+                                      kept_fraction(aux).sum().item(), saved * len(y)], dtype=torch.float64)
+            if bar is not None:
+                n = sums[0].item()
+                bar.set_postfix(loss=f'{sums[2].item() / n:.3f}', acc=f'{sums[1].item() / n:.3f}',
+                                keep=f'{sums[3].item() / n:.2f}', saved=f'{sums[4].item() / n:.1%}')
+                bar.update()
+            if on_step is not None:
+                on_step(self)
+        if bar is not None:
+            bar.close()
+
+    def _bar(self):
+        if self.rank != 0 or not self.progress:
+            return None
+        from tqdm import tqdm
+        return tqdm(total=self.steps_per_epoch, initial=self.step, desc=f'epoch {self.epoch + 1}/{self.config.epochs}',
+                    leave=False, dynamic_ncols=True)
+
+    def _end_epoch(self) -> Dict[str, Any]:
+        sums = self._sums.clone()
+        if self.world > 1:
+            sums = sums.to(self.device)
+            dist.all_reduce(sums)
+            sums = sums.cpu()
+        n = max(sums[0].item(), 1.0)
+        metrics = dict(epoch=self.epoch + 1, train_loss=sums[2].item() / n, train_acc=sums[1].item() / n,
+                       train_keep_rate=sums[3].item() / n, train_saved_fraction=sums[4].item() / n,
+                       lr=self.optimizer.param_groups[0]['lr'], sparsity=list(_target(self.model)))
+        if self.val_loader is not None:
+            metrics.update({f'val_{k}': v for k, v in evaluate(self.model, self.val_loader, self.device,
+                                                                  self.autocast).items()})
+        self.history.append(metrics)
+        self.epoch, self.step = self.epoch + 1, 0
+        if self.rank == 0 and self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / 'log.jsonl', 'a') as f:
+                f.write(json.dumps(metrics) + '\n')
+            top1 = metrics.get('val_top1', metrics['train_acc'])
+            if top1 > self.best_top1:
+                self.best_top1 = top1
+                self.export(str(self.out_dir / BEST_FILE), extra=dict(epoch=metrics['epoch'], top1=top1))
+        self.save_state()
+        return metrics
+
+    def export(self, path: str, extra: Optional[Dict[str, Any]] = None) -> None:
+        """Writes the model as a self-describing dynvit file (sparsity, class names, preprocessing)."""
+        model = self.model
+        if self.class_names is not None:
+            model.pretrained_cfg = {**model.pretrained_cfg, 'label_names': self.class_names,
+                                    'num_classes': model.num_classes}
+        save_model(model, path, extra={**(extra or {}), 'trained_with': asdict(self.config)})
+
+
+class _Params(nn.Module):
+    """A module view of (name, parameter) pairs, for timm's ``param_groups_weight_decay``."""
+
+    def __init__(self, named: Sequence[Tuple[str, nn.Parameter]]) -> None:
+        super().__init__()
+        self._named = list(named)
+
+    def named_parameters(self, *args, **kwargs):
+        return iter(self._named)
+
+
+def _no_decay(model: nn.Module) -> Sequence[str]:
+    names = model.no_weight_decay() if hasattr(model, 'no_weight_decay') else ()
+    return tuple(names)
+
+
+class _ShardSampler(Sampler):
+    """Indices ``rank, rank + world, ...``: every image exactly once over all processes."""
+
+    def __init__(self, n: int, rank: int, world: int) -> None:
+        self.indices = list(range(rank, n, world))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+
+def _distributed_setup() -> Tuple[int, int, int]:
+    """(rank, world size, local rank); initialises the process group under torchrun."""
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world <= 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group(backend='nccl' if torch.cuda.is_available() else 'gloo')
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get('LOCAL_RANK', '0'))
+
+
+def _epoch_line(m: Dict[str, Any]) -> str:
+    line = (f'epoch {m["epoch"]}: train loss {m["train_loss"]:.4f} acc {m["train_acc"]:.4f} '
+            f'keep {m["train_keep_rate"]:.3f} saved {m["train_saved_fraction"]:.1%}')
+    if 'val_top1' in m:
+        line += (f' | val top-1 {m["val_top1"]:.4f} top-5 {m["val_top5"]:.4f} GMACs {m["val_mean_macs"] / 1e9:.4f} '
+                 f'saved {m["val_saved_fraction"]:.1%}')
+    return line
