@@ -91,3 +91,23 @@ def test_evovit_loss_plain():
     assert torch.allclose(loss, ce(logits), atol=1e-6)
     with pytest.raises(ValueError, match=r'cls_weight must be in \[0, 1\]'):
         EvoViTLoss(cls_weight=1.5)
+
+
+def test_saliency_l1_plain():
+    s = [torch.tensor([[0.0, 2.0], [1.0, 3.0]]), None, torch.tensor([[4.0, 0.0, 2.0]])]
+    # gate 0: mean |s| = 1.5; gate 2: 2.0; the gate that was off does not count
+    assert math.isclose(dynvit.train.saliency_l1(s).item(), (1.5 + 2.0) / 2, rel_tol=1e-6)
+    assert dynvit.train.saliency_l1([None, None]).item() == 0.0
+
+
+def test_fbs_loss_plain():
+    logits, target, teacher = torch.randn(3, 5), torch.tensor([0, 4, 2]), torch.randn(3, 5)
+    aux = type('Aux', (), {'saliency': [torch.rand(3, 8), torch.rand(3, 4)]})()
+    loss, parts = dynvit.train.FBSLoss(l1_weight=0.2, distill_weight=0.3, temperature=2.0)(
+        logits, aux, target, teacher_logits=teacher)
+    plain_l1 = (aux.saliency[0].mean() + aux.saliency[1].mean()) / 2
+    plain = torch.nn.functional.cross_entropy(logits, target) + 0.2 * plain_l1 + 0.3 * distillation_kl(logits, teacher, 2.0)
+    assert torch.allclose(loss, plain, atol=1e-6)
+    assert set(parts) == {'ce', 'l1', 'kl'}
+    with pytest.raises(ValueError, match='l1_weight'):
+        dynvit.train.FBSLoss(l1_weight=-1)

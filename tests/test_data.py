@@ -1,0 +1,127 @@
+"""Datasets: Fashion-MNIST IDX files, image folders, preprocessing for 1- or 3-channel models,
+and clear errors for bad data."""
+import gzip
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dynvit
+from dynvit.data import FashionMNIST, SeededAugmentation, build_datasets, image_folder, model_transform, read_idx
+
+
+def write_idx(path, array, gz=True):
+    codes = {np.uint8: 0x08}
+    header = bytes([0, 0, codes[array.dtype.type], array.ndim]) + b''.join(
+        int(d).to_bytes(4, 'big') for d in array.shape)
+    data = header + array.tobytes()
+    with (gzip.open if gz else open)(path, 'wb') as f:
+        f.write(data)
+
+
+def make_fashion(root, n=12, gz=True, labels=None):
+    rng = np.random.default_rng(0)
+    for split in ('train', 't10k'):
+        write_idx(root / f'{split}-images-idx3-ubyte{".gz" if gz else ""}',
+                  rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), gz)
+        lab = np.arange(n, dtype=np.uint8) % 10 if labels is None else np.asarray(labels, dtype=np.uint8)
+        write_idx(root / f'{split}-labels-idx1-ubyte{".gz" if gz else ""}', lab, gz)
+    return root
+
+
+def make_folder(root, classes=3, per_class=6, mode='RGB', size=20):
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f'class{c}').mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            shape = (size, size, 3) if mode == 'RGB' else (size, size)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / f'class{c}' / f'{i}.png')
+    return root
+
+
+@pytest.mark.parametrize('gz', [True, False])
+def test_fashion_mnist_reads_idx_files(tmp_path, gz):
+    make_fashion(tmp_path, gz=gz)
+    ds = FashionMNIST(str(tmp_path), 'test')
+    image, label = ds[3]
+    assert len(ds) == 12 and image.size == (28, 28) and image.mode == 'L' and label == 3
+    assert ds.classes[9] == 'Ankle boot'
+
+
+def test_fashion_mnist_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match='apt install dataset-fashion-mnist'):
+        FashionMNIST(str(tmp_path / 'missing'))
+    make_fashion(tmp_path, labels=[0] * 11 + [10])
+    with pytest.raises(ValueError, match='label 10 at index 11 is outside 0..9'):
+        FashionMNIST(str(tmp_path))
+    bad = tmp_path / 'bad.gz'
+    with gzip.open(bad, 'wb') as f:
+        f.write(b'\x00\x00\x08\x03' + (5).to_bytes(4, 'big') + (28).to_bytes(4, 'big') * 2 + b'\x00' * 100)
+    with pytest.raises(ValueError, match='truncated'):
+        read_idx(str(bad))
+    bad.write_bytes(b'not gzip at all')
+    with pytest.raises(ValueError, match='cannot read IDX file'):
+        read_idx(str(bad))
+    with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
+        FashionMNIST(str(tmp_path), 'val')
+
+
+def test_image_folder_split_is_stratified_and_seeded(tmp_path):
+    make_folder(tmp_path, classes=3, per_class=10)
+    train, val, classes = image_folder(str(tmp_path), 0.2, seed=1)
+    assert classes == ['class0', 'class1', 'class2'] and len(train) == 24 and len(val) == 6
+    assert sorted(val.dataset.targets[i] for i in val.indices) == [0, 0, 1, 1, 2, 2]
+    assert image_folder(str(tmp_path), 0.2, seed=1)[1].indices == val.indices
+    assert image_folder(str(tmp_path), 0.2, seed=2)[1].indices != val.indices
+    (tmp_path / 'train').mkdir()  # an explicit train/val layout is used as it is
+    (tmp_path / 'val').mkdir()
+    make_folder(tmp_path / 'train', classes=2, per_class=3)
+    make_folder(tmp_path / 'val', classes=2, per_class=2)
+    train, val, classes = image_folder(str(tmp_path))
+    assert len(train) == 6 and len(val) == 4 and classes == ['class0', 'class1']
+
+
+def test_bad_folders_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match='image folder not found'):
+        image_folder(str(tmp_path / 'nope'))
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(ValueError, match='holds no images'):
+        image_folder(str(tmp_path / 'empty'))
+    make_folder(tmp_path / 'one', classes=1)
+    with pytest.raises(ValueError, match='1 class folder'):
+        image_folder(str(tmp_path / 'one'))
+    root = make_folder(tmp_path / 'broken', classes=2, per_class=3)
+    (root / 'class1' / '2.png').write_bytes(b'this is not a png')
+    train, val, _ = image_folder(str(root), 0.3, seed=0)
+    with pytest.raises(ValueError, match=r'cannot read image .*2\.png'):
+        [train[i] for i in range(len(train))] + [val[i] for i in range(len(val))]
+
+
+@pytest.mark.parametrize('in_chans, mode', [(1, 'RGB'), (3, 'L'), (1, 'L')])
+def test_preprocessing_matches_the_model(tmp_path, in_chans, mode):
+    make_folder(tmp_path, mode=mode, size=40)
+    model = dynvit.create_model('test_dynamicvit', in_chans=in_chans, num_classes=3)
+    train, val, _ = build_datasets(str(tmp_path), model, val_fraction=0.3)
+    for ds in (train, val):
+        x, y = ds[0]
+        assert x.shape == (in_chans, 32, 32) and x.dtype == torch.float32
+    with torch.no_grad():
+        model.eval()(torch.stack([val[i][0] for i in range(2)]))
+    # the size follows the model, not its pretrained cfg's default
+    small = dynvit.create_model('dynamicvit_tiny_patch16_224', img_size=28, patch_size=4, in_chans=1)
+    assert model_transform(small)(Image.new('RGB', (50, 60))).shape == (1, 28, 28)
+
+
+def test_seeded_augmentation_depends_only_on_seed_epoch_and_index(tmp_path):
+    make_folder(tmp_path, size=40)
+    model = dynvit.create_model('test_dynamicvit', num_classes=3)
+    train, _, _ = build_datasets(str(tmp_path), model, val_fraction=0.3)
+    a, b = SeededAugmentation(train, 7), SeededAugmentation(train, 7)
+    state = torch.get_rng_state()
+    first = a[2][0]
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream is untouched
+    b[0], b[1]  # other items first: no effect on item 2
+    assert torch.equal(b[2][0], first)
+    a.set_epoch(1)
+    assert not torch.equal(a[2][0], first)

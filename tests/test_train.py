@@ -1,0 +1,171 @@
+"""The fine-tuning loop: learning, exact resume, atomic checkpoints, schedules, DDP under
+torchrun, the exported model, and clear errors for bad labels."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+import dynvit
+from dynvit.data import build_datasets
+from dynvit.train import Trainer, TrainConfig, load_training_state
+
+from test_data import make_folder
+
+FAMILIES = ['test_dynamicvit', 'test_evovit', 'test_fbs_resnet']
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp('images'), classes=3, per_class=12, size=36)
+
+
+def trainer(name, folder, out='', augment=True, **config):
+    torch.manual_seed(123)
+    model = dynvit.create_model(name, num_classes=3)
+    train, val, classes = build_datasets(str(folder), model, val_fraction=0.25, train_kwargs=dict(scale=(0.7, 1.0)),
+                                         augment=augment)
+    cfg = dict(epochs=2, batch_size=6, lr=2e-3, warmup_epochs=0.5)
+    cfg.update(config)
+    return Trainer(model, train, val, TrainConfig(**cfg), out_dir=str(out), class_names=classes, progress=False)
+
+
+@pytest.mark.parametrize('name', FAMILIES)
+def test_training_lowers_the_loss(name, folder):
+    t = trainer(name, folder, augment=False, epochs=4, lr=3e-3)
+    history = t.fit()
+    assert history[-1]['train_loss'] < history[0]['train_loss']
+    assert {'val_top1', 'val_top5', 'val_mean_macs', 'val_saved_fraction', 'train_keep_rate'} <= set(history[-1])
+    assert 0 < history[-1]['val_saved_fraction'] < 1
+
+
+@pytest.mark.parametrize('name', FAMILIES)
+def test_resume_after_an_interruption_gives_the_same_weights(name, folder, tmp_path):
+    straight = trainer(name, folder, tmp_path / 'a')
+    straight.fit()
+
+    def interrupt(t):
+        if t.epoch == 1 and t.step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer(name, folder, tmp_path / 'b').fit(on_step=interrupt)
+    resumed = trainer(name, folder, tmp_path / 'b')  # a new process would start like this
+    assert resumed.resume() and (resumed.epoch, resumed.step) == (1, 2)
+    resumed.fit()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.history[-1]['train_loss'] == pytest.approx(straight.history[-1]['train_loss'], rel=1e-6)
+
+
+def test_an_interrupted_write_leaves_the_previous_checkpoint(folder, tmp_path, monkeypatch):
+    t = trainer('test_evovit', folder, tmp_path, epochs=1)
+    t.fit()
+    path = tmp_path / 'train_state.safetensors'
+    before = path.read_bytes()
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, 'wb') as f:
+            f.write(b'partial')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr('dynvit.models._io.save_file', crash)
+    with pytest.raises(KeyboardInterrupt):
+        t.save_state()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith('.tmp')] == []
+    monkeypatch.undo()
+    fresh = trainer('test_evovit', folder, tmp_path, epochs=1)
+    assert load_training_state(str(path), fresh.model, fresh.optimizer, fresh.scheduler)['epoch'] == 1
+
+
+def test_best_model_is_a_self_describing_file(folder, tmp_path):
+    t = trainer('test_fbs_resnet', folder, tmp_path, epochs=1)
+    t.model.pretrained_cfg = {**t.model.pretrained_cfg, 'mean': (0.4, 0.4, 0.4)}
+    t.fit()
+    meta = dynvit.read_dynvit_metadata(str(tmp_path / 'best.safetensors'))
+    assert meta['pretrained_cfg']['label_names'] == ['class0', 'class1', 'class2']
+    assert meta['pretrained_cfg']['mean'] == [0.4, 0.4, 0.4] and meta['model_args']['num_classes'] == 3
+    assert meta['extra']['epoch'] == 1
+    loaded = dynvit.create_model('test_fbs_resnet', pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(tmp_path / 'best.safetensors'))).eval()
+    assert loaded.pretrained_cfg['label_names'] == ['class0', 'class1', 'class2']
+    log = [json.loads(line) for line in (tmp_path / 'log.jsonl').read_text().splitlines()]
+    assert len(log) == 1 and log[0]['epoch'] == 1
+
+
+def test_sparsity_schedule_and_gate_warmup(folder):
+    t = trainer('test_dynamicvit', folder, epochs=2, sparsity_start=1.0, sparsity_warmup_epochs=2)
+    seen = []
+    t.fit(on_step=lambda tr: seen.append(tr.model.keep_ratio[0]))
+    assert seen[0] > seen[-1] >= t.target[0] and seen == sorted(seen, reverse=True)
+    assert seen[0] == pytest.approx(1.0 - (1.0 - t.target[0]) * 0.0, abs=0.2)
+    # FBS: during the gate warm-up only the gates move
+    f = trainer('test_fbs_resnet', folder, epochs=2, gate_warmup_epochs=1)
+    start = {n: p.detach().clone() for n, p in f.model.named_parameters()}
+    after = {}
+
+    def snapshot(tr):
+        if tr.epoch == 0 and tr.step == tr.steps_per_epoch:
+            after.update({n: p.detach().clone() for n, p in tr.model.named_parameters()})
+
+    f.fit(on_step=snapshot)
+    moved = {n for n in start if not torch.equal(start[n], after[n])}
+    gates = {n for n in start if '.gate' in n}
+    assert moved == gates
+    assert any(not torch.equal(after[n], p) for n, p in f.model.named_parameters() if n not in gates)  # then joint
+
+
+def test_learning_rate_warms_up_then_decays(folder):
+    t = trainer('test_evovit', folder, epochs=4, warmup_epochs=1, min_lr_ratio=0.1)
+    lrs = []
+    t.fit(on_step=lambda tr: lrs.append(tr.optimizer.param_groups[0]['lr']))
+    steps = t.steps_per_epoch
+    assert lrs[steps - 2] == pytest.approx(2e-3, rel=1e-6)  # the peak at the end of the warm-up
+    assert lrs[0] < lrs[steps - 2] and lrs[-1] == pytest.approx(2e-4, rel=0.05)
+    assert all(a >= b for a, b in zip(lrs[steps - 1:], lrs[steps:]))
+
+
+class _Labels(Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.randn(3, 32, 32), 5 if i == 3 else 0
+
+
+def test_out_of_range_labels_are_named():
+    model = dynvit.create_model('test_evovit', num_classes=3)
+    t = Trainer(model, _Labels(), None, TrainConfig(epochs=1, batch_size=8), progress=False)
+    with pytest.raises(ValueError, match='label 5 is out of range for a model with 3 classes'):
+        t.fit()
+    with pytest.raises(ValueError, match='fewer than one batch'):
+        Trainer(model, _Labels(), None, TrainConfig(epochs=1, batch_size=16), progress=False)
+
+
+def _cli(*args, env=None, module=('-m', 'dynvit')):
+    return subprocess.run([sys.executable, *module, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def test_two_process_torchrun_matches_one_process(folder, tmp_path):
+    common = ['finetune', 'test_evovit', '--data', str(folder), '--epochs', '2', '--batch-size', '8', '--lr', '1e-3',
+              '--no-aug', '--quiet', '--threads', '1']
+    one = _cli(*common, '--out', str(tmp_path / 'one'))
+    assert one.returncode == 0, one.stderr
+    two = _cli('--nproc_per_node', '2', '-m', 'dynvit', *common, '--out', str(tmp_path / 'two'),
+               module=('-m', 'torch.distributed.run'))
+    assert two.returncode == 0, two.stderr[-2000:]
+    from safetensors.torch import load_file
+    a, b = (load_file(str(tmp_path / d / 'train_state.safetensors')) for d in ('one', 'two'))
+    diff = max((a[k] - b[k]).abs().max().item() for k in a if k.startswith('model.') and a[k].is_floating_point())
+    assert diff < 1e-4
+    # evaluating the exported model from the command line
+    r = _cli('eval', str(tmp_path / 'two' / 'best.safetensors'), '--data', str(folder), '--val-fraction', '0.25',
+             '--json')
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads(r.stdout)
+    assert metrics['images'] == 9 and 0 <= metrics['top1'] <= 1 and 0 < metrics['saved_fraction'] < 1
