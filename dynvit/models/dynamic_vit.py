@@ -418,9 +418,9 @@ class DynamicVisionTransformer(VisionTransformer):
             if len(decisions) != len(self.prune_loc):
                 raise ValueError(f'decisions has {len(decisions)} entries for {len(self.prune_loc)} stages')
             aux = self._forward_masked(x, decisions)
-        elif self.training:
+        elif self.training and any(r < 1.0 for r in self.keep_ratio):
             aux = self._forward_masked(x, None)
-        elif self.mode == 'topk':
+        elif self.mode == 'topk' or self.training:  # keep ratio 1.0 trains the dense model
             aux = self._forward_gathered(x)
         else:
             aux = self._forward_packed(x)

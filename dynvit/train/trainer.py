@@ -138,6 +138,8 @@ def _loss(loss_fn: nn.Module, model: nn.Module, logits, aux, target, teacher_out
     if isinstance(loss_fn, DynamicViTLoss):
         loss_fn.keep_ratios = tuple(model.keep_ratio)
         t_logits, t_tokens = teacher_out if teacher_out is not None else (None, None)
+        if aux.execution != 'masked':  # keep ratio 1.0 (start of a schedule) trains dense: no token targets
+            t_tokens = None
         return loss_fn(logits, aux, target, teacher_logits=t_logits, teacher_tokens=t_tokens)
     return loss_fn(logits, aux, target, teacher_logits=None if teacher_out is None else teacher_out[0])
 
