@@ -43,6 +43,6 @@ def test_unknown_model_is_a_one_line_error():
 
 
 def test_help_has_examples():
-    for cmd in ('list', 'info', 'demo'):
+    for cmd in ('list', 'info', 'demo', 'finetune', 'eval'):
         r = run(cmd, '--help')
         assert r.returncode == 0 and 'examples:' in r.stdout

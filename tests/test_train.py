@@ -169,3 +169,16 @@ def test_two_process_torchrun_matches_one_process(folder, tmp_path):
     assert r.returncode == 0, r.stderr
     metrics = json.loads(r.stdout)
     assert metrics['images'] == 9 and 0 <= metrics['top1'] <= 1 and 0 < metrics['saved_fraction'] < 1
+
+
+def test_starting_weights_with_other_classes_reset_the_head(folder, tmp_path):
+    source = dynvit.create_model('test_dynamicvit', num_classes=10, keep_ratio=0.5)
+    dynvit.save_model(source, str(tmp_path / 'src.safetensors'))
+    model = dynvit.create_model('test_dynamicvit', pretrained=True, num_classes=3, keep_ratio=0.7,
+                                pretrained_cfg_overlay=dict(file=str(tmp_path / 'src.safetensors')))
+    assert model.num_classes == 3 and model.keep_ratio[0] == 0.7
+    src, new = source.state_dict(), model.state_dict()
+    assert all(torch.equal(src[k], new[k]) for k in new if not k.startswith('head.'))
+    train, val, classes = build_datasets(str(folder), model, val_fraction=0.25)
+    t = Trainer(model, train, val, TrainConfig(epochs=1, batch_size=6, amp='bf16'), progress=False)
+    assert t.fit()[-1]['val_top1'] >= 0  # bf16 autocast on the CPU runs too
