@@ -78,6 +78,9 @@ def save_file_atomic(tensors: Dict[str, torch.Tensor], path: str, metadata: Dict
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + '.', suffix='.tmp')
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the file gets the usual permissions
     try:
         save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, path)
