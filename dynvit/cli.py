@@ -110,6 +110,7 @@ def _model_for_data(args: argparse.Namespace, num_classes: Optional[int], **spar
     ``num_classes``; ``--checkpoint`` (or the file) provides the weights, the head reset the timm
     way when the classes differ."""
     from . import create_model, read_dynvit_metadata
+    from .models._helpers import model_input_size
     torch.manual_seed(args.seed)  # fresh parameters (heads, predictors, gates) start the same in every process
     kwargs = json.loads(args.model_args) if args.model_args else {}
     if not isinstance(kwargs, dict):
@@ -131,6 +132,11 @@ def _model_for_data(args: argparse.Namespace, num_classes: Optional[int], **spar
         value = getattr(args, key, None)
         if value:
             model.pretrained_cfg = {**model.pretrained_cfg, key: tuple(value)}
+    if getattr(args, 'img_size', None):
+        if hasattr(model, 'patch_embed'):
+            raise ValueError('--img-size is for CNNs; give a ViT its size with --model-args \'{"img_size": N}\'')
+        chans = model_input_size(model)[0]
+        model.pretrained_cfg = {**model.pretrained_cfg, 'input_size': (chans, args.img_size, args.img_size)}
     return model
 
 
@@ -183,7 +189,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = _model_for_data(args, None).eval()
-    _, val, classes = build_datasets(args.data, model, args.data_root, args.val_fraction, args.seed, augment=False)
+    _, val, classes = build_datasets(args.data, model, args.data_root, args.val_fraction, args.seed, augment=False,
+                                     split=args.split)
     if len(classes) != model.num_classes:
         raise ValueError(f'the data has {len(classes)} classes, the model {model.num_classes}')
     if args.limit:
@@ -272,7 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument('model', help='a model name, or a dynvit .safetensors file')
         p.add_argument('--data', required=True, help="'fashion-mnist' or an image folder (root/<class>/<image>)")
         p.add_argument('--data-root', default=None, help='Fashion-MNIST IDX folder (default: the Debian package\'s)')
-        p.add_argument('--val-fraction', type=float, default=0.1, help='validation share of an image folder')
+        p.add_argument('--val-fraction', type=float, default=0.1,
+                       help='validation share held out of the training images (stratified, seeded)')
+        p.add_argument('--img-size', type=int, default=None,
+                       help='CNNs: input size (ViTs take img_size in --model-args)')
         p.add_argument('--checkpoint', default=None, help='weights to start from (dense or sparse; timm, DeiT, dynvit)')
         p.add_argument('--model-args', default=None, help='JSON constructor arguments, e.g. \'{"img_size": 28}\'')
         p.add_argument('--mean', type=float, nargs='+', default=None, help='normalisation mean (default: model cfg)')
@@ -310,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add('eval', 'Top-1/top-5 and the MACs per image of a model on Fashion-MNIST or an image folder.')
     data_args(p)
-    p.add_argument('--limit', type=int, default=0, help='evaluate the first N validation images')
+    p.add_argument('--split', default='val', choices=['val', 'test'],
+                   help="'val': the held-out part of the training data; 'test': Fashion-MNIST's test set")
+    p.add_argument('--limit', type=int, default=0, help='evaluate the first N images')
     p.add_argument('--json', action='store_true')
     p.set_defaults(func=_cmd_eval)
     return parser

@@ -1,11 +1,11 @@
-"""Training and validation sets by name: 'fashion-mnist' or a folder of images."""
+"""Training, validation and test sets by name: 'fashion-mnist' or a folder of images."""
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch.nn as nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from .fashion_mnist import FashionMNIST
-from .folders import image_folder
+from .folders import image_folder, split_indices
 from .transforms import model_transform
 
 __all__ = ['build_datasets']
@@ -19,22 +19,33 @@ def build_datasets(
         seed: int = 0,
         train_kwargs: Optional[Dict[str, Any]] = None,
         augment: bool = True,
+        split: str = 'val',
 ) -> Tuple[Dataset, Dataset, List[str]]:
-    """``(train, validation, class names)`` preprocessed for ``model``.
+    """``(train, validation or test, class names)`` preprocessed for ``model``.
 
     Args:
-        data: 'fashion-mnist' (train / test splits from the IDX files in ``data_root``) or the path
-            of an image folder (``root/<class>/...``, split by ``val_fraction``, or ``root/train`` +
-            ``root/val``).
+        data: 'fashion-mnist' (the IDX files in ``data_root``: training on the train split minus a
+            held-out, stratified ``val_fraction`` of it, which validates; the test split only with
+            ``split='test'``) or the path of an image folder (``root/<class>/...``, split by
+            ``val_fraction``, or ``root/train`` + ``root/val``).
         model: Gives the preprocessing (its data config; 1 or 3 input channels).
         data_root: Fashion-MNIST's folder (default: the Debian package's).
         val_fraction, seed: The validation split of an image folder.
         train_kwargs: Overrides for timm's training transform.
         augment: False: the training set gets the validation preprocessing.
+        split: 'val' (the held-out part) or, for Fashion-MNIST, 'test' (the 10k test images) as the
+            second set.
     """
+    if split not in ('val', 'test'):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
     train_tf = model_transform(model, is_training=augment, train_kwargs=train_kwargs)
     val_tf = model_transform(model, is_training=False)
     if data.lower().replace('_', '-') == 'fashion-mnist':
         train = FashionMNIST(data_root, 'train', train_tf)
-        return train, FashionMNIST(data_root, 'test', val_tf), list(train.classes)
+        train_idx, val_idx = split_indices(train.targets.tolist(), val_fraction, seed)
+        if split == 'test':
+            return Subset(train, train_idx), FashionMNIST(data_root, 'test', val_tf), list(train.classes)
+        return Subset(train, train_idx), Subset(FashionMNIST(data_root, 'train', val_tf), val_idx), list(train.classes)
+    if split == 'test':
+        raise ValueError("split='test' exists for Fashion-MNIST only; an image folder has train and val")
     return image_folder(data, val_fraction, seed, train_tf, val_tf)

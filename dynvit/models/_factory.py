@@ -5,7 +5,7 @@ from typing import Any, List, Union
 
 import timm
 import torch.nn as nn
-from timm.models import model_entrypoint, parse_model_name, split_model_name_tag
+from timm.models import get_pretrained_cfg, model_entrypoint, parse_model_name, split_model_name_tag
 
 from ._io import load_checkpoint, read_dynvit_metadata, read_state_dict
 
@@ -53,6 +53,10 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
     if not timm.is_model(arch):
         raise _unknown_model(model_name)
     overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
+    if pretrained and not overlay.get('file'):
+        shipped = _shipped_file(model_name)
+        if shipped:  # weights shipped with the package: self-describing like any dynvit file
+            overlay['file'] = shipped
     for f in (overlay.get('file') if pretrained else None, kwargs.get('checkpoint_path')):
         if not f:
             continue
@@ -82,6 +86,16 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
     if isinstance(cfg, dict) and cfg.get('state_dict') is not None:
         cfg.pop('state_dict')  # loaded; do not keep a second copy of the weights alive
     return load_checkpoint(model, checkpoint_path) if checkpoint_path else model
+
+
+def _shipped_file(model_name: str) -> str:
+    """The local ``file`` of ``arch.tag``'s pretrained cfg (weights shipped in ``weights/``), or ''."""
+    cfg = get_pretrained_cfg(model_name)
+    path = getattr(cfg, 'file', None) or ''
+    if path and not os.path.isfile(path):
+        raise PretrainedWeightsError(f'{model_name}: its weights file {path} is not in this installation; '
+                                     f'install dynvit from the repository (pip install -e .) to get weights/')
+    return path
 
 
 class PretrainedWeightsError(OSError):

@@ -40,6 +40,7 @@ from ..layers import (
     unpack_tokens,
 )
 from ..runtime.macs import vit_macs
+from ._zoo import shipped_cfgs
 from ._helpers import check_state_dict, embed_tokens, fill_missing, first_conv_keys, is_scalar, run_block, vit_cfg
 
 __all__ = ['DynamicVisionTransformer', 'DynamicViTAux']
@@ -548,6 +549,8 @@ default_cfgs = generate_default_cfgs({
     # Tiny configurations for tests.
     'test_dynamicvit.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     'test_dynamicvit2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
+    # trained by the zoo (weights/)
+    **shipped_cfgs('dynamicvit_tiny_patch16_224', _cfg),
 })
 
 

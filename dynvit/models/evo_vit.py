@@ -41,6 +41,7 @@ from ..layers import (
     split_slow_fast,
 )
 from ..runtime.macs import vit_macs
+from ._zoo import shipped_cfgs
 from ._helpers import check_state_dict, embed_tokens, first_conv_keys, is_scalar, run_block, vit_cfg
 
 __all__ = ['EvoVisionTransformer', 'EvoViTAux']
@@ -488,6 +489,8 @@ default_cfgs = generate_default_cfgs({
     # Tiny configurations for tests.
     'test_evovit.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     'test_evovit2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
+    # trained by the zoo (weights/)
+    **shipped_cfgs('evovit_tiny_patch16_224', _cfg),
 })
 
 

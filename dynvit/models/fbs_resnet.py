@@ -30,6 +30,7 @@ from ..layers.channel_gate import (
     sliced_conv,
 )
 from ..runtime.macs import conv2d_macs, conv_macs, linear_macs
+from ._zoo import shipped_cfgs
 from ._fbs import FBSAux, FBSModel, GatedBlock, check_gated_convs, fbs_checkpoint_filter
 from ._helpers import run_block
 
@@ -179,6 +180,8 @@ default_cfgs = generate_default_cfgs({
     'test_fbs_resnet.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(1, 1)),
     'test_fbs_resnet2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(1, 1),
                                        first_conv='conv1.0'),
+    # trained by the zoo (weights/): Fashion-MNIST
+    **shipped_cfgs('fbs_resnet18', _cfg),
 })
 
 

@@ -1,0 +1,33 @@
+"""The zoo's shipped weights: ``weights/<arch>.<tag>.safetensors`` beside the package.
+
+Each file is a self-describing dynvit file (architecture, model arguments with the sparsity
+settings, data config). The model modules register a pretrained cfg ``arch.tag`` for every file
+present, with ``file`` pointing at it, so ``create_model('arch.tag', pretrained=True)`` loads it
+offline; its model arguments come from the file (``_factory.create_model``).
+"""
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+from safetensors import safe_open
+
+__all__ = ['WEIGHTS_DIR', 'shipped_cfgs']
+
+WEIGHTS_DIR = Path(os.environ.get('DYNVIT_WEIGHTS') or Path(__file__).resolve().parents[2] / 'weights')
+
+
+def shipped_cfgs(arch: str, make_cfg: Callable[..., Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """``{'arch.tag': cfg}`` for every ``weights/arch.tag.safetensors``, the cfg built by ``make_cfg``
+    with the file's data config (classes, input size, mean, std, ...) and ``file`` set."""
+    out = {}
+    if not WEIGHTS_DIR.is_dir():
+        return out
+    for path in sorted(WEIGHTS_DIR.glob(f'{arch}.*.safetensors')):
+        with safe_open(str(path), framework='pt') as f:
+            meta = f.metadata() or {}
+        if meta.get('architecture') != arch:
+            continue
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(meta.get('pretrained_cfg', '{}')).items()}
+        out[path.name[:-len('.safetensors')]] = make_cfg(file=str(path), **data)
+    return out

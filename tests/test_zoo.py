@@ -1,0 +1,44 @@
+"""Every shipped weight file: loads offline by name, matches its card, and still reaches the
+card's accuracy on a fixed sample of 500 Fashion-MNIST test images."""
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dynvit
+from dynvit.data import model_transform
+from dynvit.models._zoo import WEIGHTS_DIR
+
+FILES = sorted(WEIGHTS_DIR.glob('*.safetensors')) if WEIGHTS_DIR.is_dir() else []
+SAMPLE = Path(__file__).parent / 'fixtures' / 'fashion_mnist_test500.npz'
+
+
+def card(path):
+    text = Path(str(path)[:-len('.safetensors')] + '.md').read_text()
+    return json.loads(re.search(r'```json\n(.*?)\n```', text, re.S).group(1))
+
+
+@pytest.mark.parametrize('path', FILES, ids=[f.name for f in FILES])
+def test_shipped_weights_match_their_card(path):
+    name = path.name[:-len('.safetensors')]
+    info = card(path)
+    assert info['name'] == name and name in dynvit.list_models(pretrained=True)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == info['sha256']
+    model = dynvit.create_model(name, pretrained=True).eval()  # offline: the file beside the package
+    meta = dynvit.read_dynvit_metadata(str(path))
+    assert meta['model_args'] == info['model_args'] and meta['architecture'] == info['architecture']
+    for k, v in model.sparsity_config().items():
+        assert info['model_args'][k] == (list(v) if isinstance(v, tuple) else v)
+    data = np.load(SAMPLE)
+    tf = model_transform(model)
+    x = torch.stack([tf(Image.fromarray(im)) for im in data['images']])
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), 100):
+            correct += (model(x[i:i + 100]).argmax(1).numpy() == data['labels'][i:i + 100]).sum()
+    assert abs(correct / len(x) - info['sample500_top1']) <= 0.01
