@@ -20,3 +20,14 @@ EPOCHS=15 step resnet18_dense fbs_resnet18 "${FM[@]}" --img-size 64 --density 1.
   --model-args '{"in_chans": 1, "channels": [32, 64, 128, 256], "stem_width": 32}' \
   --epochs 15 --batch-size 128 --lr 2e-3 --weight-decay 0.05 --warmup-epochs 1 --label-smoothing 0.1 \
   --aug-scale 0.8 --no-color-jitter --no-distill
+# 2. FBS ResNet-18 at density 0.5 from it: one epoch training only the gates, then joint, with
+#    distillation from the dense model
+EPOCHS=8 step resnet18_fbs50 fbs_resnet18 "${FM[@]}" --img-size 64 --density 0.5 \
+  --checkpoint "$RUN/resnet18_dense/best.safetensors" \
+  --epochs 8 --batch-size 128 --lr 1e-3 --sparse-lr 5e-3 --weight-decay 0.05 --warmup-epochs 0.5 \
+  --gate-warmup-epochs 1 --label-smoothing 0.1 --aug-scale 0.8 --no-color-jitter
+# ship: weights/<arch>.<tag>.safetensors + card
+python benchmarks/zoo_ship.py "$RUN/resnet18_dense/best.safetensors" --tag fmnist_dense \
+  --command "bash benchmarks/zoo_fashion_mnist.sh (step resnet18_dense)"
+python benchmarks/zoo_ship.py "$RUN/resnet18_fbs50/best.safetensors" --tag fmnist_d50 \
+  --dense fbs_resnet18.fmnist_dense --command "bash benchmarks/zoo_fashion_mnist.sh (step resnet18_fbs50)"

@@ -1,0 +1,64 @@
+"""The zoo's table: every shipped model on Fashion-MNIST's 10,000 test images (top-1, MACs per
+image, fraction saved vs its dense model) and its speed vs its dense model on the CPU (batch-1
+latency, batch-32 throughput), all measured here in one run.
+
+    python benchmarks/bench_zoo.py --threads 2 --out benchmarks/results/zoo_cpu.json
+"""
+import argparse
+import json
+import re
+from pathlib import Path
+
+import torch
+
+import dynvit
+from dynvit.data import FashionMNIST, model_transform
+from dynvit.models._zoo import WEIGHTS_DIR
+from dynvit.runtime import median_latencies
+from dynvit.train import evaluate
+
+
+def card(path: Path) -> dict:
+    text = Path(str(path)[:-len('.safetensors')] + '.md').read_text()
+    return json.loads(re.search(r'```json\n(.*?)\n```', text, re.S).group(1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--rounds', type=int, default=10)
+    ap.add_argument('--out', default='')
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = {}
+    for path in sorted(WEIGHTS_DIR.glob('*.safetensors')):
+        name = path.name[:-len('.safetensors')]
+        info = card(path)
+        model = dynvit.create_model(name, pretrained=True).eval()
+        test = FashionMNIST(None, 'test', model_transform(model))
+        metrics = evaluate(model, torch.utils.data.DataLoader(test, batch_size=250), torch.device('cpu'))
+        dense_name = info.get('dense_model')
+        x = torch.stack([test[i][0] for i in range(32)])
+        models = {'model': model}
+        if dense_name:
+            models['dense'] = dynvit.create_model(dense_name, pretrained=True).eval()
+        b1 = median_latencies(models, x[:1], args.rounds, 5)
+        b32 = median_latencies(models, x, max(1, args.rounds // 2), 1)
+        row = dict(test_top1=metrics['top1'], mean_macs=metrics['mean_macs'], saved_vs_own_dense=metrics['saved_fraction'],
+                   b1_ms=b1['model'] * 1e3, b32_img_s=32 / b32['model'], dense=dense_name)
+        if dense_name:
+            dense_metrics = evaluate(models['dense'], torch.utils.data.DataLoader(
+                FashionMNIST(None, 'test', model_transform(models['dense'])), batch_size=250), torch.device('cpu'))
+            row.update(dense_top1=dense_metrics['top1'], dense_macs=dense_metrics['mean_macs'],
+                       b1_speedup=b1['dense'] / b1['model'], b32_speedup=b32['dense'] / b32['model'])
+        rows[name] = row
+        print(f'{name:<40} top-1 {row["test_top1"]:.2%}  {row["mean_macs"] / 1e6:8.2f} MMACs  '
+              + (f'vs {dense_name}: {row["dense_top1"]:.2%}, {1 - row["mean_macs"] / row["dense_macs"]:.1%} fewer MACs, '
+                 f'b1 {row["b1_speedup"]:.2f}x, b32 {row["b32_speedup"]:.2f}x' if dense_name else
+                 f'b1 {row["b1_ms"]:.2f} ms, b32 {row["b32_img_s"]:.0f} img/s'), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(dict(threads=args.threads, rows=rows), indent=1))
+
+
+if __name__ == '__main__':
+    main()
