@@ -6,21 +6,15 @@ latency, batch-32 throughput), all measured here in one run.
 """
 import argparse
 import json
-import re
 from pathlib import Path
 
 import torch
 
 import dynvit
 from dynvit.data import FashionMNIST, model_transform
-from dynvit.models._zoo import WEIGHTS_DIR
+from dynvit.models._zoo import WEIGHTS_DIR, read_card
 from dynvit.runtime import median_latencies
 from dynvit.train import evaluate
-
-
-def card(path: Path) -> dict:
-    text = Path(str(path)[:-len('.safetensors')] + '.md').read_text()
-    return json.loads(re.search(r'```json\n(.*?)\n```', text, re.S).group(1))
 
 
 def main() -> None:
@@ -33,7 +27,7 @@ def main() -> None:
     rows = {}
     for path in sorted(WEIGHTS_DIR.glob('*.safetensors')):
         name = path.name[:-len('.safetensors')]
-        info = card(path)
+        info = read_card(path)
         model = dynvit.create_model(name, pretrained=True).eval()
         test = FashionMNIST(None, 'test', model_transform(model))
         metrics = evaluate(model, torch.utils.data.DataLoader(test, batch_size=250), torch.device('cpu'))

@@ -141,10 +141,10 @@ def _model_for_data(args: argparse.Namespace, num_classes: Optional[int], **spar
 
 
 def _num_classes(args: argparse.Namespace) -> int:
-    from .data import FASHION_MNIST_CLASSES, image_folder
+    from .data import FASHION_MNIST_CLASSES, folder_classes
     if args.data.lower().replace('_', '-') == 'fashion-mnist':
         return len(FASHION_MNIST_CLASSES)
-    return len(image_folder(args.data, args.val_fraction, args.seed)[2])
+    return len(folder_classes(args.data))
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
@@ -152,6 +152,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from .train import TrainConfig, Trainer
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.resume and (Path(args.out) / 'train_state.safetensors').exists():
+        raise FileExistsError(f'{args.out} already holds a run; pass --resume to continue it or choose another --out')
     model = _model_for_data(args, _num_classes(args), keep_ratio=args.keep_ratio, density=args.density)
     train_kwargs = {} if args.aug_scale is None else dict(scale=(args.aug_scale, 1.0))
     if args.no_color_jitter:
@@ -172,8 +174,6 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f'nothing to resume in {args.out} (no train_state.safetensors)')
         if trainer.rank == 0:
             print(f'resuming at epoch {trainer.epoch + 1}, step {trainer.step}', flush=True)
-    elif trainer.rank == 0 and (Path(args.out) / 'train_state.safetensors').exists():
-        raise FileExistsError(f'{args.out} already holds a run; pass --resume to continue it or choose another --out')
     try:
         trainer.fit()
     except KeyboardInterrupt:

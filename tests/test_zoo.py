@@ -1,8 +1,6 @@
 """Every shipped weight file: loads offline by name, matches its card, and still reaches the
 card's accuracy on a fixed sample of 500 Fashion-MNIST test images."""
 import hashlib
-import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -12,21 +10,16 @@ from PIL import Image
 
 import dynvit
 from dynvit.data import model_transform
-from dynvit.models._zoo import WEIGHTS_DIR
+from dynvit.models._zoo import WEIGHTS_DIR, read_card
 
 FILES = sorted(WEIGHTS_DIR.glob('*.safetensors')) if WEIGHTS_DIR.is_dir() else []
 SAMPLE = Path(__file__).parent / 'fixtures' / 'fashion_mnist_test500.npz'
 
 
-def card(path):
-    text = Path(str(path)[:-len('.safetensors')] + '.md').read_text()
-    return json.loads(re.search(r'```json\n(.*?)\n```', text, re.S).group(1))
-
-
 @pytest.mark.parametrize('path', FILES, ids=[f.name for f in FILES])
 def test_shipped_weights_match_their_card(path):
     name = path.name[:-len('.safetensors')]
-    info = card(path)
+    info = read_card(path)
     assert info['name'] == name and name in dynvit.list_models(pretrained=True)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == info['sha256']
     model = dynvit.create_model(name, pretrained=True).eval()  # offline: the file beside the package

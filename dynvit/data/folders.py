@@ -1,5 +1,6 @@
 """Image folders in the class-per-subfolder layout (torchvision ``ImageFolder``), with a
 validation split, and clear errors for the ways a folder can be wrong."""
+import copy
 import random
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -7,8 +8,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import find_classes
 
-__all__ = ['image_folder', 'load_image', 'split_indices']
+__all__ = ['folder_classes', 'image_folder', 'load_image', 'split_indices']
 
 
 def load_image(path: str) -> Image.Image:
@@ -55,6 +57,19 @@ def split_indices(targets: Sequence[int], val_fraction: float, seed: int) -> Tup
     return sorted(train), sorted(val)
 
 
+def _has_train_val(root: Path) -> bool:
+    return (root / 'train').is_dir() and (root / 'val').is_dir()
+
+
+def folder_classes(root: str) -> List[str]:
+    """The class names ``image_folder(root)`` will have, from the folder names alone (no file scan)."""
+    root = Path(root)
+    root = root / 'train' if _has_train_val(root) else root
+    if not root.is_dir():
+        raise FileNotFoundError(f'image folder not found: {root}')
+    return find_classes(str(root))[0]
+
+
 def image_folder(
         root: str,
         val_fraction: float = 0.1,
@@ -71,7 +86,7 @@ def image_folder(
         The training set, the validation set and the class names.
     """
     root = Path(root)
-    if (root / 'train').is_dir() and (root / 'val').is_dir():
+    if _has_train_val(root):
         train, val = _folder(root / 'train'), _folder(root / 'val')
         if train.classes != val.classes:
             raise ValueError(f'{root}/train and {root}/val have different class folders: '
@@ -82,6 +97,6 @@ def image_folder(
     train_idx, val_idx = split_indices(full.targets, val_fraction, seed)
     if not val_idx:
         raise ValueError(f'{root} has too few images for a validation split (one per class at most)')
-    val_set = _folder(root)  # its own copy, so that it can have its own transform
+    val_set = copy.copy(full)  # shares the file list, has its own transform
     full.transform, val_set.transform = train_transform, val_transform
     return Subset(full, train_idx), Subset(val_set, val_idx), full.classes

@@ -7,12 +7,13 @@ offline; its model arguments come from the file (``_factory.create_model``).
 """
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Dict
 
 from safetensors import safe_open
 
-__all__ = ['WEIGHTS_DIR', 'shipped_cfgs']
+__all__ = ['WEIGHTS_DIR', 'read_card', 'shipped_cfgs']
 
 WEIGHTS_DIR = Path(os.environ.get('DYNVIT_WEIGHTS') or Path(__file__).resolve().parents[2] / 'weights')
 
@@ -31,3 +32,9 @@ def shipped_cfgs(arch: str, make_cfg: Callable[..., Dict[str, Any]]) -> Dict[str
         data = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(meta.get('pretrained_cfg', '{}')).items()}
         out[path.name[:-len('.safetensors')]] = make_cfg(file=str(path), **data)
     return out
+
+
+def read_card(weights_file: Path) -> Dict[str, Any]:
+    """The JSON block of the card ``weights/<name>.md`` beside ``weights/<name>.safetensors``."""
+    text = Path(str(weights_file)[:-len('.safetensors')] + '.md').read_text()
+    return json.loads(re.search(r'```json\n(.*?)\n```', text, re.S).group(1))

@@ -9,6 +9,7 @@ and ``log.jsonl`` (one line per epoch). Only rank 0 writes.
 """
 import copy
 import json
+from contextlib import nullcontext
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -191,7 +192,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
     sums = torch.zeros(7, dtype=torch.float64, device=device)  # n, top1, top5, loss, macs, dense, kept
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast() if autocast else _null():
+        with (autocast or nullcontext)():
             logits, aux = model(x, return_aux=True)
         _check_targets(y, logits.shape[1])
         top = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
@@ -210,14 +211,6 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
     return dict(top1=sums[1].item() / n, top5=sums[2].item() / n, loss=sums[3].item() / n,
                 mean_macs=sums[4].item() / n, saved_fraction=1.0 - sums[4].item() / max(sums[5].item(), 1.0),
                 keep_rate=sums[6].item() / n, images=int(sums[0].item()))
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _check_targets(y: torch.Tensor, num_classes: int) -> None:
@@ -378,12 +371,12 @@ class Trainer:
             self._sums = torch.zeros(5, dtype=torch.float64)
         sums = self._sums
         for x, y in self.loader:
-            frac = (self.epoch + self.step / self.steps_per_epoch) / cfg.sparsity_warmup_epochs \
-                if cfg.sparsity_warmup_epochs > 0 else 1.0
-            _set_level(model, self.target, cfg.sparsity_start, frac)
+            if cfg.sparsity_warmup_epochs > 0:  # else the model stays at its target
+                frac = (self.epoch + self.step / self.steps_per_epoch) / cfg.sparsity_warmup_epochs
+                _set_level(model, self.target, cfg.sparsity_start, frac)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             _check_targets(y, model.num_classes)
-            with self.autocast() if self.autocast else _null():
+            with (self.autocast or nullcontext)():
                 teacher_out = None
                 if self.teacher is not None:
                     teacher_out = _teacher_forward(self.teacher, x, isinstance(model, DynamicVisionTransformer))
