@@ -5,6 +5,7 @@ from typing import Any, Callable, Dict, Iterable, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg
 from timm.models._manipulate import adapt_input_conv, checkpoint
 
 
@@ -97,6 +98,15 @@ def model_input_size(model: nn.Module) -> Tuple[int, int, int]:
     except AttributeError:
         c = getattr(model, 'in_chans', c)
     return int(c), int(h), int(w)
+
+
+def build_dynamic_model(model_cls: type, variant: str, pretrained: bool, filter_fn: Callable[..., Any],
+                        no_features_why: str, **kwargs: Any) -> nn.Module:
+    """timm's ``build_model_with_cfg`` with the family's checkpoint filter; ``features_only``
+    (timm's feature-extraction wrapper) is refused with ``no_features_why``."""
+    if kwargs.get('features_only'):
+        raise ValueError(f'features_only is not supported: {no_features_why}')
+    return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, **kwargs)
 
 
 def first_conv_keys(model: nn.Module) -> Tuple[str, ...]:

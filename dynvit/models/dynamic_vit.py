@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import (
     VisionTransformer,
     checkpoint_filter_fn as vit_checkpoint_filter_fn,
@@ -41,7 +41,7 @@ from ..layers import (
 )
 from ..runtime.macs import vit_macs
 from ._zoo import shipped_cfgs
-from ._helpers import check_state_dict, embed_tokens, fill_missing, first_conv_keys, is_scalar, run_block, vit_cfg
+from ._helpers import build_dynamic_model, check_state_dict, embed_tokens, fill_missing, first_conv_keys, is_scalar, run_block, vit_cfg
 
 __all__ = ['DynamicVisionTransformer', 'DynamicViTAux']
 
@@ -525,15 +525,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: DynamicVisi
 
 
 def _create_dynamic_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> DynamicVisionTransformer:
-    if kwargs.get('features_only'):
-        raise ValueError('features_only is not supported: DynamicViT drops tokens and has no full feature grid')
-    return build_model_with_cfg(
-        DynamicVisionTransformer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        **kwargs,
-    )
+    return build_dynamic_model(DynamicVisionTransformer, variant, pretrained, checkpoint_filter_fn,
+                               'DynamicViT drops tokens and has no full feature grid', **kwargs)
 
 
 def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:

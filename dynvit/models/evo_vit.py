@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import (
     VisionTransformer,
     checkpoint_filter_fn as vit_checkpoint_filter_fn,
@@ -42,7 +42,7 @@ from ..layers import (
 )
 from ..runtime.macs import vit_macs
 from ._zoo import shipped_cfgs
-from ._helpers import check_state_dict, embed_tokens, first_conv_keys, is_scalar, run_block, vit_cfg
+from ._helpers import build_dynamic_model, check_state_dict, embed_tokens, first_conv_keys, is_scalar, run_block, vit_cfg
 
 __all__ = ['EvoVisionTransformer', 'EvoViTAux']
 
@@ -465,15 +465,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EvoVisionTr
 
 
 def _create_evo_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer:
-    if kwargs.get('features_only'):
-        raise ValueError('features_only is not supported: Evo-ViT runs most blocks on a subset of the tokens')
-    return build_model_with_cfg(
-        EvoVisionTransformer,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        **kwargs,
-    )
+    return build_dynamic_model(EvoVisionTransformer, variant, pretrained, checkpoint_filter_fn,
+                               'Evo-ViT runs most blocks on a subset of the tokens', **kwargs)
 
 
 def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
 from timm.models._efficientnet_builder import BN_EPS_TF_DEFAULT, decode_arch_def, resolve_act_layer, round_channels
 from timm.models.efficientnet import EfficientNet
@@ -29,7 +29,7 @@ from ..layers.channel_gate import ChannelGate, channel_union, folded_conv_bn, ma
 from ..runtime.macs import conv2d_macs, conv_macs, linear_macs
 from ._fbs import FBSAux, FBSModel, GatedBlock, check_gated_convs, fbs_checkpoint_filter
 from ._zoo import shipped_cfgs
-from ._helpers import run_block
+from ._helpers import build_dynamic_model, run_block
 
 __all__ = ['FBSInvertedResidual', 'FBSEfficientNet', 'lite0_package_weights']
 
@@ -227,12 +227,11 @@ def lite_kwargs(arch_def: List[List[str]], channel_multiplier: float = 1.0, dept
 
 def _create_fbs_effnet(variant: str, arch_def: List[List[str]], pretrained: bool = False,
                        **kwargs: Any) -> FBSEfficientNet:
-    if kwargs.get('features_only'):
-        raise ValueError('features_only is not supported by FBS models')
     user_args = {k: v for k, v in kwargs.items()
                  if k not in ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'density', 'execution')}
-    model = build_model_with_cfg(FBSEfficientNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                 **lite_kwargs(arch_def, **kwargs))
+    model = build_dynamic_model(FBSEfficientNet, variant, pretrained, checkpoint_filter_fn,
+                                'FBS blocks compute a different channel subset per image',
+                                **lite_kwargs(arch_def, **kwargs))
     model.model_args = user_args  # the variant function rebuilds the rest
     return model
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, ResNet
 
 from ..layers.channel_gate import (
@@ -32,7 +32,7 @@ from ..layers.channel_gate import (
 from ..runtime.macs import conv2d_macs, conv_macs, linear_macs
 from ._zoo import shipped_cfgs
 from ._fbs import FBSAux, FBSModel, GatedBlock, check_gated_convs, fbs_checkpoint_filter
-from ._helpers import run_block
+from ._helpers import build_dynamic_model, run_block
 
 __all__ = ['FBSBasicBlock', 'FBSResNet']
 
@@ -155,9 +155,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FBSResNet) 
 
 
 def _create_fbs_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> FBSResNet:
-    if kwargs.get('features_only'):
-        raise ValueError('features_only is not supported by FBS models')
-    return build_model_with_cfg(FBSResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    return build_dynamic_model(FBSResNet, variant, pretrained, checkpoint_filter_fn,
+                               'FBS blocks compute a different channel subset per image', **kwargs)
 
 
 def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
