@@ -3,6 +3,8 @@ import timm
 import torch
 
 import dynvit
+from dynvit.models._factory import SPARSITY_ARGS
+from dynvit.models._helpers import vit_embed_layer
 
 # Backbone configurations beyond the registered test variants: class token + registers,
 # LayerScale, qk-norm, no class token with max pooling, fused attention off (see `make`).
@@ -12,8 +14,7 @@ BACKBONES = {
     'gap_noembedcls': dict(class_token=False, global_pool='avg', no_embed_class=True, reg_tokens=1),
     'maxpool': dict(class_token=False, global_pool='max'),
 }
-SPARSE_KEYS = ('prune_loc', 'keep_ratio', 'mode', 'threshold', 'token_order',
-               'select_loc', 'tradeoff', 'representative_token', 'aux_head', 'density', 'execution')
+SPARSE_KEYS = SPARSITY_ARGS
 SPARSE_ONLY_PARAMS = ('score_predictor.', 'norm_cls.', 'head_cls.')
 
 
@@ -34,6 +35,7 @@ def make(name='test_dynamicvit', fused_attn=True, predictor_scale=None, **kwargs
 def dense_twin(model):
     """The plain timm VisionTransformer with the same backbone config and weights."""
     args = {k: v for k, v in model.model_args.items() if k not in SPARSE_KEYS}
+    args['embed_layer'] = vit_embed_layer(args.pop('stem', 'patch'))
     dense = timm.models.VisionTransformer(**args).eval()
     missing, unexpected = dense.load_state_dict(model.state_dict(), strict=False)
     assert not missing and all(k.startswith(SPARSE_ONLY_PARAMS) for k in unexpected)

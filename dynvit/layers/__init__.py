@@ -10,6 +10,7 @@ from .channel_gate import (
     sliced_conv,
     sliced_weight,
 )
+from .conv_stem import ConvPatchEmbed
 from .evo_update import block_forward_with_cls_attention, merge_slow_fast, representative_token, split_slow_fast
 from .keep_predictor import KeepPredictor
 from .token_ops import (

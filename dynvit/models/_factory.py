@@ -34,6 +34,11 @@ def _unknown_model(name: str) -> ValueError:
     return ValueError(f'unknown model {name!r}{hint} (`dynvit list` shows the dynvit models)')
 
 
+# the families' sparsity arguments: not carried over when a file of one architecture builds another
+SPARSITY_ARGS = frozenset(('prune_loc', 'keep_ratio', 'mode', 'threshold', 'token_order', 'select_loc', 'tradeoff',
+                           'representative_token', 'aux_head', 'density', 'execution'))
+
+
 def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Creates a model by name like ``timm.create_model`` (any timm model name works too).
 
@@ -64,7 +69,10 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
             raise FileNotFoundError(f'checkpoint file not found: {f}')
         meta = read_dynvit_metadata(f)
         if meta is not None:
-            kwargs = {**meta['model_args'], **kwargs}
+            stored = meta['model_args']
+            if meta.get('architecture') != arch:  # e.g. a dense DynamicViT file as an Evo-ViT backbone
+                stored = {k: v for k, v in stored.items() if k not in SPARSITY_ARGS}
+            kwargs = {**stored, **kwargs}
             if f == overlay.get('file'):  # the file's data config and classes describe these weights
                 overlay = {**meta['pretrained_cfg'], **overlay}
     if pretrained and overlay.get('file'):

@@ -5,8 +5,11 @@ from typing import Any, Callable, Dict, Iterable, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import PatchEmbed
 from timm.models import build_model_with_cfg
 from timm.models._manipulate import adapt_input_conv, checkpoint
+
+from ..layers import ConvPatchEmbed
 
 
 def is_scalar(value: Any) -> bool:
@@ -57,6 +60,15 @@ def vit_cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
         'classifier': 'head',
         **kwargs,
     }
+
+
+def vit_embed_layer(stem: str) -> type:
+    """The patch embedding of a ViT ``stem`` name: 'patch' (timm's ``PatchEmbed``, one patchify
+    convolution) or 'conv' (``ConvPatchEmbed``, stride-2 3x3 convolutions, arXiv:2106.14881)."""
+    stems = {'patch': PatchEmbed, 'conv': ConvPatchEmbed}
+    if stem not in stems:
+        raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
+    return stems[stem]
 
 
 def embed_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,9 @@ from ..layers import (
 )
 from ..runtime.macs import vit_macs
 from ._zoo import shipped_cfgs
-from ._helpers import build_dynamic_model, check_state_dict, embed_tokens, fill_missing, first_conv_keys, is_scalar, run_block, vit_cfg
+from ._helpers import (
+    build_dynamic_model, check_state_dict, embed_tokens, fill_missing, first_conv_keys, is_scalar, run_block, vit_cfg,
+    vit_embed_layer)
 
 __all__ = ['DynamicVisionTransformer', 'DynamicViTAux']
 
@@ -131,6 +133,8 @@ class DynamicVisionTransformer(VisionTransformer):
         threshold: Keep probability a token needs in threshold mode (float or one per stage).
         token_order: Order of the kept tokens in top-k mode, ``'position'`` (raster order) or
             ``'score'`` (descending score, as the released DynamicViT code does).
+        stem: 'patch' (timm's patchify convolution) or 'conv' (stride-2 3x3 convolutions,
+            ``ConvPatchEmbed``; patch size a power of two).
         **kwargs: Passed to timm's ``VisionTransformer``.
     """
 
@@ -142,6 +146,7 @@ class DynamicVisionTransformer(VisionTransformer):
             mode: Mode = 'topk',
             threshold: Union[float, Sequence[float]] = 0.5,
             token_order: TokenOrder = 'position',
+            stem: str = 'patch',
             **kwargs: Any,
     ) -> None:
         global_pool = kwargs.get('global_pool', 'token')
@@ -149,7 +154,7 @@ class DynamicVisionTransformer(VisionTransformer):
             raise ValueError(f"global_pool='{global_pool}' (attention pooling) is not supported by DynamicViT; "
                              "use 'token', 'avg', 'max' or 'avgmax'")
         model_args = dict(kwargs)
-        super().__init__(**{'attn_layer': PolicyAttention, **kwargs})
+        super().__init__(**{'attn_layer': PolicyAttention, 'embed_layer': vit_embed_layer(stem), **kwargs})
         depth = len(self.blocks)
         prune_loc = tuple(int(i) for i in prune_loc)
         if not prune_loc or list(prune_loc) != sorted(set(prune_loc)) or not 0 <= prune_loc[0] <= prune_loc[-1] < depth:
@@ -163,7 +168,7 @@ class DynamicVisionTransformer(VisionTransformer):
         self.mode = mode
         self.threshold = threshold
         self.token_order = token_order
-        self.model_args = {**model_args, 'prune_loc': list(prune_loc)}
+        self.model_args = {**model_args, 'prune_loc': list(prune_loc), **({'stem': stem} if stem != 'patch' else {})}
 
     # ---- sparsity settings (changeable on a built model) ----
     @property

@@ -42,7 +42,8 @@ from ..layers import (
 )
 from ..runtime.macs import vit_macs
 from ._zoo import shipped_cfgs
-from ._helpers import build_dynamic_model, check_state_dict, embed_tokens, first_conv_keys, is_scalar, run_block, vit_cfg
+from ._helpers import (
+    build_dynamic_model, check_state_dict, embed_tokens, first_conv_keys, is_scalar, run_block, vit_cfg, vit_embed_layer)
 
 __all__ = ['EvoVisionTransformer', 'EvoViTAux']
 
@@ -126,6 +127,8 @@ class EvoVisionTransformer(VisionTransformer):
             paper); False leaves them unchanged (the released DeiT code).
         aux_head: Add the class-token head (``norm_cls``, ``head_cls``) Evo-ViT trains beside
             the main head; its logits come in ``aux.cls_logits`` in training mode.
+        stem: 'patch' (timm's patchify convolution) or 'conv' (stride-2 3x3 convolutions,
+            ``ConvPatchEmbed``; patch size a power of two).
         **kwargs: Passed to timm's ``VisionTransformer`` (it needs a class token).
     """
 
@@ -139,6 +142,7 @@ class EvoVisionTransformer(VisionTransformer):
             tradeoff: float = 0.5,
             representative_token: bool = True,
             aux_head: bool = True,
+            stem: str = 'patch',
             **kwargs: Any,
     ) -> None:
         if not kwargs.get('class_token', True):
@@ -148,7 +152,7 @@ class EvoVisionTransformer(VisionTransformer):
             raise ValueError(f"global_pool='{kwargs['global_pool']}' (attention pooling) is not supported by "
                              f"Evo-ViT; use 'token', 'avg', 'max' or 'avgmax'")
         model_args = dict(kwargs)
-        super().__init__(**kwargs)
+        super().__init__(**{'embed_layer': vit_embed_layer(stem), **kwargs})
         bad = [i for i, b in enumerate(self.blocks) if not (is_packable(b) and is_timm_attention(b.attn))]
         if bad:
             b = self.blocks[bad[0]]
@@ -166,7 +170,7 @@ class EvoVisionTransformer(VisionTransformer):
             raise ValueError('select_loc, keep_ratio, tradeoff and representative_token cannot be None')
         self.set_sparsity(select_loc=select_loc, keep_ratio=keep_ratio, tradeoff=tradeoff,
                           representative_token=representative_token)
-        self.model_args = {**model_args, 'aux_head': aux_head}
+        self.model_args = {**model_args, 'aux_head': aux_head, **({'stem': stem} if stem != 'patch' else {})}
 
     def _new_cls_head(self) -> nn.Module:
         if self.num_classes <= 0:
@@ -433,8 +437,8 @@ def _from_official_layout(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torc
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EvoVisionTransformer) -> Dict[str, torch.Tensor]:
-    """Maps an Evo-ViT checkpoint (ours or the released DeiT code's) or a dense timm/DeiT ViT
-    checkpoint onto ``model``.
+    """Maps an Evo-ViT checkpoint (ours or the released DeiT code's), a dense timm/DeiT ViT
+    checkpoint or a DynamicViT one (its backbone) onto ``model``.
 
     A dense checkpoint's final norm and head also initialise the class-token head, and its
     final norm the pooled-feature norm (``fc_norm``) when the model pools patches. Key layouts
@@ -443,6 +447,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EvoVisionTr
     state_dict = state_dict.get('model', state_dict)
     if any(k.startswith('qks.') for k in state_dict):
         state_dict = _from_official_layout(state_dict)
+    # a DynamicViT checkpoint is a dense backbone plus keep predictors, which Evo-ViT has no use for
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith('score_predictor.')}
     state_dict = vit_checkpoint_filter_fn(state_dict, model)
     own = model.state_dict()
     # the checkpoint's final norm sits before pooling (norm) or after it (fc_norm); put it where the model has it
@@ -528,9 +534,9 @@ def test_evovit(pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer
 @register_model
 def test_evovit2(pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer:
     """Tiny Evo-ViT for tests: class-token pooling, a register token, LayerScale, qk-norm,
-    position embedding on patches only, layer-wise selection from block 1."""
+    position embedding on patches only, layer-wise selection from block 1, convolutional stem."""
     model_args = dict(
         img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2,
-        reg_tokens=1, no_embed_class=True, init_values=1e-5, qk_norm=True,
+        reg_tokens=1, no_embed_class=True, init_values=1e-5, qk_norm=True, stem='conv',
         select_loc=(1, 2, 3), keep_ratio=(0.5, 0.4, 0.3), tradeoff=0.7)
     return _create_evo_vit('test_evovit2', pretrained=pretrained, **dict(model_args, **kwargs))

@@ -54,7 +54,9 @@ def vit_macs(model: nn.Module, tokens_per_block: torch.Tensor, num_patches: int)
     total = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
     for i, blk in enumerate(model.blocks):
         total += block_macs(blk, tokens[:, i])
-    total += conv_macs(model.patch_embed, num_patches) + linear_macs(model.head)
+    embed = model.patch_embed  # a convolutional stem (ConvPatchEmbed) counts its own layers
+    total += (embed.macs(num_patches) if hasattr(embed, 'macs') else conv_macs(embed, num_patches))
+    total += linear_macs(model.head)
     return total
 
 
