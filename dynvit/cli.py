@@ -140,6 +140,29 @@ def _model_for_data(args: argparse.Namespace, num_classes: Optional[int], **spar
     return model
 
 
+def _external_teacher(args: argparse.Namespace, student: torch.nn.Module) -> torch.nn.Module:
+    """``--teacher``: a pretrained model name (``arch.tag``) or a dynvit file, wrapped to read the
+    student's batches."""
+    from timm.data import resolve_data_config
+    from . import create_model, read_dynvit_metadata
+    from .models._helpers import model_input_size
+    from .train import ExternalTeacher
+    if args.no_distill:
+        raise ValueError('--teacher and --no-distill contradict each other')
+    name = args.teacher
+    if name.endswith(('.safetensors', '.pth', '.pt', '.bin')):
+        meta = read_dynvit_metadata(name)
+        if meta is None:
+            raise ValueError(f'--teacher {name} is not a dynvit model file')
+        teacher = create_model(meta['architecture'], pretrained=True, pretrained_cfg_overlay=dict(file=name))
+    else:
+        teacher = create_model(name, pretrained=True)
+    if teacher.num_classes != student.num_classes:
+        raise ValueError(f'the teacher {name} has {teacher.num_classes} classes, the student {student.num_classes}')
+    cfg = resolve_data_config({}, model=student)
+    return ExternalTeacher(teacher, cfg['mean'], cfg['std'], model_input_size(student)[0])
+
+
 def _num_classes(args: argparse.Namespace) -> int:
     from .data import FASHION_MNIST_CLASSES, folder_classes
     if args.data.lower().replace('_', '-') == 'fashion-mnist':
@@ -168,7 +191,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         sparsity_start=args.sparsity_start, sparsity_warmup_epochs=args.sparsity_warmup_epochs,
         gate_warmup_epochs=args.gate_warmup_epochs, distill=not args.no_distill, l1_weight=args.l1_weight,
         amp=args.amp, grad_clip=args.grad_clip, seed=args.seed, num_workers=args.workers, train_kwargs=train_kwargs)
-    trainer = Trainer(model, train, val, config, out_dir=args.out, class_names=classes, progress=not args.quiet)
+    teacher = _external_teacher(args, model) if args.teacher else None
+    trainer = Trainer(model, train, val, config, out_dir=args.out, class_names=classes, progress=not args.quiet,
+                      teacher=teacher)
     if args.resume:
         if not trainer.resume():
             raise FileNotFoundError(f'nothing to resume in {args.out} (no train_state.safetensors)')
@@ -309,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--gate-warmup-epochs', type=int, default=0, help='FBS: epochs training only the gates')
     p.add_argument('--l1-weight', type=float, default=1e-3, help='FBS: L1 on the saliencies')
     p.add_argument('--no-distill', action='store_true', help='no distillation from the dense teacher')
+    p.add_argument('--teacher', help='distil (logits) from this pretrained model (arch.tag or dynvit file) '
+                                     'instead of the dense copy of the starting model')
     p.add_argument('--amp', default='auto', choices=['auto', 'off', 'bf16', 'fp16'])
     p.add_argument('--grad-clip', type=float, default=None)
     p.add_argument('--aug-scale', type=float, default=None, help='smallest random-resized-crop area (timm: 0.08)')

@@ -182,3 +182,39 @@ def test_starting_weights_with_other_classes_reset_the_head(folder, tmp_path):
     train, val, classes = build_datasets(str(folder), model, val_fraction=0.25)
     t = Trainer(model, train, val, TrainConfig(epochs=1, batch_size=6, amp='bf16'), progress=False)
     assert t.fit()[-1]['val_top1'] >= 0  # bf16 autocast on the CPU runs too
+
+
+def test_external_teacher_sees_the_images_it_was_trained_on():
+    """A CNN teacher on gray 16-px inputs normalised its own way, fed a ViT student's RGB 32-px batches:
+    the adapter undoes the student's normalisation, converts to gray, resizes and renormalises."""
+    from dynvit.train import ExternalTeacher
+    torch.manual_seed(0)
+    teacher = dynvit.create_model('test_fbs_resnet', in_chans=1, num_classes=3, density=1.0).eval()
+    teacher.pretrained_cfg = {**teacher.pretrained_cfg, 'input_size': (1, 16, 16), 'mean': (0.2,), 'std': (0.4,),
+                              'interpolation': 'bilinear'}
+    pixels = torch.rand(2, 3, 32, 32)
+    s_mean, s_std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    student_batch = (pixels - torch.tensor(s_mean).view(1, 3, 1, 1)) / torch.tensor(s_std).view(1, 3, 1, 1)
+    adapted = ExternalTeacher(teacher, s_mean, s_std, student_chans=3)
+    gray = torch.nn.functional.interpolate(pixels.mean(1, keepdim=True), size=(16, 16), mode='bilinear',
+                                           antialias=True)
+    with torch.no_grad():
+        expected = teacher((gray - 0.2) / 0.4)
+    torch.testing.assert_close(adapted(student_batch), expected, atol=1e-5, rtol=1e-5)
+    adapted.train()
+    assert not adapted.model.training and not any(p.requires_grad for p in adapted.parameters())
+    with pytest.raises(ValueError, match='channels'):
+        ExternalTeacher(dynvit.create_model('test_fbs_resnet', in_chans=3), s_mean, s_std, student_chans=2)
+
+
+def test_cli_finetune_distils_from_an_external_teacher(folder, tmp_path):
+    teacher = dynvit.create_model('test_fbs_resnet', num_classes=3)
+    dynvit.save_model(teacher, str(tmp_path / 'teacher.safetensors'))
+    common = ['finetune', 'test_dynamicvit', '--data', str(folder), '--epochs', '1', '--batch-size', '6',
+              '--quiet', '--threads', '1', '--keep-ratio', '1.0', '--teacher', str(tmp_path / 'teacher.safetensors')]
+    r = _cli(*common, '--out', str(tmp_path / 'run'))
+    assert r.returncode == 0, r.stderr
+    log = [json.loads(line) for line in open(tmp_path / 'run' / 'log.jsonl')]
+    assert log[-1]['epoch'] == 1
+    r = _cli(*common, '--out', str(tmp_path / 'run2'), '--no-distill')
+    assert r.returncode != 0 and 'contradict' in r.stderr

@@ -9,4 +9,5 @@ from .losses import (
     token_distillation_loss,
 )
 from .checkpoint import load_training_state, save_training_state
+from .teacher import ExternalTeacher
 from .trainer import EpochBatchSampler, TrainConfig, Trainer, evaluate

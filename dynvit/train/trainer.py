@@ -24,10 +24,11 @@ from timm.optim import param_groups_weight_decay
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.transforms import SeededAugmentation
-from ..models import DynamicVisionTransformer, EvoVisionTransformer, FBSEfficientNet, FBSResNet, save_model
+from ..models import DynamicVisionTransformer, EvoVisionTransformer, FBSEfficientNet, FBSResNet, dense_copy, save_model
 from ..runtime.report import dense_macs, kept_fraction
 from .checkpoint import load_training_state, save_training_state
 from .losses import DynamicViTLoss, EvoViTLoss, FBSLoss
+from .teacher import ExternalTeacher
 
 __all__ = ['TrainConfig', 'Trainer', 'evaluate', 'EpochBatchSampler']
 
@@ -114,11 +115,7 @@ def _set_level(model: nn.Module, target: Sequence[float], start: float, frac: fl
 
 
 def _dense_teacher(model: nn.Module) -> nn.Module:
-    teacher = copy.deepcopy(model)
-    if isinstance(teacher, (FBSResNet, FBSEfficientNet)):
-        teacher.density = 1.0
-    else:
-        teacher.keep_ratio = 1.0
+    teacher = dense_copy(model)
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval()
@@ -147,6 +144,8 @@ def _loss(loss_fn: nn.Module, model: nn.Module, logits, aux, target, teacher_out
 
 @torch.no_grad()
 def _teacher_forward(teacher: nn.Module, x: torch.Tensor, want_tokens: bool):
+    if isinstance(teacher, ExternalTeacher):
+        return teacher(x), None
     tokens = teacher.forward_features(x)
     return teacher.forward_head(tokens), (tokens if want_tokens else None)
 
@@ -233,11 +232,14 @@ class Trainer:
         class_names: Stored with the exported best model.
         device: Default: CUDA (the local rank's GPU under torchrun) if available, else CPU.
         progress: Show a tqdm progress bar (rank 0).
+        teacher: Distil from this model instead of the dense copy of ``model`` (an
+            ``ExternalTeacher``, e.g. a CNN for a ViT trained from scratch; logits only).
     """
 
     def __init__(self, model: nn.Module, train_set: Dataset, val_set: Optional[Dataset], config: TrainConfig,
                  out_dir: str = '', class_names: Optional[Sequence[str]] = None,
-                 device: Optional[torch.device] = None, progress: bool = True) -> None:
+                 device: Optional[torch.device] = None, progress: bool = True,
+                 teacher: Optional[nn.Module] = None) -> None:
         config.check()
         self.config, self.out_dir, self.progress = config, Path(out_dir) if out_dir else None, progress
         self.class_names = list(class_names) if class_names is not None else None
@@ -250,7 +252,10 @@ class Trainer:
         torch.manual_seed(config.seed + self.rank)  # the model's own randomness (Gumbel noise, dropout)
         self.model = model.to(self.device)
         self.target = _target(model)
-        self.teacher = _dense_teacher(model) if config.distill else None
+        if teacher is not None and not config.distill:
+            raise ValueError('a teacher was given but config.distill is False')
+        self.teacher = (teacher.to(self.device) if teacher is not None
+                        else _dense_teacher(model) if config.distill else None)
         self.loss_fn = _make_loss(model, config)
         self.train_set = SeededAugmentation(train_set, config.seed)
         self.sampler = EpochBatchSampler(len(train_set), config.batch_size, config.seed, self.rank, self.world)
