@@ -29,7 +29,7 @@ from ..layers.channel_gate import ChannelGate, channel_union, folded_conv_bn, ma
 from ..runtime.macs import conv2d_macs, conv_macs, linear_macs
 from ._fbs import FBSAux, FBSModel, GatedBlock, check_gated_convs, fbs_checkpoint_filter
 from ._zoo import shipped_cfgs
-from ._helpers import build_dynamic_model, run_block
+from ._helpers import build_dynamic_model, first_conv_keys, run_block
 
 __all__ = ['FBSInvertedResidual', 'FBSEfficientNet', 'lite0_package_weights']
 
@@ -176,9 +176,9 @@ def _from_package_layout(state_dict: Dict[str, torch.Tensor], model: FBSEfficien
     if len(theirs) != len(own):
         raise ValueError(f'EfficientNet-PyTorch checkpoint has {len(theirs)} tensors, the model\'s backbone '
                          f'{len(own)}: another EfficientNet variant or width?')
-    target = model.state_dict()
+    target, free = model.state_dict(), first_conv_keys(model)  # timm adapts the input conv afterwards
     for a, b in zip(theirs, own):
-        if tuple(state_dict[a].shape) != tuple(target[b].shape) and not b.startswith('classifier.'):
+        if tuple(state_dict[a].shape) != tuple(target[b].shape) and not b.startswith('classifier.') and b not in free:
             raise ValueError(f'EfficientNet-PyTorch checkpoint key {a} {tuple(state_dict[a].shape)} does not fit '
                              f'{b} {tuple(target[b].shape)}: another EfficientNet variant?')
     return {b: state_dict[a] for a, b in zip(theirs, own)}
