@@ -1,4 +1,5 @@
-"""The zoo's shipped weights: ``weights/<arch>.<tag>.safetensors`` beside the package.
+"""The zoo's shipped weights: ``weights/<arch>.<tag>.safetensors`` (beside the package in a checkout,
+under ``<prefix>/share/dynvit/weights`` in a wheel install).
 
 Each file is a self-describing dynvit file (architecture, model arguments with the sparsity
 settings, data config). The model modules register a pretrained cfg ``arch.tag`` for every file
@@ -8,6 +9,7 @@ offline; its model arguments come from the file (``_factory.create_model``).
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict
 
@@ -15,7 +17,18 @@ from safetensors import safe_open
 
 __all__ = ['WEIGHTS_DIR', 'read_card', 'shipped_cfgs']
 
-WEIGHTS_DIR = Path(os.environ.get('DYNVIT_WEIGHTS') or Path(__file__).resolve().parents[2] / 'weights')
+
+
+def _weights_dir() -> Path:
+    """``$DYNVIT_WEIGHTS``, else ``weights/`` of the checkout (editable install), else where a wheel
+    puts them (``<prefix>/share/dynvit/weights``)."""
+    if os.environ.get('DYNVIT_WEIGHTS'):
+        return Path(os.environ['DYNVIT_WEIGHTS'])
+    checkout = Path(__file__).resolve().parents[2] / 'weights'
+    return checkout if checkout.is_dir() else Path(sys.prefix) / 'share' / 'dynvit' / 'weights'
+
+
+WEIGHTS_DIR = _weights_dir()
 
 
 def shipped_cfgs(arch: str, make_cfg: Callable[..., Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
