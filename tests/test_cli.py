@@ -3,6 +3,12 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+from PIL import Image
+
+from dynvit.data import FASHION_MNIST_CLASSES
+
 
 def run(*args):
     return subprocess.run([sys.executable, '-m', 'dynvit', *args], capture_output=True, text=True, timeout=300)
@@ -43,6 +49,84 @@ def test_unknown_model_is_a_one_line_error():
 
 
 def test_help_has_examples():
-    for cmd in ('list', 'info', 'demo', 'finetune', 'eval'):
+    for cmd in ('list', 'info', 'predict', 'viz', 'bench', 'demo', 'finetune', 'eval'):
         r = run(cmd, '--help')
         assert r.returncode == 0 and 'examples:' in r.stdout
+    r = run('predict')  # missing arguments: argparse's usage error
+    assert r.returncode == 2 and 'usage:' in r.stderr
+
+
+@pytest.fixture(scope='module')
+def photos(tmp_path_factory):
+    """What users have: PNG with alpha, grayscale JPEG, WebP of another size, a 16-bit PNG, a corrupt
+    file among them, all in one folder."""
+    root = tmp_path_factory.mktemp('photos')
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 30, 4), dtype=np.uint8), 'RGBA').save(root / 'a_rgba.png')
+    Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), 'L').save(root / 'b_gray.jpg')
+    Image.fromarray(rng.integers(0, 256, (50, 64, 3), dtype=np.uint8), 'RGB').save(root / 'c_color.webp')
+    Image.fromarray(rng.integers(0, 65535, (28, 28), dtype=np.uint16)).save(root / 'd_16bit.png')
+    (root / 'e_corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n this is not really a PNG')
+    (root / 'notes.txt').write_text('not an image, not listed')
+    return root
+
+
+def test_predict_reads_what_users_have_and_names_the_corrupt_file(photos):
+    r = run('predict', 'fbs_resnet18.fmnist_d50', str(photos), '--topk', '3', '--json', '--threads', '1')
+    assert r.returncode == 3, r.stderr  # some images failed, the others were predicted
+    out = json.loads(r.stdout)
+    assert [p['image'].rsplit('/', 1)[-1] for p in out['predictions']] == [
+        'a_rgba.png', 'b_gray.jpg', 'c_color.webp', 'd_16bit.png']
+    assert [e['image'].rsplit('/', 1)[-1] for e in out['errors']] == ['e_corrupt.png']
+    assert 'e_corrupt.png' in r.stderr and r.stderr.count('\n') == 1
+    for p in out['predictions']:
+        assert len(p['topk']) == 3 and p['topk'][0]['prob'] >= p['topk'][1]['prob']
+        assert p['topk'][0]['label'] in FASHION_MNIST_CLASSES
+        assert p['macs'] < p['dense_macs'] and 0.5 < p['saved_fraction'] < 0.6
+        assert sum(p['kept']) * 2 == sum(p['out_of'])  # density 0.5
+    r = run('predict', 'fbs_resnet18.fmnist_d50', str(photos / 'b_gray.jpg'), '--density', '0.25', '--threads', '1')
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].endswith('b_gray.jpg') and 'saved' in lines[2]
+    assert r.stdout.count('MMACs') == 1
+
+
+def test_predict_options_that_do_not_fit_the_model_are_named(photos):
+    r = run('predict', 'fbs_resnet18.fmnist_d50', str(photos / 'b_gray.jpg'), '--keep-ratio', '0.5')
+    assert r.returncode == 1 and '--keep-ratio is for token-sparse ViTs' in r.stderr
+    r = run('predict', 'test_evovit', str(photos / 'b_gray.jpg'), '--threshold', '0.5')
+    assert r.returncode == 1 and 'no threshold mode' in r.stderr
+    r = run('predict', 'test_dynamicvit', str(photos / 'missing.png'))
+    assert r.returncode == 1 and 'missing.png: no such file' in r.stderr and 'no readable image' not in r.stdout
+    r = run('predict', 'dynamicvit_tiny_patch16_22', str(photos))
+    assert r.returncode == 1 and 'did you mean dynamicvit_tiny_patch16_224' in r.stderr
+
+
+def test_predict_threshold_mode_and_picture(photos, tmp_path):
+    r = run('predict', 'test_dynamicvit', str(photos / 'a_rgba.png'), str(photos / 'c_color.webp'),
+            '--threshold', '0.5', '--viz', str(tmp_path / 'kept.png'), '--json', '--size', '64')
+    assert r.returncode == 0, r.stderr
+    assert 'random weights' in r.stderr
+    out = json.loads(r.stdout)
+    assert len(out['predictions']) == 2 and out['picture'] == str(tmp_path / 'kept.png')
+    picture = Image.open(tmp_path / 'kept.png')
+    assert picture.height > 2 * 64 and picture.width > 4 * 64  # two rows of input + three stages
+
+
+def test_viz_and_bench(photos, tmp_path):
+    r = run('viz', 'fbs_resnet18.fmnist_d50', str(photos / 'b_gray.jpg'), str(photos / 'e_corrupt.png'),
+            '--out', str(tmp_path / 'grid.png'))
+    assert r.returncode == 3 and '1 image(s) drawn' in r.stdout and (tmp_path / 'grid.png').is_file()
+    r = run('bench', 'test_dynamicvit', '--batch-size', '1', '2', '--runs', '2', '--rounds', '1', '--compare-dense',
+            '--json', '--threads', '1')
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)['rows']
+    assert [row['batch_size'] for row in rows] == [1, 2]
+    assert all(row['ms'] > 0 and row['speedup'] > 0 and row['mean_macs'] < row['dense_macs'] for row in rows)
+
+
+def test_demo_runs_the_zoo_offline(tmp_path):
+    r = run('demo', '--out', str(tmp_path / 'demo.png'), '--threads', '1')
+    assert r.returncode == 0, r.stderr
+    assert 'fbs_resnet18.fmnist_d50' in r.stdout and 'correct' in r.stdout
+    assert str(tmp_path / 'demo.png') in r.stdout and Image.open(tmp_path / 'demo.png').width > 100

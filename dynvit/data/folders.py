@@ -5,7 +5,7 @@ import random
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
@@ -14,12 +14,13 @@ __all__ = ['folder_classes', 'image_folder', 'load_image', 'split_indices']
 
 
 def load_image(path: str) -> Image.Image:
-    """Opens an image file, naming the file when it is not a readable image."""
+    """Opens an image file (upright by its EXIF orientation), naming the file when it is not a readable image."""
     try:
         with open(path, 'rb') as f:
             image = Image.open(f)
             image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        image = ImageOps.exif_transpose(image)  # photos taken sideways come out upright
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f'cannot read image {path}: {type(e).__name__}: {e}') from None
     return image
 

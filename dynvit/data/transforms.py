@@ -3,7 +3,9 @@ augmentation that depends only on (seed, epoch, image index)."""
 import random
 from typing import Any, Callable, Dict, Optional
 
+import numpy as np
 import torch
+from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from torch.utils.data import Dataset
 from torchvision import transforms as T
@@ -42,12 +44,22 @@ def model_transform(model: torch.nn.Module, is_training: bool = False,
 
 
 class ConvertMode:
-    """``image.convert(mode)`` as a picklable transform (DataLoader workers)."""
+    """``image.convert(mode)`` as a picklable transform (DataLoader workers). Transparent images
+    are composited on white first, and 16-bit / float grayscale is scaled to 8 bits (PIL's own
+    conversion would clip it)."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
 
     def __call__(self, image):
+        if image.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or (image.mode == 'P' and 'transparency' in image.info):
+            rgba = image.convert('RGBA')
+            image = Image.alpha_composite(Image.new('RGBA', rgba.size, (255, 255, 255, 255)), rgba)
+        elif image.mode.startswith('I') or image.mode == 'F':
+            a = np.asarray(image, dtype=np.float64)
+            scale = 1 / 257 if image.mode.startswith('I;16') or (image.mode == 'I' and a.max() > 255) else \
+                255.0 if image.mode == 'F' and a.max() <= 1.0 else 1.0
+            image = Image.fromarray(np.clip(a * scale, 0, 255).round().astype(np.uint8), 'L')
         return image.convert(self.mode)
 
     def __repr__(self) -> str:

@@ -1,0 +1,43 @@
+"""The ``dynvit`` command line.
+
+``list | info | predict | viz | bench | demo | finetune | eval``; ``dynvit COMMAND --help`` shows
+examples. Exit codes: 0 success, 1 an error (named on stderr in one line), 2 bad usage
+(argparse), 3 some images could not be read while the others were processed, 130 interrupted.
+"""
+import argparse
+import sys
+from typing import List, Optional
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_IMAGES_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+from . import demo, models, training  # noqa: E402  (they import the exit codes above)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='dynvit', description='Dynamic sparse vision models on timm: token-pruning ViTs and channel-gated CNNs.',
+        epilog='exit codes: 0 ok, 1 error, 2 usage, 3 some images unreadable (others done), 130 interrupted',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+
+    def add(name: str, help: str, examples: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, epilog=examples,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    models.add_parsers(add)
+    demo.add_parsers(add)
+    training.add_parsers(add)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f'dynvit {args.command}: interrupted', file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, TypeError, OSError, NotImplementedError, FloatingPointError, RuntimeError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f'dynvit {args.command}: error: {message}', file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,104 @@
+"""``dynvit demo``: the zoo's sparse models on bundled Fashion-MNIST test images, offline."""
+import argparse
+import re
+from pathlib import Path
+from typing import List
+
+import torch
+
+from . import EXIT_OK
+
+SAMPLES = Path(__file__).resolve().parents[1] / 'samples'
+EXAMPLES = 'examples:\n  dynvit demo\n  dynvit demo --out /tmp/demo.png --threads 1\n  dynvit demo --images my_shirts/'
+_FAMILY_ORDER = ('dynamicvit', 'evovit', 'fbs_resnet', 'fbs_efficientnet')
+
+
+def _true_label(path: str, classes: List[str]) -> str:
+    """The class named in a bundled sample's file name (``fmnist_test0000_ankle_boot.png``), else '?'."""
+    slug = re.sub(r'^fmnist_test\d+_', '', Path(path).stem)
+    for c in classes:
+        if re.sub(r'[^a-z0-9]+', '_', c.lower()).strip('_') == slug:
+            return c
+    return '?'
+
+
+def _sparsity_text(model: torch.nn.Module) -> str:
+    config = model.sparsity_config() if hasattr(model, 'sparsity_config') else {}
+    if 'density' in config:
+        return f'density {config["density"]} (channels computed per gated layer)'
+    return f'keep ratio {config.get("keep_ratio")} per stage'
+
+
+def _zoo_models() -> List[str]:
+    from ..models._zoo import WEIGHTS_DIR, read_card
+    names = []
+    for path in sorted(WEIGHTS_DIR.glob('*.safetensors')):
+        if read_card(path).get('saved_fraction_vs_own_dense', 0) > 0:  # the sparse ones
+            names.append(path.name[:-len('.safetensors')])
+    if not names:
+        raise FileNotFoundError(f'no sparse zoo weights in {WEIGHTS_DIR}; install dynvit from the repository '
+                                f'(pip install -e .) or set DYNVIT_WEIGHTS to the weights/ folder')
+    return sorted(names, key=lambda n: (next((i for i, f in enumerate(_FAMILY_ORDER) if n.startswith(f)), 9), n))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from PIL import Image
+    from ..models._zoo import WEIGHTS_DIR, read_card
+    from ..predict import gather_images, predict_images
+    from ..viz import prediction_grid
+    from .. import create_model
+    torch.set_num_threads(args.threads)
+    images, errors = gather_images(args.images or [str(SAMPLES)])
+    for path, message in errors:
+        print(f'skipped {path}: {message}')
+    if not images:
+        raise ValueError('no image could be read')
+    print(f'dynvit demo: the zoo\'s sparse models on {len(images)} Fashion-MNIST test images '
+          f'({args.images and ", ".join(args.images) or "bundled with the package"}); {args.threads} CPU threads, '
+          f'no network.\n')
+    sections = []
+    for name in _zoo_models():
+        card = read_card(WEIGHTS_DIR / f'{name}.safetensors')
+        model = create_model(name, pretrained=True).eval()
+        preds = predict_images(model, images, topk=1)
+        classes = list(model.pretrained_cfg.get('label_names') or [])
+        print(f'{name}: {_sparsity_text(model)}; card: test top-1 {card["test_top1"]:.2%}, '
+              f'{card["mean_macs"] / 1e6:.1f} MMACs/image')
+        unit = 'gated channels' if preds[0].is_cnn else 'patches kept per stage'
+        print(f'  {"image":<34}{"true":<13}{"predicted":<13}{"p":>5}  {unit:<24}{"MMACs":>7}{"saved":>7}')
+        right = 0
+        for p in preds:
+            true = _true_label(p.source, classes)
+            _, label, prob = p.topk[0]
+            right += label == true
+            kept = (f'{sum(p.kept)}/{sum(p.total)}' if p.is_cnn else '/'.join(map(str, p.kept)) + f' of {p.total[0]}')
+            print(f'  {Path(p.source).name[:33]:<34}{true[:12]:<13}{label[:12]:<13}{prob:5.2f}  {kept:<24}'
+                  f'{p.macs / 1e6:7.2f}{p.saved_fraction:7.1%}')
+        mean_saved = sum(p.saved_fraction for p in preds) / len(preds)
+        known = sum(_true_label(p.source, classes) != '?' for p in preds)
+        print(f'  {right}/{known} correct; {mean_saved:.1%} of the dense MACs saved on average\n' if known else
+              f'  {mean_saved:.1%} of the dense MACs saved on average\n')
+        sections.append(prediction_grid(preds[:args.per_model], size=args.size,
+                                        title=f'{name}: {_sparsity_text(model)}'))
+    picture = Image.new('RGB', (max(s.width for s in sections), sum(s.height for s in sections)), 'white')
+    y = 0
+    for s in sections:
+        picture.paste(s, (0, y))
+        y += s.height
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(out)
+    print(f'picture of the kept tokens and channels: {out.resolve()}')
+    print('speed: dynvit bench MODEL --compare-dense; your images: dynvit predict MODEL IMAGE... --viz out.png')
+    return EXIT_OK
+
+
+def add_parsers(add) -> None:
+    p = add('demo', 'Run the zoo\'s sparse models (DynamicViT, Evo-ViT, FBS) on bundled Fashion-MNIST images: '
+                    'predictions, kept tokens / channels and MACs saved per image, and a picture.', EXAMPLES)
+    p.add_argument('--out', default='dynvit_demo.png', help='where to write the picture')
+    p.add_argument('--images', nargs='+', default=None, help='image files or folders instead of the bundled ones')
+    p.add_argument('--per-model', type=int, default=3, help='images per model in the picture')
+    p.add_argument('--size', type=int, default=84, help='picture: panel height in pixels')
+    p.add_argument('--threads', type=int, default=2)
+    p.set_defaults(func=_cmd_demo)

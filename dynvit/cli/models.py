@@ -1,0 +1,283 @@
+"""``dynvit list | info | predict | viz | bench``: looking at models and running them on images."""
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from . import EXIT_OK, EXIT_SOME_IMAGES_FAILED
+
+EXAMPLES = {
+    'list': 'examples:\n  dynvit list\n  dynvit list "dynamicvit_*" --pretrained\n  dynvit list --pretrained --json',
+    'info': 'examples:\n  dynvit info dynamicvit_small_patch16_224\n  dynvit info fbs_resnet18.fmnist_d50\n'
+            '  dynvit info test_dynamicvit --keep-ratio 0.5 --json\n  dynvit info fbs_resnet18 --density 0.5',
+    'predict': 'examples:\n  dynvit predict dynamicvit_tiny_patch16_224.fmnist_kr05 shirt.png boot.jpg\n'
+               '  dynvit predict fbs_resnet18.fmnist_d50 photos/ --density 0.3 --topk 3 --json\n'
+               '  dynvit predict runs/fm/best.safetensors a.png --keep-ratio 0.4 --viz kept.png\n'
+               '  dynvit predict dynamicvit_tiny_patch16_224.fmnist_kr05 photos/ --threshold 0.5\n'
+               'exit codes: 0 all images predicted, 1 error (model, arguments), 2 usage, '
+               '3 some images could not be read (the others were predicted)',
+    'viz': 'examples:\n  dynvit viz dynamicvit_tiny_patch16_224.fmnist_kr05 photos/ --out grid.png\n'
+           '  dynvit viz fbs_resnet18.fmnist_d50 a.png b.png --density 0.3 --out channels.png --size 96',
+    'bench': 'examples:\n  dynvit bench dynamicvit_tiny_patch16_224.fmnist_kr05 --compare-dense\n'
+             '  dynvit bench fbs_resnet18.fmnist_d50 --batch-size 1 32 --threads 2 --json\n'
+             '  dynvit bench dynamicvit_small_patch16_224 --keep-ratio 0.5 --batch-size 1 --compare-dense',
+}
+
+
+# ---- loading a model to run ----
+
+def load_for_inference(name: str, checkpoint: Optional[str] = None, pretrained: bool = False) -> torch.nn.Module:
+    """A model by name (``arch`` or ``arch.tag``: its pretrained weights), a dynvit file, or
+    ``name`` with weights from ``checkpoint``; in eval mode."""
+    from .. import create_model, load_model, read_dynvit_metadata
+    if name.endswith(('.safetensors', '.pth', '.pt', '.bin')):
+        if read_dynvit_metadata(name) is None:
+            raise ValueError(f'{name} is not a dynvit model file; give a model name and --checkpoint {name}')
+        model = load_model(name)
+    elif checkpoint:
+        model = create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=checkpoint))
+    elif '.' in name or pretrained:
+        model = create_model(name, pretrained=True)
+    else:
+        model = create_model(name)
+        print(f'note: {name} has random weights (give arch.tag, --pretrained or --checkpoint for trained ones)',
+              file=sys.stderr)
+    return model.eval()
+
+
+def apply_sparsity(model: torch.nn.Module, keep_ratio: Optional[float] = None, density: Optional[float] = None,
+                   threshold: Optional[float] = None) -> None:
+    """Sets the keep ratio (token-sparse ViTs), density (FBS CNNs) or threshold mode (DynamicViT)."""
+    from ..models import DynamicVisionTransformer, FBSEfficientNet, FBSResNet
+    is_cnn = isinstance(model, (FBSResNet, FBSEfficientNet))
+    if keep_ratio is not None:
+        if is_cnn or not hasattr(model, 'keep_ratio'):
+            raise ValueError(f'--keep-ratio is for token-sparse ViTs; {type(model).__name__} takes --density')
+        model.keep_ratio = keep_ratio
+    if density is not None:
+        if not is_cnn:
+            raise ValueError(f'--density is for channel-gated CNNs (FBS); {type(model).__name__} takes --keep-ratio')
+        model.density = density
+    if threshold is not None:
+        if not isinstance(model, DynamicVisionTransformer):
+            raise ValueError(f'--threshold is for DynamicViT (keep tokens whose keep probability reaches it); '
+                             f'{type(model).__name__} has no threshold mode')
+        model.threshold = threshold
+        model.mode = 'threshold'
+
+
+def _sparsity_args(p: argparse.ArgumentParser, threshold: bool = True) -> None:
+    p.add_argument('--checkpoint', default=None, help='weights for MODEL (a dynvit, timm or DeiT file)')
+    p.add_argument('--pretrained', action='store_true', help='load the default pretrained weights of an arch name')
+    p.add_argument('--keep-ratio', type=float, default=None, help='token-sparse ViTs: fraction of patches kept')
+    p.add_argument('--density', type=float, default=None, help='FBS CNNs: fraction of channels each gate keeps')
+    if threshold:
+        p.add_argument('--threshold', type=float, default=None,
+                       help='DynamicViT: keep the tokens whose keep probability reaches T (count varies per image)')
+    p.add_argument('--threads', type=int, default=0, help='CPU threads (default: torch\'s)')
+
+
+def _model(args: argparse.Namespace) -> torch.nn.Module:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_for_inference(args.model, args.checkpoint, args.pretrained)
+    apply_sparsity(model, args.keep_ratio, args.density, getattr(args, 'threshold', None))
+    return model
+
+
+# ---- commands ----
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .. import list_models
+    names = list_models(args.pattern or '', pretrained=args.pretrained)
+    print(json.dumps(names) if args.json else '\n'.join(names))
+    return EXIT_OK
+
+
+def _weights_source(cfg: Dict[str, Any]) -> str:
+    if cfg.get('file'):
+        return f'local file {cfg["file"]}'
+    if cfg.get('hf_hub_id'):
+        return f'Hugging Face Hub {cfg["hf_hub_id"]} (downloaded with pretrained=True)'
+    if cfg.get('url'):
+        return f'{cfg["url"]} (downloaded with pretrained=True)'
+    return 'none (random initialisation)'
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from timm.models import get_pretrained_cfg
+    from .. import create_model
+    from ..models._helpers import model_input_size
+    from ..runtime import profile
+    # the numbers need no weights: a tag with a local file (the zoo) is loaded for its stored
+    # configuration; other names are built without downloading anything
+    cfg = get_pretrained_cfg(args.model) if '.' in args.model else None
+    local = bool(cfg is not None and getattr(cfg, 'file', None) and Path(cfg.file).is_file())
+    model = create_model(args.model, pretrained=local).eval()
+    apply_sparsity(model, args.keep_ratio, args.density)
+    c, h, w = model_input_size(model)
+    _, report = profile(model, torch.zeros(1, c, h, w))
+    info = dict(
+        model=args.model,
+        architecture=type(model).__name__,
+        params=sum(p.numel() for p in model.parameters()),
+        input_size=[c, h, w],
+        num_classes=model.num_classes,
+        sparsity=model.sparsity_config() if hasattr(model, 'sparsity_config') else None,
+        dense_gmacs=report.dense_macs / 1e9,
+        sparse_gmacs=report.mean_macs / 1e9,
+        saved_fraction=1 - report.mean_macs / report.dense_macs,
+        weights=_weights_source(model.pretrained_cfg if '.' in args.model else {}),
+        paper=model.pretrained_cfg.get('paper_ids'),
+    )
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        for k, v in info.items():
+            print(f'{k:>15}: {v:.4f}' if isinstance(v, float) else f'{k:>15}: {v}')
+    return EXIT_OK
+
+
+def _kept_text(pred) -> str:
+    if pred.is_cnn:
+        return f'{sum(pred.kept)}/{sum(pred.total)} gated channels'
+    return '/'.join(str(k) for k in pred.kept) + f' of {pred.total[0]} patches'
+
+
+def _predict(args: argparse.Namespace):
+    from ..predict import gather_images, predict_images
+    model = _model(args)
+    images, errors = gather_images(args.images)
+    for path, message in errors:
+        print(f'dynvit {args.command}: skipped {path}: {message}', file=sys.stderr)
+    if not images:
+        raise ValueError('none of the given paths is a readable image')
+    preds = predict_images(model, images, topk=getattr(args, 'topk', 1), batch_size=args.batch_size,
+                           progress=not getattr(args, 'json', False))
+    return model, preds, errors
+
+
+def _write_picture(preds, path: str, size: int, title: str) -> None:
+    from ..viz import prediction_grid
+    if not preds:
+        raise ValueError('no image could be read, so there is nothing to draw')
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    prediction_grid(preds, size=size, title=title).save(path)
+
+
+def _title(args: argparse.Namespace, model: torch.nn.Module) -> str:
+    config = model.sparsity_config() if hasattr(model, 'sparsity_config') else {}
+    shown = {k: v for k, v in config.items() if k in ('keep_ratio', 'density', 'mode', 'threshold') and v is not None}
+    return f'{args.model}  ' + ', '.join(f'{k} {v}' for k, v in shown.items())
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    model, preds, errors = _predict(args)
+    if args.viz:
+        _write_picture(preds, args.viz, args.size, _title(args, model))
+    if args.json:
+        print(json.dumps(dict(model=args.model, predictions=[p.to_json() for p in preds],
+                              errors=[dict(image=i, error=e) for i, e in errors],
+                              picture=args.viz or None), indent=1))
+    else:
+        for p in preds:
+            print(p.source)
+            print('  ' + '   '.join(f'{n} {q:.3f}' for _, n, q in p.topk))
+            print(f'  kept {_kept_text(p)}; {p.macs / 1e6:.2f} MMACs of {p.dense_macs / 1e6:.2f} dense, '
+                  f'{p.saved_fraction:.1%} saved')
+        if args.viz:
+            print(f'picture: {args.viz}')
+    return EXIT_SOME_IMAGES_FAILED if errors else EXIT_OK
+
+
+def _cmd_viz(args: argparse.Namespace) -> int:
+    model, preds, errors = _predict(args)
+    _write_picture(preds, args.out, args.size, _title(args, model))
+    print(f'{len(preds)} image(s) drawn: {args.out}')
+    return EXIT_SOME_IMAGES_FAILED if errors else EXIT_OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from ..models import dense_copy
+    from ..models._helpers import model_input_size
+    from ..runtime import median_latencies, profile
+    model = _model(args)
+    models = {'model': model}
+    if args.compare_dense:
+        models['dense'] = dense_copy(model).eval()
+    c, h, w = model_input_size(model)
+    gen = torch.Generator().manual_seed(0)
+    rows: List[Dict[str, Any]] = []
+    for bs in args.batch_size:
+        # smooth random images (low-frequency noise): the token / channel choices vary per image as on photos
+        x = torch.nn.functional.interpolate(torch.randn(bs, c, max(2, h // 8), max(2, w // 8), generator=gen),
+                                            size=(h, w), mode='bilinear', align_corners=False)
+        times = median_latencies(models, x, args.rounds, max(1, args.runs // args.rounds))
+        _, report = profile(model, x)
+        row = dict(batch_size=bs, ms=times['model'] * 1e3, images_per_s=bs / times['model'],
+                   mean_macs=report.mean_macs, dense_macs=report.dense_macs)
+        if 'dense' in times:
+            row.update(dense_ms=times['dense'] * 1e3, speedup=times['dense'] / times['model'])
+        rows.append(row)
+        if not args.json:
+            print(f'batch {bs:>4}: {row["ms"]:9.2f} ms  {row["images_per_s"]:9.1f} img/s  '
+                  f'{row["mean_macs"] / 1e6:.2f} MMACs/image ({1 - row["mean_macs"] / row["dense_macs"]:.1%} saved)'
+                  + (f'   dense {row["dense_ms"]:9.2f} ms  speed-up {row["speedup"]:.2f}x' if 'dense' in times else ''))
+    if args.json:
+        print(json.dumps(dict(model=args.model, threads=torch.get_num_threads(), rows=rows), indent=1))
+    else:
+        print(f'median of {max(1, args.runs // args.rounds) * args.rounds} forwards, {torch.get_num_threads()} threads')
+    return EXIT_OK
+
+
+def add_parsers(add) -> None:
+    """Adds ``list``, ``info``, ``predict``, ``viz`` and ``bench``; ``add(name, help, examples)`` makes a subparser."""
+    p = add('list', 'List the registered dynvit models.', EXAMPLES['list'])
+    p.add_argument('pattern', nargs='?', help='wildcard filter, e.g. "dynamicvit_*"')
+    p.add_argument('--pretrained', action='store_true', help='list arch.tag names that have weight configs')
+    p.add_argument('--json', action='store_true', help='print a JSON list')
+    p.set_defaults(func=_cmd_list)
+
+    p = add('info', 'Architecture, sparsity config, parameters, dense vs sparse MACs and weights source of a model.',
+            EXAMPLES['info'])
+    p.add_argument('model')
+    p.add_argument('--keep-ratio', type=float, default=None, help='token-sparse ViTs: fraction of patches kept')
+    p.add_argument('--density', type=float, default=None, help='FBS CNNs: fraction of channels each gate keeps')
+    p.add_argument('--json', action='store_true')
+    p.set_defaults(func=_cmd_info)
+
+    p = add('predict', 'Top-k classes of images, with what each image kept and the MACs it saved.',
+            EXAMPLES['predict'])
+    p.add_argument('model', help='arch.tag (its pretrained weights), arch, or a dynvit .safetensors file')
+    p.add_argument('images', nargs='+', help='image files or folders (PNG, JPEG, WebP, ...)')
+    _sparsity_args(p)
+    p.add_argument('--topk', type=int, default=5)
+    p.add_argument('--batch-size', type=int, default=16)
+    p.add_argument('--viz', default=None, metavar='OUT.png', help='also draw the kept tokens / channels per image')
+    p.add_argument('--size', type=int, default=112, help='picture: panel height in pixels')
+    p.add_argument('--json', action='store_true')
+    p.set_defaults(func=_cmd_predict)
+
+    p = add('viz', 'Draw a grid: each image with the tokens dropped at each stage greyed out (ViTs) or the '
+                   'channels kept per gated layer (CNNs).', EXAMPLES['viz'])
+    p.add_argument('model', help='arch.tag, arch, or a dynvit .safetensors file')
+    p.add_argument('images', nargs='+', help='image files or folders')
+    _sparsity_args(p)
+    p.add_argument('--out', required=True, help='the picture to write (.png, .jpg, ...)')
+    p.add_argument('--size', type=int, default=112, help='panel height in pixels')
+    p.add_argument('--batch-size', type=int, default=16)
+    p.set_defaults(func=_cmd_viz)
+
+    p = add('bench', 'Median latency and throughput of a model on the CPU (or its device), optionally against '
+                     'the same network with sparsity off.', EXAMPLES['bench'])
+    p.add_argument('model', help='arch.tag, arch, or a dynvit .safetensors file')
+    _sparsity_args(p)
+    p.add_argument('--batch-size', type=int, nargs='+', default=[1, 32])
+    p.add_argument('--compare-dense', action='store_true', help='also time it with keep ratio / density 1.0')
+    p.add_argument('--rounds', type=int, default=5, help='rounds the models take turns in')
+    p.add_argument('--runs', type=int, default=20, help='timed forwards per model and batch size')
+    p.add_argument('--json', action='store_true')
+    p.set_defaults(func=_cmd_bench)

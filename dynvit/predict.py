@@ -1,0 +1,158 @@
+"""Prediction on image files: top-k classes with names, and per image what the model kept and spent.
+
+The data side (``gather_images``) takes what users have: PNG/JPEG/WebP/BMP/GIF/TIFF files, a
+folder of them, grayscale, RGBA (composited on white), any size (resized and cropped by the
+model's data config). A missing or unreadable file becomes an error entry naming it; the other
+images go on.
+"""
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from PIL import Image
+from tqdm import tqdm
+
+from .data import load_image, model_transform
+from .models._helpers import model_input_size
+from .runtime.report import dense_macs
+
+__all__ = ['IMAGE_SUFFIXES', 'Prediction', 'class_names', 'gather_images', 'predict_images']
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.gif', '.tif', '.tiff')
+
+
+@dataclass
+class Prediction:
+    """One image's prediction.
+
+    Attributes:
+        source: The image's file (or a label).
+        topk: ``(class index, class name, probability)``, most probable first.
+        kept: ViTs: patch tokens kept (fully updated) after each stage; CNNs: channels each
+            gated layer kept.
+        total: Patches (ViTs) or channels per gated layer (CNNs) ``kept`` is counted out of.
+        macs: Multiply-accumulates the image cost; ``dense_macs`` without sparsification.
+        stage_masks: ViTs: per stage, which patches (row-major over ``grid``) were kept.
+        grid: ViTs: the patch grid ``(rows, cols)``.
+        input: The model's input image, de-normalised to [0, 1] ``[C, H, W]`` (for pictures).
+    """
+    source: str
+    topk: List[Tuple[int, str, float]]
+    kept: List[int]
+    total: List[int]
+    macs: int
+    dense_macs: int
+    stage_masks: List[List[bool]] = field(default_factory=list)
+    grid: Optional[Tuple[int, int]] = None
+    input: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    @property
+    def saved_fraction(self) -> float:
+        return 1.0 - self.macs / self.dense_macs
+
+    @property
+    def is_cnn(self) -> bool:
+        return self.grid is None
+
+    def to_json(self) -> dict:
+        return dict(image=self.source, topk=[dict(index=i, label=n, prob=round(p, 6)) for i, n, p in self.topk],
+                    kept=self.kept, out_of=self.total, macs=self.macs, dense_macs=self.dense_macs,
+                    saved_fraction=round(self.saved_fraction, 6))
+
+
+def gather_images(paths: Iterable[str]) -> Tuple[List[Tuple[str, Image.Image]], List[Tuple[str, str]]]:
+    """Loads image files and the images of folders (sorted, not recursive).
+
+    Returns:
+        ``[(path, image)]`` for what could be read and ``[(path, error message)]`` for the rest.
+    """
+    images, errors = [], []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                errors.append((str(path), f'no images ({", ".join(IMAGE_SUFFIXES)}) in the folder'))
+        elif not path.exists():
+            errors.append((str(path), 'no such file'))
+            files = []
+        else:
+            files = [path]
+        for f in files:
+            try:
+                images.append((str(f), load_image(str(f))))
+            except ValueError as e:
+                errors.append((str(f), str(e)))
+    return images, errors
+
+
+def class_names(model: nn.Module) -> List[str]:
+    """Class names from the model's pretrained cfg (``label_names``), ImageNet's for 1000 classes,
+    else ``class 0``, ``class 1``, ..."""
+    names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
+    if names and len(names) == model.num_classes:
+        return list(names)
+    if model.num_classes == 1000:
+        from timm.data import ImageNetInfo
+        info = ImageNetInfo()
+        return [info.index_to_description(i) for i in range(1000)]
+    return [f'class {i}' for i in range(model.num_classes)]
+
+
+def _stage_masks(aux) -> List[torch.Tensor]:
+    """``[B, N]`` bool per stage: the patches kept (DynamicViT) or fully updated (Evo-ViT)."""
+    masks = getattr(aux, 'decisions', None)
+    if masks is None:
+        masks = getattr(aux, 'informative', None) or []
+    return [m.detach() > 0.5 for m in masks]
+
+
+@torch.no_grad()
+def predict_images(model: nn.Module, images: Sequence[Tuple[str, Image.Image]], topk: int = 5,
+                   batch_size: int = 16, progress: bool = False) -> List[Prediction]:
+    """Runs ``model`` (a dynvit model, as configured) on images.
+
+    Args:
+        model: The model, in eval mode.
+        images: ``(source, PIL image)`` pairs, any size and mode.
+        topk: Classes reported per image.
+        batch_size: Images per forward.
+        progress: Show a progress bar (tqdm, on stderr) when there is more than one batch.
+    """
+    transform = model_transform(model)
+    names = class_names(model)
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    chans = model_input_size(model)[0]
+    mean = torch.tensor(cfg.get('mean', (0.0,))).float()
+    std = torch.tensor(cfg.get('std', (1.0,))).float()
+    if mean.numel() != chans:
+        mean, std = mean.mean().expand(chans), std.mean().expand(chans)
+    out: List[Prediction] = []
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc='predict', unit='batch', disable=not progress or len(starts) < 2, file=sys.stderr):
+        chunk = images[start:start + batch_size]
+        x = torch.stack([transform(im) for _, im in chunk])
+        logits, aux = model(x, return_aux=True)
+        probs = logits.float().softmax(-1)
+        p, idx = probs.topk(min(topk, probs.shape[-1]), dim=-1)
+        macs = model.count_macs(aux).tolist()
+        dense = dense_macs(model, aux)
+        pixels = (x * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)).clamp(0, 1)
+        if hasattr(aux, 'kept_channels'):  # channel-gated CNN
+            kept, total, masks, grid = aux.kept_channels.tolist(), list(aux.gate_channels), [], None
+        else:
+            kept, total = aux.kept_tokens.tolist(), None
+            masks = _stage_masks(aux)
+            grid = tuple(int(g) for g in (model.patch_embed.dynamic_feat_size(x.shape[-2:])
+                                          if model.dynamic_img_size else model.patch_embed.grid_size))
+        for b, (source, _) in enumerate(chunk):
+            out.append(Prediction(
+                source=source,
+                topk=[(int(i), names[int(i)], float(q)) for q, i in zip(p[b], idx[b])],
+                kept=kept[b], total=total if total is not None else [aux.num_patches] * len(kept[b]),
+                macs=int(macs[b]), dense_macs=int(dense), stage_masks=[m[b].tolist() for m in masks],
+                grid=grid, input=pixels[b]))
+    return out
