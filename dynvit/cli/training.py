@@ -28,8 +28,8 @@ def _model_for_data(args: argparse.Namespace, num_classes: Optional[int], **spar
     """The model named (or the dynvit file given) with ``--model-args``, the sparsity targets and
     ``num_classes``; ``--checkpoint`` (or the file) provides the weights, the head reset the timm
     way when the classes differ."""
-    from . import create_model, read_dynvit_metadata
-    from .models._helpers import model_input_size
+    from .. import create_model, read_dynvit_metadata
+    from ..models._helpers import model_input_size
     torch.manual_seed(args.seed)  # fresh parameters (heads, predictors, gates) start the same in every process
     kwargs = json.loads(args.model_args) if args.model_args else {}
     if not isinstance(kwargs, dict):
@@ -63,9 +63,9 @@ def _external_teacher(args: argparse.Namespace, student: torch.nn.Module) -> tor
     """``--teacher``: a pretrained model name (``arch.tag``) or a dynvit file, wrapped to read the
     student's batches."""
     from timm.data import resolve_data_config
-    from . import create_model, read_dynvit_metadata
-    from .models._helpers import model_input_size
-    from .train import ExternalTeacher
+    from .. import create_model, read_dynvit_metadata
+    from ..models._helpers import model_input_size
+    from ..train import ExternalTeacher
     if args.no_distill:
         raise ValueError('--teacher and --no-distill contradict each other')
     name = args.teacher
@@ -83,15 +83,15 @@ def _external_teacher(args: argparse.Namespace, student: torch.nn.Module) -> tor
 
 
 def _num_classes(args: argparse.Namespace) -> int:
-    from .data import FASHION_MNIST_CLASSES, folder_classes
+    from ..data import FASHION_MNIST_CLASSES, folder_classes
     if args.data.lower().replace('_', '-') == 'fashion-mnist':
         return len(FASHION_MNIST_CLASSES)
     return len(folder_classes(args.data))
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from .data import build_datasets
-    from .train import TrainConfig, Trainer
+    from ..data import build_datasets
+    from ..train import TrainConfig, Trainer
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.resume and (Path(args.out) / 'train_state.safetensors').exists():
@@ -128,8 +128,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .data import build_datasets
-    from .train import evaluate
+    from ..data import build_datasets
+    from ..train import evaluate
     if args.threads:
         torch.set_num_threads(args.threads)
     model = _model_for_data(args, None).eval()
