@@ -86,3 +86,81 @@ def test_official_evovit_layout_maps_completely(size, width):
     result = model.load_state_dict(filtered, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     assert set(filtered) == set(model.state_dict())
+
+
+@pytest.mark.parametrize('arch,width', [('dynamicvit_256_patch16_224', 256),
+                                        ('dynamicvit_small_patch16_224', 384), ('dynamicvit_base_patch16_224', 768)])
+def test_official_dynamicvit_layout_maps_completely(arch, width):
+    """The released DeiT-S DynamicViT checkpoint's keys (manifest), scaled to each width, load with
+    nothing missing or left over."""
+    manifest = json.loads((FIXTURES / 'manifest_dynamicvit_deit_small.json').read_text())
+    scale = {384: width, 768: 2 * width, 1152: 3 * width, 1536: 4 * width, 192: width // 2, 96: width // 4}
+    state = {e['key']: torch.zeros([scale.get(d, d) for d in e['shape']]) for e in manifest['state_dict']}
+    model = dynvit.create_model(f'{arch}.official_r07_in1k')
+    filtered = checkpoint_filter_fn({'model': state}, model)
+    result = model.load_state_dict(filtered, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+
+
+def _official_pth(name, path, ema_noise=True):
+    """The fixture's official state dict as the official training scripts save it: ckpt['model'],
+    plus an EMA copy (which the official eval does not use) and bookkeeping."""
+    tensors = load_file(str(FIXTURES / f'{name}.safetensors'))
+    state = {k[len('state_dict.'):]: v for k, v in tensors.items() if k.startswith('state_dict.')}
+    ema = {k: v + 0.1 for k, v in state.items()} if ema_noise else state
+    torch.save({'model': state, 'model_ema': ema, 'epoch': 29}, path)
+    return tensors
+
+
+_TINY = {'dynamicvit_tiny_a_sep': ('dynamicvit_small_patch16_224.official_r07_in1k',
+                                   {'embed_dim': 64, 'num_heads': 2, 'num_classes': 10}),
+         'evovit_tiny_a_sep': ('evovit_small_patch16_224.official_in1k',
+                               {'embed_dim': 64, 'num_heads': 2, 'num_classes': 10})}
+
+
+@pytest.mark.parametrize('fixture', list(_TINY))
+def test_convert_command_then_load_reproduces_the_official_output(fixture, tmp_path):
+    """`dynvit convert` with the official tag (its sparsity settings and eval behaviour), then
+    create_model(tag, pretrained=True, file=...) offline: the official logits within 1e-4."""
+    import subprocess
+    import sys
+    name, args = _TINY[fixture]
+    t = _official_pth(fixture, tmp_path / 'official.pth')
+    out = tmp_path / 'converted.safetensors'
+    r = subprocess.run([sys.executable, '-m', 'dynvit', 'convert', str(tmp_path / 'official.pth'), str(out),
+                        '--model', name, '--model-args', json.dumps(args)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    model = dynvit.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(out))).eval()
+    with torch.no_grad():
+        assert (model(t['input']) - t['output']).abs().max() < 1e-4
+    again = dynvit.load_model(str(out)).eval()
+    assert again.sparsity_config() == model.sparsity_config()
+
+
+def test_convert_refuses_a_file_of_another_layout(tmp_path):
+    import subprocess
+    import sys
+    torch.save({'model': {'features.0.weight': torch.zeros(3, 3)}}, tmp_path / 'other.pth')
+    r = subprocess.run([sys.executable, '-m', 'dynvit', 'convert', str(tmp_path / 'other.pth'),
+                        str(tmp_path / 'x.safetensors'), '--model', 'dynamicvit_small_patch16_224.official_r07_in1k'],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.count('\n') == 1 and 'does not match' in r.stderr
+    assert not (tmp_path / 'x.safetensors').exists()
+
+
+def test_share_link_download_goes_to_the_hub_cache(tmp_path):
+    """Official links name no file (Tsinghua Cloud '.../?dl=1', Google Drive 'uc?id='): they are
+    fetched once into torch's hub cache as <arch>.<tag>.pth, then loaded (here from a file:// URL)."""
+    t = _official_pth('dynamicvit_tiny_a_sep', tmp_path / 'share')
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / 'hub'))
+    try:
+        name, args = _TINY['dynamicvit_tiny_a_sep']
+        overlay = dict(url=(tmp_path / 'share').as_uri(), num_classes=10)  # a 10-class stand-in for ImageNet's
+        model = dynvit.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **args).eval()
+        cached = tmp_path / 'hub' / 'checkpoints' / f'{name}.pth'
+        assert cached.is_file()
+        with torch.no_grad():
+            assert (model(t['input']) - t['output']).abs().max() < 1e-4
+    finally:
+        torch.hub.set_dir(old)

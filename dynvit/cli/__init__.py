@@ -1,6 +1,6 @@
 """The ``dynvit`` command line.
 
-``list | info | predict | viz | bench | demo | finetune | eval``; ``dynvit COMMAND --help`` shows
+``list | info | predict | viz | convert | bench | demo | finetune | eval``; ``dynvit COMMAND --help`` shows
 examples. Exit codes: 0 success, 1 an error (named on stderr in one line), 2 bad usage
 (argparse), 3 some images could not be read while the others were processed, 130 interrupted.
 """

@@ -1,4 +1,5 @@
-"""``dynvit list | info | predict | viz | bench``: looking at models and running them on images."""
+"""``dynvit list | info | predict | viz | convert | bench``: looking at models, running them on images,
+converting checkpoints."""
 import argparse
 import json
 import sys
@@ -21,6 +22,10 @@ EXAMPLES = {
                '3 some images could not be read (the others were predicted)',
     'viz': 'examples:\n  dynvit viz dynamicvit_tiny_patch16_224.fmnist_kr05 photos/ --out grid.png\n'
            '  dynvit viz fbs_resnet18.fmnist_d50 a.png b.png --density 0.3 --out channels.png --size 96',
+    'convert': 'examples:\n  dynvit convert dynamicvit-deit-s-0.7.pth dyvit_s.safetensors '
+               '--model dynamicvit_small_patch16_224.official_r07_in1k\n'
+               '  dynvit convert evo_deit_small.pth evo_s.safetensors --model evovit_small_patch16_224.official_in1k\n'
+               '  dynvit predict dyvit_s.safetensors photo.jpg',
     'bench': 'examples:\n  dynvit bench dynamicvit_tiny_patch16_224.fmnist_kr05 --compare-dense\n'
              '  dynvit bench fbs_resnet18.fmnist_d50 --batch-size 1 32 --threads 2 --json\n'
              '  dynvit bench dynamicvit_small_patch16_224 --keep-ratio 0.5 --batch-size 1 --compare-dense',
@@ -233,6 +238,28 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .. import create_model, read_dynvit_metadata, save_model
+    kwargs = json.loads(args.model_args) if args.model_args else {}
+    if not isinstance(kwargs, dict):
+        raise ValueError(f'--model-args must be a JSON object, got {args.model_args!r}')
+    if not Path(args.input).is_file():
+        raise FileNotFoundError(f'checkpoint file not found: {args.input}')
+    overlay = dict(file=args.input)
+    if 'num_classes' in kwargs:  # the checkpoint's own head size: keep its classifier (timm drops a mismatching one)
+        overlay['num_classes'] = kwargs['num_classes']
+    model = create_model(args.model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    save_model(model, args.output)
+    meta = read_dynvit_metadata(args.output)
+    config = model.sparsity_config() if hasattr(model, 'sparsity_config') else {}
+    print(f'{args.output}: {meta["architecture"]}, {len(model.state_dict())} tensors, '
+          f'{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, {json.dumps(config)}')
+    print(f'load it with dynvit.create_model({args.model!r}, pretrained=True, '
+          f'pretrained_cfg_overlay=dict(file={args.output!r})) or dynvit.load_model({args.output!r})')
+    return EXIT_OK
+
+
 def add_parsers(add) -> None:
     """Adds ``list``, ``info``, ``predict``, ``viz`` and ``bench``; ``add(name, help, examples)`` makes a subparser."""
     p = add('list', 'List the registered dynvit models.', EXAMPLES['list'])
@@ -270,6 +297,16 @@ def add_parsers(add) -> None:
     p.add_argument('--size', type=int, default=112, help='panel height in pixels')
     p.add_argument('--batch-size', type=int, default=16)
     p.set_defaults(func=_cmd_viz)
+
+    p = add('convert', 'Convert a checkpoint (official DynamicViT / Evo-ViT .pth, timm, DeiT) once into a '
+                       'self-describing dynvit .safetensors file (no pickled code is run).', EXAMPLES['convert'])
+    p.add_argument('input', help='the checkpoint (.pth / .bin / .safetensors; ckpt["model"] is unwrapped)')
+    p.add_argument('output', help='the .safetensors file to write')
+    p.add_argument('--model', required=True, help='arch.tag it belongs to, e.g. dynamicvit_small_patch16_224.'
+                                                   'official_r07_in1k (the tag brings its sparsity settings)')
+    p.add_argument('--model-args', default=None, help='JSON constructor arguments overriding the tag\'s (e.g. '
+                                                      'num_classes of a checkpoint fine-tuned on other classes)')
+    p.set_defaults(func=_cmd_convert)
 
     p = add('bench', 'Median latency and throughput of a model on the CPU (or its device), optionally against '
                      'the same network with sparsity off.', EXAMPLES['bench'])

@@ -1,13 +1,16 @@
 """``create_model`` / ``list_models`` mirroring timm's, with clear errors for unknown names."""
 import difflib
 import os
+import urllib.parse
 from typing import Any, List, Union
 
 import timm
+import torch
 import torch.nn as nn
 from timm.models import get_pretrained_cfg, model_entrypoint, parse_model_name, split_model_name_tag
 
 from ._io import load_checkpoint, read_dynvit_metadata, read_state_dict
+from ._zoo import TAG_ARGS
 
 
 def _is_dynvit(arch: str) -> bool:
@@ -57,11 +60,16 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
     arch, _ = split_model_name_tag(arch)
     if not timm.is_model(arch):
         raise _unknown_model(model_name)
+    kwargs = {**TAG_ARGS.get(model_name, {}), **kwargs}  # what an official tag was trained with
     overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
     if pretrained and not overlay.get('file'):
         shipped = _shipped_file(model_name)
         if shipped:  # weights shipped with the package: self-describing like any dynvit file
             overlay['file'] = shipped
+        else:
+            url = overlay.get('url') or getattr(get_pretrained_cfg(model_name), 'url', None) or ''
+            if url and not _has_file_name(url):  # share links: timm would cache them all under one name
+                overlay['file'] = download_to_cache(url, model_name)
     for f in (overlay.get('file') if pretrained else None, kwargs.get('checkpoint_path')):
         if not f:
             continue
@@ -78,7 +86,8 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
     if pretrained and overlay.get('file'):
         # read and validate the file here; timm then loads the tensors (classifier reset,
         # input-channel adaptation and our checkpoint filter included)
-        overlay['state_dict'] = read_state_dict(overlay['file'])
+        # the official repositories evaluate ckpt['model'] even where the file also holds an EMA copy
+        overlay['state_dict'] = read_state_dict(overlay['file'], use_ema=not _is_official(model_name))
     if overlay:
         kwargs['pretrained_cfg_overlay'] = overlay
     checkpoint_path = kwargs.pop('checkpoint_path', None)
@@ -94,6 +103,32 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
     if isinstance(cfg, dict) and cfg.get('state_dict') is not None:
         cfg.pop('state_dict')  # loaded; do not keep a second copy of the weights alive
     return load_checkpoint(model, checkpoint_path) if checkpoint_path else model
+
+
+def _is_official(model_name: str) -> bool:
+    return split_model_name_tag(model_name)[1].startswith('official')
+
+
+def _has_file_name(url: str) -> bool:
+    return bool(os.path.splitext(os.path.basename(urllib.parse.urlparse(url).path))[1])
+
+
+def download_to_cache(url: str, model_name: str) -> str:
+    """Downloads ``url`` once into torch's hub cache (``$TORCH_HOME/hub/checkpoints``, where timm
+    caches url weights) as ``<arch>.<tag>.pth`` and returns the path. For share links whose URL
+    path names no file (Tsinghua Cloud ``.../?dl=1``, Google Drive ``uc?id=...``)."""
+    folder = os.path.join(torch.hub.get_dir(), 'checkpoints')
+    path = os.path.join(folder, f'{model_name}.pth')
+    if not os.path.isfile(path):
+        os.makedirs(folder, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, path, progress=True)
+        except (OSError, ValueError) as e:  # URLError is an OSError
+            raise PretrainedWeightsError(
+                f'could not download the weights of {model_name} from {url} ({type(e).__name__}: {e}); download '
+                f'the file yourself and pass pretrained_cfg_overlay=dict(file=PATH), or convert it once with '
+                f'`dynvit convert FILE OUT.safetensors --model {model_name}`') from None
+    return path
 
 
 def _shipped_file(model_name: str) -> str:

@@ -89,12 +89,12 @@ def save_file_atomic(tensors: Dict[str, torch.Tensor], path: str, metadata: Dict
             os.remove(tmp)
 
 
-def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+def read_state_dict(path: str, use_ema: bool = True) -> Dict[str, torch.Tensor]:
     """Reads the tensors of a checkpoint file, refusing anything else with a clear error.
 
     safetensors files are read as they are; other files with ``torch.load(weights_only=True)``
     (no pickled code runs), unwrapping ``{'state_dict_ema' | 'model_ema' | 'state_dict' | 'model': ...}``
-    the way timm does, and dropping DDP/compile key prefixes.
+    the way timm does (``use_ema=False``: the EMA copies last), and dropping DDP/compile key prefixes.
     """
     path = str(path)
     if not os.path.isfile(path):
@@ -109,7 +109,8 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
         reason = f'{type(e).__name__}: {detail}' if detail else type(e).__name__
         raise ValueError(f'cannot read checkpoint {path}: {reason}') from None
     if isinstance(obj, dict):
-        for key in ('state_dict_ema', 'model_ema', 'state_dict', 'model'):
+        keys = ('state_dict_ema', 'model_ema', 'state_dict', 'model')
+        for key in keys if use_ema else keys[2:] + keys[:2]:
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict
 
 from safetensors import safe_open
 
-__all__ = ['WEIGHTS_DIR', 'read_card', 'shipped_cfgs']
+__all__ = ['TAG_ARGS', 'WEIGHTS_DIR', 'read_card', 'register_tag_args', 'shipped_cfgs']
 
 
 
@@ -51,3 +51,13 @@ def read_card(weights_file: Path) -> Dict[str, Any]:
     """The JSON block of the card ``weights/<name>.md`` beside ``weights/<name>.safetensors``."""
     text = Path(str(weights_file)[:-len('.safetensors')] + '.md').read_text()
     return json.loads(re.search(r'```json\n(.*?)\n```', text, re.S).group(1))
+
+
+# Model arguments that pretrained tags were trained with when their files do not say (the official
+# DynamicViT / Evo-ViT checkpoints store no sparsity settings): create_model('arch.tag') applies them.
+TAG_ARGS: Dict[str, Dict[str, Any]] = {}
+
+
+def register_tag_args(tagged: Dict[str, Dict[str, Any]]) -> None:
+    """Records ``{'arch.tag': model arguments}`` for ``create_model``."""
+    TAG_ARGS.update(tagged)

@@ -40,7 +40,7 @@ from ..layers import (
     unpack_tokens,
 )
 from ..runtime.macs import vit_macs
-from ._zoo import shipped_cfgs
+from ._zoo import register_tag_args, shipped_cfgs
 from ._helpers import (
     build_dynamic_model, check_state_dict, embed_tokens, fill_missing, first_conv_keys, is_scalar, run_block, vit_cfg,
     vit_embed_layer)
@@ -539,7 +539,25 @@ def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
                    paper_name='DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsification', **kwargs)
 
 
+# The released DeiT checkpoints (README model zoo of raoyongming/DynamicViT; download links as given there,
+# Tsinghua Cloud). Trained at keep ratio 0.7 before blocks 3, 6, 9 (not stored in the files); the official
+# eval keeps tokens in descending score order, which token_order='score' reproduces.
+_OFFICIAL_ARGS = dict(prune_loc=(3, 6, 9), keep_ratio=0.7, token_order='score')
+_OFFICIAL = {
+    'dynamicvit_256_patch16_224': 'https://cloud.tsinghua.edu.cn/f/b0e1ff6af1004039855e/?dl=1',
+    'dynamicvit_small_patch16_224': 'https://cloud.tsinghua.edu.cn/f/698896dfbcea430b9591/?dl=1',
+    'dynamicvit_base_patch16_224': 'https://cloud.tsinghua.edu.cn/f/660f27ddb6b945a797a8/?dl=1',
+}
+register_tag_args({f'{arch}.official_r07_in1k': _OFFICIAL_ARGS for arch in _OFFICIAL})
+
+
+def _official_cfg(url: str) -> Dict[str, Any]:
+    return _cfg(url, license='mit', origin_url='https://github.com/raoyongming/DynamicViT',
+                notes=('official DynamicViT checkpoint (ckpt["model"]); keep ratio 0.7 before blocks 3, 6, 9',))
+
+
 default_cfgs = generate_default_cfgs({
+    **{f'{arch}.official_r07_in1k': _official_cfg(url) for arch, url in _OFFICIAL.items()},
     # Backbone from timm's DeiT ImageNet-1k weights; keep predictors untrained.
     'dynamicvit_tiny_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_tiny_patch16_224.fb_in1k', license='apache-2.0'),
     'dynamicvit_small_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_small_patch16_224.fb_in1k', license='apache-2.0'),
@@ -557,6 +575,13 @@ def dynamicvit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> Dyna
     """DynamicViT on DeiT-Tiny (192 wide, 12 blocks), pruning before blocks 3, 6, 9."""
     model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, prune_loc=(3, 6, 9), keep_ratio=0.7)
     return _create_dynamic_vit('dynamicvit_tiny_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dynamicvit_256_patch16_224(pretrained: bool = False, **kwargs: Any) -> DynamicVisionTransformer:
+    """DynamicViT on the DynamicViT paper's DeiT-256 (256 wide, 4 heads, 12 blocks), pruning before blocks 3, 6, 9."""
+    model_args = dict(patch_size=16, embed_dim=256, depth=12, num_heads=4, prune_loc=(3, 6, 9), keep_ratio=0.7)
+    return _create_dynamic_vit('dynamicvit_256_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

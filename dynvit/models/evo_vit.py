@@ -41,7 +41,7 @@ from ..layers import (
     split_slow_fast,
 )
 from ..runtime.macs import vit_macs
-from ._zoo import shipped_cfgs
+from ._zoo import register_tag_args, shipped_cfgs
 from ._helpers import (
     build_dynamic_model, check_state_dict, embed_tokens, first_conv_keys, is_scalar, run_block, vit_cfg, vit_embed_layer)
 
@@ -480,7 +480,32 @@ def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
                    paper_name='Evo-ViT: Slow-Fast Token Evolution for Dynamic Vision Transformer', **kwargs)
 
 
+# The released DeiT checkpoints (README of YifanXu74/Evo-ViT; Google Drive links as given there, in their
+# direct-download form). The released code's schedule: half of the patches get the full update from
+# block 4 on (re-ranked before blocks 4 and 8, t = 0.5), the others are left unchanged (no
+# representative token), the eval head reads norm(mean of the patch tokens).
+_OFFICIAL_ARGS = dict(select_loc=(4, 8), keep_ratio=0.5, tradeoff=0.5, representative_token=False,
+                      global_pool='avg')
+_GDRIVE = 'https://drive.google.com/uc?export=download&id='
+_OFFICIAL = {
+    'evovit_tiny_patch16_224': _GDRIVE + '1AL4uHGHvCoFXkrtHRgf4XmurgRs5-qab',
+    'evovit_small_patch16_224': _GDRIVE + '1AiD1J-z9klr72-zczkJzX1HHVlxO7iin',
+    'evovit_base_patch16_224': _GDRIVE + '15EmMKb4L5IjHqnMYQHVNYZGRRGdByTsz',
+    'evovit_base_patch16_384': _GDRIVE + '1MBSH4Fx8Bq9cgGhktvYAb23EFioiv2y2',
+}
+register_tag_args({f'{arch}.official_in1k': _OFFICIAL_ARGS for arch in _OFFICIAL})
+
+
+def _official_cfg(arch: str) -> Dict[str, Any]:
+    size = 384 if arch.endswith('384') else 224
+    return _cfg(_OFFICIAL[arch], input_size=(3, size, size),  # DeiT eval: resize to size / 0.875, center crop
+                license='unspecified (the repository has no license file)',
+                origin_url='https://github.com/YifanXu74/Evo-ViT',
+                notes=('official Evo-ViT checkpoint (ckpt["model"]); released schedule without representative token',))
+
+
 default_cfgs = generate_default_cfgs({
+    **{f'{arch}.official_in1k': _official_cfg(arch) for arch in _OFFICIAL},
     # Backbone (and both heads) from timm's DeiT ImageNet-1k weights; Evo-ViT fine-tunes from these.
     'evovit_tiny_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_tiny_patch16_224.fb_in1k', license='apache-2.0'),
     'evovit_small_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_small_patch16_224.fb_in1k', license='apache-2.0'),
@@ -519,6 +544,13 @@ def evovit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> EvoVisio
     """Evo-ViT on DeiT-Base (768 wide, 12 blocks)."""
     model_args = _evo_deit_args(embed_dim=768, num_heads=12)
     return _create_evo_vit('evovit_base_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def evovit_base_patch16_384(pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer:
+    """Evo-ViT on DeiT-Base at 384 px (576 patches)."""
+    model_args = dict(_evo_deit_args(embed_dim=768, num_heads=12), img_size=384)
+    return _create_evo_vit('evovit_base_patch16_384', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
