@@ -1,6 +1,7 @@
 """``dynvit finetune`` and ``dynvit eval``: training and evaluation on Fashion-MNIST or an image folder."""
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -140,7 +141,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.limit:
         val = torch.utils.data.Subset(val, range(min(args.limit, len(val))))
     loader = torch.utils.data.DataLoader(val, batch_size=args.batch_size, num_workers=args.workers)
-    metrics = evaluate(model, loader, torch.device('cpu'))
+    metrics = evaluate(model, loader, torch.device('cpu'), progress=not args.json and sys.stderr.isatty())
     if args.json:
         print(json.dumps(metrics, indent=1))
     else:

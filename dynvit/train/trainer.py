@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.optim import param_groups_weight_decay
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
 
 from ..data.transforms import SeededAugmentation
 from ..models import DynamicVisionTransformer, EvoVisionTransformer, FBSEfficientNet, FBSResNet, dense_copy, save_model
@@ -184,12 +185,12 @@ class EpochBatchSampler(Sampler):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
-             autocast: Optional[Callable] = None) -> Dict[str, float]:
+             autocast: Optional[Callable] = None, progress: bool = False) -> Dict[str, float]:
     """Top-1, top-5, mean loss, mean MACs per image and the fraction saved, over ``loader``
-    (summed over all processes when distributed)."""
+    (summed over all processes when distributed); ``progress`` shows a tqdm bar."""
     model.eval()
     sums = torch.zeros(7, dtype=torch.float64, device=device)  # n, top1, top5, loss, macs, dense, kept
-    for x, y in loader:
+    for x, y in tqdm(loader, desc='eval', unit='batch', disable=not progress, leave=False):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with (autocast or nullcontext)():
             logits, aux = model(x, return_aux=True)
@@ -422,7 +423,6 @@ class Trainer:
     def _bar(self):
         if self.rank != 0 or not self.progress:
             return None
-        from tqdm import tqdm
         return tqdm(total=self.steps_per_epoch, initial=self.step, desc=f'epoch {self.epoch + 1}/{self.config.epochs}',
                     leave=False, dynamic_ncols=True)
 
