@@ -88,15 +88,17 @@ def test_official_evovit_layout_maps_completely(size, width):
     assert set(filtered) == set(model.state_dict())
 
 
-@pytest.mark.parametrize('arch,width', [('dynamicvit_256_patch16_224', 256),
-                                        ('dynamicvit_small_patch16_224', 384), ('dynamicvit_base_patch16_224', 768)])
-def test_official_dynamicvit_layout_maps_completely(arch, width):
+@pytest.mark.parametrize('name,width', [('dynamicvit_tiny_patch16_224', 192),
+                                        ('dynamicvit_256_patch16_224.official_r07_in1k', 256),
+                                        ('dynamicvit_small_patch16_224.official_r07_in1k', 384),
+                                        ('dynamicvit_base_patch16_224.official_r07_in1k', 768)])
+def test_official_dynamicvit_layout_maps_completely(name, width):
     """The released DeiT-S DynamicViT checkpoint's keys (manifest), scaled to each width, load with
     nothing missing or left over."""
     manifest = json.loads((FIXTURES / 'manifest_dynamicvit_deit_small.json').read_text())
     scale = {384: width, 768: 2 * width, 1152: 3 * width, 1536: 4 * width, 192: width // 2, 96: width // 4}
     state = {e['key']: torch.zeros([scale.get(d, d) for d in e['shape']]) for e in manifest['state_dict']}
-    model = dynvit.create_model(f'{arch}.official_r07_in1k')
+    model = dynvit.create_model(name)
     filtered = checkpoint_filter_fn({'model': state}, model)
     result = model.load_state_dict(filtered, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
