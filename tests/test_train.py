@@ -218,3 +218,11 @@ def test_cli_finetune_distils_from_an_external_teacher(folder, tmp_path):
     assert log[-1]['epoch'] == 1
     r = _cli(*common, '--out', str(tmp_path / 'run2'), '--no-distill')
     assert r.returncode != 0 and 'contradict' in r.stderr
+
+
+@pytest.mark.parametrize('name', FAMILIES)
+def test_distillation_weight_and_temperature_reach_every_family_loss(name, folder):
+    t = trainer(name, folder, distill_weight=0.3, distill_temperature=4.0)
+    assert t.loss_fn.distill_weight == 0.3 and t.loss_fn.temperature == 4.0
+    with pytest.raises(ValueError, match='distill_temperature'):
+        TrainConfig(distill_temperature=0).check()

@@ -110,6 +110,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
         sparsity_start=args.sparsity_start, sparsity_warmup_epochs=args.sparsity_warmup_epochs,
         gate_warmup_epochs=args.gate_warmup_epochs, distill=not args.no_distill, l1_weight=args.l1_weight,
+        distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
         amp=args.amp, grad_clip=args.grad_clip, seed=args.seed, num_workers=args.workers, train_kwargs=train_kwargs)
     teacher = _external_teacher(args, model) if args.teacher else None
     trainer = Trainer(model, train, val, config, out_dir=args.out, class_names=classes, progress=not args.quiet,
@@ -188,6 +189,8 @@ def add_parsers(add) -> None:
     p.add_argument('--gate-warmup-epochs', type=int, default=0, help='FBS: epochs training only the gates')
     p.add_argument('--l1-weight', type=float, default=1e-3, help='FBS: L1 on the saliencies')
     p.add_argument('--no-distill', action='store_true', help='no distillation from the dense teacher')
+    p.add_argument('--distill-weight', type=float, default=0.5, help='weight of the soft-target KL term')
+    p.add_argument('--distill-temperature', type=float, default=1.0, help='its temperature T (scaled by T^2)')
     p.add_argument('--teacher', help='distil (logits) from this pretrained model (arch.tag or dynvit file) '
                                      'instead of the dense copy of the starting model')
     p.add_argument('--amp', default='auto', choices=['auto', 'off', 'bf16', 'fp16'])

@@ -55,6 +55,8 @@ class TrainConfig:
             linearly from ``sparsity_start`` to the model's configured value (0: target from the start).
         gate_warmup_epochs: FBS: epochs in which only the gates train (backbone frozen), before joint training.
         distill: Distil from the dense teacher (a frozen copy of the starting model with sparsity off).
+        distill_weight: Weight of the soft-target KL term (Hinton et al., arXiv:1503.02531).
+        distill_temperature: Its softening temperature T (the term is scaled by T^2).
         l1_weight: FBS: weight of the L1 term on the saliencies.
         amp: 'auto' (bf16 autocast on CUDA, off on CPU), 'off', 'bf16' or 'fp16' (CUDA, with a grad scaler).
         grad_clip: Clip the gradient norm to this (None: no clipping).
@@ -74,6 +76,8 @@ class TrainConfig:
     sparsity_warmup_epochs: float = 0.0
     gate_warmup_epochs: int = 0
     distill: bool = True
+    distill_weight: float = 0.5
+    distill_temperature: float = 1.0
     l1_weight: float = 1e-3
     amp: str = 'auto'
     grad_clip: Optional[float] = None
@@ -88,6 +92,9 @@ class TrainConfig:
             raise ValueError('learning rates must be positive')
         if self.amp not in ('auto', 'off', 'bf16', 'fp16'):
             raise ValueError(f"amp must be 'auto', 'off', 'bf16' or 'fp16', got {self.amp!r}")
+        if self.distill_weight < 0 or self.distill_temperature <= 0:
+            raise ValueError(f'distill_weight must be >= 0 and distill_temperature > 0, got {self.distill_weight} '
+                             f'and {self.distill_temperature}')
         if not 0.0 < self.sparsity_start <= 1.0:
             raise ValueError(f'sparsity_start must be in (0, 1], got {self.sparsity_start}')
 
@@ -124,12 +131,13 @@ def _dense_teacher(model: nn.Module) -> nn.Module:
 
 def _make_loss(model: nn.Module, config: TrainConfig) -> nn.Module:
     ce = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    kd = dict(distill_weight=config.distill_weight, temperature=config.distill_temperature)
     if isinstance(model, DynamicVisionTransformer):
-        return DynamicViTLoss(model.keep_ratio, base_criterion=ce)
+        return DynamicViTLoss(model.keep_ratio, base_criterion=ce, **kd)
     if isinstance(model, EvoVisionTransformer):
-        return EvoViTLoss(base_criterion=ce, cls_weight=0.5 if model.head_cls is not None else 0.0)
+        return EvoViTLoss(base_criterion=ce, cls_weight=0.5 if model.head_cls is not None else 0.0, **kd)
     if isinstance(model, (FBSResNet, FBSEfficientNet)):
-        return FBSLoss(base_criterion=ce, l1_weight=config.l1_weight)
+        return FBSLoss(base_criterion=ce, l1_weight=config.l1_weight, **kd)
     raise TypeError(f'no training objective for {type(model).__name__}; dynvit trains DynamicViT, Evo-ViT and FBS models')
 
 
