@@ -13,15 +13,15 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
-from .data import load_image, model_transform
-from .models._helpers import model_input_size
+from .data import load_image, model_norm, model_transform
 from .runtime.report import dense_macs
 
 __all__ = ['IMAGE_SUFFIXES', 'Prediction', 'class_names', 'gather_images', 'predict_images']
 
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.gif', '.tif', '.tiff')
+IMAGE_SUFFIXES = IMG_EXTENSIONS  # torchvision's list, as the image-folder datasets use
 
 
 @dataclass
@@ -73,7 +73,12 @@ def gather_images(paths: Iterable[str]) -> Tuple[List[Tuple[str, Image.Image]], 
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            try:  # hidden files (e.g. macOS '._x.png' resource forks) are not images
+                files = sorted(f for f in path.iterdir()
+                               if f.is_file() and not f.name.startswith('.') and f.suffix.lower() in IMAGE_SUFFIXES)
+            except OSError as e:
+                errors.append((str(path), f'cannot list the folder: {e.strerror or e}'))
+                continue
             if not files:
                 errors.append((str(path), f'no images ({", ".join(IMAGE_SUFFIXES)}) in the folder'))
         elif not path.exists():
@@ -124,23 +129,20 @@ def predict_images(model: nn.Module, images: Sequence[Tuple[str, Image.Image]], 
     """
     transform = model_transform(model)
     names = class_names(model)
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    chans = model_input_size(model)[0]
-    mean = torch.tensor(cfg.get('mean', (0.0,))).float()
-    std = torch.tensor(cfg.get('std', (1.0,))).float()
-    if mean.numel() != chans:
-        mean, std = mean.mean().expand(chans), std.mean().expand(chans)
+    mean, std = (torch.tensor(v) for v in model_norm(model))
+    model.eval()
+    device = next(model.parameters()).device
     out: List[Prediction] = []
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc='predict', unit='batch', disable=not progress or len(starts) < 2, file=sys.stderr):
         chunk = images[start:start + batch_size]
-        x = torch.stack([transform(im) for _, im in chunk])
+        x = torch.stack([transform(im) for _, im in chunk]).to(device)
         logits, aux = model(x, return_aux=True)
         probs = logits.float().softmax(-1)
         p, idx = probs.topk(min(topk, probs.shape[-1]), dim=-1)
         macs = model.count_macs(aux).tolist()
         dense = dense_macs(model, aux)
-        pixels = (x * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)).clamp(0, 1)
+        pixels = (x.cpu() * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)).clamp(0, 1)
         if hasattr(aux, 'kept_channels'):  # channel-gated CNN
             kept, total, masks, grid = aux.kept_channels.tolist(), list(aux.gate_channels), [], None
         else:

@@ -17,7 +17,8 @@ def run(*args):
 def test_list_json_and_pattern():
     r = run('list', 'dynamicvit_*', '--json')
     assert r.returncode == 0
-    assert json.loads(r.stdout) == ['dynamicvit_base_patch16_224', 'dynamicvit_small_patch16_224', 'dynamicvit_tiny_patch16_224']
+    assert json.loads(r.stdout) == ['dynamicvit_256_patch16_224', 'dynamicvit_base_patch16_224',
+                                    'dynamicvit_small_patch16_224', 'dynamicvit_tiny_patch16_224']
     r = run('list', '--pretrained')
     assert 'dynamicvit_small_patch16_224.deit_in1k' in r.stdout.split()
 

@@ -49,3 +49,21 @@ def test_a_dense_dynamicvit_file_starts_an_evovit(tmp_path):
     evo.keep_ratio = 1.0
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(evo(x), dense(x))
+
+
+def test_a_conv_stem_file_loads_into_a_gray_model(tmp_path):
+    """timm adapts the first convolution to other input channels; for the conv stem that is proj.0."""
+    model = dynvit.create_model('test_dynamicvit', stem='conv')
+    dynvit.save_model(model, str(tmp_path / 'rgb.safetensors'))
+    gray = dynvit.create_model('test_dynamicvit', pretrained=True, in_chans=1,
+                               pretrained_cfg_overlay=dict(file=str(tmp_path / 'rgb.safetensors')))
+    torch.testing.assert_close(gray.patch_embed.proj[0].weight, model.patch_embed.proj[0].weight.sum(1, keepdim=True))
+
+
+def test_dense_copy_turns_every_kind_of_sparsity_off():
+    from dynvit.models import dense_copy
+    x = torch.randn(2, 3, 32, 32)
+    for model in (dynvit.create_model('test_dynamicvit', mode='threshold', threshold=0.9),
+                  dynvit.create_model('test_evovit'), dynvit.create_model('test_fbs_resnet', density=0.3)):
+        _, report = profile(dense_copy(model).eval(), x)
+        assert report.mean_macs == report.dense_macs

@@ -160,9 +160,40 @@ def test_share_link_download_goes_to_the_hub_cache(tmp_path):
         name, args = _TINY['dynamicvit_tiny_a_sep']
         overlay = dict(url=(tmp_path / 'share').as_uri(), num_classes=10)  # a 10-class stand-in for ImageNet's
         model = dynvit.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **args).eval()
-        cached = tmp_path / 'hub' / 'checkpoints' / f'{name}.pth'
-        assert cached.is_file()
+        cached = list((tmp_path / 'hub' / 'checkpoints').glob(f'{name}-*.pth'))
+        assert len(cached) == 1
         with torch.no_grad():
             assert (model(t['input']) - t['output']).abs().max() < 1e-4
+        (tmp_path / 'share').unlink()  # the second time comes from the cache
+        dynvit.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **args)
+        # a share service's web page instead of the file: an error naming it, nothing cached
+        (tmp_path / 'page').write_text('<!DOCTYPE html><html><body>Google Drive can\'t scan this file</body></html>')
+        overlay = dict(url=(tmp_path / 'page').as_uri(), num_classes=10)
+        with pytest.raises(OSError, match='returned a web page'):
+            dynvit.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **args)
+        assert len(list((tmp_path / 'hub' / 'checkpoints').iterdir())) == 1
     finally:
         torch.hub.set_dir(old)
+
+
+def test_a_files_stored_arguments_win_over_the_tags_presets(tmp_path):
+    """A converted file made with other settings than the tag's keeps them when loaded through the tag."""
+    import subprocess
+    import sys
+    name, args = _TINY['dynamicvit_tiny_a_sep']
+    _official_pth('dynamicvit_tiny_a_sep', tmp_path / 'official.pth')
+    out = tmp_path / 'half.safetensors'
+    r = subprocess.run([sys.executable, '-m', 'dynvit', 'convert', str(tmp_path / 'official.pth'), str(out),
+                        '--model', name, '--model-args', json.dumps({**args, 'keep_ratio': 0.5})],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    model = dynvit.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(out)))
+    assert model.keep_ratio[0] == 0.5 and model.token_order == 'score'
+    assert dynvit.create_model(name, keep_ratio=0.6).keep_ratio[0] == 0.6  # the caller's arguments win too
+    # refused: a DynamicViT checkpoint as an Evo-ViT, and an output that is not .safetensors
+    for model_name, output, message in (('evovit_small_patch16_224.official_in1k', 'x.safetensors', 'keep predictors'),
+                                        (name, 'x.pth', 'must be a .safetensors file')):
+        r = subprocess.run([sys.executable, '-m', 'dynvit', 'convert', str(tmp_path / 'official.pth'),
+                            str(tmp_path / output), '--model', model_name, '--model-args', json.dumps(args)],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1 and message in r.stderr and not (tmp_path / output).exists()

@@ -5,8 +5,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 import dynvit
@@ -196,8 +198,8 @@ def test_external_teacher_sees_the_images_it_was_trained_on():
     s_mean, s_std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     student_batch = (pixels - torch.tensor(s_mean).view(1, 3, 1, 1)) / torch.tensor(s_std).view(1, 3, 1, 1)
     adapted = ExternalTeacher(teacher, s_mean, s_std, student_chans=3)
-    gray = torch.nn.functional.interpolate(pixels.mean(1, keepdim=True), size=(16, 16), mode='bilinear',
-                                           antialias=True)
+    luma = (pixels * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)  # as PIL's 'L'
+    gray = torch.nn.functional.interpolate(luma, size=(16, 16), mode='bilinear', antialias=True)
     with torch.no_grad():
         expected = teacher((gray - 0.2) / 0.4)
     torch.testing.assert_close(adapted(student_batch), expected, atol=1e-5, rtol=1e-5)
@@ -226,3 +228,20 @@ def test_distillation_weight_and_temperature_reach_every_family_loss(name, folde
     assert t.loss_fn.distill_weight == 0.3 and t.loss_fn.temperature == 4.0
     with pytest.raises(ValueError, match='distill_temperature'):
         TrainConfig(distill_temperature=0).check()
+
+
+def test_a_gray_student_with_an_rgb_mean_in_its_cfg_gets_a_working_teacher():
+    """A 1-channel ViT keeps ImageNet's three-value mean in its cfg; its batches are normalised with
+    the average (model_norm), and the teacher adapter undoes exactly that."""
+    from dynvit.data import model_norm, model_transform
+    from dynvit.train import ExternalTeacher
+    student = dynvit.create_model('test_dynamicvit', in_chans=1, num_classes=3)
+    student.pretrained_cfg = {**student.pretrained_cfg, 'crop_pct': 1.0}  # the 32-px image passes unchanged
+    mean, std = model_norm(student)
+    assert len(mean) == len(std) == 1
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8), 'L')
+    x = model_transform(student)(image)[None]
+    teacher = dynvit.create_model('test_fbs_resnet', in_chans=1, num_classes=3, density=1.0).eval()
+    teacher.pretrained_cfg = {**teacher.pretrained_cfg, 'input_size': (1, 32, 32), 'mean': (0.3,), 'std': (0.2,)}
+    expected = teacher((torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)[None, None] - 0.3) / 0.2)
+    torch.testing.assert_close(ExternalTeacher(teacher, mean, std, 1)(x), expected, atol=1e-5, rtol=1e-5)

@@ -5,6 +5,7 @@ examples. Exit codes: 0 success, 1 an error (named on stderr in one line), 2 bad
 (argparse), 3 some images could not be read while the others were processed, 130 interrupted.
 """
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -37,7 +38,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f'dynvit {args.command}: interrupted', file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, TypeError, OSError, NotImplementedError, FloatingPointError, RuntimeError) as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # one line for the user; DYNVIT_DEBUG=1 shows the traceback
+        if os.environ.get('DYNVIT_DEBUG'):
+            raise
+        text = str(e).strip()
+        message = text.splitlines()[0] if text else type(e).__name__
+        if not isinstance(e, (ValueError, TypeError, OSError, NotImplementedError, FloatingPointError)):
+            message = f'{type(e).__name__}: {message} (DYNVIT_DEBUG=1 for the traceback)'
         print(f'dynvit {args.command}: error: {message}', file=sys.stderr)
         return EXIT_ERROR

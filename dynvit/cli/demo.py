@@ -1,12 +1,15 @@
 """``dynvit demo``: the zoo's sparse models on bundled Fashion-MNIST test images, offline."""
 import argparse
 import re
+import sys
 from pathlib import Path
 from typing import List
 
 import torch
 
-from . import EXIT_OK
+from . import EXIT_OK, EXIT_SOME_IMAGES_FAILED
+from ._common import positive_int
+from .models import kept_text
 
 SAMPLES = Path(__file__).resolve().parents[1] / 'samples'
 EXAMPLES = 'examples:\n  dynvit demo\n  dynvit demo --out /tmp/demo.png --threads 1\n  dynvit demo --images my_shirts/'
@@ -50,7 +53,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     images, errors = gather_images(args.images or [str(SAMPLES)])
     for path, message in errors:
-        print(f'skipped {path}: {message}')
+        print(f'dynvit demo: skipped {path}: {message}', file=sys.stderr)
     if not images:
         raise ValueError('no image could be read')
     print(f'dynvit demo: the zoo\'s sparse models on {len(images)} Fashion-MNIST test images '
@@ -64,15 +67,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         classes = list(model.pretrained_cfg.get('label_names') or [])
         print(f'{name}: {_sparsity_text(model)}; card: test top-1 {card["test_top1"]:.2%}, '
               f'{card["mean_macs"] / 1e6:.1f} MMACs/image')
-        unit = 'gated channels' if preds[0].is_cnn else 'patches kept per stage'
+        unit = 'kept'
         print(f'  {"image":<34}{"true":<13}{"predicted":<13}{"p":>5}  {unit:<24}{"MMACs":>7}{"saved":>7}')
         right = 0
         for p in preds:
             true = _true_label(p.source, classes)
             _, label, prob = p.topk[0]
             right += label == true
-            kept = (f'{sum(p.kept)}/{sum(p.total)}' if p.is_cnn else '/'.join(map(str, p.kept)) + f' of {p.total[0]}')
-            print(f'  {Path(p.source).name[:33]:<34}{true[:12]:<13}{label[:12]:<13}{prob:5.2f}  {kept:<24}'
+            print(f'  {Path(p.source).name[:33]:<34}{true[:12]:<13}{label[:12]:<13}{prob:5.2f}  {kept_text(p):<24}'
                   f'{p.macs / 1e6:7.2f}{p.saved_fraction:7.1%}')
         mean_saved = sum(p.saved_fraction for p in preds) / len(preds)
         known = sum(_true_label(p.source, classes) != '?' for p in preds)
@@ -90,7 +92,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     picture.save(out)
     print(f'picture of the kept tokens and channels: {out.resolve()}')
     print('speed: dynvit bench MODEL --compare-dense; your images: dynvit predict MODEL IMAGE... --viz out.png')
-    return EXIT_OK
+    return EXIT_SOME_IMAGES_FAILED if errors else EXIT_OK
 
 
 def add_parsers(add) -> None:
@@ -98,7 +100,7 @@ def add_parsers(add) -> None:
                     'predictions, kept tokens / channels and MACs saved per image, and a picture.', EXAMPLES)
     p.add_argument('--out', default='dynvit_demo.png', help='where to write the picture')
     p.add_argument('--images', nargs='+', default=None, help='image files or folders instead of the bundled ones')
-    p.add_argument('--per-model', type=int, default=3, help='images per model in the picture')
-    p.add_argument('--size', type=int, default=84, help='picture: panel height in pixels')
-    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--per-model', type=positive_int, default=3, help='images per model in the picture')
+    p.add_argument('--size', type=positive_int, default=84, help='picture: panel height in pixels')
+    p.add_argument('--threads', type=positive_int, default=2)
     p.set_defaults(func=_cmd_demo)

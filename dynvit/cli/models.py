@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from . import EXIT_OK, EXIT_SOME_IMAGES_FAILED
+from ._common import model_and_file, positive_int
 
 EXAMPLES = {
     'list': 'examples:\n  dynvit list\n  dynvit list "dynamicvit_*" --pretrained\n  dynvit list --pretrained --json',
@@ -37,11 +38,10 @@ EXAMPLES = {
 def load_for_inference(name: str, checkpoint: Optional[str] = None, pretrained: bool = False) -> torch.nn.Module:
     """A model by name (``arch`` or ``arch.tag``: its pretrained weights), a dynvit file, or
     ``name`` with weights from ``checkpoint``; in eval mode."""
-    from .. import create_model, load_model, read_dynvit_metadata
-    if name.endswith(('.safetensors', '.pth', '.pt', '.bin')):
-        if read_dynvit_metadata(name) is None:
-            raise ValueError(f'{name} is not a dynvit model file; give a model name and --checkpoint {name}')
-        model = load_model(name)
+    from .. import create_model, load_model
+    arch, file = model_and_file(name)
+    if file:
+        model = load_model(file)
     elif checkpoint:
         model = create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=checkpoint))
     elif '.' in name or pretrained:
@@ -119,9 +119,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from ..runtime import profile
     # the numbers need no weights: a tag with a local file (the zoo) is loaded for its stored
     # configuration; other names are built without downloading anything
-    cfg = get_pretrained_cfg(args.model) if '.' in args.model else None
-    local = bool(cfg is not None and getattr(cfg, 'file', None) and Path(cfg.file).is_file())
-    model = create_model(args.model, pretrained=local).eval()
+    arch, file = model_and_file(args.model)
+    if file:
+        model = load_for_inference(file)
+    else:
+        cfg = get_pretrained_cfg(args.model) if '.' in args.model else None
+        local = bool(cfg is not None and getattr(cfg, 'file', None) and Path(cfg.file).is_file())
+        model = create_model(args.model, pretrained=local).eval()
     apply_sparsity(model, args.keep_ratio, args.density)
     c, h, w = model_input_size(model)
     _, report = profile(model, torch.zeros(1, c, h, w))
@@ -135,7 +139,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         dense_gmacs=report.dense_macs / 1e9,
         sparse_gmacs=report.mean_macs / 1e9,
         saved_fraction=1 - report.mean_macs / report.dense_macs,
-        weights=_weights_source(model.pretrained_cfg if '.' in args.model else {}),
+        weights=f'local file {file}' if file else _weights_source(model.pretrained_cfg if '.' in args.model else {}),
         paper=model.pretrained_cfg.get('paper_ids'),
     )
     if args.json:
@@ -146,7 +150,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _kept_text(pred) -> str:
+def kept_text(pred) -> str:
+    """'960/1920 gated channels' (CNNs) or '24/12/6 of 49 patches' (ViTs)."""
     if pred.is_cnn:
         return f'{sum(pred.kept)}/{sum(pred.total)} gated channels'
     return '/'.join(str(k) for k in pred.kept) + f' of {pred.total[0]} patches'
@@ -161,7 +166,7 @@ def _predict(args: argparse.Namespace):
     if not images:
         raise ValueError('none of the given paths is a readable image')
     preds = predict_images(model, images, topk=getattr(args, 'topk', 1), batch_size=args.batch_size,
-                           progress=not getattr(args, 'json', False))
+                           progress=not getattr(args, 'json', False) and sys.stderr.isatty())
     return model, preds, errors
 
 
@@ -191,7 +196,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         for p in preds:
             print(p.source)
             print('  ' + '   '.join(f'{n} {q:.3f}' for _, n, q in p.topk))
-            print(f'  kept {_kept_text(p)}; {p.macs / 1e6:.2f} MMACs of {p.dense_macs / 1e6:.2f} dense, '
+            print(f'  kept {kept_text(p)}; {p.macs / 1e6:.2f} MMACs of {p.dense_macs / 1e6:.2f} dense, '
                   f'{p.saved_fraction:.1%} saved')
         if args.viz:
             print(f'picture: {args.viz}')
@@ -245,10 +250,18 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise ValueError(f'--model-args must be a JSON object, got {args.model_args!r}')
     if not Path(args.input).is_file():
         raise FileNotFoundError(f'checkpoint file not found: {args.input}')
+    if not args.output.endswith('.safetensors'):
+        raise ValueError(f'the output must be a .safetensors file (self-describing), got {args.output}')
+    from ..models import DynamicVisionTransformer
+    from ..models._io import read_state_dict
+    raw = read_state_dict(args.input)
     overlay = dict(file=args.input)
     if 'num_classes' in kwargs:  # the checkpoint's own head size: keep its classifier (timm drops a mismatching one)
         overlay['num_classes'] = kwargs['num_classes']
     model = create_model(args.model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
+    if any(k.startswith('score_predictor.') for k in raw) and not isinstance(model, DynamicVisionTransformer):
+        raise ValueError(f'{args.input} holds DynamicViT keep predictors (score_predictor.*), which '
+                         f'{type(model).__name__} would drop: convert it with a dynamicvit_* model')
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     save_model(model, args.output)
     meta = read_dynvit_metadata(args.output)
@@ -281,10 +294,10 @@ def add_parsers(add) -> None:
     p.add_argument('model', help='arch.tag (its pretrained weights), arch, or a dynvit .safetensors file')
     p.add_argument('images', nargs='+', help='image files or folders (PNG, JPEG, WebP, ...)')
     _sparsity_args(p)
-    p.add_argument('--topk', type=int, default=5)
-    p.add_argument('--batch-size', type=int, default=16)
+    p.add_argument('--topk', type=positive_int, default=5)
+    p.add_argument('--batch-size', type=positive_int, default=16)
     p.add_argument('--viz', default=None, metavar='OUT.png', help='also draw the kept tokens / channels per image')
-    p.add_argument('--size', type=int, default=112, help='picture: panel height in pixels')
+    p.add_argument('--size', type=positive_int, default=112, help='picture: panel height in pixels')
     p.add_argument('--json', action='store_true')
     p.set_defaults(func=_cmd_predict)
 
@@ -294,8 +307,8 @@ def add_parsers(add) -> None:
     p.add_argument('images', nargs='+', help='image files or folders')
     _sparsity_args(p)
     p.add_argument('--out', required=True, help='the picture to write (.png, .jpg, ...)')
-    p.add_argument('--size', type=int, default=112, help='panel height in pixels')
-    p.add_argument('--batch-size', type=int, default=16)
+    p.add_argument('--size', type=positive_int, default=112, help='panel height in pixels')
+    p.add_argument('--batch-size', type=positive_int, default=16)
     p.set_defaults(func=_cmd_viz)
 
     p = add('convert', 'Convert a checkpoint (official DynamicViT / Evo-ViT .pth, timm, DeiT) once into a '
@@ -312,9 +325,9 @@ def add_parsers(add) -> None:
                      'the same network with sparsity off.', EXAMPLES['bench'])
     p.add_argument('model', help='arch.tag, arch, or a dynvit .safetensors file')
     _sparsity_args(p)
-    p.add_argument('--batch-size', type=int, nargs='+', default=[1, 32])
+    p.add_argument('--batch-size', type=positive_int, nargs='+', default=[1, 32])
     p.add_argument('--compare-dense', action='store_true', help='also time it with keep ratio / density 1.0')
-    p.add_argument('--rounds', type=int, default=5, help='rounds the models take turns in')
-    p.add_argument('--runs', type=int, default=20, help='timed forwards per model and batch size')
+    p.add_argument('--rounds', type=positive_int, default=5, help='rounds the models take turns in')
+    p.add_argument('--runs', type=positive_int, default=20, help='timed forwards per model and batch size')
     p.add_argument('--json', action='store_true')
     p.set_defaults(func=_cmd_bench)

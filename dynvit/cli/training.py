@@ -7,6 +7,9 @@ from typing import Optional
 
 import torch
 
+from . import EXIT_OK
+from ._common import model_and_file, positive_int
+
 EXAMPLES = {
     'finetune': 'examples:\n'
                 '  dynvit finetune dynamicvit_small_patch16_224 --data path/to/images --checkpoint deit_small.pth '
@@ -15,7 +18,8 @@ EXAMPLES = {
                 '--model-args \'{"img_size": 28, "patch_size": 4, "in_chans": 1}\' --epochs 5 --out runs/fm\n'
                 '  dynvit finetune fbs_resnet18 --data path/to/images --density 0.5 --gate-warmup-epochs 1 --out runs/fbs\n'
                 '  dynvit finetune dynamicvit_tiny_patch16_224 --data fashion-mnist --model-args \'{"img_size": 28, '
-                '"patch_size": 4, "in_chans": 1, "stem": "conv"}\' --keep-ratio 1.0 --teacher fbs_resnet18.fmnist_dense '
+                '"patch_size": 4, "in_chans": 1, "stem": "conv"}\' --keep-ratio 1.0 '
+                '--teacher fbs_resnet18.fmnist_dense '
                 '--out runs/vit\n'
                 '  torchrun --nproc_per_node 2 -m dynvit finetune test_evovit --data path/to/images --out runs/ddp\n'
                 '  dynvit finetune test_dynamicvit --data path/to/images --out runs/x --resume',
@@ -29,7 +33,7 @@ def _model_for_data(args: argparse.Namespace, num_classes: Optional[int], **spar
     """The model named (or the dynvit file given) with ``--model-args``, the sparsity targets and
     ``num_classes``; ``--checkpoint`` (or the file) provides the weights, the head reset the timm
     way when the classes differ."""
-    from .. import create_model, read_dynvit_metadata
+    from .. import create_model
     from ..models._helpers import model_input_size
     torch.manual_seed(args.seed)  # fresh parameters (heads, predictors, gates) start the same in every process
     kwargs = json.loads(args.model_args) if args.model_args else {}
@@ -38,12 +42,8 @@ def _model_for_data(args: argparse.Namespace, num_classes: Optional[int], **spar
     kwargs.update({k: v for k, v in sparsity.items() if v is not None})
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
-    name, weights = args.model, args.checkpoint
-    if name.endswith(('.safetensors', '.pth', '.pt', '.bin')):
-        meta = read_dynvit_metadata(name)
-        if meta is None:
-            raise ValueError(f'{name} is not a dynvit model file; give a model name and --checkpoint {name}')
-        name, weights = meta['architecture'], weights or args.model
+    name, weights = model_and_file(args.model)
+    weights = args.checkpoint or weights
     if weights:
         model = create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=weights), **kwargs)
     else:
@@ -63,24 +63,19 @@ def _model_for_data(args: argparse.Namespace, num_classes: Optional[int], **spar
 def _external_teacher(args: argparse.Namespace, student: torch.nn.Module) -> torch.nn.Module:
     """``--teacher``: a pretrained model name (``arch.tag``) or a dynvit file, wrapped to read the
     student's batches."""
-    from timm.data import resolve_data_config
-    from .. import create_model, read_dynvit_metadata
+    from .. import create_model
+    from ..data import model_norm
     from ..models._helpers import model_input_size
     from ..train import ExternalTeacher
     if args.no_distill:
         raise ValueError('--teacher and --no-distill contradict each other')
-    name = args.teacher
-    if name.endswith(('.safetensors', '.pth', '.pt', '.bin')):
-        meta = read_dynvit_metadata(name)
-        if meta is None:
-            raise ValueError(f'--teacher {name} is not a dynvit model file')
-        teacher = create_model(meta['architecture'], pretrained=True, pretrained_cfg_overlay=dict(file=name))
-    else:
-        teacher = create_model(name, pretrained=True)
+    name, file = model_and_file(args.teacher, '--teacher')
+    teacher = create_model(name, pretrained=True, **({'pretrained_cfg_overlay': dict(file=file)} if file else {}))
     if teacher.num_classes != student.num_classes:
-        raise ValueError(f'the teacher {name} has {teacher.num_classes} classes, the student {student.num_classes}')
-    cfg = resolve_data_config({}, model=student)
-    return ExternalTeacher(teacher, cfg['mean'], cfg['std'], model_input_size(student)[0])
+        raise ValueError(f'the teacher {args.teacher} has {teacher.num_classes} classes, the student '
+                         f'{student.num_classes}')
+    mean, std = model_norm(student)  # what the student's batches were normalised with
+    return ExternalTeacher(teacher, mean, std, model_input_size(student)[0])
 
 
 def _num_classes(args: argparse.Namespace) -> int:
@@ -120,13 +115,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f'nothing to resume in {args.out} (no train_state.safetensors)')
         if trainer.rank == 0:
             print(f'resuming at epoch {trainer.epoch + 1}, step {trainer.step}', flush=True)
-    try:
-        trainer.fit()
-    except KeyboardInterrupt:
-        return 130
+    trainer.fit()  # Ctrl-C: the last checkpoint stays; main() reports the interruption (exit 130)
     if trainer.rank == 0:
         print(f'best validation top-1 {trainer.best_top1:.4f}; model saved to {Path(args.out) / "best.safetensors"}')
-    return 0
+    return EXIT_OK
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -149,7 +141,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f'{args.model} on {args.data} ({metrics["images"]} images): top-1 {metrics["top1"]:.4f}, '
               f'top-5 {metrics["top5"]:.4f}, {metrics["mean_macs"] / 1e9:.4f} GMACs per image, '
               f'{metrics["saved_fraction"]:.1%} of the dense MACs saved, keep rate {metrics["keep_rate"]:.3f}')
-    return 0
+    return EXIT_OK
 
 
 def add_parsers(add) -> None:
@@ -166,7 +158,7 @@ def add_parsers(add) -> None:
         p.add_argument('--model-args', default=None, help='JSON constructor arguments, e.g. \'{"img_size": 28}\'')
         p.add_argument('--mean', type=float, nargs='+', default=None, help='normalisation mean (default: model cfg)')
         p.add_argument('--std', type=float, nargs='+', default=None, help='normalisation std (default: model cfg)')
-        p.add_argument('--batch-size', type=int, default=64, help='global batch size')
+        p.add_argument('--batch-size', type=positive_int, default=64, help='global batch size')
         p.add_argument('--workers', type=int, default=0)
         p.add_argument('--threads', type=int, default=0, help='CPU threads (default: torch\'s)')
         p.add_argument('--seed', type=int, default=0)
@@ -178,7 +170,7 @@ def add_parsers(add) -> None:
     p.add_argument('--resume', action='store_true', help='continue the run in --out')
     p.add_argument('--keep-ratio', type=float, default=None, help='ViTs: target keep ratio')
     p.add_argument('--density', type=float, default=None, help='FBS: target density')
-    p.add_argument('--epochs', type=int, default=10)
+    p.add_argument('--epochs', type=positive_int, default=10)
     p.add_argument('--lr', type=float, default=5e-4)
     p.add_argument('--sparse-lr', type=float, default=None, help='lr of keep predictors / gates (default: --lr)')
     p.add_argument('--weight-decay', type=float, default=0.05)

@@ -2,5 +2,5 @@
 folders, and timm transforms from a model's data config."""
 from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES, FashionMNIST, read_idx
 from .folders import folder_classes, image_folder, load_image, split_indices
-from .transforms import SeededAugmentation, model_transform
+from .transforms import SeededAugmentation, model_norm, model_transform
 from .build import build_datasets

@@ -1,7 +1,7 @@
 """Preprocessing from a model's data config (timm), for grayscale or color models, and
 augmentation that depends only on (seed, epoch, image index)."""
 import random
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -12,7 +12,20 @@ from torchvision import transforms as T
 
 from ..models._helpers import model_input_size
 
-__all__ = ['model_transform', 'SeededAugmentation']
+__all__ = ['model_norm', 'model_transform', 'SeededAugmentation']
+
+
+def model_norm(model: torch.nn.Module) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """The normalisation ``(mean, std)`` of the model's data config, one value per input channel
+    (a three-value mean/std is averaged for a one-channel model, a single value repeated)."""
+    cfg = resolve_data_config({}, model=model)
+    chans = model_input_size(model)[0]
+    mean, std = tuple(float(v) for v in cfg['mean']), tuple(float(v) for v in cfg['std'])
+    if len(mean) != chans:
+        mean = (sum(mean) / len(mean),) * chans
+    if len(std) != chans:
+        std = (sum(std) / len(std),) * chans
+    return mean, std
 
 
 def model_transform(model: torch.nn.Module, is_training: bool = False,
@@ -32,9 +45,7 @@ def model_transform(model: torch.nn.Module, is_training: bool = False,
     cfg = resolve_data_config({}, model=model)
     cfg['input_size'] = model_input_size(model)  # the cfg's size may predate img_size / in_chans changes
     chans = cfg['input_size'][0]
-    mean, std = tuple(cfg['mean']), tuple(cfg['std'])
-    if len(mean) != chans:
-        mean, std = (sum(mean) / len(mean),) * chans, (sum(std) / len(std),) * chans
+    mean, std = model_norm(model)
     kwargs = dict(input_size=cfg['input_size'], interpolation=cfg['interpolation'], mean=mean, std=std,
                   crop_pct=cfg['crop_pct'], crop_mode=cfg.get('crop_mode', 'center'))
     if is_training:

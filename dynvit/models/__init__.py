@@ -16,6 +16,8 @@ def dense_copy(model):
         dense.density = 1.0
     elif isinstance(dense, (DynamicVisionTransformer, EvoVisionTransformer)):
         dense.keep_ratio = 1.0
+        if isinstance(dense, DynamicVisionTransformer):
+            dense.mode = 'topk'  # threshold mode would still drop tokens
     else:
         raise TypeError(f'{type(model).__name__} is not a dynvit model')
     return dense

@@ -1,6 +1,9 @@
 """``create_model`` / ``list_models`` mirroring timm's, with clear errors for unknown names."""
 import difflib
+import hashlib
+import http.client
 import os
+import tempfile
 import urllib.parse
 from typing import Any, List, Union
 
@@ -60,7 +63,6 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
     arch, _ = split_model_name_tag(arch)
     if not timm.is_model(arch):
         raise _unknown_model(model_name)
-    kwargs = {**TAG_ARGS.get(model_name, {}), **kwargs}  # what an official tag was trained with
     overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
     if pretrained and not overlay.get('file'):
         shipped = _shipped_file(model_name)
@@ -80,9 +82,11 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
             stored = meta['model_args']
             if meta.get('architecture') != arch:  # e.g. a dense DynamicViT file as an Evo-ViT backbone
                 stored = {k: v for k, v in stored.items() if k not in SPARSITY_ARGS}
-            kwargs = {**stored, **kwargs}
+            kwargs = {**stored, **kwargs}  # the caller's arguments first, then what the file stores
             if f == overlay.get('file'):  # the file's data config and classes describe these weights
                 overlay = {**meta['pretrained_cfg'], **overlay}
+    # what an official tag was trained with: its files do not store it (last resort, after the file's own)
+    kwargs = {**TAG_ARGS.get(model_name, {}), **kwargs}
     if pretrained and overlay.get('file'):
         # read and validate the file here; timm then loads the tensors (classifier reset,
         # input-channel adaptation and our checkpoint filter included)
@@ -115,19 +119,41 @@ def _has_file_name(url: str) -> bool:
 
 def download_to_cache(url: str, model_name: str) -> str:
     """Downloads ``url`` once into torch's hub cache (``$TORCH_HOME/hub/checkpoints``, where timm
-    caches url weights) as ``<arch>.<tag>.pth`` and returns the path. For share links whose URL
-    path names no file (Tsinghua Cloud ``.../?dl=1``, Google Drive ``uc?id=...``)."""
+    caches url weights) as ``<arch>.<tag>-<url hash>.pth`` and returns the path. For share links
+    whose URL path names no file (Tsinghua Cloud ``.../?dl=1``, Google Drive ``uc?id=...``).
+
+    The file is fetched under a temporary name and kept only when it reads as a checkpoint, so an
+    HTML page (a share service's warning or login page) or a cut-off transfer is never cached.
+    """
     folder = os.path.join(torch.hub.get_dir(), 'checkpoints')
-    path = os.path.join(folder, f'{model_name}.pth')
-    if not os.path.isfile(path):
-        os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f'{model_name}-{hashlib.sha256(url.encode()).hexdigest()[:8]}.pth')
+    if os.path.isfile(path):
+        return path
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{model_name}.', suffix='.partial')
+    os.close(fd)
+    hint = (f'download the file yourself and pass pretrained_cfg_overlay=dict(file=PATH), or convert it once with '
+            f'`dynvit convert FILE OUT.safetensors --model {model_name}`')
+    try:
         try:
-            torch.hub.download_url_to_file(url, path, progress=True)
-        except (OSError, ValueError) as e:  # URLError is an OSError
-            raise PretrainedWeightsError(
-                f'could not download the weights of {model_name} from {url} ({type(e).__name__}: {e}); download '
-                f'the file yourself and pass pretrained_cfg_overlay=dict(file=PATH), or convert it once with '
-                f'`dynvit convert FILE OUT.safetensors --model {model_name}`') from None
+            torch.hub.download_url_to_file(url, tmp, progress=True)
+        except (OSError, ValueError, http.client.HTTPException) as e:  # URLError is an OSError
+            raise PretrainedWeightsError(f'could not download the weights of {model_name} from {url} '
+                                         f'({type(e).__name__}: {e}); {hint}') from None
+        with open(tmp, 'rb') as fh:
+            head = fh.read(512).lstrip().lower()
+        if head.startswith((b'<!doctype', b'<html')):
+            raise PretrainedWeightsError(f'{url} returned a web page, not a checkpoint (the share service may ask '
+                                         f'for a confirmation in a browser); {hint}')
+        try:
+            read_state_dict(tmp)
+        except ValueError as e:
+            raise PretrainedWeightsError(f'the download from {url} is not a readable checkpoint (cut off?): {e}; '
+                                         f'{hint}') from None
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 

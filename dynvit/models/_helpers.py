@@ -71,6 +71,15 @@ def vit_embed_layer(stem: str) -> type:
     return stems[stem]
 
 
+def with_stem_cfg(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """``kwargs`` whose pretrained-cfg overlay names the convolutional stem's first conv as the
+    input conv (timm adapts its channels when a checkpoint has another ``in_chans``)."""
+    if kwargs.get('stem') != 'conv':
+        return kwargs
+    overlay = {'first_conv': 'patch_embed.proj.0', **(kwargs.get('pretrained_cfg_overlay') or {})}
+    return {**kwargs, 'pretrained_cfg_overlay': overlay}
+
+
 def embed_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Checks the images and runs a timm ``VisionTransformer``'s embedding steps.
 

@@ -43,7 +43,7 @@ from ..runtime.macs import vit_macs
 from ._zoo import register_tag_args, shipped_cfgs
 from ._helpers import (
     build_dynamic_model, check_state_dict, embed_tokens, fill_missing, first_conv_keys, is_scalar, run_block, vit_cfg,
-    vit_embed_layer)
+    vit_embed_layer, with_stem_cfg)
 
 __all__ = ['DynamicVisionTransformer', 'DynamicViTAux']
 
@@ -531,7 +531,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: DynamicVisi
 
 def _create_dynamic_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> DynamicVisionTransformer:
     return build_dynamic_model(DynamicVisionTransformer, variant, pretrained, checkpoint_filter_fn,
-                               'DynamicViT drops tokens and has no full feature grid', **kwargs)
+                               'DynamicViT drops tokens and has no full feature grid', **with_stem_cfg(kwargs))
 
 
 def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:

@@ -43,7 +43,8 @@ from ..layers import (
 from ..runtime.macs import vit_macs
 from ._zoo import register_tag_args, shipped_cfgs
 from ._helpers import (
-    build_dynamic_model, check_state_dict, embed_tokens, first_conv_keys, is_scalar, run_block, vit_cfg, vit_embed_layer)
+    build_dynamic_model, check_state_dict, embed_tokens, first_conv_keys, is_scalar, run_block, vit_cfg,
+    vit_embed_layer, with_stem_cfg)
 
 __all__ = ['EvoVisionTransformer', 'EvoViTAux']
 
@@ -472,7 +473,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EvoVisionTr
 
 def _create_evo_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer:
     return build_dynamic_model(EvoVisionTransformer, variant, pretrained, checkpoint_filter_fn,
-                               'Evo-ViT runs most blocks on a subset of the tokens', **kwargs)
+                               'Evo-ViT runs most blocks on a subset of the tokens', **with_stem_cfg(kwargs))
 
 
 def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
