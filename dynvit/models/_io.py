@@ -139,7 +139,8 @@ def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
 
 
 def load_model(path: str, **kwargs: Any) -> nn.Module:
-    """Rebuilds a model saved by ``save_model``; ``kwargs`` override stored arguments."""
+    """Rebuilds a model saved by ``save_model`` (or ``compress.save_pruned``, shrunk to its stored
+    per-block sizes); ``kwargs`` override stored arguments."""
     from ._factory import create_model  # the factory reads metadata through this module
 
     if not os.path.isfile(path):
@@ -148,6 +149,10 @@ def load_model(path: str, **kwargs: Any) -> nn.Module:
     if meta is None:
         raise ValueError(f'{path} has no dynvit metadata; load it with create_model(arch, checkpoint_path=...)')
     model = create_model(meta['architecture'], pretrained=False, **{**meta['model_args'], **kwargs})
+    structure = (meta.get('extra') or {}).get('pruned_structure')
+    if structure:  # structurally pruned (dynvit.compress): shrink the uniform blocks to the stored sizes
+        from ..compress.pruning import apply_structure
+        apply_structure(model, structure)
     load_checkpoint(model, path)
     model.pretrained_cfg = {**model.pretrained_cfg, **meta['pretrained_cfg']}
     return model
