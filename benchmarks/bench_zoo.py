@@ -59,6 +59,20 @@ def main() -> None:
                  f'b32 {row["b32_speedup"]:.2f}x' if 'dense' in models else ''), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(dict(threads=args.threads, rows=rows), indent=1))
+    print('\n' + markdown_table(rows))
+
+
+def markdown_table(rows: dict) -> str:
+    """The README's table: speed-ups and accuracy deltas against each model's dense counterpart."""
+    lines = ['| model | test top-1 | MMACs / image | saved vs dense | batch-1 latency | batch-32 throughput |',
+             '|---|---|---|---|---|---|']
+    for name, r in rows.items():
+        top1 = f'{r["test_top1"]:.2%}' + (f' ({(r["test_top1"] - r["dense_top1"]) * 100:+.2f})' if r.get('dense') else '')
+        saved = f'{1 - r["mean_macs"] / r["dense_macs"]:.1%}' if 'dense_macs' in r else '–'
+        b1 = f'{r["b1_ms"]:.2f} ms' + (f' ({r["b1_speedup"]:.2f}×)' if 'b1_speedup' in r else '')
+        b32 = f'{r["b32_img_s"]:.0f} img/s' + (f' ({r["b32_speedup"]:.2f}×)' if 'b32_speedup' in r else '')
+        lines.append(f'| `{name}` | {top1} | {r["mean_macs"] / 1e6:.1f} | {saved} | {b1} | {b32} |')
+    return '\n'.join(lines)
 
 
 if __name__ == '__main__':

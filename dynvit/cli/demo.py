@@ -29,7 +29,8 @@ def _sparsity_text(model: torch.nn.Module) -> str:
     config = model.sparsity_config() if hasattr(model, 'sparsity_config') else {}
     if 'density' in config:
         return f'density {config["density"]} (channels computed per gated layer)'
-    return f'keep ratio {config.get("keep_ratio")} per stage'
+    ratios = config.get('keep_ratio') or []
+    return 'keep ratio ' + ' / '.join(f'{r:.3g}' for r in ratios) + ' per stage'
 
 
 def _zoo_models() -> List[str]:
@@ -68,13 +69,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f'{name}: {_sparsity_text(model)}; card: test top-1 {card["test_top1"]:.2%}, '
               f'{card["mean_macs"] / 1e6:.1f} MMACs/image')
         unit = 'kept'
-        print(f'  {"image":<34}{"true":<13}{"predicted":<13}{"p":>5}  {unit:<24}{"MMACs":>7}{"saved":>7}')
+        print(f'  {"image":<34}{"true":<13}{"predicted":<13}{"p":>5}  {unit:<30}{"MMACs":>7}{"saved":>7}')
         right = 0
         for p in preds:
             true = _true_label(p.source, classes)
             _, label, prob = p.topk[0]
             right += label == true
-            print(f'  {Path(p.source).name[:33]:<34}{true[:12]:<13}{label[:12]:<13}{prob:5.2f}  {kept_text(p):<24}'
+            print(f'  {Path(p.source).name[:33]:<34}{true[:12]:<13}{label[:12]:<13}{prob:5.2f}  {kept_text(p):<30}'
                   f'{p.macs / 1e6:7.2f}{p.saved_fraction:7.1%}')
         mean_saved = sum(p.saved_fraction for p in preds) / len(preds)
         known = sum(_true_label(p.source, classes) != '?' for p in preds)
