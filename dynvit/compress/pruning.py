@@ -511,20 +511,26 @@ def _new_param(old: Optional[torch.Tensor], value: Optional[torch.Tensor]) -> Op
     return nn.Parameter(value.detach().clone().contiguous(), requires_grad=old.requires_grad)
 
 
-def _slice_linear(linear: nn.Linear, out_idx: Optional[torch.Tensor] = None,
-                  in_idx: Optional[torch.Tensor] = None) -> None:
-    """Keeps rows ``out_idx`` (outputs) and columns ``in_idx`` (inputs) of a Linear, in place."""
-    w = linear.weight  # [out, in]
-    b = linear.bias
+def _slice_weight(layer: nn.Module, out_idx: Optional[torch.Tensor], in_idx: Optional[torch.Tensor]) -> Tuple[int, int]:
+    """Keeps outputs ``out_idx`` (dim 0 of the weight, and the bias) and inputs ``in_idx`` (dim 1) of
+    a Linear or Conv2d, in place; returns the new (outputs, inputs)."""
+    w = layer.weight  # [out, in, ...]
+    b = layer.bias
     if out_idx is not None:
         w = w.index_select(0, out_idx.to(w.device))
         b = None if b is None else b.index_select(0, out_idx.to(b.device))
     if in_idx is not None:
         w = w.index_select(1, in_idx.to(w.device))
-    linear.weight = _new_param(linear.weight, w)
-    if linear.bias is not None:
-        linear.bias = _new_param(linear.bias, b)
-    linear.out_features, linear.in_features = w.shape
+    layer.weight = _new_param(layer.weight, w)
+    if layer.bias is not None:
+        layer.bias = _new_param(layer.bias, b)
+    return w.shape[0], w.shape[1]
+
+
+def _slice_linear(linear: nn.Linear, out_idx: Optional[torch.Tensor] = None,
+                  in_idx: Optional[torch.Tensor] = None) -> None:
+    """Keeps rows ``out_idx`` (outputs) and columns ``in_idx`` (inputs) of a Linear, in place."""
+    linear.out_features, linear.in_features = _slice_weight(linear, out_idx, in_idx)
 
 
 def _slice_conv(conv: nn.Conv2d, out_idx: Optional[torch.Tensor] = None,
@@ -532,17 +538,7 @@ def _slice_conv(conv: nn.Conv2d, out_idx: Optional[torch.Tensor] = None,
     """Keeps output channels ``out_idx`` and input channels ``in_idx`` of a dense Conv2d, in place."""
     if conv.groups != 1:
         raise ValueError(f'cannot slice a grouped convolution (groups={conv.groups})')
-    w = conv.weight  # [out, in, kh, kw]
-    b = conv.bias
-    if out_idx is not None:
-        w = w.index_select(0, out_idx.to(w.device))
-        b = None if b is None else b.index_select(0, out_idx.to(b.device))
-    if in_idx is not None:
-        w = w.index_select(1, in_idx.to(w.device))
-    conv.weight = _new_param(conv.weight, w)
-    if conv.bias is not None:
-        conv.bias = _new_param(conv.bias, b)
-    conv.out_channels, conv.in_channels = w.shape[0], w.shape[1]
+    conv.out_channels, conv.in_channels = _slice_weight(conv, out_idx, in_idx)
     for cache in _FBS_CACHES:
         conv.__dict__.pop(cache, None)
 
