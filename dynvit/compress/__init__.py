@@ -1,32 +1,30 @@
-"""Model compression: magnitude pruning (unstructured and structured) for the dense and the dynamic models."""
-from .pruning import (
-    IterativePruner,
-    SparsityStats,
-    apply_structure,
+"""Model compression for the dense and the dynamic models alike.
+
+* ``magnitude``: unstructured magnitude pruning (Han et al. 2015, arXiv:1506.02626), masks kept
+  through fine-tuning; ``schedule``: the cubic sparsity ramp and iterative pruning.
+* ``structured``: attention heads, MLP units and basic-block channels cut out of the tensors;
+  ``saving``: such models saved and rebuilt with their new shapes.
+"""
+from ._select import GROUPS, masked_layers, prunable_layers
+from .magnitude import SparsityStats, magnitude_prune, remove_masks, sparsity
+from .saving import apply_structure, load_pruned, pruned_structure, save_pruned
+from .schedule import IterativePruner, cubic_sparsity
+from .structured import (
     attention_blocks,
     basic_blocks,
     channel_scores,
-    cubic_sparsity,
     head_scores,
-    load_pruned,
-    magnitude_prune,
-    masked_layers,
     mlp_unit_scores,
-    prunable_layers,
     prune_attention_heads,
     prune_block_channels,
     prune_mlp_units,
-    pruned_structure,
-    remove_masks,
-    save_pruned,
     shrink_attention,
     shrink_basic_block,
     shrink_mlp,
-    sparsity,
 )
 
 __all__ = [
-    'IterativePruner', 'SparsityStats', 'apply_structure', 'attention_blocks', 'basic_blocks', 'channel_scores',
+    'GROUPS', 'IterativePruner', 'SparsityStats', 'apply_structure', 'attention_blocks', 'basic_blocks', 'channel_scores',
     'cubic_sparsity', 'head_scores', 'load_pruned', 'magnitude_prune', 'masked_layers', 'mlp_unit_scores',
     'prunable_layers', 'prune_attention_heads', 'prune_block_channels', 'prune_mlp_units', 'pruned_structure',
     'remove_masks', 'save_pruned', 'shrink_attention', 'shrink_basic_block', 'shrink_mlp', 'sparsity',

@@ -151,7 +151,7 @@ def load_model(path: str, **kwargs: Any) -> nn.Module:
     model = create_model(meta['architecture'], pretrained=False, **{**meta['model_args'], **kwargs})
     structure = (meta.get('extra') or {}).get('pruned_structure')
     if structure:  # structurally pruned (dynvit.compress): shrink the uniform blocks to the stored sizes
-        from ..compress.pruning import apply_structure
+        from ..compress.saving import apply_structure
         apply_structure(model, structure)
     load_checkpoint(model, path)
     model.pretrained_cfg = {**model.pretrained_cfg, **meta['pretrained_cfg']}
