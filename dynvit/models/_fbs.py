@@ -7,12 +7,19 @@ timm's block, mixes in ``GatedBlock`` and writes its masked and skipped computat
 """
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from ..layers.channel_gate import ChannelGate, check_batch_norm, check_sliceable_conv, num_kept, select_channels
+from ..layers.channel_gate import (
+    ChannelGate,
+    check_batch_norm,
+    check_sliceable_conv,
+    importance_bias,
+    num_kept,
+    select_channels,
+)
 from ._helpers import check_image_batch, check_state_dict, first_conv_keys, is_scalar
 
 EXECUTIONS = ('auto', 'grouped', 'loop', 'union', 'mask')
@@ -77,6 +84,38 @@ class GateTrace:
         self.dense_macs[name] = int(dense)
 
 
+TensorGetter = Callable[[str], Optional[torch.Tensor]]  # a block's tensor by its own name ('bn1.weight'), or None
+
+
+class BNParams(NamedTuple):
+    """An inference BatchNorm's parameters as float32: affine ``gamma``/``beta`` and ``scale``
+    (``gamma / sqrt(running_var + eps)``, what it multiplies its input by)."""
+    gamma: torch.Tensor
+    beta: torch.Tensor
+    scale: torch.Tensor
+
+
+def bn_params(tensor: TensorGetter, name: str, bn: nn.Module) -> BNParams:
+    """``BNParams`` of the BatchNorm ``bn`` named ``name`` in a block, its tensors read by ``tensor``
+    (they may come from a checkpoint rather than from ``bn`` itself)."""
+    var = tensor(f'{name}.running_var').float()
+    gamma, beta = tensor(f'{name}.weight'), tensor(f'{name}.bias')
+    gamma = torch.ones_like(var) if gamma is None else gamma.float()
+    beta = torch.zeros_like(var) if beta is None else beta.float()
+    return BNParams(gamma, beta, gamma * torch.rsqrt(var + bn.eps))
+
+
+def relu_cap(act: nn.Module) -> Optional[float]:
+    """6 for ReLU6, else None: other activations are taken as ReLU by the gate importance."""
+    return 6.0 if isinstance(act, nn.ReLU6) else None
+
+
+def input_column_norms(weight: torch.Tensor, out_scale: torch.Tensor) -> torch.Tensor:
+    """``[C_in]`` norm of each input channel's weights ``[C_out, C_in, kh, kw]`` with the output
+    channels scaled by the BatchNorm after the convolution: how strongly the next layer reads it."""
+    return (weight.float() * out_scale[:, None, None, None]).transpose(0, 1).flatten(1).norm(dim=1)
+
+
 class GatedBlock:
     """Mixin for a timm residual block with FBS gates (put it before the timm class).
 
@@ -87,8 +126,10 @@ class GatedBlock:
     channels) and ``_skipped_union(x)`` (the batch computes the union of its images' channels);
     ``computed`` is the channel count per gate each image computed when that is not what it
     kept (union), else None. ``_count_macs(in_hw, out_hw, kept)`` gives the block's MACs for
-    ``[B, gates]`` channel counts (None: dense, gates off). The model sets ``density``,
-    ``execution``, ``gate_offset`` and ``block_name``.
+    ``[B, gates]`` channel counts (None: dense, gates off). ``_gate_importance(tensor)`` gives
+    per gate a static ``[C]`` importance of its channels from the block's weights, read by
+    ``tensor`` (see ``FBSModel.init_gates``). The model sets ``density``, ``execution``,
+    ``gate_offset`` and ``block_name``.
     """
     _gate_names: Tuple[str, ...] = ()
     density: float = 1.0
@@ -163,6 +204,9 @@ class GatedBlock:
                 times[name] = min(runs)
             cache[key] = min(times, key=times.get)
         return cache[key]
+
+    def _gate_importance(self, tensor: TensorGetter) -> List[torch.Tensor]:
+        raise NotImplementedError
 
     def num_keep(self) -> List[int]:
         """Channels each gate of the block keeps at the current density."""
@@ -268,6 +312,36 @@ class FBSModel:
         """The current settings as plain values (stored with saved weights)."""
         return dict(density=self.density, execution=self.execution)
 
+    def init_gates(self, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+        """Starts every gate as static magnitude pruning (``ChannelGate.init_from_importance``).
+
+        A channel's importance is, from the weights alone, its mean activation (BatchNorm's
+        shift and scale taken as a Gaussian through the activation) times the norm of the next
+        layer's weights that read it. A dense network given gates this way loses at density d
+        only what pruning its least important channels loses; fresh random gates would drop
+        random channels, which large BatchNorm scales (EfficientNet-Lite) do not survive.
+
+        Args:
+            state_dict: Take the weights from this state dict (the model's keys) instead of the
+                model, and write nothing.
+
+        Returns:
+            The gate tensors (``'<block>.<gate>.fc.weight'`` / ``.bias``) as the model's dtypes.
+        """
+        source = self.state_dict() if state_dict is None else state_dict
+        own = self.state_dict()
+        out = {}
+        for blk in self.gated_blocks:
+            prefix = f'{blk.block_name}.'
+            importance = blk._gate_importance(lambda n: source.get(prefix + n))
+            for name, imp in zip(blk._gate_names, importance):
+                w, b = f'{prefix}{name}.fc.weight', f'{prefix}{name}.fc.bias'
+                out[w] = torch.zeros_like(own[w])
+                out[b] = importance_bias(imp).to(own[b])
+        if state_dict is None:
+            self.load_state_dict(out, strict=False)
+        return out
+
     def gate_channels(self) -> List[int]:
         """Channels each gate chooses from, in gate order."""
         return [g.out_channels for blk in self.gated_blocks for g in blk.gates()]
@@ -335,7 +409,8 @@ class FBSModel:
 
 def fbs_checkpoint_filter(state_dict: Dict[str, torch.Tensor], model: nn.Module,
                           classifier: str) -> Dict[str, torch.Tensor]:
-    """A dense timm checkpoint of the backbone gets the model's fresh gates; anything else must match.
+    """A dense timm checkpoint of the backbone gets gates initialised from its weights
+    (``FBSModel.init_gates``); anything else must match.
 
     Args:
         state_dict: Checkpoint tensors (``{'model': ...}`` already unwrapped).
@@ -345,7 +420,9 @@ def fbs_checkpoint_filter(state_dict: Dict[str, torch.Tensor], model: nn.Module,
     own = model.state_dict()
     gates = tuple(f'{n}.' for n, m in model.named_modules() if isinstance(m, ChannelGate))
     gate_keys = [k for k in own if k.startswith(gates)]
-    if not any(k in state_dict for k in gate_keys):  # a dense backbone: start the gates fresh
-        state_dict = {**state_dict, **{k: own[k] for k in gate_keys}}
+    if not any(k in state_dict for k in gate_keys):  # a dense backbone: gates from its channel importance
+        check_state_dict({**state_dict, **{k: own[k] for k in gate_keys}}, model, ignore=(classifier,),
+                         any_shape=first_conv_keys(model))
+        return {**state_dict, **model.init_gates(state_dict)}
     check_state_dict(state_dict, model, ignore=(classifier,), any_shape=first_conv_keys(model))
     return state_dict

@@ -25,9 +25,27 @@ from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedRes
 from timm.models._efficientnet_builder import BN_EPS_TF_DEFAULT, decode_arch_def, resolve_act_layer, round_channels
 from timm.models.efficientnet import EfficientNet
 
-from ..layers.channel_gate import ChannelGate, channel_union, folded_conv_bn, masked_saliency, shared_conv, sliced_conv
+from ..layers.channel_gate import (
+    ChannelGate,
+    channel_union,
+    folded_conv_bn,
+    gaussian_relu_mean,
+    masked_saliency,
+    shared_conv,
+    sliced_conv,
+)
 from ..runtime.macs import conv2d_macs, conv_macs, linear_macs
-from ._fbs import FBSAux, FBSModel, GatedBlock, check_gated_convs, fbs_checkpoint_filter
+from ._fbs import (
+    FBSAux,
+    FBSModel,
+    GatedBlock,
+    TensorGetter,
+    bn_params,
+    check_gated_convs,
+    fbs_checkpoint_filter,
+    input_column_norms,
+    relu_cap,
+)
 from ._zoo import shipped_cfgs
 from ._helpers import build_dynamic_model, first_conv_keys, run_block
 
@@ -100,6 +118,13 @@ class FBSInvertedResidual(GatedBlock, InvertedResidual):
         if self.has_skip:
             y = y + x
         return y, [idx], [s], [u.numel()]
+
+    def _gate_importance(self, tensor: TensorGetter) -> List[torch.Tensor]:
+        # an expansion channel: its mean activation after the depthwise conv, times how strongly
+        # the projection (with bn3) reads it
+        bn2, bn3 = bn_params(tensor, 'bn2', self.bn2), bn_params(tensor, 'bn3', self.bn3)
+        mean = gaussian_relu_mean(bn2.beta, bn2.gamma, relu_cap(getattr(self.bn2, 'act', None)))
+        return [mean * input_column_norms(tensor('conv_pwl.weight'), bn3.scale)]
 
     def _count_macs(self, in_hw, out_hw, kept: Optional[torch.Tensor]) -> Union[int, torch.Tensor]:
         k = None if kept is None else kept[:, 0]

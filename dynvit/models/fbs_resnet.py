@@ -12,7 +12,7 @@ costs half and ``conv2`` a quarter of its dense MACs.
 
 ``density=1.0`` switches the gates off: the model is then timm's ResNet, bit for bit.
 """
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,8 @@ from ..layers.channel_gate import (
     ChannelGate,
     channel_union,
     folded_conv_bn,
+    gaussian_abs_mean,
+    gaussian_relu_mean,
     masked_saliency,
     scatter_pooled,
     shared_conv,
@@ -31,7 +33,17 @@ from ..layers.channel_gate import (
 )
 from ..runtime.macs import conv2d_macs, conv_macs, linear_macs
 from ._zoo import shipped_cfgs
-from ._fbs import FBSAux, FBSModel, GatedBlock, check_gated_convs, fbs_checkpoint_filter
+from ._fbs import (
+    FBSAux,
+    FBSModel,
+    GatedBlock,
+    TensorGetter,
+    bn_params,
+    check_gated_convs,
+    fbs_checkpoint_filter,
+    input_column_norms,
+    relu_cap,
+)
 from ._helpers import build_dynamic_model, run_block
 
 __all__ = ['FBSBasicBlock', 'FBSResNet']
@@ -97,6 +109,13 @@ class FBSBasicBlock(GatedBlock, BasicBlock):
         y = y * masked_saliency(s2, idx2).index_select(1, u2)[:, :, None, None]
         shortcut = x if self.downsample is None else self.downsample(x)
         return self.act2(shortcut.index_add(1, u2, y)), [idx1, idx2], [s1, s2], [u1.numel(), u2.numel()]
+
+    def _gate_importance(self, tensor: TensorGetter) -> List[torch.Tensor]:
+        # conv1 channel: mean activation times how strongly conv2 (with bn2) reads it;
+        # conv2 channel: the mean magnitude it adds to the shortcut
+        bn1, bn2 = bn_params(tensor, 'bn1', self.bn1), bn_params(tensor, 'bn2', self.bn2)
+        h = gaussian_relu_mean(bn1.beta, bn1.gamma, relu_cap(self.act1))
+        return [h * input_column_norms(tensor('conv2.weight'), bn2.scale), gaussian_abs_mean(bn2.beta, bn2.gamma)]
 
     def _count_macs(self, in_hw, out_hw, kept: Optional[torch.Tensor]) -> Union[int, torch.Tensor]:
         k1, k2 = (None, None) if kept is None else (kept[:, 0], kept[:, 1])

@@ -444,6 +444,8 @@ class Trainer:
         metrics = dict(epoch=self.epoch + 1, train_loss=sums[2].item() / n, train_acc=sums[1].item() / n,
                        train_keep_rate=sums[3].item() / n, train_saved_fraction=sums[4].item() / n,
                        lr=self.optimizer.param_groups[0]['lr'], sparsity=list(_target(self.model)))
+        # validation, and the best model exported, at the target sparsity even while the schedule ramps
+        _set_level(self.model, self.target, self.config.sparsity_start, 1.0)
         if self.val_loader is not None:
             metrics.update({f'val_{k}': v for k, v in evaluate(self.model, self.val_loader, self.device,
                                                                   self.autocast).items()})
