@@ -25,16 +25,34 @@ def _pruning_hooks(module: nn.Module) -> List[prune.BasePruningMethod]:
     return [h for h in module._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
 
 
+def current_mask(module: nn.Module, name: str = 'weight') -> torch.Tensor:
+    """The hard 0/1 mask a pruned layer applies to ``name`` now (no autograd)."""
+    hook = _hook_for(module, name)
+    if hasattr(hook, 'current_mask'):
+        return hook.current_mask(module)
+    return getattr(module, name + '_mask')
+
+
 # ---------------------------------------------------------------------------------------------
 # keeping masked weights current where layers are not called (FBS inference, keep predictors)
 # ---------------------------------------------------------------------------------------------
 
+def _hook_for(module: nn.Module, name: str) -> prune.BasePruningMethod:
+    return next(h for h in _pruning_hooks(module) if h._tensor_name == name)
+
+
 def _masked_weight(module: nn.Module, name: str = 'weight') -> torch.Tensor:
-    return getattr(module, name + '_orig') * getattr(module, name + '_mask')
+    """The masked tensor, as the layer's pruning hook computes it."""
+    return _hook_for(module, name).apply_mask(module)
+
+
+def _mask_inputs(module: nn.Module, name: str) -> List[torch.Tensor]:
+    """The tensors a layer's masked ``name`` is computed from (trained values, mask or scores)."""
+    return [t for t in (getattr(module, name + s, None) for s in ('_orig', '_mask', '_scores')) if t is not None]
 
 
 def _refresh(module: nn.Module) -> None:
-    """Recomputes ``weight = weight_orig * weight_mask`` when it may be stale.
+    """Recomputes the masked ``weight`` (e.g. ``weight_orig * weight_mask``) when it may be stale.
 
     With autograd the product is always recomputed (it must be part of this pass's graph).
     Without, only when the trained values, the mask, the device/dtype or the inference mode
@@ -44,14 +62,14 @@ def _refresh(module: nn.Module) -> None:
     keys = module.__dict__.setdefault('_prune_refresh_keys', {})
     for hook in _pruning_hooks(module):
         name = hook._tensor_name
-        orig, mask = getattr(module, name + '_orig'), getattr(module, name + '_mask')
         key = None
         if not torch.is_grad_enabled():
-            key = (orig.data_ptr(), orig._version, mask.data_ptr(), mask._version, orig.dtype, orig.device,
+            inputs = _mask_inputs(module, name)
+            key = (tuple((t.data_ptr(), t._version) for t in inputs), inputs[0].dtype, inputs[0].device,
                    torch.is_inference_mode_enabled())
             if keys.get(name) == key:
                 continue
-        setattr(module, name, orig * mask)
+        setattr(module, name, hook.apply_mask(module))
         keys[name] = key
         for cache in _FBS_CACHES:
             module.__dict__.pop(cache, None)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 
-from ._masks import _FBS_CACHES, _masked_weight, _pruning_hooks, _sync_hooks
+from ._masks import _FBS_CACHES, _masked_weight, _pruning_hooks, _sync_hooks, current_mask
 from ._select import Include, masked_layers, prunable_layers
 
 __all__ = ['magnitude_prune', 'remove_masks', 'sparsity', 'SparsityStats']
@@ -25,14 +25,14 @@ __all__ = ['magnitude_prune', 'remove_masks', 'sparsity', 'SparsityStats']
 
 def _mask_counts(module: nn.Module) -> Tuple[int, int]:
     """(pruned entries, entries) of a layer's weight according to its mask."""
-    mask = getattr(module, 'weight_mask', None)
+    mask = current_mask(module) if _pruning_hooks(module) else None
     n = module.weight_orig.numel() if mask is not None else module.weight.numel()
     return (0 if mask is None else int((mask == 0).sum())), n
 
 
 def _current_weight(module: nn.Module) -> torch.Tensor:
     """The effective weight, recomputed from the mask (``module.weight`` may be stale)."""
-    return _masked_weight(module) if hasattr(module, 'weight_mask') else module.weight
+    return _masked_weight(module) if _pruning_hooks(module) else module.weight
 
 
 @torch.no_grad()
@@ -69,6 +69,9 @@ def magnitude_prune(
     if not layers:
         raise ValueError('no nn.Linear / nn.Conv2d layer selected for pruning; check include/exclude')
     modules = list(layers.values())
+    for n, m in layers.items():
+        if _pruning_hooks(m) and not hasattr(m, 'weight_mask'):
+            raise ValueError(f'{n} is pruned by AutoPrune (trained scores); finalize_autoprune before magnitude pruning')
     for m in modules:
         if hasattr(m, 'weight_mask'):
             setattr(m, 'weight', _masked_weight(m))  # torch's pruning ranks what `weight` holds

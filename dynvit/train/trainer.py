@@ -24,6 +24,9 @@ from timm.optim import param_groups_weight_decay
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from ..compress.autoprune import SCORES_SUFFIX, autoprune_layers, autoprune_penalty
+from ..compress.magnitude import sparsity as weight_sparsity
+from ..compress._select import masked_layers
 from ..data.transforms import SeededAugmentation
 from ..models import DynamicVisionTransformer, EvoVisionTransformer, FBSEfficientNet, FBSResNet, dense_copy, save_model
 from ..runtime.report import dense_macs, kept_fraction
@@ -58,6 +61,9 @@ class TrainConfig:
         distill_weight: Weight of the soft-target KL term (Hinton et al., arXiv:1503.02531).
         distill_temperature: Its softening temperature T (the term is scaled by T^2).
         l1_weight: FBS: weight of the L1 term on the saliencies.
+        autoprune_weight: AutoPrune: weight of the regulariser on the scores (the kept fraction of
+            the scored weights); needs ``dynvit.compress.apply_autoprune`` on the model first.
+        autoprune_lr: AutoPrune: learning rate of the scores (no weight decay on them).
         amp: 'auto' (bf16 autocast on CUDA, off on CPU), 'off', 'bf16' or 'fp16' (CUDA, with a grad scaler).
         grad_clip: Clip the gradient norm to this (None: no clipping).
         seed: Seed of the data order, the augmentation and the model's randomness.
@@ -79,6 +85,8 @@ class TrainConfig:
     distill_weight: float = 0.5
     distill_temperature: float = 1.0
     l1_weight: float = 1e-3
+    autoprune_weight: float = 0.0
+    autoprune_lr: float = 1e-2
     amp: str = 'auto'
     grad_clip: Optional[float] = None
     seed: int = 0
@@ -95,6 +103,9 @@ class TrainConfig:
         if self.distill_weight < 0 or self.distill_temperature <= 0:
             raise ValueError(f'distill_weight must be >= 0 and distill_temperature > 0, got {self.distill_weight} '
                              f'and {self.distill_temperature}')
+        if self.autoprune_weight < 0 or self.autoprune_lr <= 0:
+            raise ValueError(f'autoprune_weight must be >= 0 and autoprune_lr > 0, got {self.autoprune_weight} '
+                             f'and {self.autoprune_lr}')
         if not 0.0 < self.sparsity_start <= 1.0:
             raise ValueError(f'sparsity_start must be in (0, 1], got {self.sparsity_start}')
 
@@ -266,6 +277,9 @@ class Trainer:
         self.teacher = (teacher.to(self.device) if teacher is not None
                         else _dense_teacher(model) if config.distill else None)
         self.loss_fn = _make_loss(model, config)
+        self.autoprune = bool(autoprune_layers(model))
+        if config.autoprune_weight > 0 and not self.autoprune:
+            raise ValueError('autoprune_weight > 0 needs AutoPrune scores on the model (dynvit.compress.apply_autoprune)')
         self.train_set = SeededAugmentation(train_set, config.seed)
         self.sampler = EpochBatchSampler(len(train_set), config.batch_size, config.seed, self.rank, self.world)
         self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=config.num_workers,
@@ -292,14 +306,19 @@ class Trainer:
 
     # -- setup pieces --
     def _optimizer(self) -> torch.optim.Optimizer:
-        """AdamW with four groups: backbone / predictors-or-gates, each with and without weight decay."""
+        """AdamW with four groups: backbone / predictors-or-gates, each with and without weight decay;
+        AutoPrune scores (if any) in a fifth, without weight decay."""
         groups = []
         for tag, select, lr in (('backbone', lambda n: not _sparse_param(n), self.config.lr),
                                 ('sparse', _sparse_param, self.config.sparse_lr or self.config.lr)):
-            params = _Params([(n, p) for n, p in self.model.named_parameters() if select(n)])
+            params = _Params([(n, p) for n, p in self.model.named_parameters()
+                              if select(n) and not n.endswith(SCORES_SUFFIX)])
             for g in param_groups_weight_decay(params, self.config.weight_decay, _no_decay(self.model)):
                 if g['params']:
                     groups.append({**g, 'lr': lr, 'name': f'{tag}_{"decay" if g["weight_decay"] else "no_decay"}'})
+        scores = [p for n, p in self.model.named_parameters() if n.endswith(SCORES_SUFFIX)]
+        if scores:
+            groups.append(dict(params=scores, weight_decay=0.0, lr=self.config.autoprune_lr, name='autoprune'))
         return torch.optim.AdamW(groups, lr=self.config.lr, weight_decay=self.config.weight_decay)
 
     def _lr_factor(self, step: int) -> float:
@@ -396,6 +415,8 @@ class Trainer:
                     teacher_out = _teacher_forward(self.teacher, x, isinstance(model, DynamicVisionTransformer))
                 logits, aux = self.ddp(x, return_aux=True)
                 loss, parts = _loss(self.loss_fn, model, logits, aux, y, teacher_out)
+                if self.autoprune and cfg.autoprune_weight > 0:
+                    loss = loss + cfg.autoprune_weight * autoprune_penalty(model)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f'the loss is {loss.item()} at epoch {self.epoch} step {self.step}; '
                                          f'lower the learning rate or use amp="off"')
@@ -443,7 +464,10 @@ class Trainer:
         n = max(sums[0].item(), 1.0)
         metrics = dict(epoch=self.epoch + 1, train_loss=sums[2].item() / n, train_acc=sums[1].item() / n,
                        train_keep_rate=sums[3].item() / n, train_saved_fraction=sums[4].item() / n,
-                       lr=self.optimizer.param_groups[0]['lr'], sparsity=list(_target(self.model)))
+                       lr=self.optimizer.param_groups[0]['lr'], train_sparsity=list(_target(self.model)),
+                       sparsity=list(self.target))
+        if masked_layers(self.model):  # pruned weights (magnitude masks or AutoPrune scores)
+            metrics['weight_sparsity'] = weight_sparsity(self.model).overall
         # validation, and the best model exported, at the target sparsity even while the schedule ramps
         _set_level(self.model, self.target, self.config.sparsity_start, 1.0)
         if self.val_loader is not None:
