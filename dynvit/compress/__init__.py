@@ -4,9 +4,12 @@
   through fine-tuning; ``schedule``: the cubic sparsity ramp and iterative pruning.
 * ``structured``: attention heads, MLP units and basic-block channels cut out of the tensors;
   ``saving``: such models saved and rebuilt with their new shapes.
+* ``quantize``: INT8 post-training quantization of the linear layers (fp16 / bf16 storage is
+  ``dynvit.save_model(..., dtype=...)``).
 * ``autoprune``: AutoPrune (Xiao et al., NeurIPS 2019), pruning learnt through trained scores.
 """
 from .autoprune import apply_autoprune, autoprune_layers, autoprune_penalty, finalize_autoprune, step_ste
+from .quantize import int8_layers, is_quantized, quantize_int8
 from ._select import GROUPS, masked_layers, prunable_layers
 from .magnitude import SparsityStats, magnitude_prune, remove_masks, sparsity
 from .saving import apply_structure, load_pruned, pruned_structure, save_pruned
@@ -27,6 +30,7 @@ from .structured import (
 
 __all__ = [
     'apply_autoprune', 'autoprune_layers', 'autoprune_penalty', 'finalize_autoprune', 'step_ste',
+    'int8_layers', 'is_quantized', 'quantize_int8',
     'GROUPS', 'IterativePruner', 'SparsityStats', 'apply_structure', 'attention_blocks', 'basic_blocks', 'channel_scores',
     'cubic_sparsity', 'head_scores', 'load_pruned', 'magnitude_prune', 'masked_layers', 'mlp_unit_scores',
     'prunable_layers', 'prune_attention_heads', 'prune_block_channels', 'prune_mlp_units', 'pruned_structure',

@@ -1,7 +1,8 @@
 """Saving and rebuilding compressed models: structurally pruned shapes go into the file's metadata."""
 import copy
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
+import torch
 import torch.nn as nn
 from timm.models.resnet import BasicBlock
 
@@ -57,18 +58,22 @@ def apply_structure(model: nn.Module, structure: Dict[str, Sequence[int]]) -> nn
     return model
 
 
-def save_pruned(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = None) -> None:
-    """``dynvit.save_model`` for a pruned model; ``load_pruned`` rebuilds it.
+def save_pruned(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = None,
+                dtype: Optional[Union[str, torch.dtype]] = None) -> None:
+    """``dynvit.save_model`` for a model that may be pruned; ``load_pruned`` (or ``load_model``,
+    or ``create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=path))``) rebuilds it.
 
-    The per-block sizes (``pruned_structure``) go into the file's ``extra`` metadata under
-    ``'pruned_structure'``: the model constructors build uniform blocks, so the stored
-    ``model_args`` alone would rebuild the unpruned shapes. Magnitude-pruning masks are made
-    permanent in the saved copy (``remove_masks`` on a copy; ``model`` keeps its masks).
+    The per-block sizes (``pruned_structure``, for the models structured pruning supports) go
+    into the file's ``extra`` metadata under ``'pruned_structure'``: the model constructors
+    build uniform blocks, so the stored ``model_args`` alone would rebuild the unpruned shapes.
+    Pruning masks (magnitude or AutoPrune) are made permanent in the saved copy (``remove_masks``
+    on a copy; ``model`` keeps its masks).
 
     Args:
         model: A dynvit model created by name.
         path: Target ``.safetensors`` file.
         extra: More JSON-serialisable metadata.
+        dtype: Storage precision ('fp32', 'fp16', 'bf16'; see ``dynvit.save_model``).
     """
     from ..models import save_model
 
@@ -77,9 +82,12 @@ def save_pruned(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = N
         _detach_masked_weights(model)  # in case a layer ran outside a hooked forward: deepcopy needs leaves
         target = remove_masks(copy.deepcopy(model))
     meta = dict(extra or {})
-    meta[STRUCTURE_KEY] = pruned_structure(target)
+    try:
+        meta[STRUCTURE_KEY] = pruned_structure(target)
+    except ValueError:  # a family structured pruning does not handle: its shapes are the constructor's
+        pass
     meta['weight_sparsity'] = sparsity(target).overall
-    save_model(target, path, extra=meta)
+    save_model(target, path, extra=meta, dtype=dtype)
 
 
 def load_pruned(path: str, **kwargs: Any) -> nn.Module:

@@ -3,15 +3,17 @@ import difflib
 import hashlib
 import http.client
 import os
+import sys
 import tempfile
 import urllib.parse
-from typing import Any, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 import timm
 import torch
 import torch.nn as nn
 from timm.models import get_pretrained_cfg, model_entrypoint, parse_model_name, split_model_name_tag
 
+from ._helpers import model_input_size
 from ._io import load_checkpoint, read_dynvit_metadata, read_state_dict
 from ._zoo import TAG_ARGS
 
@@ -72,6 +74,7 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
             url = overlay.get('url') or getattr(get_pretrained_cfg(model_name), 'url', None) or ''
             if url and not _has_file_name(url):  # share links: timm would cache them all under one name
                 overlay['file'] = download_to_cache(url, model_name)
+    structure = None  # per-block sizes of a structurally pruned file (dynvit.compress)
     for f in (overlay.get('file') if pretrained else None, kwargs.get('checkpoint_path')):
         if not f:
             continue
@@ -85,6 +88,7 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
             kwargs = {**stored, **kwargs}  # the caller's arguments first, then what the file stores
             if f == overlay.get('file'):  # the file's data config and classes describe these weights
                 overlay = {**meta['pretrained_cfg'], **overlay}
+            structure = (meta.get('extra') or {}).get('pruned_structure') or structure
     # what an official tag was trained with: its files do not store it (last resort, after the file's own)
     kwargs = {**TAG_ARGS.get(model_name, {}), **kwargs}
     if pretrained and overlay.get('file'):
@@ -95,6 +99,8 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
     if overlay:
         kwargs['pretrained_cfg_overlay'] = overlay
     checkpoint_path = kwargs.pop('checkpoint_path', None)
+    if structure:  # timm would load into the constructor's uniform blocks: shrink them first
+        return _create_pruned(model_name, pretrained, structure, checkpoint_path, kwargs)
     try:
         model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
     except OSError as e:  # download failures (offline, unknown file) are OSErrors in timm and huggingface_hub
@@ -106,6 +112,23 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
     cfg = getattr(model, 'pretrained_cfg', None)
     if isinstance(cfg, dict) and cfg.get('state_dict') is not None:
         cfg.pop('state_dict')  # loaded; do not keep a second copy of the weights alive
+    return load_checkpoint(model, checkpoint_path) if checkpoint_path else model
+
+
+def _create_pruned(model_name: str, pretrained: bool, structure: Dict[str, Any], checkpoint_path: Optional[str],
+                   kwargs: Dict[str, Any]) -> nn.Module:
+    """``create_model`` for a structurally pruned file: built, shrunk to ``structure``, then loaded
+    the timm way (classifier reset when the classes differ, input channels adapted)."""
+    from timm.models._builder import load_pretrained
+
+    from ..compress.saving import apply_structure  # compress builds on the models
+    model = apply_structure(timm.create_model(model_name, pretrained=False, **kwargs), structure)
+    if pretrained:
+        cfg = model.pretrained_cfg
+        load_pretrained(model, pretrained_cfg=cfg, num_classes=model.num_classes,
+                        in_chans=model_input_size(model)[0],
+                        filter_fn=getattr(sys.modules[type(model).__module__], 'checkpoint_filter_fn', None))
+        cfg.pop('state_dict', None)
     return load_checkpoint(model, checkpoint_path) if checkpoint_path else model
 
 

@@ -3,7 +3,7 @@ import json
 import os
 import sys
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -35,7 +35,11 @@ def read_dynvit_metadata(path: str) -> Optional[Dict[str, Any]]:
     return out
 
 
-def save_model(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = None) -> None:
+STORAGE_DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+def save_model(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = None,
+               dtype: Optional[Union[str, torch.dtype]] = None) -> None:
     """Writes ``model`` to a self-describing safetensors file, atomically.
 
     The metadata holds the architecture name, every constructor argument with the *current*
@@ -46,7 +50,15 @@ def save_model(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = No
         model: A dynvit model (has ``model_args`` and ``sparsity_config``).
         path: Target ``.safetensors`` path.
         extra: More JSON-serialisable metadata (class names, training info, ...).
+        dtype: Storage precision of the floating-point tensors: 'fp32', 'fp16' or 'bf16' (or the
+            torch dtype); None keeps the model's. Loading casts them back to the model's dtype.
     """
+    if isinstance(dtype, str):
+        if dtype not in STORAGE_DTYPES:
+            raise ValueError(f'dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}')
+        dtype = STORAGE_DTYPES[dtype]
+    if dtype is not None and dtype not in STORAGE_DTYPES.values():
+        raise ValueError(f'dtype must be float32, float16 or bfloat16, got {dtype}')
     if not hasattr(model, 'sparsity_config') or not hasattr(model, 'model_args'):
         raise TypeError(f'{type(model).__name__} is not a dynvit model; save its state_dict with safetensors directly')
     cfg = getattr(model, 'pretrained_cfg', {}) or {}
@@ -69,7 +81,18 @@ def save_model(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = No
         'pretrained_cfg': _to_json(_data_cfg(model, cfg), 'pretrained_cfg entry'),
         'extra': _to_json(extra or {}, 'extra metadata'),
     }
-    save_file_atomic({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, path, meta)
+    from ..compress._select import masked_layers  # compress builds on the models
+    from ..compress.quantize import is_quantized
+    if is_quantized(model):
+        raise ValueError('INT8 models are not saved: save the float model and quantize after loading '
+                         '(dynvit.compress.quantize_int8)')
+    if masked_layers(model):
+        raise ValueError('the model carries pruning masks (dynvit.compress); save it with '
+                         'dynvit.compress.save_pruned, which makes them permanent in the file')
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    save_file_atomic(tensors, path, meta)
 
 
 def save_file_atomic(tensors: Dict[str, torch.Tensor], path: str, metadata: Dict[str, str]) -> None:

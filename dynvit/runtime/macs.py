@@ -13,9 +13,14 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
 IntOrTensor = Union[int, torch.Tensor]
 
 
+def is_linear(m: nn.Module) -> bool:
+    """``nn.Linear``, or its INT8 replacement by PyTorch's quantization (same products, other storage)."""
+    return isinstance(m, (nn.Linear, torch.ao.nn.quantized.Linear))
+
+
 def linear_macs(module: nn.Module) -> int:
-    """MACs per token of every ``nn.Linear`` inside ``module`` (including itself)."""
-    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+    """MACs per token of every linear layer (``is_linear``) inside ``module`` (including itself)."""
+    return sum(m.in_features * m.out_features for m in module.modules() if is_linear(m))
 
 
 def conv_macs(module: nn.Module, out_positions: int) -> int:

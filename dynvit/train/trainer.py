@@ -7,7 +7,6 @@ progress and random states; rewritten every epoch and on Ctrl-C), ``best.safeten
 best validation top-1 as a self-describing dynvit file with class names and preprocessing)
 and ``log.jsonl`` (one line per epoch). Only rank 0 writes.
 """
-import copy
 import json
 from contextlib import nullcontext
 import math
@@ -26,9 +25,10 @@ from tqdm import tqdm
 
 from ..compress.autoprune import SCORES_SUFFIX, autoprune_layers, autoprune_penalty
 from ..compress.magnitude import sparsity as weight_sparsity
+from ..compress.saving import save_pruned
 from ..compress._select import masked_layers
 from ..data.transforms import SeededAugmentation
-from ..models import DynamicVisionTransformer, EvoVisionTransformer, FBSEfficientNet, FBSResNet, dense_copy, save_model
+from ..models import DynamicVisionTransformer, EvoVisionTransformer, FBSEfficientNet, FBSResNet, dense_copy
 from ..runtime.report import dense_macs, kept_fraction
 from .checkpoint import load_training_state, save_training_state
 from .losses import DynamicViTLoss, EvoViTLoss, FBSLoss
@@ -492,7 +492,8 @@ class Trainer:
         if self.class_names is not None:
             model.pretrained_cfg = {**model.pretrained_cfg, 'label_names': self.class_names,
                                     'num_classes': model.num_classes}
-        save_model(model, path, extra={**(extra or {}), 'trained_with': asdict(self.config)})
+        # pruned models (dynvit.compress) keep their shapes in the file and their masks made permanent
+        save_pruned(model, path, extra={**(extra or {}), 'trained_with': asdict(self.config)})
 
 
 class _Params(nn.Module):
