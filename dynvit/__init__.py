@@ -1,7 +1,7 @@
 """dynvit: dynamic (input-adaptive) sparse vision models on timm, with per-image MAC accounting."""
 __version__ = '0.1.0'
 
-from . import runtime, train
+from . import compress, runtime, train
 from .models import (
     DynamicVisionTransformer,
     DynamicViTAux,

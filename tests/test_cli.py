@@ -50,7 +50,7 @@ def test_unknown_model_is_a_one_line_error():
 
 
 def test_help_has_examples():
-    for cmd in ('list', 'info', 'predict', 'viz', 'bench', 'demo', 'finetune', 'eval'):
+    for cmd in ('list', 'info', 'predict', 'viz', 'bench', 'demo', 'finetune', 'eval', 'compress'):
         r = run(cmd, '--help')
         assert r.returncode == 0 and 'examples:' in r.stdout
     r = run('predict')  # missing arguments: argparse's usage error

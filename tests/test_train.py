@@ -245,3 +245,33 @@ def test_a_gray_student_with_an_rgb_mean_in_its_cfg_gets_a_working_teacher():
     teacher.pretrained_cfg = {**teacher.pretrained_cfg, 'input_size': (1, 32, 32), 'mean': (0.3,), 'std': (0.2,)}
     expected = teacher((torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)[None, None] - 0.3) / 0.2)
     torch.testing.assert_close(ExternalTeacher(teacher, mean, std, 1)(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_cli_compress_finetune_pruned_and_eval_int8(folder, tmp_path):
+    """The compression workflow from the command line: structured pruning into a file, fine-tuning
+    it with weight masks or AutoPrune (pruned weights stay zero in the export), evaluating in INT8."""
+    source = dynvit.create_model('test_dynamicvit', num_classes=3)
+    dynvit.save_model(source, str(tmp_path / 'src.safetensors'))
+    small = str(tmp_path / 'small.safetensors')
+    r = _cli('compress', str(tmp_path / 'src.safetensors'), '--heads', '0.5', '--mlp', '0.5', '--dtype', 'fp16',
+             '--out', small, '--json')
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info['after']['parameters'] < info['before']['parameters'] and info['after']['mean_macs'] < \
+        info['before']['mean_macs']
+    common = ['finetune', small, '--data', str(folder), '--epochs', '1', '--batch-size', '6', '--quiet',
+              '--threads', '1', '--no-distill']
+    r = _cli(*common, '--prune-weights', '0.5', '--out', str(tmp_path / 'masked'))
+    assert r.returncode == 0, r.stderr
+    r = _cli(*common, '--autoprune', '5', '--autoprune-lr', '0.5', '--out', str(tmp_path / 'auto'))
+    assert r.returncode == 0, r.stderr
+    assert 'weight_sparsity' in json.loads(open(tmp_path / 'auto' / 'log.jsonl').readline())
+    tuned = dynvit.load_model(str(tmp_path / 'masked' / 'best.safetensors'))
+    assert [b.attn.num_heads for b in tuned.blocks] == [max(1, b.attn.num_heads // 2) for b in source.blocks]
+    assert dynvit.compress.sparsity(tuned).overall == pytest.approx(0.5, abs=0.01)
+    r = _cli('eval', str(tmp_path / 'masked' / 'best.safetensors'), '--data', str(folder), '--val-fraction', '0.25',
+             '--json', '--int8')
+    assert r.returncode == 0, r.stderr
+    assert 0 <= json.loads(r.stdout)['top1'] <= 1
+    r = _cli(*common, '--prune-weights', '0.5', '--autoprune', '5', '--out', str(tmp_path / 'both'))
+    assert r.returncode == 1 and 'choose one' in r.stderr

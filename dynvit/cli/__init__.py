@@ -11,7 +11,7 @@ from typing import List, Optional
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_IMAGES_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
-from . import demo, models, training  # noqa: E402  (they import the exit codes above)
+from . import compress, demo, models, training  # noqa: E402  (they import the exit codes above)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parsers(add)
     demo.add_parsers(add)
     training.add_parsers(add)
+    compress.add_parsers(add)
     return parser
 
 

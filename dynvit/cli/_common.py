@@ -1,6 +1,8 @@
-"""Helpers the commands share: naming a model by name or by file, and argument types."""
+"""Helpers the commands share: naming a model by name or by file, argument types, --int8."""
 import argparse
 from typing import Optional, Tuple
+
+import torch.nn as nn
 
 MODEL_FILE_SUFFIXES = ('.safetensors', '.pth', '.pt', '.bin')
 
@@ -27,3 +29,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
     return value
+
+
+def int8_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--int8', action='store_true',
+                   help='run the linear layers in INT8 (dynamic quantization, CPU; keep predictors and gates stay float)')
+
+
+def maybe_int8(model: nn.Module, args: argparse.Namespace) -> nn.Module:
+    """``--int8``: the INT8 copy of ``model`` (``dynvit.compress.quantize_int8``)."""
+    if not getattr(args, 'int8', False):
+        return model
+    from ..compress import quantize_int8
+    return quantize_int8(model)

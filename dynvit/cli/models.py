@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from . import EXIT_OK, EXIT_SOME_IMAGES_FAILED
-from ._common import model_and_file, positive_int
+from ._common import int8_arg, maybe_int8, model_and_file, positive_int
 
 EXAMPLES = {
     'list': 'examples:\n  dynvit list\n  dynvit list "dynamicvit_*" --pretrained\n  dynvit list --pretrained --json',
@@ -83,6 +83,7 @@ def _sparsity_args(p: argparse.ArgumentParser, threshold: bool = True) -> None:
         p.add_argument('--threshold', type=float, default=None,
                        help='DynamicViT: keep the tokens whose keep probability reaches T (count varies per image)')
     p.add_argument('--threads', type=int, default=0, help='CPU threads (default: torch\'s)')
+    int8_arg(p)
 
 
 def _model(args: argparse.Namespace) -> torch.nn.Module:
@@ -90,7 +91,7 @@ def _model(args: argparse.Namespace) -> torch.nn.Module:
         torch.set_num_threads(args.threads)
     model = load_for_inference(args.model, args.checkpoint, args.pretrained)
     apply_sparsity(model, args.keep_ratio, args.density, getattr(args, 'threshold', None))
-    return model
+    return maybe_int8(model, args)
 
 
 # ---- commands ----

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from . import EXIT_OK
-from ._common import model_and_file, positive_int
+from ._common import int8_arg, maybe_int8, model_and_file, positive_int
 
 EXAMPLES = {
     'finetune': 'examples:\n'
@@ -85,6 +85,19 @@ def _num_classes(args: argparse.Namespace) -> int:
     return len(folder_classes(args.data))
 
 
+def _compress_for_training(args: argparse.Namespace, model: torch.nn.Module) -> None:
+    """``--prune-weights`` (magnitude masks kept through the run) or ``--autoprune`` (trained scores)."""
+    from ..compress import apply_autoprune, magnitude_prune
+    if args.prune_weights and args.autoprune:
+        raise ValueError('--prune-weights and --autoprune are two ways of pruning the weights; choose one')
+    if args.prune_weights:
+        magnitude_prune(model, args.prune_weights, scope=args.prune_scope)
+    if args.autoprune:
+        if args.autoprune < 0:
+            raise ValueError(f'--autoprune (the regulariser weight) must be > 0, got {args.autoprune}')
+        apply_autoprune(model)
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from ..data import build_datasets
     from ..train import TrainConfig, Trainer
@@ -97,6 +110,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         if not hasattr(model, 'init_gates'):
             raise ValueError(f'--init-gates is for FBS models; {type(model).__name__} has no channel gates')
         model.init_gates()
+    _compress_for_training(args, model)
     train_kwargs = {} if args.aug_scale is None else dict(scale=(args.aug_scale, 1.0))
     if args.no_color_jitter:
         train_kwargs['color_jitter'] = None
@@ -109,6 +123,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
         sparsity_start=args.sparsity_start, sparsity_warmup_epochs=args.sparsity_warmup_epochs,
         gate_warmup_epochs=args.gate_warmup_epochs, distill=not args.no_distill, l1_weight=args.l1_weight,
+        autoprune_weight=args.autoprune or 0.0, autoprune_lr=args.autoprune_lr,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
         amp=args.amp, grad_clip=args.grad_clip, seed=args.seed, num_workers=args.workers, train_kwargs=train_kwargs)
     teacher = _external_teacher(args, model) if args.teacher else None
@@ -130,7 +145,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ..train import evaluate
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = _model_for_data(args, None).eval()
+    model = maybe_int8(_model_for_data(args, None).eval(), args)
     _, val, classes = build_datasets(args.data, model, args.data_root, args.val_fraction, args.seed, augment=False,
                                      split=args.split)
     if len(classes) != model.num_classes:
@@ -186,6 +201,13 @@ def add_parsers(add) -> None:
     p.add_argument('--init-gates', action='store_true',
                    help='FBS: start the gates as magnitude pruning of the loaded weights (as for a dense '
                         'checkpoint without gates), e.g. from a dynvit FBS file trained at density 1')
+    p.add_argument('--prune-weights', type=float, default=0.0, metavar='FRACTION',
+                   help='magnitude-prune this fraction of the block weights first; the masks hold through the run')
+    p.add_argument('--prune-scope', default='global', choices=['global', 'layer'],
+                   help='--prune-weights: one threshold over all layers, or the fraction in every layer')
+    p.add_argument('--autoprune', type=float, default=0.0, metavar='WEIGHT',
+                   help='AutoPrune the block weights: trained scores with this regulariser weight (e.g. 5)')
+    p.add_argument('--autoprune-lr', type=float, default=1e-2, help='learning rate of the AutoPrune scores')
     p.add_argument('--l1-weight', type=float, default=1e-3, help='FBS: L1 on the saliencies')
     p.add_argument('--no-distill', action='store_true', help='no distillation from the dense teacher')
     p.add_argument('--distill-weight', type=float, default=0.5, help='weight of the soft-target KL term')
@@ -207,5 +229,6 @@ def add_parsers(add) -> None:
     p.add_argument('--split', default='val', choices=['val', 'test'],
                    help="'val': the held-out part of the training data; 'test': Fashion-MNIST's test set")
     p.add_argument('--limit', type=int, default=0, help='evaluate the first N images')
+    int8_arg(p)
     p.add_argument('--json', action='store_true')
     p.set_defaults(func=_cmd_eval)
