@@ -275,3 +275,19 @@ def test_cli_compress_finetune_pruned_and_eval_int8(folder, tmp_path):
     assert 0 <= json.loads(r.stdout)['top1'] <= 1
     r = _cli(*common, '--prune-weights', '0.5', '--autoprune', '5', '--out', str(tmp_path / 'both'))
     assert r.returncode == 1 and 'choose one' in r.stderr
+
+
+def test_finetune_and_eval_start_from_the_weights_an_arch_tag_names():
+    """`dynvit finetune ARCH.TAG` / `dynvit eval ARCH.TAG` use the tag's weights (here the zoo's), a bare
+    arch name starts from scratch."""
+    import argparse
+    from dynvit.cli.training import _model_for_data
+    args = argparse.Namespace(model='fbs_resnet18.fmnist_d50', checkpoint=None, model_args=None, seed=0,
+                              mean=None, std=None, img_size=None)
+    shipped = dynvit.create_model('fbs_resnet18.fmnist_d50', pretrained=True)
+    tuned = _model_for_data(args, 3)
+    assert tuned.num_classes == 3 and tuned.density == shipped.density
+    assert torch.equal(tuned.layer1[0].conv1.weight, shipped.layer1[0].conv1.weight)
+    args.model = 'fbs_resnet18'
+    scratch = _model_for_data(args, 3)
+    assert not torch.equal(scratch.layer1[0].conv1.weight[:8, :8], shipped.layer1[0].conv1.weight[:8, :8])

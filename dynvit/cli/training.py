@@ -46,8 +46,8 @@ def _model_for_data(args: argparse.Namespace, num_classes: Optional[int], **spar
     weights = args.checkpoint or weights
     if weights:
         model = create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=weights), **kwargs)
-    else:
-        model = create_model(name, **kwargs)
+    else:  # arch.tag names its pretrained weights (the zoo's, or a hub's); a bare arch starts from scratch
+        model = create_model(name, pretrained='.' in name, **kwargs)
     for key in ('mean', 'std'):
         value = getattr(args, key, None)
         if value:
