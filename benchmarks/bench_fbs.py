@@ -83,6 +83,9 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d):
 
 def fbs_models(name: str, density: float, **kwargs) -> dict:
     dense = dynvit.create_model(name, density=1.0, **kwargs).eval()
+    for blk in dense.gated_blocks:  # fresh, input-dependent gates: a dense checkpoint's gates start as
+        for g in blk.gates():       # magnitude pruning (the same channels for every image: flatters union)
+            g.reset_parameters()
     models = {'dense': dense}
     for execution in ('auto', 'grouped', 'loop', 'union'):
         model = dynvit.create_model(name, density=density, execution=execution).eval()

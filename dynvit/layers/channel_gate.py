@@ -48,6 +48,11 @@ class ChannelGate(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.fc = nn.Linear(in_channels, out_channels)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The fresh gate: weights ~ N(0, 0.01^2), biases 1."""
         nn.init.normal_(self.fc.weight, std=0.01)
         nn.init.ones_(self.fc.bias)
 
