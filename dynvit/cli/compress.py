@@ -67,7 +67,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     print(f'{args.out}: {after["parameters"] / 1e6:.3f} M parameters (was {before["parameters"] / 1e6:.3f} M), '
           f'{after["mean_macs"] / 1e6:.2f} MMACs per image at the stored sparsity (was {before["mean_macs"] / 1e6:.2f}), '
           f'{after["weight_sparsity"]:.1%} of the block weights zero, {result["size_bytes"] / 1e6:.2f} MB')
-    print(f'fine-tune it to recover accuracy: dynvit finetune {args.out} --data ...')
+    if args.heads or args.mlp or args.channels or args.prune_weights:
+        print(f'fine-tune it to recover accuracy: dynvit finetune {args.out} --data ...')
     return EXIT_OK
 
 
