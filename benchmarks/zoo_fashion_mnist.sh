@@ -25,12 +25,14 @@ EPOCHS=18 step vit_dense dynamicvit_tiny_patch16_224 "${FM[@]}" --model-args "$V
   --teacher "$RUN/resnet18_dense/best.safetensors" \
   --epochs 18 --batch-size 128 --lr 1e-3 --weight-decay 0.05 --warmup-epochs 1 --label-smoothing 0.1 \
   --aug-scale 0.8 --no-color-jitter
-# 4-5. DynamicViT at keep ratios 0.65 and 0.5 (38.6% and 50.4% of the MACs saved) (pruning before blocks 1, 3, 5) from the dense ViT,
-#    with the paper's losses (the dense ViT is the teacher: logits and tokens)
-for KR in 0.65 0.5; do
-  EPOCHS=3 step "vit_dyn${KR/./}" dynamicvit_tiny_patch16_224 "${FM[@]}" --keep-ratio "$KR" \
+# 4-5. DynamicViT at keep ratios 0.65 and 0.5 (38.6% and 50.4% of the MACs saved; pruning before blocks 1, 3, 5)
+#    from the dense ViT, with the paper's losses (the dense ViT is the teacher: logits and tokens). 0.65 trains
+#    6 epochs (best validation 89.93%; the 3-epoch run `vit_dyn065` reached 89.78%), 0.5 three.
+for KR_EP in 0.65:6:_6ep 0.5:3:; do
+  IFS=: read -r KR EP SUFFIX <<< "$KR_EP"
+  EPOCHS=$EP step "vit_dyn${KR/./}$SUFFIX" dynamicvit_tiny_patch16_224 "${FM[@]}" --keep-ratio "$KR" \
     --checkpoint "$RUN/vit_dense/best.safetensors" \
-    --epochs 3 --batch-size 128 --lr 3e-4 --sparse-lr 1e-3 --weight-decay 0.05 --warmup-epochs 0.2 \
+    --epochs "$EP" --batch-size 128 --lr 3e-4 --sparse-lr 1e-3 --weight-decay 0.05 --warmup-epochs 0.2 \
     --sparsity-warmup-epochs 1 --label-smoothing 0.1 --aug-scale 0.8 --no-color-jitter
 done
 # 6. Evo-ViT from the dense ViT: from block 1 on, half of the patches get the full update in every block
@@ -64,7 +66,7 @@ ship() {  # ship RUN_NAME ARCH.TAG [DENSE_NAME]
 ship resnet18_dense fbs_resnet18.fmnist_dense
 ship resnet18_fbs50 fbs_resnet18.fmnist_d50 fbs_resnet18.fmnist_dense
 ship vit_dense dynamicvit_tiny_patch16_224.fmnist_dense
-ship vit_dyn065 dynamicvit_tiny_patch16_224.fmnist_kr065 dynamicvit_tiny_patch16_224.fmnist_dense
+ship vit_dyn065_6ep dynamicvit_tiny_patch16_224.fmnist_kr065 dynamicvit_tiny_patch16_224.fmnist_dense
 ship vit_dyn05 dynamicvit_tiny_patch16_224.fmnist_kr05 dynamicvit_tiny_patch16_224.fmnist_dense
 ship vit_evo50 evovit_tiny_patch16_224.fmnist_kr05 dynamicvit_tiny_patch16_224.fmnist_dense
 ship lite0_fbs50 fbs_efficientnet_lite0.fmnist_d50
