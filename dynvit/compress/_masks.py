@@ -21,6 +21,19 @@ from ..models._fbs import GatedBlock
 _FBS_CACHES = ('_fbs_folded', '_fbs_transposed')
 
 
+def _drop_fbs_caches(module: nn.Module) -> None:
+    """Drops the FBS inference caches derived from a layer's weight (folded, transposed)."""
+    for cache in _FBS_CACHES:
+        module.__dict__.pop(cache, None)
+
+
+def _forget_masked_weight(module: nn.Module) -> None:
+    """After a layer's masks or tensors changed: the next refresh recomputes its masked weight,
+    and the FBS caches of the old one go."""
+    module.__dict__.pop('_prune_refresh_keys', None)
+    _drop_fbs_caches(module)
+
+
 def _pruning_hooks(module: nn.Module) -> List[prune.BasePruningMethod]:
     return [h for h in module._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
 
@@ -71,8 +84,7 @@ def _refresh(module: nn.Module) -> None:
                 continue
         setattr(module, name, hook.apply_mask(module))
         keys[name] = key
-        for cache in _FBS_CACHES:
-            module.__dict__.pop(cache, None)
+        _drop_fbs_caches(module)
 
 
 @torch.no_grad()

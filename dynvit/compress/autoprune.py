@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 
-from ._masks import _FBS_CACHES, _pruning_hooks, _sync_hooks
+from ._masks import _forget_masked_weight, _pruning_hooks, _sync_hooks
 from ._select import Include, prunable_layers
 
 __all__ = ['AutoPruneMethod', 'step_ste', 'apply_autoprune', 'autoprune_layers', 'autoprune_penalty',
@@ -154,8 +154,7 @@ def apply_autoprune(
             raise ValueError(f'{name} already carries a pruning mask; call remove_masks first')
     for m in layers.values():
         AutoPruneMethod.apply(m, 'weight', width=width, leak=leak, init=init)
-        for cache in _FBS_CACHES:
-            m.__dict__.pop(cache, None)
+        _forget_masked_weight(m)
     _sync_hooks(model)
     return layers
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 
-from ._masks import _FBS_CACHES, _masked_weight, _pruning_hooks, _sync_hooks, current_mask
+from ._masks import _forget_masked_weight, _masked_weight, _pruning_hooks, _sync_hooks, current_mask
 from ._select import Include, masked_layers, prunable_layers
 
 __all__ = ['magnitude_prune', 'remove_masks', 'sparsity', 'SparsityStats']
@@ -90,9 +90,7 @@ def magnitude_prune(
                 [(m, 'weight') for m in modules], pruning_method=prune.L1Unstructured, amount=max(extra, 0),
                 importance_scores={(m, 'weight'): _current_weight(m).abs() for m in modules})
     for m in modules:
-        m.__dict__.pop('_prune_refresh_keys', None)
-        for cache in _FBS_CACHES:
-            m.__dict__.pop(cache, None)
+        _forget_masked_weight(m)
     _sync_hooks(model)
     return layers
 
@@ -112,9 +110,7 @@ def remove_masks(model: nn.Module) -> nn.Module:
                 name = hook._tensor_name
                 setattr(m, name, _masked_weight(m, name))  # remove() reads `weight`, which may be stale
                 prune.remove(m, name)
-            m.__dict__.pop('_prune_refresh_keys', None)
-            for cache in _FBS_CACHES:
-                m.__dict__.pop(cache, None)
+            _forget_masked_weight(m)
     _sync_hooks(model)
     return model
 

@@ -11,7 +11,7 @@ from timm.models.resnet import BasicBlock
 
 from ..layers.channel_gate import ChannelGate
 from ..layers.token_ops import is_timm_attention
-from ._masks import _FBS_CACHES, _pruning_hooks
+from ._masks import _drop_fbs_caches, _pruning_hooks
 
 __all__ = [
     'attention_blocks', 'basic_blocks', 'head_scores', 'mlp_unit_scores', 'channel_scores', 'shrink_attention',
@@ -70,8 +70,7 @@ def _slice_conv(conv: nn.Conv2d, out_idx: Optional[torch.Tensor] = None,
     if conv.groups != 1:
         raise ValueError(f'cannot slice a grouped convolution (groups={conv.groups})')
     conv.out_channels, conv.in_channels = _slice_weight(conv, out_idx, in_idx)
-    for cache in _FBS_CACHES:
-        conv.__dict__.pop(cache, None)
+    _drop_fbs_caches(conv)
 
 
 def _slice_batch_norm(bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
