@@ -92,9 +92,7 @@ def _compress_for_training(args: argparse.Namespace, model: torch.nn.Module) -> 
         raise ValueError('--prune-weights and --autoprune are two ways of pruning the weights; choose one')
     if args.prune_weights:
         magnitude_prune(model, args.prune_weights, scope=args.prune_scope)
-    if args.autoprune:
-        if args.autoprune < 0:
-            raise ValueError(f'--autoprune (the regulariser weight) must be > 0, got {args.autoprune}')
+    if args.autoprune:  # its weight is checked with the other settings (TrainConfig)
         apply_autoprune(model)
 
 

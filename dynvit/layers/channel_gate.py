@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from timm.layers.conv2d_same import Conv2dSame, conv2d_same
 
 __all__ = [
-    'ChannelGate', 'importance_bias', 'gaussian_relu_mean', 'gaussian_abs_mean', 'num_kept', 'select_channels', 'masked_saliency', 'check_sliceable_conv', 'check_batch_norm',
+    'ChannelGate', 'importance_bias', 'gaussian_relu_mean', 'gaussian_abs_mean', 'num_kept', 'select_channels',
+    'masked_saliency', 'check_sliceable_conv', 'check_batch_norm',
     'bn_affine', 'folded_conv_bn', 'sliced_weight', 'sliced_conv', 'shared_conv', 'channel_union', 'scatter_pooled',
 ]
 
@@ -67,15 +68,6 @@ class ChannelGate(nn.Module):
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         """``[B, C_in]`` pooled input -> ``[B, C_out]`` saliency (>= 0)."""
         return F.relu(self.fc(pooled))
-
-    @torch.no_grad()
-    def init_from_importance(self, importance: torch.Tensor, spread: float = 0.1) -> None:
-        """Starts the gate as static pruning by ``importance`` ``[C_out]`` (see ``importance_bias``):
-        zero weights, biases ranked by importance."""
-        if importance.shape != (self.out_channels,):
-            raise ValueError(f'importance must have shape ({self.out_channels},), got {tuple(importance.shape)}')
-        self.fc.weight.zero_()
-        self.fc.bias.copy_(importance_bias(importance, spread))
 
 
 def importance_bias(importance: torch.Tensor, spread: float = 0.1) -> torch.Tensor:

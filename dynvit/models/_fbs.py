@@ -313,7 +313,8 @@ class FBSModel:
         return dict(density=self.density, execution=self.execution)
 
     def init_gates(self, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
-        """Starts every gate as static magnitude pruning (``ChannelGate.init_from_importance``).
+        """Starts every gate as static magnitude pruning: zero weights, biases ranked by channel
+        importance (``importance_bias``).
 
         A channel's importance is, from the weights alone, its mean activation (BatchNorm's
         shift and scale taken as a Gaussian through the activation) times the norm of the next
@@ -328,8 +329,8 @@ class FBSModel:
         Returns:
             The gate tensors (``'<block>.<gate>.fc.weight'`` / ``.bias``) as the model's dtypes.
         """
-        source = self.state_dict() if state_dict is None else state_dict
         own = self.state_dict()
+        source = own if state_dict is None else state_dict
         out = {}
         for blk in self.gated_blocks:
             prefix = f'{blk.block_name}.'
@@ -420,9 +421,8 @@ def fbs_checkpoint_filter(state_dict: Dict[str, torch.Tensor], model: nn.Module,
     own = model.state_dict()
     gates = tuple(f'{n}.' for n, m in model.named_modules() if isinstance(m, ChannelGate))
     gate_keys = [k for k in own if k.startswith(gates)]
-    if not any(k in state_dict for k in gate_keys):  # a dense backbone: gates from its channel importance
-        check_state_dict({**state_dict, **{k: own[k] for k in gate_keys}}, model, ignore=(classifier,),
-                         any_shape=first_conv_keys(model))
-        return {**state_dict, **model.init_gates(state_dict)}
-    check_state_dict(state_dict, model, ignore=(classifier,), any_shape=first_conv_keys(model))
-    return state_dict
+    dense = not any(k in state_dict for k in gate_keys)
+    check_state_dict({**state_dict, **{k: own[k] for k in gate_keys}} if dense else state_dict, model,
+                     ignore=(classifier,), any_shape=first_conv_keys(model))
+    # a dense backbone: gates from its channel importance
+    return {**state_dict, **model.init_gates(state_dict)} if dense else state_dict
