@@ -18,7 +18,8 @@ from typing import Tuple
 import torch
 
 import dynvit
-from dynvit.compress import quantize_int8, save_pruned, sparsity
+from dynvit.compress import quantize_int8, sparsity
+from dynvit.hub import save_pruned
 from dynvit.data import FashionMNIST, model_transform
 from dynvit.models._zoo import WEIGHTS_DIR
 from dynvit.runtime import median_latencies

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 import dynvit
 from dynvit.data import FashionMNIST, model_transform
-from dynvit.models._io import read_dynvit_metadata, save_file_atomic
+from dynvit.hub.files import read_dynvit_metadata, save_file_atomic
 from dynvit.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,6 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
 from .data import load_image, model_norm, model_transform
-from .runtime.report import dense_macs
 
 __all__ = ['IMAGE_SUFFIXES', 'Prediction', 'class_names', 'gather_images', 'predict_images']
 
@@ -107,14 +106,6 @@ def class_names(model: nn.Module) -> List[str]:
     return [f'class {i}' for i in range(model.num_classes)]
 
 
-def _stage_masks(aux) -> List[torch.Tensor]:
-    """``[B, N]`` bool per stage: the patches kept (DynamicViT) or fully updated (Evo-ViT)."""
-    masks = getattr(aux, 'decisions', None)
-    if masks is None:
-        masks = getattr(aux, 'informative', None) or []
-    return [m.detach() > 0.5 for m in masks]
-
-
 @torch.no_grad()
 def predict_images(model: nn.Module, images: Sequence[Tuple[str, Image.Image]], topk: int = 5,
                    batch_size: int = 16, progress: bool = False) -> List[Prediction]:
@@ -140,21 +131,13 @@ def predict_images(model: nn.Module, images: Sequence[Tuple[str, Image.Image]], 
         logits, aux = model(x, return_aux=True)
         probs = logits.float().softmax(-1)
         p, idx = probs.topk(min(topk, probs.shape[-1]), dim=-1)
-        macs = model.count_macs(aux).tolist()
-        dense = dense_macs(model, aux)
+        macs, kept = aux.macs.tolist(), aux.kept.tolist()
         pixels = (x.cpu() * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)).clamp(0, 1)
-        if hasattr(aux, 'kept_channels'):  # channel-gated CNN
-            kept, total, masks, grid = aux.kept_channels.tolist(), list(aux.gate_channels), [], None
-        else:
-            kept, total = aux.kept_tokens.tolist(), None
-            masks = _stage_masks(aux)
-            grid = tuple(int(g) for g in (model.patch_embed.dynamic_feat_size(x.shape[-2:])
-                                          if model.dynamic_img_size else model.patch_embed.grid_size))
+        masks = aux.kept_masks if aux.grid is not None else []  # patch pictures; channels: bars of the counts
         for b, (source, _) in enumerate(chunk):
             out.append(Prediction(
                 source=source,
                 topk=[(int(i), names[int(i)], float(q)) for q, i in zip(p[b], idx[b])],
-                kept=kept[b], total=total if total is not None else [aux.num_patches] * len(kept[b]),
-                macs=int(macs[b]), dense_macs=int(dense), stage_masks=[m[b].tolist() for m in masks],
-                grid=grid, input=pixels[b]))
+                kept=kept[b], total=list(aux.kept_of), macs=int(macs[b]), dense_macs=int(aux.dense_macs),
+                stage_masks=[m[b].tolist() for m in masks], grid=aux.grid, input=pixels[b]))
     return out

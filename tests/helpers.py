@@ -3,7 +3,7 @@ import timm
 import torch
 
 import dynvit
-from dynvit.models._factory import SPARSITY_ARGS
+from dynvit.models import all_sparsity_args
 from dynvit.models._helpers import vit_embed_layer
 
 # Backbone configurations beyond the registered test variants: class token + registers,
@@ -14,7 +14,7 @@ BACKBONES = {
     'gap_noembedcls': dict(class_token=False, global_pool='avg', no_embed_class=True, reg_tokens=1),
     'maxpool': dict(class_token=False, global_pool='max'),
 }
-SPARSE_KEYS = SPARSITY_ARGS
+SPARSE_KEYS = all_sparsity_args()
 SPARSE_ONLY_PARAMS = ('score_predictor.', 'norm_cls.', 'head_cls.')
 
 
@@ -49,16 +49,13 @@ def images(batch, size=32, chans=3):
 
 
 def is_cnn(model):
-    return isinstance(model, (dynvit.FBSResNet, dynvit.FBSEfficientNet))
+    return model.kept_unit == 'channels'
 
 
 def training_loss(model, logits, aux, target):
-    """The model family's training objective on a training-mode forward."""
-    if is_cnn(model):
-        return dynvit.train.FBSLoss(l1_weight=0.1)(logits, aux, target)[0]
-    if isinstance(model, dynvit.EvoVisionTransformer):
-        return dynvit.train.EvoViTLoss()(logits, aux, target)[0]
-    return dynvit.train.DynamicViTLoss(model.keep_ratio)(logits, aux, target)[0]
+    """The model family's training objective on a training-mode forward (FBS: a strong L1 term,
+    so that the gates get a gradient from it too)."""
+    return model.training_objective(dynvit.losses.ObjectiveConfig(l1_weight=0.1))(logits, aux, target)[0]
 
 
 def randomize_batch_norms(model, seed=0):
@@ -77,5 +74,4 @@ def randomize_batch_norms(model, seed=0):
 
 def stages(model):
     """Number of selection stages of a token-sparse model."""
-    config = model.sparsity_config()
-    return len(config.get('prune_loc') or config['select_loc'])
+    return len(model.keep_ratio)

@@ -94,7 +94,10 @@ def test_predict_reads_what_users_have_and_names_the_corrupt_file(photos):
 
 def test_predict_options_that_do_not_fit_the_model_are_named(photos):
     r = run('predict', 'fbs_resnet18.fmnist_d50', str(photos / 'b_gray.jpg'), '--keep-ratio', '0.5')
-    assert r.returncode == 1 and '--keep-ratio is for token-sparse ViTs' in r.stderr
+    assert r.returncode == 1 and '--keep-ratio is not a setting of FBS models' in r.stderr
+    assert 'they take --density (d: every gated convolution computes the top ceil(d * C)' in r.stderr
+    r = run('predict', 'test_dynamicvit', str(photos / 'b_gray.jpg'), '--density', '0.5')
+    assert r.returncode == 1 and 'they take --keep-ratio (rho: stage s keeps rho^s' in r.stderr
     r = run('predict', 'test_evovit', str(photos / 'b_gray.jpg'), '--threshold', '0.5')
     assert r.returncode == 1 and 'no threshold mode' in r.stderr
     r = run('predict', 'test_dynamicvit', str(photos / 'missing.png'))

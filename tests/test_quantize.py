@@ -14,7 +14,6 @@ from dynvit.compress import (
     prune_attention_heads,
     prune_mlp_units,
     quantize_int8,
-    save_pruned,
 )
 
 from helpers import images, randomize_batch_norms
@@ -114,7 +113,7 @@ def test_structurally_pruned_file_loads_by_name_and_fine_tunes_to_new_classes(tm
     prune_attention_heads(model, 0.5)
     prune_mlp_units(model, 0.5)
     path = str(tmp_path / 'pruned.safetensors')
-    save_pruned(model, path)
+    dynvit.save_pruned(model, path)
     x = images(2)
     same = dynvit.create_model('test_dynamicvit', pretrained=True, pretrained_cfg_overlay=dict(file=path)).eval()
     other = dynvit.create_model('test_dynamicvit', pretrained=True, pretrained_cfg_overlay=dict(file=path),

@@ -74,7 +74,7 @@ def test_an_interrupted_write_leaves_the_previous_checkpoint(folder, tmp_path, m
             f.write(b'partial')
         raise KeyboardInterrupt
 
-    monkeypatch.setattr('dynvit.models._io.save_file', crash)
+    monkeypatch.setattr('dynvit.hub.files.save_file', crash)
     with pytest.raises(KeyboardInterrupt):
         t.save_state()
     assert path.read_bytes() == before

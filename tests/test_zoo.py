@@ -11,9 +11,11 @@ from PIL import Image
 import dynvit
 from dynvit.data import model_transform
 from dynvit.models._zoo import WEIGHTS_DIR, read_card
+from safetensors.torch import load_file
 
 FILES = sorted(WEIGHTS_DIR.glob('*.safetensors')) if WEIGHTS_DIR.is_dir() else []
 SAMPLE = Path(__file__).parent / 'fixtures' / 'fashion_mnist_test500.npz'
+REFERENCE = Path(__file__).parent / 'fixtures' / 'reference_outputs.safetensors'  # record_reference_outputs.py
 
 
 @pytest.mark.parametrize('path', FILES, ids=[f.name for f in FILES])
@@ -30,8 +32,14 @@ def test_shipped_weights_match_their_card(path):
     data = np.load(SAMPLE)
     tf = model_transform(model)
     x = torch.stack([tf(Image.fromarray(im)) for im in data['images']])
-    correct = 0
+    if 'execution' in model.sparsity_config():
+        model.set_sparsity(execution='grouped')  # as recorded ('auto' picks a strategy by timing)
     with torch.no_grad():
-        for i in range(0, len(x), 100):
-            correct += (model(x[i:i + 100]).argmax(1).numpy() == data['labels'][i:i + 100]).sum()
+        parts = [model(x[i:i + 100], return_aux=True) for i in range(0, len(x), 100)]
+    logits, macs = torch.cat([p[0] for p in parts]), torch.cat([p[1].macs for p in parts])
+    correct = (logits.argmax(1).numpy() == data['labels']).sum()
     assert abs(correct / len(x) - info['sample500_top1']) <= 0.01
+    # the outputs recorded before the model protocol and the loading layer came in
+    reference = load_file(str(REFERENCE))
+    torch.testing.assert_close(logits, reference[f'{name}/logits'], rtol=0, atol=1e-6)
+    assert torch.equal(macs, reference[f'{name}/macs'])

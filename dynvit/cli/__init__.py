@@ -9,9 +9,8 @@ import os
 import sys
 from typing import List, Optional
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_IMAGES_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-from . import compress, demo, models, training  # noqa: E402  (they import the exit codes above)
+from . import compress, demo, models, training
+from ._common import EXIT_ERROR, EXIT_INTERRUPTED
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,23 +1,23 @@
-"""Helpers the commands share: naming a model by name or by file, argument types, --int8."""
+"""Helpers the commands share: loading the model a command names, argument types, --int8.
+
+Nothing here imports torch at module level: ``dynvit --help`` must stay fast.
+"""
 import argparse
-from typing import Optional, Tuple
+import sys
+from typing import Any, Optional
 
-import torch.nn as nn
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_IMAGES_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
-MODEL_FILE_SUFFIXES = ('.safetensors', '.pth', '.pt', '.bin')
-
-
-def model_and_file(name: str, what: str = 'model') -> Tuple[str, Optional[str]]:
-    """``(architecture name, weights file)`` for a model argument: a dynvit file stands for its
-    architecture and its weights; a name has no file."""
-    from .. import read_dynvit_metadata
-    if not name.endswith(MODEL_FILE_SUFFIXES):
-        return name, None
-    meta = read_dynvit_metadata(name)
-    if meta is None:
-        raise ValueError(f'{what} {name} is not a dynvit model file (dynvit convert makes one); or give a model '
-                         f'name and the file as --checkpoint')
-    return meta['architecture'], name
+def load_model_arg(name: str, checkpoint: Optional[str] = None, pretrained: bool = False, quiet: bool = False,
+                   **kwargs: Any):
+    """The model a command names (``dynvit.hub.resolve_model``); a note on stderr when its weights
+    are random."""
+    from ..hub import resolve_model
+    model, source = resolve_model(name, checkpoint, pretrained, **kwargs)
+    if source == 'random' and not quiet:
+        print(f'note: {name} has random weights (give arch.tag, --pretrained or --checkpoint for trained ones)',
+              file=sys.stderr)
+    return model
 
 
 def positive_int(text: str) -> int:
@@ -36,7 +36,7 @@ def int8_arg(p: argparse.ArgumentParser) -> None:
                    help='run the linear layers in INT8 (dynamic quantization, CPU; keep predictors and gates stay float)')
 
 
-def maybe_int8(model: nn.Module, args: argparse.Namespace) -> nn.Module:
+def maybe_int8(model, args: argparse.Namespace):
     """``--int8``: the INT8 copy of ``model`` (``dynvit.compress.quantize_int8``)."""
     if not getattr(args, 'int8', False):
         return model

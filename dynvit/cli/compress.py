@@ -4,9 +4,7 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
-from . import EXIT_OK
+from ._common import EXIT_OK, load_model_arg
 
 EXAMPLES = (
     'examples:\n'
@@ -24,7 +22,8 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _summary(model: torch.nn.Module) -> dict:
+def _summary(model) -> dict:
+    import torch
     from ..compress import sparsity
     from ..models._helpers import model_input_size
     from ..runtime import profile
@@ -40,14 +39,13 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         prune_attention_heads,
         prune_block_channels,
         prune_mlp_units,
-        save_pruned,
     )
-    from .models import load_for_inference
+    from ..hub import save_pruned
     if not args.out.endswith('.safetensors'):
         raise ValueError(f'the output must be a .safetensors file, got {args.out}')
     if not (args.heads or args.mlp or args.channels or args.prune_weights or args.dtype):
         raise ValueError('nothing to do: give --heads, --mlp, --channels, --prune-weights and/or --dtype')
-    model = load_for_inference(args.model)
+    model = load_model_arg(args.model).eval()
     before = _summary(model)
     if args.heads:
         prune_attention_heads(model, args.heads, scope=args.scope)

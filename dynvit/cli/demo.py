@@ -5,10 +5,7 @@ import sys
 from pathlib import Path
 from typing import List
 
-import torch
-
-from . import EXIT_OK, EXIT_SOME_IMAGES_FAILED
-from ._common import positive_int
+from ._common import EXIT_OK, EXIT_SOME_IMAGES_FAILED, positive_int
 from .models import kept_text
 
 SAMPLES = Path(__file__).resolve().parents[1] / 'samples'
@@ -25,12 +22,13 @@ def _true_label(path: str, classes: List[str]) -> str:
     return '?'
 
 
-def _sparsity_text(model: torch.nn.Module) -> str:
-    config = model.sparsity_config() if hasattr(model, 'sparsity_config') else {}
-    if 'density' in config:
-        return f'density {config["density"]} (channels computed per gated layer)'
-    ratios = config.get('keep_ratio') or []
-    return 'keep ratio ' + ' / '.join(f'{r:.3g}' for r in ratios) + ' per stage'
+def _sparsity_text(model) -> str:
+    """'keep ratio 0.5 / 0.25 / 0.125 per stage' or 'density 0.5 (channels computed per gated layer)'."""
+    knob = model.sparsity_knob.replace('_', ' ')
+    level = model.sparsity_level
+    if len(level) == 1 and model.kept_unit == 'channels':
+        return f'{knob} {level[0]:g} ({model.kept_unit} computed per gated layer)'
+    return f'{knob} ' + ' / '.join(f'{r:.3g}' for r in level) + ' per stage'
 
 
 def _zoo_models() -> List[str]:
@@ -46,11 +44,12 @@ def _zoo_models() -> List[str]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import torch
     from PIL import Image
     from ..models._zoo import WEIGHTS_DIR, read_card
     from ..predict import gather_images, predict_images
     from ..viz import prediction_grid
-    from .. import create_model
+    from ..hub import create_model
     torch.set_num_threads(args.threads)
     images, errors = gather_images(args.images or [str(SAMPLES)])
     for path, message in errors:

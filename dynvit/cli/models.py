@@ -6,10 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import torch
-
-from . import EXIT_OK, EXIT_SOME_IMAGES_FAILED
-from ._common import int8_arg, maybe_int8, model_and_file, positive_int
+from ..families import knob_help
+from ._common import EXIT_OK, EXIT_SOME_IMAGES_FAILED, int8_arg, load_model_arg, maybe_int8, positive_int
 
 EXAMPLES = {
     'list': 'examples:\n  dynvit list\n  dynvit list "dynamicvit_*" --pretrained\n  dynvit list --pretrained --json',
@@ -35,50 +33,38 @@ EXAMPLES = {
 
 # ---- loading a model to run ----
 
-def load_for_inference(name: str, checkpoint: Optional[str] = None, pretrained: bool = False) -> torch.nn.Module:
-    """A model by name (``arch`` or ``arch.tag``: its pretrained weights), a dynvit file, or
-    ``name`` with weights from ``checkpoint``; in eval mode."""
-    from .. import create_model, load_model
-    arch, file = model_and_file(name)
-    if file:
-        model = load_model(file)
-    elif checkpoint:
-        model = create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=checkpoint))
-    elif '.' in name or pretrained:
-        model = create_model(name, pretrained=True)
-    else:
-        model = create_model(name)
-        print(f'note: {name} has random weights (give arch.tag, --pretrained or --checkpoint for trained ones)',
-              file=sys.stderr)
-    return model.eval()
-
-
-def apply_sparsity(model: torch.nn.Module, keep_ratio: Optional[float] = None, density: Optional[float] = None,
+def apply_sparsity(model, keep_ratio: Optional[float] = None, density: Optional[float] = None,
                    threshold: Optional[float] = None) -> None:
-    """Sets the keep ratio (token-sparse ViTs), density (FBS CNNs) or threshold mode (DynamicViT)."""
-    from ..models import DynamicVisionTransformer, FBSEfficientNet, FBSResNet
-    is_cnn = isinstance(model, (FBSResNet, FBSEfficientNet))
-    if keep_ratio is not None:
-        if is_cnn or not hasattr(model, 'keep_ratio'):
-            raise ValueError(f'--keep-ratio is for token-sparse ViTs; {type(model).__name__} takes --density')
-        model.keep_ratio = keep_ratio
-    if density is not None:
-        if not is_cnn:
-            raise ValueError(f'--density is for channel-gated CNNs (FBS); {type(model).__name__} takes --keep-ratio')
-        model.density = density
+    """Sets the model's sparsity knob from ``--keep-ratio`` / ``--density``, or its threshold mode
+    (``--threshold``); a flag the model has no setting for is named with the one it takes."""
+    given = {'keep_ratio': keep_ratio, 'density': density}
+    own = getattr(model, 'sparsity_knob', None)  # None: a plain timm model
+    for knob, value in given.items():
+        if value is not None and knob != own:
+            if own is None:
+                raise ValueError(f'{type(model).__name__} is not a dynvit model: it has no sparsity settings')
+            flag, own_flag = '--' + knob.replace('_', '-'), '--' + own.replace('_', '-')
+            raise ValueError(f'{flag} is not a setting of {model.family} models ({type(model).__name__}); '
+                             f'they take {own_flag} ({model.sparsity_meaning})')
+    if given.get(own) is not None:
+        model.set_sparsity(**{own: given[own]})
     if threshold is not None:
-        if not isinstance(model, DynamicVisionTransformer):
-            raise ValueError(f'--threshold is for DynamicViT (keep tokens whose keep probability reaches it); '
-                             f'{type(model).__name__} has no threshold mode')
-        model.threshold = threshold
-        model.mode = 'threshold'
+        if own is None or 'threshold' not in model.sparsity_settings():
+            raise ValueError(f'--threshold is for models with a threshold mode (DynamicViT: keep the tokens whose '
+                             f'keep probability reaches it); {type(model).__name__} has no threshold mode')
+        model.set_sparsity(threshold=threshold, mode='threshold')
+
+
+def _knob_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--keep-ratio', type=float, default=None,
+                   help='token-sparse ViTs, what one value means: ' + knob_help('keep_ratio'))
+    p.add_argument('--density', type=float, default=None, help='channel-gated CNNs: ' + knob_help('density'))
 
 
 def _sparsity_args(p: argparse.ArgumentParser, threshold: bool = True) -> None:
     p.add_argument('--checkpoint', default=None, help='weights for MODEL (a dynvit, timm or DeiT file)')
     p.add_argument('--pretrained', action='store_true', help='load the default pretrained weights of an arch name')
-    p.add_argument('--keep-ratio', type=float, default=None, help='token-sparse ViTs: fraction of patches kept')
-    p.add_argument('--density', type=float, default=None, help='FBS CNNs: fraction of channels each gate keeps')
+    _knob_args(p)
     if threshold:
         p.add_argument('--threshold', type=float, default=None,
                        help='DynamicViT: keep the tokens whose keep probability reaches T (count varies per image)')
@@ -86,10 +72,11 @@ def _sparsity_args(p: argparse.ArgumentParser, threshold: bool = True) -> None:
     int8_arg(p)
 
 
-def _model(args: argparse.Namespace) -> torch.nn.Module:
+def _model(args: argparse.Namespace):
+    import torch
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_for_inference(args.model, args.checkpoint, args.pretrained)
+    model = load_model_arg(args.model, args.checkpoint, args.pretrained).eval()
     apply_sparsity(model, args.keep_ratio, args.density, getattr(args, 'threshold', None))
     return maybe_int8(model, args)
 
@@ -114,19 +101,17 @@ def _weights_source(cfg: Dict[str, Any]) -> str:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    import torch
     from timm.models import get_pretrained_cfg
-    from .. import create_model
+    from ..hub import create_model, model_and_file
     from ..models._helpers import model_input_size
     from ..runtime import profile
-    # the numbers need no weights: a tag with a local file (the zoo) is loaded for its stored
-    # configuration; other names are built without downloading anything
-    arch, file = model_and_file(args.model)
-    if file:
-        model = load_for_inference(file)
-    else:
-        cfg = get_pretrained_cfg(args.model) if '.' in args.model else None
-        local = bool(cfg is not None and getattr(cfg, 'file', None) and Path(cfg.file).is_file())
-        model = create_model(args.model, pretrained=local).eval()
+    # the numbers need no weights: a file, or a tag with a local file (the zoo), is loaded for its
+    # stored configuration; other names are built without downloading anything
+    _, file = model_and_file(args.model)
+    cfg = get_pretrained_cfg(args.model) if '.' in args.model and not file else None
+    local = bool(file or cfg is not None and getattr(cfg, 'file', None) and Path(cfg.file).is_file())
+    model = (load_model_arg(args.model) if local else create_model(args.model)).eval()
     apply_sparsity(model, args.keep_ratio, args.density)
     c, h, w = model_input_size(model)
     _, report = profile(model, torch.zeros(1, c, h, w))
@@ -136,7 +121,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
         params=sum(p.numel() for p in model.parameters()),
         input_size=[c, h, w],
         num_classes=model.num_classes,
-        sparsity=model.sparsity_config() if hasattr(model, 'sparsity_config') else None,
+        family=getattr(model, 'family', None) or None,
+        sparsity=model.sparsity_config() if getattr(model, 'sparsity_knob', None) else None,
+        sparsity_knob=getattr(model, 'sparsity_knob', None) or None,
+        knob_meaning=getattr(model, 'sparsity_meaning', None) or None,
         dense_gmacs=report.dense_macs / 1e9,
         sparse_gmacs=report.mean_macs / 1e9,
         saved_fraction=1 - report.mean_macs / report.dense_macs,
@@ -179,9 +167,9 @@ def _write_picture(preds, path: str, size: int, title: str) -> None:
     prediction_grid(preds, size=size, title=title).save(path)
 
 
-def _title(args: argparse.Namespace, model: torch.nn.Module) -> str:
-    config = model.sparsity_config() if hasattr(model, 'sparsity_config') else {}
-    shown = {k: v for k, v in config.items() if k in ('keep_ratio', 'density', 'mode', 'threshold') and v is not None}
+def _title(args: argparse.Namespace, model) -> str:
+    config = model.sparsity_config()
+    shown = {k: v for k, v in config.items() if k in (model.sparsity_knob, 'mode', 'threshold') and v is not None}
     return f'{args.model}  ' + ', '.join(f'{k} {v}' for k, v in shown.items())
 
 
@@ -212,13 +200,13 @@ def _cmd_viz(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from ..models import dense_copy
+    import torch
     from ..models._helpers import model_input_size
     from ..runtime import median_latencies, profile
     model = _model(args)
     models = {'model': model}
     if args.compare_dense:
-        models['dense'] = dense_copy(model).eval()
+        models['dense'] = model.dense_copy().eval()
     c, h, w = model_input_size(model)
     gen = torch.Generator().manual_seed(0)
     rows: List[Dict[str, Any]] = []
@@ -245,7 +233,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .. import create_model, read_dynvit_metadata, save_model
+    from ..hub import create_model, read_dynvit_metadata, read_state_dict, save_model
     kwargs = json.loads(args.model_args) if args.model_args else {}
     if not isinstance(kwargs, dict):
         raise ValueError(f'--model-args must be a JSON object, got {args.model_args!r}')
@@ -253,20 +241,19 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f'checkpoint file not found: {args.input}')
     if not args.output.endswith('.safetensors'):
         raise ValueError(f'the output must be a .safetensors file (self-describing), got {args.output}')
-    from ..models import DynamicVisionTransformer
-    from ..models._io import read_state_dict
     raw = read_state_dict(args.input)
     overlay = dict(file=args.input)
     if 'num_classes' in kwargs:  # the checkpoint's own head size: keep its classifier (timm drops a mismatching one)
         overlay['num_classes'] = kwargs['num_classes']
     model = create_model(args.model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
-    if any(k.startswith('score_predictor.') for k in raw) and not isinstance(model, DynamicVisionTransformer):
-        raise ValueError(f'{args.input} holds DynamicViT keep predictors (score_predictor.*), which '
-                         f'{type(model).__name__} would drop: convert it with a dynamicvit_* model')
+    for prefix, what in model.checkpoint_drops.items():
+        if any(k.startswith(prefix) for k in raw):
+            raise ValueError(f'{args.input} holds {what} ({prefix}*), which {type(model).__name__} would drop: '
+                             f'convert it with the architecture it was trained as')
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     save_model(model, args.output)
     meta = read_dynvit_metadata(args.output)
-    config = model.sparsity_config() if hasattr(model, 'sparsity_config') else {}
+    config = model.sparsity_config()
     print(f'{args.output}: {meta["architecture"]}, {len(model.state_dict())} tensors, '
           f'{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, {json.dumps(config)}')
     print(f'load it with dynvit.create_model({args.model!r}, pretrained=True, '
@@ -285,8 +272,7 @@ def add_parsers(add) -> None:
     p = add('info', 'Architecture, sparsity config, parameters, dense vs sparse MACs and weights source of a model.',
             EXAMPLES['info'])
     p.add_argument('model')
-    p.add_argument('--keep-ratio', type=float, default=None, help='token-sparse ViTs: fraction of patches kept')
-    p.add_argument('--density', type=float, default=None, help='FBS CNNs: fraction of channels each gate keeps')
+    _knob_args(p)
     p.add_argument('--json', action='store_true')
     p.set_defaults(func=_cmd_info)
 

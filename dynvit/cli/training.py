@@ -5,10 +5,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import torch
-
-from . import EXIT_OK
-from ._common import int8_arg, maybe_int8, model_and_file, positive_int
+from ..families import knob_help
+from ._common import EXIT_OK, int8_arg, load_model_arg, maybe_int8, positive_int
 
 EXAMPLES = {
     'finetune': 'examples:\n'
@@ -29,11 +27,12 @@ EXAMPLES = {
 }
 
 
-def _model_for_data(args: argparse.Namespace, num_classes: Optional[int], **sparsity) -> torch.nn.Module:
+def _model_for_data(args: argparse.Namespace, num_classes: Optional[int], **sparsity):
     """The model named (or the dynvit file given) with ``--model-args``, the sparsity targets and
     ``num_classes``; ``--checkpoint`` (or the file) provides the weights, the head reset the timm
-    way when the classes differ."""
-    from .. import create_model
+    way when the classes differ; an ``arch.tag`` starts from its pretrained weights, a bare arch
+    from scratch."""
+    import torch
     from ..models._helpers import model_input_size
     torch.manual_seed(args.seed)  # fresh parameters (heads, predictors, gates) start the same in every process
     kwargs = json.loads(args.model_args) if args.model_args else {}
@@ -42,29 +41,24 @@ def _model_for_data(args: argparse.Namespace, num_classes: Optional[int], **spar
     kwargs.update({k: v for k, v in sparsity.items() if v is not None})
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
-    name, weights = model_and_file(args.model)
-    weights = args.checkpoint or weights
-    if weights:
-        model = create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=weights), **kwargs)
-    else:  # arch.tag names its pretrained weights (the zoo's, or a hub's); a bare arch starts from scratch
-        model = create_model(name, pretrained='.' in name, **kwargs)
+    model = load_model_arg(args.model, args.checkpoint, quiet=True, **kwargs)
     for key in ('mean', 'std'):
         value = getattr(args, key, None)
         if value:
             model.pretrained_cfg = {**model.pretrained_cfg, key: tuple(value)}
     if getattr(args, 'img_size', None):
-        if hasattr(model, 'patch_embed'):
+        if model.pretrained_cfg.get('fixed_input_size'):
             raise ValueError('--img-size is for CNNs; give a ViT its size with --model-args \'{"img_size": N}\'')
         chans = model_input_size(model)[0]
         model.pretrained_cfg = {**model.pretrained_cfg, 'input_size': (chans, args.img_size, args.img_size)}
     return model
 
 
-def _external_teacher(args: argparse.Namespace, student: torch.nn.Module) -> torch.nn.Module:
+def _external_teacher(args: argparse.Namespace, student):
     """``--teacher``: a pretrained model name (``arch.tag``) or a dynvit file, wrapped to read the
     student's batches."""
-    from .. import create_model
     from ..data import model_norm
+    from ..hub import create_model, model_and_file
     from ..models._helpers import model_input_size
     from ..train import ExternalTeacher
     if args.no_distill:
@@ -85,7 +79,7 @@ def _num_classes(args: argparse.Namespace) -> int:
     return len(folder_classes(args.data))
 
 
-def _compress_for_training(args: argparse.Namespace, model: torch.nn.Module) -> None:
+def _compress_for_training(args: argparse.Namespace, model) -> None:
     """``--prune-weights`` (magnitude masks kept through the run) or ``--autoprune`` (trained scores)."""
     from ..compress import apply_autoprune, magnitude_prune
     if args.prune_weights and args.autoprune:
@@ -97,6 +91,7 @@ def _compress_for_training(args: argparse.Namespace, model: torch.nn.Module) -> 
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    import torch
     from ..data import build_datasets
     from ..train import TrainConfig, Trainer
     if args.threads:
@@ -105,9 +100,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         raise FileExistsError(f'{args.out} already holds a run; pass --resume to continue it or choose another --out')
     model = _model_for_data(args, _num_classes(args), keep_ratio=args.keep_ratio, density=args.density)
     if args.init_gates:
-        if not hasattr(model, 'init_gates'):
-            raise ValueError(f'--init-gates is for FBS models; {type(model).__name__} has no channel gates')
-        model.init_gates()
+        model.init_sparse_modules()
     _compress_for_training(args, model)
     train_kwargs = {} if args.aug_scale is None else dict(scale=(args.aug_scale, 1.0))
     if args.no_color_jitter:
@@ -139,6 +132,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
     from ..data import build_datasets
     from ..train import evaluate
     if args.threads:
@@ -185,8 +179,10 @@ def add_parsers(add) -> None:
     data_args(p)
     p.add_argument('--out', required=True, help='run folder: train_state.safetensors, best.safetensors, log.jsonl')
     p.add_argument('--resume', action='store_true', help='continue the run in --out')
-    p.add_argument('--keep-ratio', type=float, default=None, help='ViTs: target keep ratio')
-    p.add_argument('--density', type=float, default=None, help='FBS: target density')
+    p.add_argument('--keep-ratio', type=float, default=None,
+                   help='token-sparse ViTs, the target keep ratio; what one value means: ' + knob_help('keep_ratio'))
+    p.add_argument('--density', type=float, default=None,
+                   help='channel-gated CNNs, the target density: ' + knob_help('density'))
     p.add_argument('--epochs', type=positive_int, default=10)
     p.add_argument('--lr', type=float, default=5e-4)
     p.add_argument('--sparse-lr', type=float, default=None, help='lr of keep predictors / gates (default: --lr)')

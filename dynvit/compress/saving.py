@@ -1,17 +1,14 @@
-"""Saving and rebuilding compressed models: structurally pruned shapes go into the file's metadata."""
-import copy
-from typing import Any, Dict, List, Optional, Sequence, Union
+"""The shapes of structurally pruned models: read from the modules, and applied to a freshly built
+model of the same architecture (``dynvit.save_pruned`` stores them in the file's metadata, loading
+applies them before the weights)."""
+from typing import Dict, List, Sequence
 
-import torch
 import torch.nn as nn
 from timm.models.resnet import BasicBlock
 
-from ._masks import _detach_masked_weights
-from ._select import masked_layers
-from .magnitude import remove_masks, sparsity
 from .structured import prune_attention_heads, prune_block_channels, prune_mlp_units
 
-__all__ = ['pruned_structure', 'apply_structure', 'save_pruned', 'load_pruned', 'STRUCTURE_KEY']
+__all__ = ['pruned_structure', 'apply_structure', 'STRUCTURE_KEY']
 
 STRUCTURE_KEY = 'pruned_structure'
 
@@ -56,48 +53,3 @@ def apply_structure(model: nn.Module, structure: Dict[str, Sequence[int]]) -> nn
         fn = dict(num_heads=prune_attention_heads, mlp_hidden=prune_mlp_units, block_widths=prune_block_channels)[key]
         fn(model, keep=keep)
     return model
-
-
-def save_pruned(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = None,
-                dtype: Optional[Union[str, torch.dtype]] = None) -> None:
-    """``dynvit.save_model`` for a model that may be pruned; ``load_pruned`` (or ``load_model``,
-    or ``create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=path))``) rebuilds it.
-
-    The per-block sizes (``pruned_structure``, for the models structured pruning supports) go
-    into the file's ``extra`` metadata under ``'pruned_structure'``: the model constructors
-    build uniform blocks, so the stored ``model_args`` alone would rebuild the unpruned shapes.
-    Pruning masks (magnitude or AutoPrune) are made permanent in the saved copy (``remove_masks``
-    on a copy; ``model`` keeps its masks).
-
-    Args:
-        model: A dynvit model created by name.
-        path: Target ``.safetensors`` file.
-        extra: More JSON-serialisable metadata.
-        dtype: Storage precision ('fp32', 'fp16', 'bf16'; see ``dynvit.save_model``).
-    """
-    from ..models import save_model
-
-    target = model
-    if masked_layers(model):
-        _detach_masked_weights(model)  # in case a layer ran outside a hooked forward: deepcopy needs leaves
-        target = remove_masks(copy.deepcopy(model))
-    meta = dict(extra or {})
-    try:
-        meta[STRUCTURE_KEY] = pruned_structure(target)
-    except ValueError:  # a family structured pruning does not handle: its shapes are the constructor's
-        pass
-    meta['weight_sparsity'] = sparsity(target).overall
-    save_model(target, path, extra=meta, dtype=dtype)
-
-
-def load_pruned(path: str, **kwargs: Any) -> nn.Module:
-    """Rebuilds a model saved by ``save_pruned``: ``dynvit.load_model`` reads the stored
-    ``pruned_structure`` and shrinks the blocks before loading the weights.
-
-    Args:
-        path: A dynvit ``.safetensors`` file.
-        **kwargs: Override stored model arguments (as for ``dynvit.load_model``).
-    """
-    from ..models import load_model
-
-    return load_model(path, **kwargs)

@@ -20,6 +20,8 @@ from ..layers.channel_gate import (
     num_kept,
     select_channels,
 )
+from ..losses import FBSLoss, ObjectiveConfig
+from ._base import DynamicAux, DynamicModel
 from ._helpers import check_image_batch, check_state_dict, first_conv_keys, is_scalar
 
 EXECUTIONS = ('auto', 'grouped', 'loop', 'union', 'mask')
@@ -31,32 +33,51 @@ def _sync(x: torch.Tensor) -> None:
 
 
 @dataclass
-class FBSAux:
-    """What the gates of one forward pass decided.
+class FBSAux(DynamicAux):
+    """What the gates of one forward pass decided (and, from ``DynamicAux``, what it spent:
+    ``macs`` per image for the channels the image kept, gates included, whatever the batch
+    around it; ``executed_macs``, more than ``macs`` where a block ran the batch's union of
+    channels (``execution='union'``, or chosen by 'auto'); a masked (training) pass counts
+    like ``macs``. ``features`` is the final feature map, before pooling).
 
     Attributes:
         indices: Per gate ``[B, k]`` the kept channels of each image (ascending); None for a
             gate that was off (density 1.0).
         saliency: Per gate ``[B, C]`` the gate's saliency (carries gradients in training, for
             the L1 term); None for a gate that was off.
-        kept_channels: ``[B, G]`` channels each gate kept.
-        gate_channels: Channels each gate chooses from (``C``).
-        macs: ``[B]`` multiply-accumulates per image (gates included) for the channels the image
-            kept: what skipping costs for this input, whatever the batch around it.
-        dense_macs: MACs of the same network without gates, per image.
-        executed_macs: ``[B]`` MACs this pass computed for each image: ``macs``, except where a
-            block ran the batch's union of channels (``execution='union'``, or chosen by
-            'auto'), which computes more per image. A masked (training) pass counts like ``macs``.
-        features: The final feature map (before pooling).
+        kept_channels: ``[B, G]`` channels each gate kept (``kept``).
+        gate_channels: Channels each gate chooses from (``kept_of``).
     """
     indices: List[Optional[torch.Tensor]]
     saliency: List[Optional[torch.Tensor]]
     kept_channels: torch.Tensor
     gate_channels: List[int]
-    macs: torch.Tensor
-    dense_macs: int
-    executed_macs: Optional[torch.Tensor] = None
-    features: Optional[torch.Tensor] = None
+
+    @property
+    def kept(self) -> torch.Tensor:
+        return self.kept_channels
+
+    @property
+    def kept_of(self) -> List[int]:
+        return list(self.gate_channels)
+
+    @property
+    def per_block(self) -> torch.Tensor:
+        """``[B, G]`` channels each gate chooses from."""
+        return torch.tensor(self.gate_channels, dtype=torch.long).expand(self.kept_channels.shape[0], -1)
+
+    @property
+    def kept_masks(self) -> List[torch.Tensor]:
+        """Per gate ``[B, C]``: the channels each image kept (all of them where the gate was off)."""
+        B = self.kept_channels.shape[0]
+        device = self.kept_channels.device
+        out = []
+        for idx, c in zip(self.indices, self.gate_channels):
+            if idx is None:
+                out.append(torch.ones(B, c, dtype=torch.bool, device=device))
+            else:
+                out.append(torch.zeros(B, c, dtype=torch.bool, device=idx.device).scatter_(1, idx, True))
+        return out
 
 
 class GateTrace:
@@ -244,12 +265,20 @@ def check_density(density: Any) -> float:
     return d
 
 
-class FBSModel:
+class FBSModel(DynamicModel):
     """Mixin for a timm CNN whose residual blocks are ``GatedBlock`` s (put it before the timm class).
 
-    Subclasses call ``_init_fbs(density, execution)`` at the end of ``__init__`` and implement
-    ``_stem_and_blocks(x, trace)`` / ``_head_macs`` through ``forward_features``.
+    Subclasses call ``_init_fbs(density, execution)`` at the end of ``__init__`` and write
+    ``forward_features(x, decisions, return_aux)`` between ``_start_trace`` and ``_end_trace``.
+    The MACs are counted during the pass, block by block from the shapes each computed.
     """
+    family = 'FBS'
+    sparsity_args = ('density', 'execution')
+    kept_unit = 'channels'
+    stage_label = 'kept channels per gated layer'
+    per_block_label = 'of channels'
+    total_label = 'gated channels'
+    kept_style = 'runs'
 
     def _init_fbs(self, density: float, execution: str) -> None:
         self.gated_blocks: List[GatedBlock] = []
@@ -343,6 +372,17 @@ class FBSModel:
             self.load_state_dict(out, strict=False)
         return out
 
+    def init_sparse_modules(self) -> None:
+        """``init_gates``: the gates start as magnitude pruning of the loaded weights."""
+        self.init_gates()
+
+    def training_objective(self, config: ObjectiveConfig) -> FBSLoss:
+        """Cross-entropy, the L1 penalty on the saliencies, logit distillation."""
+        return FBSLoss(base_criterion=config.criterion(), l1_weight=config.l1_weight, **config.distillation())
+
+    def sparse_modules(self) -> List[nn.Module]:
+        return [g for blk in self.gated_blocks for g in blk.gates()]
+
     def gate_channels(self) -> List[int]:
         """Channels each gate chooses from, in gate order."""
         return [g.out_channels for blk in self.gated_blocks for g in blk.gates()]
@@ -351,11 +391,7 @@ class FBSModel:
         """Channels each gate keeps at the current density, in gate order."""
         return [k for blk in self.gated_blocks for k in blk.num_keep()]
 
-    def count_macs(self, aux: FBSAux) -> torch.Tensor:
-        """MACs spent per image ``[B]`` (they are counted during the forward, from the shapes seen)."""
-        return aux.macs
-
-    def _finish_aux(self, trace: GateTrace, features: torch.Tensor) -> FBSAux:
+    def _aux_from_trace(self, trace: GateTrace, features: torch.Tensor) -> FBSAux:
         macs = torch.stack(list(trace.macs.values())).sum(0)
         executed = torch.stack(list(trace.executed_macs.values())).sum(0)
         return FBSAux(
@@ -384,7 +420,7 @@ class FBSModel:
         if trace is None:
             return x
         trace.add_macs('head', head_macs, head_macs)
-        aux = self._finish_aux(trace, x)
+        aux = self._finish_aux(self._aux_from_trace(trace, x))
         return (x, aux) if return_aux else x
 
     def forward(

@@ -24,11 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
-from timm.models.vision_transformer import (
-    VisionTransformer,
-    checkpoint_filter_fn as vit_checkpoint_filter_fn,
-    init_weights_vit_timm,
-)
+from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn, init_weights_vit_timm
 
 from ..layers import (
     KeepPredictor,
@@ -39,11 +35,10 @@ from ..layers import (
     policy_bias,
     unpack_tokens,
 )
-from ..runtime.macs import vit_macs
+from ..losses import DynamicViTLoss, ObjectiveConfig
+from ._helpers import check_state_dict, fill_missing, first_conv_keys, is_scalar, vit_cfg
+from ._token_vit import TokenAux, TokenSparseViT, build_token_vit
 from ._zoo import register_tag_args, shipped_cfgs
-from ._helpers import (
-    build_dynamic_model, check_state_dict, embed_tokens, fill_missing, first_conv_keys, is_scalar, run_block, vit_cfg,
-    vit_embed_layer, with_stem_cfg)
 
 __all__ = ['DynamicVisionTransformer', 'DynamicViTAux']
 
@@ -52,8 +47,9 @@ TokenOrder = Literal['position', 'score']
 
 
 @dataclass
-class DynamicViTAux:
-    """What a forward pass decided, for losses, reports and pictures.
+class DynamicViTAux(TokenAux):
+    """What a forward pass decided, for losses, reports and pictures (and, from ``TokenAux``,
+    the MACs, the grid, the token mask and the keep ratios of the pass).
 
     Positions refer to the original patch grid (row-major, N patches), whatever the execution.
 
@@ -65,12 +61,8 @@ class DynamicViTAux:
         tokens_per_block: ``[B, depth]`` tokens entering each block, prefix tokens included.
         predictor_tokens: ``[B, stages]`` patch tokens each predictor scored (0 if skipped).
         num_patches: N.
-        token_mask: Validity/weight of the tokens returned by ``forward_features`` ``[B, L]``
-            (None when all are valid): the kept-token policy in training, padding in
-            threshold mode.
         token_index: ``[B, L]`` original token index (prefix tokens first) of each returned
             token in top-k mode; None when the tokens are in original positions.
-        features: The normalised output tokens (what ``forward_features`` returned).
         execution: ``'masked'`` (training / fixed decisions), ``'gathered'`` (top-k) or
             ``'packed'`` (threshold).
     """
@@ -79,17 +71,13 @@ class DynamicViTAux:
     tokens_per_block: torch.Tensor
     predictor_tokens: torch.Tensor
     num_patches: int
-    token_mask: Optional[torch.Tensor] = None
     token_index: Optional[torch.Tensor] = None
-    features: Optional[torch.Tensor] = None
     execution: str = 'masked'
 
     @property
-    def kept_tokens(self) -> torch.Tensor:
-        """``[B, stages]`` patch tokens kept after each stage."""
-        if not self.decisions:
-            return self.tokens_per_block.new_zeros(self.tokens_per_block.shape[0], 0)
-        return torch.stack([d.detach().sum(dim=1) for d in self.decisions], dim=1).round().long()
+    def stage_weights(self) -> List[torch.Tensor]:
+        """The cumulative keep decisions: a stage's kept patches."""
+        return self.decisions
 
 
 def resolve_keep_ratio(keep_ratio: Union[float, Sequence[float]], num_stages: int) -> Tuple[float, ...]:
@@ -122,7 +110,7 @@ def _resolve_threshold(threshold: Union[float, Sequence[float]], num_stages: int
     return values
 
 
-class DynamicVisionTransformer(VisionTransformer):
+class DynamicVisionTransformer(TokenSparseViT):
     """timm ``VisionTransformer`` with DynamicViT token sparsification.
 
     Args:
@@ -133,10 +121,12 @@ class DynamicVisionTransformer(VisionTransformer):
         threshold: Keep probability a token needs in threshold mode (float or one per stage).
         token_order: Order of the kept tokens in top-k mode, ``'position'`` (raster order) or
             ``'score'`` (descending score, as the released DynamicViT code does).
-        stem: 'patch' (timm's patchify convolution) or 'conv' (stride-2 3x3 convolutions,
-            ``ConvPatchEmbed``; patch size a power of two).
-        **kwargs: Passed to timm's ``VisionTransformer``.
+        **kwargs: ``stem`` ('patch' or 'conv', see ``TokenSparseViT``) and timm's
+            ``VisionTransformer`` arguments.
     """
+    family = 'DynamicViT'
+    sparsity_args = ('prune_loc', 'keep_ratio', 'mode', 'threshold', 'token_order')
+    attn_layer = PolicyAttention
 
     def __init__(
             self,
@@ -146,17 +136,11 @@ class DynamicVisionTransformer(VisionTransformer):
             mode: Mode = 'topk',
             threshold: Union[float, Sequence[float]] = 0.5,
             token_order: TokenOrder = 'position',
-            stem: str = 'patch',
             **kwargs: Any,
     ) -> None:
-        global_pool = kwargs.get('global_pool', 'token')
-        if global_pool in ('map', 'prr'):
-            raise ValueError(f"global_pool='{global_pool}' (attention pooling) is not supported by DynamicViT; "
-                             "use 'token', 'avg', 'max' or 'avgmax'")
-        model_args = dict(kwargs)
-        super().__init__(**{'attn_layer': PolicyAttention, 'embed_layer': vit_embed_layer(stem), **kwargs})
-        depth = len(self.blocks)
         prune_loc = tuple(int(i) for i in prune_loc)
+        super().__init__(family_args={'prune_loc': list(prune_loc)}, **kwargs)
+        depth = len(self.blocks)
         if not prune_loc or list(prune_loc) != sorted(set(prune_loc)) or not 0 <= prune_loc[0] <= prune_loc[-1] < depth:
             raise ValueError(f'prune_loc must be increasing block indices in [0, {depth}), got {list(prune_loc)}')
         self.prune_loc = prune_loc
@@ -168,7 +152,6 @@ class DynamicVisionTransformer(VisionTransformer):
         self.mode = mode
         self.threshold = threshold
         self.token_order = token_order
-        self.model_args = {**model_args, 'prune_loc': list(prune_loc), **({'stem': stem} if stem != 'patch' else {})}
 
     # ---- sparsity settings (changeable on a built model) ----
     @property
@@ -221,6 +204,7 @@ class DynamicVisionTransformer(VisionTransformer):
             keep_ratio: Union[None, float, Sequence[float]] = None,
             mode: Optional[Mode] = None,
             threshold: Union[None, float, Sequence[float]] = None,
+            token_order: Optional[TokenOrder] = None,
     ) -> 'DynamicVisionTransformer':
         """Changes the sparsity settings given (others stay); returns the model."""
         if keep_ratio is not None:
@@ -229,7 +213,25 @@ class DynamicVisionTransformer(VisionTransformer):
             self.threshold = threshold
         if mode is not None:
             self.mode = mode
+        if token_order is not None:
+            self.token_order = token_order
         return self
+
+    def sparsity_settings(self) -> Tuple[str, ...]:
+        return 'keep_ratio', 'mode', 'threshold', 'token_order'
+
+    def dense_settings(self) -> Dict[str, Any]:
+        return dict(keep_ratio=1.0, mode='topk')  # threshold mode would still drop tokens
+
+    def is_dense(self) -> bool:
+        return super().is_dense() and self.mode == 'topk'
+
+    def training_objective(self, config: ObjectiveConfig) -> DynamicViTLoss:
+        """Cross-entropy, the keep-ratio loss, logit and token distillation (paper weights 1, 2, 0.5, 0.5)."""
+        return DynamicViTLoss(base_criterion=config.criterion(), **config.distillation())
+
+    def sparse_modules(self) -> List[nn.Module]:
+        return list(self.score_predictor)
 
     def sparsity_config(self) -> Dict[str, Any]:
         """The current sparsity settings as plain values (stored with saved weights)."""
@@ -279,16 +281,7 @@ class DynamicVisionTransformer(VisionTransformer):
         self.threshold = thresholds
         return self.threshold
 
-    def num_keep(self, stage: int, num_patches: int) -> int:
-        """Patches kept after ``stage`` in top-k mode: ``int(N * keep_ratio[stage])``, at least 1."""
-        return max(1, int(num_patches * self.keep_ratio[stage]))
-
     # ---- forward ----
-    def _block(self, block: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if attn_mask is None:
-            return run_block(self, block, x)
-        return run_block(self, block, x, attn_mask=attn_mask)
-
     def _forward_masked(self, x: torch.Tensor, decisions: Optional[Sequence[torch.Tensor]]) -> DynamicViTAux:
         """All tokens stay; dropped ones are hidden as keys. Gumbel decisions unless given."""
         B, L, _ = x.shape
@@ -296,7 +289,7 @@ class DynamicVisionTransformer(VisionTransformer):
         N = L - P
         policy = x.new_ones(B, N)
         bias = None
-        aux = _new_aux(x, len(self.blocks), len(self.prune_loc), N, 'masked')
+        aux = _new_aux(x, len(self.blocks), len(self.prune_loc), N, 'masked', self.keep_ratio)
         for i, block in enumerate(self.blocks):
             s = self._stage_of_block.get(i)
             if s is not None:
@@ -352,6 +345,7 @@ class DynamicVisionTransformer(VisionTransformer):
             token_index=torch.cat([prefix, index + P], dim=1),
             features=self.norm(x),
             execution='gathered',
+            keep_ratio=self.keep_ratio,
         )
 
     def _forward_packed(self, x: torch.Tensor) -> DynamicViTAux:
@@ -362,7 +356,7 @@ class DynamicVisionTransformer(VisionTransformer):
         keep = torch.ones(B, N, dtype=torch.bool, device=x.device)  # kept patches, original positions
         prefix = keep.new_ones(B, P)
         lengths = None
-        aux = _new_aux(x, len(self.blocks), len(self.prune_loc), N, 'packed')
+        aux = _new_aux(x, len(self.blocks), len(self.prune_loc), N, 'packed', self.keep_ratio)
         for i, block in enumerate(self.blocks):
             s = self._stage_of_block.get(i)
             if s is not None:
@@ -393,108 +387,51 @@ class DynamicVisionTransformer(VisionTransformer):
         aux.features = x
         return aux
 
-    def forward_features(
+    def _forward_tokens(
             self,
             x: torch.Tensor,
-            attn_mask: Optional[torch.Tensor] = None,
-            is_causal: bool = False,
+            want_aux: bool,
             decisions: Optional[Sequence[torch.Tensor]] = None,
-            return_aux: bool = False,
-    ) -> Union[torch.Tensor, Tuple[torch.Tensor, DynamicViTAux]]:
+    ) -> Tuple[torch.Tensor, DynamicViTAux]:
         """Embeds and runs the blocks with token sparsification.
 
         Args:
             x: Images ``[B, C, H, W]``.
-            attn_mask: Not supported (tokens are selected per image); must be None.
-            is_causal: Not supported; must be False.
+            want_aux: Unused: the aux is always made (its token mask pools threshold mode).
             decisions: Optional fixed keep decisions, one ``[B, N]`` 0/1 tensor per stage; the
                 masked (training-style) computation is then run with them in any mode.
-            return_aux: Also return the ``DynamicViTAux`` of this pass.
 
         Returns:
             Normalised tokens ``[B, L, C]``: all tokens in training/with ``decisions``, the kept
             ones in top-k mode, zero-padded kept tokens in threshold mode (see
-            ``aux.token_mask``); with ``return_aux`` also the aux.
+            ``aux.token_mask``); and the aux.
         """
-        if attn_mask is not None or is_causal:
-            raise ValueError('DynamicViT selects tokens per image and builds its own attention masks; '
-                             'attn_mask and is_causal are not supported')
-        x = embed_tokens(self, x)
+        tokens = self._embed(x)
         if decisions is not None:
             if len(decisions) != len(self.prune_loc):
                 raise ValueError(f'decisions has {len(decisions)} entries for {len(self.prune_loc)} stages')
-            aux = self._forward_masked(x, decisions)
+            aux = self._forward_masked(tokens, decisions)
         elif self.training and any(r < 1.0 for r in self.keep_ratio):
-            aux = self._forward_masked(x, None)
+            aux = self._forward_masked(tokens, None)
         elif self.mode == 'topk' or self.training:  # keep ratio 1.0 trains the dense model
-            aux = self._forward_gathered(x)
+            aux = self._forward_gathered(tokens)
         else:
-            aux = self._forward_packed(x)
-        return (aux.features, aux) if return_aux else aux.features
-
-    def pool(
-            self,
-            x: torch.Tensor,
-            pool_type: Optional[str] = None,
-            token_mask: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """timm's pooling, restricted to the tokens ``token_mask`` marks (weights in training)."""
-        pool_type = self.global_pool if pool_type is None else pool_type
-        if token_mask is None or pool_type in ('token', ''):
-            return super().pool(x, pool_type)
-        if not self.pool_include_prefix:
-            x, token_mask = x[:, self.num_prefix_tokens:], token_mask[:, self.num_prefix_tokens:]
-        w = token_mask.to(x.dtype).unsqueeze(-1)  # [B, L, 1]
-        avg = (x * w).sum(1) / w.sum(1).clamp_min(1e-6)
-        if pool_type == 'avg':
-            return avg
-        mx = x.masked_fill(w < 0.5, float('-inf')).amax(1)
-        return mx if pool_type == 'max' else 0.5 * (avg + mx)
-
-    def forward_head(
-            self,
-            x: torch.Tensor,
-            pre_logits: bool = False,
-            token_mask: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """Pools the kept tokens (``token_mask``, see ``DynamicViTAux``) and classifies."""
-        x = self.pool(x, token_mask=token_mask)
-        x = self.fc_norm(x)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(
-            self,
-            x: torch.Tensor,
-            attn_mask: Optional[torch.Tensor] = None,
-            is_causal: bool = False,
-            decisions: Optional[Sequence[torch.Tensor]] = None,
-            return_aux: bool = False,
-    ) -> Union[torch.Tensor, Tuple[torch.Tensor, DynamicViTAux]]:
-        """Logits ``[B, num_classes]``; with ``return_aux`` also the ``DynamicViTAux``."""
-        feats, aux = self.forward_features(x, attn_mask, is_causal, decisions=decisions, return_aux=True)
-        logits = self.forward_head(feats, token_mask=aux.token_mask)
-        return (logits, aux) if return_aux else logits
-
-    def forward_intermediates(self, *args: Any, **kwargs: Any):
-        """Refused while tokens are dropped: intermediates are reshaped to the full patch grid."""
-        if self.training or self.mode != 'topk' or any(r < 1.0 for r in self.keep_ratio):
-            raise NotImplementedError(
-                'forward_intermediates reshapes tokens to the full patch grid, which DynamicViT does not keep; '
-                'use forward(x, return_aux=True) for the kept tokens, or set keep_ratio=1.0 in eval mode')
-        return super().forward_intermediates(*args, **kwargs)
+            aux = self._forward_packed(tokens)
+        aux.grid = self._patch_grid(x)
+        return aux.features, aux
 
     # ---- MACs ----
-    def count_macs(self, aux: DynamicViTAux) -> torch.Tensor:
-        """MACs spent per image ``[B]``: backbone on the tokens each block saw, plus predictors."""
-        macs = vit_macs(self, aux.tokens_per_block, aux.num_patches)
+    def _selection_macs(self, aux: DynamicViTAux) -> torch.Tensor:
+        """The keep predictors on the tokens each scored."""
+        macs = 0
         for s, predictor in enumerate(self.score_predictor):
             tokens = aux.predictor_tokens[:, s].long()
             macs = macs + predictor.macs(tokens, (tokens > 0).long())
         return macs
 
 
-def _new_aux(x: torch.Tensor, depth: int, num_stages: int, num_patches: int, execution: str) -> DynamicViTAux:
+def _new_aux(x: torch.Tensor, depth: int, num_stages: int, num_patches: int, execution: str,
+             keep_ratio: Tuple[float, ...]) -> DynamicViTAux:
     B = x.shape[0]
     return DynamicViTAux(
         decisions=[],
@@ -503,6 +440,7 @@ def _new_aux(x: torch.Tensor, depth: int, num_stages: int, num_patches: int, exe
         predictor_tokens=torch.zeros(B, num_stages, dtype=torch.long, device=x.device),
         num_patches=num_patches,
         execution=execution,
+        keep_ratio=keep_ratio,
     )
 
 
@@ -530,8 +468,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: DynamicVisi
 
 
 def _create_dynamic_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> DynamicVisionTransformer:
-    return build_dynamic_model(DynamicVisionTransformer, variant, pretrained, checkpoint_filter_fn,
-                               'DynamicViT drops tokens and has no full feature grid', **with_stem_cfg(kwargs))
+    return build_token_vit(DynamicVisionTransformer, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:

@@ -27,11 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
-from timm.models.vision_transformer import (
-    VisionTransformer,
-    checkpoint_filter_fn as vit_checkpoint_filter_fn,
-    init_weights_vit_timm,
-)
+from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn, init_weights_vit_timm
 
 from ..layers import (
     block_forward_with_cls_attention,
@@ -40,18 +36,18 @@ from ..layers import (
     merge_slow_fast,
     split_slow_fast,
 )
-from ..runtime.macs import vit_macs
+from ..losses import EvoViTLoss, ObjectiveConfig
+from ._helpers import check_state_dict, first_conv_keys, is_scalar, run_block, vit_cfg
+from ._token_vit import TokenAux, TokenSparseViT, build_token_vit
 from ._zoo import register_tag_args, shipped_cfgs
-from ._helpers import (
-    build_dynamic_model, check_state_dict, embed_tokens, first_conv_keys, is_scalar, run_block, vit_cfg,
-    vit_embed_layer, with_stem_cfg)
 
 __all__ = ['EvoVisionTransformer', 'EvoViTAux']
 
 
 @dataclass
-class EvoViTAux:
-    """What a forward pass selected, for losses, reports and pictures.
+class EvoViTAux(TokenAux):
+    """What a forward pass selected, for losses, reports and pictures (and, from ``TokenAux``,
+    the MACs, the grid and the keep ratios of the pass).
 
     Positions refer to the original patch grid (row-major, N patches).
 
@@ -65,8 +61,6 @@ class EvoViTAux:
             in each block (0 where the block did not need it).
         averaged_placeholders: ``[B, stages]`` placeholders averaged into a representative token.
         num_patches: N.
-        features: The output tokens (after the final norm; with patch pooling the norm comes
-            after pooling, ``fc_norm``), all of them in original positions.
         cls_token: The class token before the final norm ``[B, C]`` (input of the class-token head).
         cls_logits: The class-token head's logits (training mode, with ``aux_head``), else None.
     """
@@ -76,16 +70,15 @@ class EvoViTAux:
     cls_attention_keys: torch.Tensor
     averaged_placeholders: torch.Tensor
     num_patches: int
-    features: Optional[torch.Tensor] = None
     cls_token: Optional[torch.Tensor] = None
     cls_logits: Optional[torch.Tensor] = None
 
     @property
-    def kept_tokens(self) -> torch.Tensor:
-        """``[B, stages]`` patches given the full update in each stage."""
-        if not self.informative:
-            return self.tokens_per_block.new_zeros(self.tokens_per_block.shape[0], 0)
-        return torch.stack([m.sum(dim=1) for m in self.informative], dim=1).round().long()
+    def stage_weights(self) -> List[torch.Tensor]:
+        """A stage's fully updated patches. (``features``, from ``TokenAux``, are all the output
+        tokens in original positions, after the final norm; with patch pooling the norm comes
+        after pooling, ``fc_norm``.)"""
+        return self.informative
 
 
 def _resolve_keep_ratio(keep_ratio: Union[float, Sequence[float]], num_stages: int) -> Tuple[float, ...]:
@@ -112,7 +105,7 @@ def _check_select_loc(value: Sequence[int], depth: int) -> Tuple[int, ...]:
     return loc
 
 
-class EvoVisionTransformer(VisionTransformer):
+class EvoVisionTransformer(TokenSparseViT):
     """timm ``VisionTransformer`` with Evo-ViT slow-fast token evolution.
 
     Args:
@@ -128,12 +121,13 @@ class EvoVisionTransformer(VisionTransformer):
             paper); False leaves them unchanged (the released DeiT code).
         aux_head: Add the class-token head (``norm_cls``, ``head_cls``) Evo-ViT trains beside
             the main head; its logits come in ``aux.cls_logits`` in training mode.
-        stem: 'patch' (timm's patchify convolution) or 'conv' (stride-2 3x3 convolutions,
-            ``ConvPatchEmbed``; patch size a power of two).
-        **kwargs: Passed to timm's ``VisionTransformer`` (it needs a class token).
+        **kwargs: ``stem`` ('patch' or 'conv', see ``TokenSparseViT``) and timm's
+            ``VisionTransformer`` arguments (it needs a class token).
     """
-
-    report_stage_label = 'fully updated patches / stage'
+    family = 'Evo-ViT'
+    sparsity_args = ('select_loc', 'keep_ratio', 'tradeoff', 'representative_token', 'aux_head')
+    stage_label = 'fully updated patches / stage'
+    checkpoint_drops = {'score_predictor.': 'DynamicViT keep predictors'}  # a DynamicViT file gives its backbone
 
     def __init__(
             self,
@@ -143,17 +137,12 @@ class EvoVisionTransformer(VisionTransformer):
             tradeoff: float = 0.5,
             representative_token: bool = True,
             aux_head: bool = True,
-            stem: str = 'patch',
             **kwargs: Any,
     ) -> None:
         if not kwargs.get('class_token', True):
             raise ValueError('Evo-ViT ranks patches by the attention of the class token; class_token=False '
                              'is not supported')
-        if kwargs.get('global_pool', 'token') in ('map', 'prr'):
-            raise ValueError(f"global_pool='{kwargs['global_pool']}' (attention pooling) is not supported by "
-                             f"Evo-ViT; use 'token', 'avg', 'max' or 'avgmax'")
-        model_args = dict(kwargs)
-        super().__init__(**{'embed_layer': vit_embed_layer(stem), **kwargs})
+        super().__init__(family_args={'aux_head': aux_head}, **kwargs)
         bad = [i for i, b in enumerate(self.blocks) if not (is_packable(b) and is_timm_attention(b.attn))]
         if bad:
             b = self.blocks[bad[0]]
@@ -171,7 +160,6 @@ class EvoVisionTransformer(VisionTransformer):
             raise ValueError('select_loc, keep_ratio, tradeoff and representative_token cannot be None')
         self.set_sparsity(select_loc=select_loc, keep_ratio=keep_ratio, tradeoff=tradeoff,
                           representative_token=representative_token)
-        self.model_args = {**model_args, 'aux_head': aux_head, **({'stem': stem} if stem != 'patch' else {})}
 
     def _new_cls_head(self) -> nn.Module:
         if self.num_classes <= 0:
@@ -269,34 +257,24 @@ class EvoVisionTransformer(VisionTransformer):
             representative_token=self.representative_token,
         )
 
-    def num_keep(self, stage: int, num_patches: int) -> int:
-        """Patches given the full update in ``stage``: ``int(N * keep_ratio[stage])``, at least 1."""
-        return max(1, int(num_patches * self.keep_ratio[stage]))
+    def training_objective(self, config: ObjectiveConfig) -> EvoViTLoss:
+        """Half of the cross-entropy on each head (none on a missing class-token head), logit distillation."""
+        return EvoViTLoss(base_criterion=config.criterion(), cls_weight=0.5 if self.head_cls is not None else 0.0,
+                          **config.distillation())
 
     # ---- forward ----
-    def forward_features(
-            self,
-            x: torch.Tensor,
-            attn_mask: Optional[torch.Tensor] = None,
-            is_causal: bool = False,
-            return_aux: bool = False,
-    ) -> Union[torch.Tensor, Tuple[torch.Tensor, EvoViTAux]]:
+    def _forward_tokens(self, images: torch.Tensor, want_aux: bool) -> Tuple[torch.Tensor, Optional[EvoViTAux]]:
         """Embeds and runs the blocks with slow-fast token evolution.
 
         Args:
-            x: Images ``[B, C, H, W]``.
-            attn_mask: Not supported (tokens are selected per image); must be None.
-            is_causal: Not supported; must be False.
-            return_aux: Also return the ``EvoViTAux`` of this pass.
+            images: ``[B, C, H, W]``.
+            want_aux: Also make the ``EvoViTAux`` of this pass (else None).
 
         Returns:
             Tokens ``[B, P + N, C]`` in original positions, after the final norm (Identity when the
-            model normalises pooled features, ``fc_norm``); with ``return_aux`` also the aux.
+            model normalises pooled features, ``fc_norm``), and the aux.
         """
-        if attn_mask is not None or is_causal:
-            raise ValueError('Evo-ViT selects tokens per image and runs its own attention; '
-                             'attn_mask and is_causal are not supported')
-        x = embed_tokens(self, x)
+        x = self._embed(images)
         B, L, _ = x.shape
         P = self.num_prefix_tokens
         N = L - P
@@ -336,8 +314,8 @@ class EvoVisionTransformer(VisionTransformer):
             x = merge_slow_fast(full, x, P, informative, rep)
         cls_token = x[:, 0]
         x = self.norm(x)
-        if not return_aux:
-            return x
+        if not want_aux:
+            return x, None
 
         def per_image(values: List[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.long, device=x.device).expand(B, -1)
@@ -352,6 +330,8 @@ class EvoVisionTransformer(VisionTransformer):
             num_patches=N,
             features=x,
             cls_token=cls_token,
+            grid=self._patch_grid(images),
+            keep_ratio=self.keep_ratio,
         )
         return x, aux
 
@@ -374,38 +354,18 @@ class EvoVisionTransformer(VisionTransformer):
         seen = (1 - t) * score.gather(1, informative) + t * row[:, num_prefix:num_prefix + k]
         return score.scatter(1, informative, seen)
 
-    def forward(
-            self,
-            x: torch.Tensor,
-            attn_mask: Optional[torch.Tensor] = None,
-            is_causal: bool = False,
-            return_aux: bool = False,
-    ) -> Union[torch.Tensor, Tuple[torch.Tensor, EvoViTAux]]:
-        """Logits ``[B, num_classes]`` of the main head; with ``return_aux`` also the ``EvoViTAux``
-        (with the class-token head's logits in training mode)."""
-        if not return_aux:
-            return self.forward_head(self.forward_features(x, attn_mask, is_causal))
-        feats, aux = self.forward_features(x, attn_mask, is_causal, return_aux=True)
+    def _extra_outputs(self, aux: EvoViTAux) -> None:
+        """The class-token head's logits, in training mode (for its half of the loss)."""
         if self.training and self.head_cls is not None:
             aux.cls_logits = self.head_cls(self.norm_cls(aux.cls_token))
-        return self.forward_head(feats), aux
-
-    def forward_intermediates(self, *args: Any, **kwargs: Any):
-        """Refused while patches are split: timm's intermediates would come from the dense blocks."""
-        if any(r < 1.0 for r in self.keep_ratio):
-            raise NotImplementedError(
-                'forward_intermediates runs the dense blocks, not the slow-fast update; use '
-                'forward(x, return_aux=True) for the output tokens, or set keep_ratio=1.0')
-        return super().forward_intermediates(*args, **kwargs)
 
     # ---- MACs ----
-    def count_macs(self, aux: EvoViTAux) -> torch.Tensor:
-        """MACs spent per image ``[B]``: blocks on the tokens they computed, the class-attention
-        rows (q_cls K^T) and the representative tokens' weighted means."""
-        macs = vit_macs(self, aux.tokens_per_block, aux.num_patches)
+    def _selection_macs(self, aux: EvoViTAux) -> torch.Tensor:
+        """The class-attention rows (q_cls K^T) and the representative tokens' weighted means."""
+        macs = aux.averaged_placeholders.sum(dim=1) * self.embed_dim
         for i, block in enumerate(self.blocks):
             macs = macs + aux.cls_attention_keys[:, i] * (block.attn.num_heads * block.attn.head_dim)
-        return macs + aux.averaged_placeholders.sum(dim=1) * self.embed_dim
+        return macs
 
 
 _OFFICIAL_KEY = re.compile(r'^(qks|vs|norms|projs)\.(\d+)\.(?:(?:qk|v)\.)?(weight|bias)$')
@@ -449,7 +409,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EvoVisionTr
     if any(k.startswith('qks.') for k in state_dict):
         state_dict = _from_official_layout(state_dict)
     # a DynamicViT checkpoint is a dense backbone plus keep predictors, which Evo-ViT has no use for
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith('score_predictor.')}
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(tuple(model.checkpoint_drops))}
     state_dict = vit_checkpoint_filter_fn(state_dict, model)
     own = model.state_dict()
     # the checkpoint's final norm sits before pooling (norm) or after it (fc_norm); put it where the model has it
@@ -472,8 +432,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EvoVisionTr
 
 
 def _create_evo_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer:
-    return build_dynamic_model(EvoVisionTransformer, variant, pretrained, checkpoint_filter_fn,
-                               'Evo-ViT runs most blocks on a subset of the tokens', **with_stem_cfg(kwargs))
+    return build_token_vit(EvoVisionTransformer, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:

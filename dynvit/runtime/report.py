@@ -119,8 +119,8 @@ def run_length(values: List[int]) -> str:
 def profile(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, SparsityReport]:
     """Runs ``model`` on ``x`` as it is configured and reports, per image, what it kept and spent.
 
-    Works for dynvit's dynamic models (they return their decisions with ``return_aux=True``):
-    token-sparse ViTs and channel-gated CNNs, and for plain timm ViTs (dense: nothing saved).
+    Works for dynvit's dynamic models (``model(x, return_aux=True)`` gives their decisions and
+    MACs) and for plain timm ViTs (dense: nothing saved).
 
     Args:
         model: A dynvit model or a timm ``VisionTransformer``.
@@ -129,45 +129,20 @@ def profile(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, SparsityRe
     Returns:
         The logits ``[B, num_classes]`` and the ``SparsityReport``.
     """
-    if hasattr(model, 'count_macs'):
+    if getattr(model, 'kept_unit', None):  # a dynvit model (the DynamicModel protocol)
         logits, aux = model(x, return_aux=True)
-        macs = model.count_macs(aux).tolist()
-        if hasattr(aux, 'kept_channels'):  # channel-gated CNN
-            kept = aux.kept_channels.tolist()
-            per_block = [list(aux.gate_channels)] * len(kept)
-            images = [ImageReport(k, int(m), aux.dense_macs, p) for k, m, p in zip(kept, macs, per_block)]
-            report = SparsityReport(images, sum(aux.gate_channels), 'kept channels per gated layer',
-                                    'of channels', 'gated channels', 'runs')
-            report.executed_macs = aux.executed_macs.double().mean().item()
-            return logits, report
-        dense = dense_macs(model, aux)
-        kept = aux.kept_tokens.tolist()
-        tokens = aux.tokens_per_block.tolist()
-        num_patches = aux.num_patches
-        label = getattr(model, 'report_stage_label', SparsityReport.stage_label)
-    elif isinstance(model, VisionTransformer):
+        images = [ImageReport(k, int(m), aux.dense_macs, p)
+                  for k, m, p in zip(aux.kept.tolist(), aux.macs.tolist(), aux.per_block.tolist())]
+        report = SparsityReport(images, aux.kept_total, model.stage_label, model.per_block_label, model.total_label,
+                                model.kept_style)
+        report.executed_macs = aux.executed_macs.double().mean().item()
+        return logits, report
+    if isinstance(model, VisionTransformer):
         logits = model(x)
         grid = model.patch_embed.dynamic_feat_size(x.shape[-2:]) if model.dynamic_img_size else model.patch_embed.grid_size
         num_patches = grid[0] * grid[1]
         dense = dense_vit_macs(model, num_patches)
-        macs, kept = [dense] * x.shape[0], [[] for _ in range(x.shape[0])]
-        tokens = [[num_patches + model.num_prefix_tokens] * len(model.blocks)] * x.shape[0]
-        label = SparsityReport.stage_label
-    else:
-        raise TypeError(f'cannot profile {type(model).__name__}: not a dynvit model or a timm VisionTransformer')
-    images = [ImageReport(k, int(m), dense, t) for k, m, t in zip(kept, macs, tokens)]
-    return logits, SparsityReport(images, num_patches, label)
-
-
-def dense_macs(model: nn.Module, aux) -> int:
-    """MACs per image of ``model`` without sparsification, for the input ``aux`` describes."""
-    if hasattr(aux, 'dense_macs'):  # channel-gated CNNs count it during the forward
-        return int(aux.dense_macs)
-    return dense_vit_macs(model, aux.num_patches)
-
-
-def kept_fraction(aux) -> torch.Tensor:
-    """``[B]`` fraction of the patch tokens (last stage) or of the gated channels each image kept."""
-    if hasattr(aux, 'kept_channels'):
-        return aux.kept_channels.sum(1).double() / sum(aux.gate_channels)
-    return aux.kept_tokens[:, -1].double() / aux.num_patches
+        tokens = [num_patches + model.num_prefix_tokens] * len(model.blocks)
+        images = [ImageReport([], dense, dense, tokens) for _ in range(x.shape[0])]
+        return logits, SparsityReport(images, num_patches)
+    raise TypeError(f'cannot profile {type(model).__name__}: not a dynvit model or a timm VisionTransformer')

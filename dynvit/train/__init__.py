@@ -1,8 +1,11 @@
-"""Training: the methods' losses, the fine-tuning loop and its checkpoints."""
-from .losses import (
+"""Training: the fine-tuning loop and its checkpoints (the families' losses are in ``dynvit.losses``,
+re-exported here)."""
+from ..losses import (
+    DistilledLoss,
     DynamicViTLoss,
     EvoViTLoss,
     FBSLoss,
+    ObjectiveConfig,
     distillation_kl,
     ratio_loss,
     saliency_l1,

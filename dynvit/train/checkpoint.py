@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from safetensors import safe_open
 
-from ..models._io import read_state_dict, save_file_atomic
+from ..hub.files import read_state_dict, save_file_atomic
 
 __all__ = ['save_training_state', 'load_training_state']
 

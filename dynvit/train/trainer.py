@@ -25,13 +25,12 @@ from tqdm import tqdm
 
 from ..compress.autoprune import SCORES_SUFFIX, autoprune_layers, autoprune_penalty
 from ..compress.magnitude import sparsity as weight_sparsity
-from ..compress.saving import save_pruned
 from ..compress._select import masked_layers
 from ..data.transforms import SeededAugmentation
-from ..models import DynamicVisionTransformer, EvoVisionTransformer, FBSEfficientNet, FBSResNet, dense_copy
-from ..runtime.report import dense_macs, kept_fraction
+from ..hub import save_pruned
+from ..losses import ObjectiveConfig
+from ..models import DynamicModel
 from .checkpoint import load_training_state, save_training_state
-from .losses import DynamicViTLoss, EvoViTLoss, FBSLoss
 from .teacher import ExternalTeacher
 
 __all__ = ['TrainConfig', 'Trainer', 'evaluate', 'EpochBatchSampler']
@@ -48,15 +47,18 @@ class TrainConfig:
         epochs: Passes over the training set.
         batch_size: Global batch size (split over the processes under torchrun).
         lr: Peak learning rate of the backbone and head (AdamW).
-        sparse_lr: Peak learning rate of the keep predictors / channel gates (None: ``lr``).
+        sparse_lr: Peak learning rate of the model's sparse modules (keep predictors, channel
+            gates: ``model.sparse_modules()``) (None: ``lr``).
         weight_decay: AdamW weight decay (not on norms, biases, tokens).
         warmup_epochs: Linear warm-up of the learning rate, then cosine decay to ``min_lr_ratio * lr``.
         min_lr_ratio: Final learning rate as a fraction of the peak.
         label_smoothing: Cross-entropy label smoothing.
-        sparsity_start: Keep ratio / density at the start of the sparsity schedule.
-        sparsity_warmup_epochs: Epochs over which the keep ratio (ViTs) or density (FBS) goes
-            linearly from ``sparsity_start`` to the model's configured value (0: target from the start).
-        gate_warmup_epochs: FBS: epochs in which only the gates train (backbone frozen), before joint training.
+        sparsity_start: Value of the model's sparsity knob (``model.sparsity_knob``: keep ratio,
+            density) at the start of the sparsity schedule.
+        sparsity_warmup_epochs: Epochs over which the knob goes linearly from ``sparsity_start``
+            to the model's configured value (0: target from the start).
+        gate_warmup_epochs: Epochs in which only the sparse modules (gates, keep predictors) train
+            (backbone frozen), before joint training.
         distill: Distil from the dense teacher (a frozen copy of the starting model with sparsity off).
         distill_weight: Weight of the soft-target KL term (Hinton et al., arXiv:1503.02531).
         distill_temperature: Its softening temperature T (the term is scaled by T^2).
@@ -109,65 +111,36 @@ class TrainConfig:
         if not 0.0 < self.sparsity_start <= 1.0:
             raise ValueError(f'sparsity_start must be in (0, 1], got {self.sparsity_start}')
 
-
-# ---- what differs between the families ----
-
-def _sparse_param(name: str) -> bool:
-    """Keep predictors (DynamicViT) and channel gates (FBS) get ``sparse_lr``."""
-    return name.startswith('score_predictor.') or '.gate' in name and '.fc.' in name
+    def objective(self) -> ObjectiveConfig:
+        """The settings the model's training objective is built from."""
+        return ObjectiveConfig(label_smoothing=self.label_smoothing, distill_weight=self.distill_weight,
+                               distill_temperature=self.distill_temperature, l1_weight=self.l1_weight)
 
 
-def _target(model: nn.Module) -> Tuple[float, ...]:
-    if isinstance(model, (FBSResNet, FBSEfficientNet)):
-        return (model.density,)
-    return tuple(model.keep_ratio)
+# ---- the schedule and the teacher ----
+
+def _schedule_level(target: Sequence[float], start: float, frac: float) -> Tuple[float, ...]:
+    """The sparsity level a fraction ``frac`` of the way from ``start`` to ``target``."""
+    return tuple(start + (t - start) * min(1.0, frac) if t < start else t for t in target)
 
 
-def _set_level(model: nn.Module, target: Sequence[float], start: float, frac: float) -> Tuple[float, ...]:
-    """Moves the keep ratios / density a fraction ``frac`` of the way from ``start`` to ``target``."""
-    level = tuple(start + (t - start) * min(1.0, frac) if t < start else t for t in target)
-    if isinstance(model, (FBSResNet, FBSEfficientNet)):
-        model.density = level[0]
-    else:
-        model.keep_ratio = level
-    return level
-
-
-def _dense_teacher(model: nn.Module) -> nn.Module:
-    teacher = dense_copy(model)
+def _dense_teacher(model: DynamicModel) -> nn.Module:
+    teacher = model.dense_copy()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval()
 
 
-def _make_loss(model: nn.Module, config: TrainConfig) -> nn.Module:
-    ce = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    kd = dict(distill_weight=config.distill_weight, temperature=config.distill_temperature)
-    if isinstance(model, DynamicVisionTransformer):
-        return DynamicViTLoss(model.keep_ratio, base_criterion=ce, **kd)
-    if isinstance(model, EvoVisionTransformer):
-        return EvoViTLoss(base_criterion=ce, cls_weight=0.5 if model.head_cls is not None else 0.0, **kd)
-    if isinstance(model, (FBSResNet, FBSEfficientNet)):
-        return FBSLoss(base_criterion=ce, l1_weight=config.l1_weight, **kd)
-    raise TypeError(f'no training objective for {type(model).__name__}; dynvit trains DynamicViT, Evo-ViT and FBS models')
-
-
-def _loss(loss_fn: nn.Module, model: nn.Module, logits, aux, target, teacher_out) -> Tuple[torch.Tensor, Dict]:
-    if isinstance(loss_fn, DynamicViTLoss):
-        loss_fn.keep_ratios = tuple(model.keep_ratio)
-        t_logits, t_tokens = teacher_out if teacher_out is not None else (None, None)
-        if aux.execution != 'masked':  # keep ratio 1.0 (start of a schedule) trains dense: no token targets
-            t_tokens = None
-        return loss_fn(logits, aux, target, teacher_logits=t_logits, teacher_tokens=t_tokens)
-    return loss_fn(logits, aux, target, teacher_logits=None if teacher_out is None else teacher_out[0])
-
-
 @torch.no_grad()
-def _teacher_forward(teacher: nn.Module, x: torch.Tensor, want_tokens: bool):
+def _teacher_forward(teacher: nn.Module, x: torch.Tensor, want_tokens: bool) -> Dict[str, torch.Tensor]:
+    """The teacher's logits (and output tokens, when wanted and it has them) as loss keywords."""
     if isinstance(teacher, ExternalTeacher):
-        return teacher(x), None
+        return dict(teacher_logits=teacher(x))
     tokens = teacher.forward_features(x)
-    return teacher.forward_head(tokens), (tokens if want_tokens else None)
+    out = dict(teacher_logits=teacher.forward_head(tokens))
+    if want_tokens:
+        out['teacher_tokens'] = tokens
+    return out
 
 
 # ---- data order ----
@@ -220,9 +193,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
             (top[:, 0] == y).sum().double(),
             (top == y[:, None]).any(1).sum().double(),
             F.cross_entropy(logits.float(), y, reduction='sum').double(),
-            model.count_macs(aux).double().sum().to(device),
-            torch.tensor(float(dense_macs(model, aux)) * len(y), device=device, dtype=torch.float64),
-            kept_fraction(aux).sum().to(device),
+            aux.macs.double().sum().to(device),
+            torch.tensor(float(aux.dense_macs) * len(y), device=device, dtype=torch.float64),
+            aux.keep_rate.sum().to(device),
         ])
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sums)
@@ -245,7 +218,7 @@ class Trainer:
     """Trains ``model`` on ``train_set`` and validates on ``val_set`` every epoch.
 
     Args:
-        model: A DynamicViT, Evo-ViT or FBS model whose sparsity settings are the targets.
+        model: A dynvit model (``DynamicModel``) whose sparsity settings are the targets.
         train_set, val_set: Datasets of (image tensor, label) with the model's preprocessing.
         config: ``TrainConfig``.
         out_dir: Where checkpoints and the log go ('' keeps nothing on disk).
@@ -269,14 +242,21 @@ class Trainer:
         self.device = torch.device(device)
         if self.device.type == 'cuda':
             torch.cuda.set_device(self.device)
+        if not isinstance(model, DynamicModel):
+            raise TypeError(f'{type(model).__name__} is not a dynvit model (DynamicModel): the trainer needs its '
+                            f'training objective and sparsity knob')
         torch.manual_seed(config.seed + self.rank)  # the model's own randomness (Gumbel noise, dropout)
         self.model = model.to(self.device)
-        self.target = _target(model)
+        self.target = model.sparsity_level
+        self.sparse_params = {id(p) for m in model.sparse_modules() for p in m.parameters()}
+        if config.gate_warmup_epochs > 0 and not self.sparse_params:
+            raise ValueError(f'gate_warmup_epochs trains only the sparse modules, and {model.family} has none '
+                             f'(it selects by a rule); set it to 0')
         if teacher is not None and not config.distill:
             raise ValueError('a teacher was given but config.distill is False')
         self.teacher = (teacher.to(self.device) if teacher is not None
                         else _dense_teacher(model) if config.distill else None)
-        self.loss_fn = _make_loss(model, config)
+        self.loss_fn = model.training_objective(config.objective())
         self.autoprune = bool(autoprune_layers(model))
         if config.autoprune_weight > 0 and not self.autoprune:
             raise ValueError('autoprune_weight > 0 needs AutoPrune scores on the model (dynvit.compress.apply_autoprune)')
@@ -309,10 +289,10 @@ class Trainer:
         """AdamW with four groups: backbone / predictors-or-gates, each with and without weight decay;
         AutoPrune scores (if any) in a fifth, without weight decay."""
         groups = []
-        for tag, select, lr in (('backbone', lambda n: not _sparse_param(n), self.config.lr),
-                                ('sparse', _sparse_param, self.config.sparse_lr or self.config.lr)):
+        for tag, sparse, lr in (('backbone', False, self.config.lr),
+                                ('sparse', True, self.config.sparse_lr or self.config.lr)):
             params = _Params([(n, p) for n, p in self.model.named_parameters()
-                              if select(n) and not n.endswith(SCORES_SUFFIX)])
+                              if (id(p) in self.sparse_params) == sparse and not n.endswith(SCORES_SUFFIX)])
             for g in param_groups_weight_decay(params, self.config.weight_decay, _no_decay(self.model)):
                 if g['params']:
                     groups.append({**g, 'lr': lr, 'name': f'{tag}_{"decay" if g["weight_decay"] else "no_decay"}'})
@@ -395,9 +375,9 @@ class Trainer:
         cfg, model = self.config, self.model
         self.sampler.set_epoch(self.epoch, self.step)
         self.train_set.set_epoch(self.epoch)
-        frozen = isinstance(model, (FBSResNet, FBSEfficientNet)) and self.epoch < cfg.gate_warmup_epochs
-        for n, p in model.named_parameters():  # FBS gate warm-up: only the gates learn at first
-            p.requires_grad_(not frozen or _sparse_param(n))
+        frozen = self.epoch < cfg.gate_warmup_epochs
+        for p in model.parameters():  # gate warm-up: only the sparse modules learn at first
+            p.requires_grad_(not frozen or id(p) in self.sparse_params)
         self.ddp.train()
         bar = self._bar()
         if self.step == 0:
@@ -406,15 +386,14 @@ class Trainer:
         for x, y in self.loader:
             if cfg.sparsity_warmup_epochs > 0:  # else the model stays at its target
                 frac = (self.epoch + self.step / self.steps_per_epoch) / cfg.sparsity_warmup_epochs
-                _set_level(model, self.target, cfg.sparsity_start, frac)
+                model.set_sparsity_level(_schedule_level(self.target, cfg.sparsity_start, frac))
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             _check_targets(y, model.num_classes)
             with (self.autocast or nullcontext)():
-                teacher_out = None
-                if self.teacher is not None:
-                    teacher_out = _teacher_forward(self.teacher, x, isinstance(model, DynamicVisionTransformer))
                 logits, aux = self.ddp(x, return_aux=True)
-                loss, parts = _loss(self.loss_fn, model, logits, aux, y, teacher_out)
+                teacher_out = {} if self.teacher is None else \
+                    _teacher_forward(self.teacher, x, self.loss_fn.wants_teacher_tokens(aux))
+                loss, parts = self.loss_fn(logits, aux, y, **teacher_out)
                 if self.autoprune and cfg.autoprune_weight > 0:
                     loss = loss + cfg.autoprune_weight * autoprune_penalty(model)
             if not torch.isfinite(loss):
@@ -436,9 +415,9 @@ class Trainer:
             self.scheduler.step()
             self.step += 1
             with torch.no_grad():
-                saved = 1.0 - model.count_macs(aux).double().mean().item() / dense_macs(model, aux)
+                saved = 1.0 - aux.macs.double().mean().item() / aux.dense_macs
                 sums += torch.tensor([len(y), (logits.argmax(1) == y).sum().item(), loss.item() * len(y),
-                                      kept_fraction(aux).sum().item(), saved * len(y)], dtype=torch.float64)
+                                      aux.keep_rate.sum().item(), saved * len(y)], dtype=torch.float64)
             if bar is not None:
                 n = sums[0].item()
                 bar.set_postfix(loss=f'{sums[2].item() / n:.3f}', acc=f'{sums[1].item() / n:.3f}',
@@ -464,12 +443,12 @@ class Trainer:
         n = max(sums[0].item(), 1.0)
         metrics = dict(epoch=self.epoch + 1, train_loss=sums[2].item() / n, train_acc=sums[1].item() / n,
                        train_keep_rate=sums[3].item() / n, train_saved_fraction=sums[4].item() / n,
-                       lr=self.optimizer.param_groups[0]['lr'], train_sparsity=list(_target(self.model)),
+                       lr=self.optimizer.param_groups[0]['lr'], train_sparsity=list(self.model.sparsity_level),
                        sparsity=list(self.target))
         if masked_layers(self.model):  # pruned weights (magnitude masks or AutoPrune scores)
             metrics['weight_sparsity'] = weight_sparsity(self.model).overall
         # validation, and the best model exported, at the target sparsity even while the schedule ramps
-        _set_level(self.model, self.target, self.config.sparsity_start, 1.0)
+        self.model.set_sparsity_level(self.target)
         if self.val_loader is not None:
             metrics.update({f'val_{k}': v for k, v in evaluate(self.model, self.val_loader, self.device,
                                                                   self.autocast).items()})

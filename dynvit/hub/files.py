@@ -1,4 +1,6 @@
-"""Self-describing safetensors files: weights plus the architecture and sparsity config."""
+"""Self-describing safetensors files: weights plus the architecture and sparsity config; reading any
+checkpoint safely; loading one through the family's ``checkpoint_filter_fn``."""
+import copy
 import json
 import os
 import sys
@@ -11,7 +13,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from timm.models._helpers import clean_state_dict
 
-from ._helpers import adapt_input_channels, check_state_dict, model_input_size
+from ..compress._masks import _detach_masked_weights
+from ..compress._select import masked_layers
+from ..compress.magnitude import remove_masks, sparsity
+from ..compress.quantize import is_quantized
+from ..compress.saving import STRUCTURE_KEY, pruned_structure
+from ..models._helpers import adapt_input_channels, check_state_dict, model_input_size
 
 FORMAT = 'dynvit'
 _CFG_KEYS = ('input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation', 'num_classes', 'label_names')
@@ -81,18 +88,46 @@ def save_model(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = No
         'pretrained_cfg': _to_json(_data_cfg(model, cfg), 'pretrained_cfg entry'),
         'extra': _to_json(extra or {}, 'extra metadata'),
     }
-    from ..compress._select import masked_layers  # compress builds on the models
-    from ..compress.quantize import is_quantized
     if is_quantized(model):
         raise ValueError('INT8 models are not saved: save the float model and quantize after loading '
                          '(dynvit.compress.quantize_int8)')
     if masked_layers(model):
         raise ValueError('the model carries pruning masks (dynvit.compress); save it with '
-                         'dynvit.compress.save_pruned, which makes them permanent in the file')
+                         'dynvit.save_pruned, which makes them permanent in the file')
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     save_file_atomic(tensors, path, meta)
+
+
+def save_pruned(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = None,
+                dtype: Optional[Union[str, torch.dtype]] = None) -> None:
+    """``save_model`` for a model that may be pruned (``dynvit.compress``); ``load_model`` (or
+    ``create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=path))``) rebuilds it.
+
+    The per-block sizes (``compress.pruned_structure``, for the models structured pruning
+    supports) go into the file's ``extra`` metadata under ``'pruned_structure'``: the model
+    constructors build uniform blocks, so the stored ``model_args`` alone would rebuild the
+    unpruned shapes. Pruning masks (magnitude or AutoPrune) are made permanent in the saved copy
+    (``remove_masks`` on a copy; ``model`` keeps its masks).
+
+    Args:
+        model: A dynvit model created by name.
+        path: Target ``.safetensors`` file.
+        extra: More JSON-serialisable metadata.
+        dtype: Storage precision ('fp32', 'fp16', 'bf16'; see ``save_model``).
+    """
+    target = model
+    if masked_layers(model):
+        _detach_masked_weights(model)  # in case a layer ran outside a hooked forward: deepcopy needs leaves
+        target = remove_masks(copy.deepcopy(model))
+    meta = dict(extra or {})
+    try:
+        meta[STRUCTURE_KEY] = pruned_structure(target)
+    except ValueError:  # a family structured pruning does not handle: its shapes are the constructor's
+        pass
+    meta['weight_sparsity'] = sparsity(target).overall
+    save_model(target, path, extra=meta, dtype=dtype)
 
 
 def save_file_atomic(tensors: Dict[str, torch.Tensor], path: str, metadata: Dict[str, str]) -> None:
@@ -158,26 +193,6 @@ def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
     state_dict = adapt_input_channels(state_dict, model)
     check_state_dict(state_dict, model, what=str(path))
     model.load_state_dict(state_dict)
-    return model
-
-
-def load_model(path: str, **kwargs: Any) -> nn.Module:
-    """Rebuilds a model saved by ``save_model`` (or ``compress.save_pruned``, shrunk to its stored
-    per-block sizes); ``kwargs`` override stored arguments."""
-    from ._factory import create_model  # the factory reads metadata through this module
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'model file not found: {path}')
-    meta = read_dynvit_metadata(path)
-    if meta is None:
-        raise ValueError(f'{path} has no dynvit metadata; load it with create_model(arch, checkpoint_path=...)')
-    model = create_model(meta['architecture'], pretrained=False, **{**meta['model_args'], **kwargs})
-    structure = (meta.get('extra') or {}).get('pruned_structure')
-    if structure:  # structurally pruned (dynvit.compress): shrink the uniform blocks to the stored sizes
-        from ..compress.saving import apply_structure
-        apply_structure(model, structure)
-    load_checkpoint(model, path)
-    model.pretrained_cfg = {**model.pretrained_cfg, **meta['pretrained_cfg']}
     return model
 
 

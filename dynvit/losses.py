@@ -1,4 +1,9 @@
-"""Losses for training token-sparse ViTs.
+"""The training objectives of the dynamic families, each built by its model
+(``DynamicModel.training_objective``) from an ``ObjectiveConfig``.
+
+Every objective is a ``DistilledLoss``: ``loss(logits, aux, target, teacher_logits=None,
+teacher_tokens=None)`` returns the total and its detached parts by name; the trainer asks
+``wants_teacher_tokens(aux)`` before running a teacher for its tokens.
 
 DynamicViT (Rao et al., NeurIPS 2021, arXiv:2106.02034) trains with cross-entropy, a keep-ratio
 loss per stage, KL distillation of the logits from the dense teacher and an MSE distillation
@@ -11,11 +16,39 @@ logit distillation from a teacher as an option, off by default.
 FBS (Gao et al., ICLR 2019, arXiv:1810.05331) adds an L1 penalty on the gates' saliencies to
 the task loss, so that few channels stay salient.
 """
-from typing import Dict, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+__all__ = ['ObjectiveConfig', 'DistilledLoss', 'DynamicViTLoss', 'EvoViTLoss', 'FBSLoss', 'distillation_kl',
+           'ratio_loss', 'saliency_l1', 'token_distillation_loss']
+
+
+@dataclass
+class ObjectiveConfig:
+    """The settings a family's training objective is built from.
+
+    Attributes:
+        label_smoothing: Cross-entropy label smoothing.
+        distill_weight: Weight of the soft-target KL term (used when a teacher is given).
+        distill_temperature: Its softening temperature T (the term is scaled by T^2).
+        l1_weight: Weight of a sparsity penalty on the saliencies of channel gates (FBS).
+    """
+    label_smoothing: float = 0.0
+    distill_weight: float = 0.5
+    distill_temperature: float = 1.0
+    l1_weight: float = 1e-3
+
+    def criterion(self) -> nn.Module:
+        """The classification loss."""
+        return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
+
+    def distillation(self) -> Dict[str, Any]:
+        """``distill_weight`` and ``temperature`` keyword arguments of a ``DistilledLoss``."""
+        return dict(distill_weight=self.distill_weight, temperature=self.distill_temperature)
 
 
 def ratio_loss(decisions: Sequence[torch.Tensor], keep_ratios: Sequence[float]) -> torch.Tensor:
@@ -72,14 +105,41 @@ def token_distillation_loss(
     return (student_tokens[mask] - teacher_tokens.detach()[mask]).pow(2).mean()
 
 
-class DynamicViTLoss(nn.Module):
+class DistilledLoss(nn.Module):
+    """A family's objective: a classification loss plus optional KL distillation from teacher logits.
+
+    Subclasses implement ``forward(logits, aux, target, teacher_logits=None, **teacher_targets)``
+    and return ``self._with_distillation(total, parts, logits, teacher_logits)``.
+    """
+
+    def __init__(self, base_criterion: Optional[nn.Module], distill_weight: float, temperature: float) -> None:
+        super().__init__()
+        self.base_criterion = base_criterion if base_criterion is not None else nn.CrossEntropyLoss()
+        self.distill_weight = distill_weight
+        self.temperature = temperature
+
+    def wants_teacher_tokens(self, aux: Any) -> bool:
+        """Whether this pass's loss uses the teacher's output tokens (``teacher_tokens=``)."""
+        return False
+
+    def _with_distillation(self, total: torch.Tensor, parts: Dict[str, torch.Tensor], logits: torch.Tensor,
+                           teacher_logits: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        if teacher_logits is not None:
+            parts['kl'] = distillation_kl(logits, teacher_logits, self.temperature)
+            total = total + self.distill_weight * parts['kl']
+        return total, {k: v.detach() for k, v in parts.items()}
+
+
+class DynamicViTLoss(DistilledLoss):
     """The DynamicViT training objective.
 
     ``loss = ce + ratio_weight * ratio + distill_weight * kl + token_weight * token_mse``;
     the distillation terms are skipped when no teacher output is given.
 
     Args:
-        keep_ratios: Target kept fraction of the original patches per stage.
+        keep_ratios: Target kept fraction of the original patches per stage; None (default):
+            the ratios the forward ran with (``aux.keep_ratio``), so a sparsity schedule that
+            moves the model's keep ratio moves the target with it.
         base_criterion: Classification loss (default cross-entropy; pass e.g. timm's
             ``SoftTargetCrossEntropy`` for mixup targets).
         ratio_weight: Weight of ``ratio_loss``.
@@ -90,20 +150,22 @@ class DynamicViTLoss(nn.Module):
 
     def __init__(
             self,
-            keep_ratios: Sequence[float],
+            keep_ratios: Optional[Sequence[float]] = None,
             base_criterion: Optional[nn.Module] = None,
             ratio_weight: float = 2.0,
             distill_weight: float = 0.5,
             token_weight: float = 0.5,
             temperature: float = 1.0,
     ) -> None:
-        super().__init__()
-        self.keep_ratios = tuple(float(r) for r in keep_ratios)
-        self.base_criterion = base_criterion if base_criterion is not None else nn.CrossEntropyLoss()
+        super().__init__(base_criterion, distill_weight, temperature)
+        self.keep_ratios = None if keep_ratios is None else tuple(float(r) for r in keep_ratios)
         self.ratio_weight = ratio_weight
-        self.distill_weight = distill_weight
         self.token_weight = token_weight
-        self.temperature = temperature
+
+    def wants_teacher_tokens(self, aux: Any) -> bool:
+        """The tokens are compared in place, so only a masked (training-mode) pass uses them; at
+        keep ratio 1.0 (the start of a schedule) the model trains dense, without token targets."""
+        return self.token_weight > 0 and aux.execution == 'masked'
 
     def forward(
             self,
@@ -126,7 +188,8 @@ class DynamicViTLoss(nn.Module):
         Returns:
             The total loss and its detached parts by name.
         """
-        parts = {'ce': self.base_criterion(logits, target), 'ratio': ratio_loss(aux.decisions, self.keep_ratios)}
+        ratios = aux.keep_ratio if self.keep_ratios is None else self.keep_ratios
+        parts = {'ce': self.base_criterion(logits, target), 'ratio': ratio_loss(aux.decisions, ratios)}
         total = parts['ce'] + self.ratio_weight * parts['ratio']
         if teacher_logits is not None:
             parts['kl'] = distillation_kl(logits, teacher_logits, self.temperature)
@@ -141,24 +204,7 @@ class DynamicViTLoss(nn.Module):
         return total, {k: v.detach() for k, v in parts.items()}
 
 
-class _DistilledLoss(nn.Module):
-    """A classification loss with optional KL distillation from teacher logits (shared setup)."""
-
-    def __init__(self, base_criterion: Optional[nn.Module], distill_weight: float, temperature: float) -> None:
-        super().__init__()
-        self.base_criterion = base_criterion if base_criterion is not None else nn.CrossEntropyLoss()
-        self.distill_weight = distill_weight
-        self.temperature = temperature
-
-    def _with_distillation(self, total: torch.Tensor, parts: Dict[str, torch.Tensor], logits: torch.Tensor,
-                           teacher_logits: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        if teacher_logits is not None:
-            parts['kl'] = distillation_kl(logits, teacher_logits, self.temperature)
-            total = total + self.distill_weight * parts['kl']
-        return total, {k: v.detach() for k, v in parts.items()}
-
-
-class EvoViTLoss(_DistilledLoss):
+class EvoViTLoss(DistilledLoss):
     """The Evo-ViT training objective.
 
     ``loss = (1 - cls_weight) * ce(logits) + cls_weight * ce(aux.cls_logits)
@@ -227,7 +273,7 @@ def saliency_l1(saliency: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
-class FBSLoss(_DistilledLoss):
+class FBSLoss(DistilledLoss):
     """The FBS training objective: ``ce(logits) + l1_weight * saliency_l1(aux.saliency)
     + distill_weight * kl(logits, teacher_logits)``.
 

@@ -1,4 +1,6 @@
-"""``create_model`` / ``list_models`` mirroring timm's, with clear errors for unknown names."""
+"""``create_model`` / ``list_models`` / ``load_model`` mirroring timm's, with clear errors for unknown
+names and offline-friendly downloads of share links. A dynvit file is loaded one way: as the
+``file`` of a pretrained cfg, so timm's classifier reset and input-channel adaptation apply."""
 import difflib
 import hashlib
 import http.client
@@ -13,9 +15,11 @@ import torch
 import torch.nn as nn
 from timm.models import get_pretrained_cfg, model_entrypoint, parse_model_name, split_model_name_tag
 
-from ._helpers import model_input_size
-from ._io import load_checkpoint, read_dynvit_metadata, read_state_dict
-from ._zoo import TAG_ARGS
+from ..compress.saving import apply_structure
+from ..models import all_sparsity_args
+from ..models._helpers import model_input_size
+from ..models._zoo import TAG_ARGS
+from .files import load_checkpoint, read_dynvit_metadata, read_state_dict
 
 
 def _is_dynvit(arch: str) -> bool:
@@ -40,11 +44,6 @@ def _unknown_model(name: str) -> ValueError:
     close += [n for n in difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.75) if n not in close]
     hint = f'; did you mean {", ".join(close)}?' if close else ''
     return ValueError(f'unknown model {name!r}{hint} (`dynvit list` shows the dynvit models)')
-
-
-# the families' sparsity arguments: not carried over when a file of one architecture builds another
-SPARSITY_ARGS = frozenset(('prune_loc', 'keep_ratio', 'mode', 'threshold', 'token_order', 'select_loc', 'tradeoff',
-                           'representative_token', 'aux_head', 'density', 'execution'))
 
 
 def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
@@ -84,7 +83,8 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
         if meta is not None:
             stored = meta['model_args']
             if meta.get('architecture') != arch:  # e.g. a dense DynamicViT file as an Evo-ViT backbone
-                stored = {k: v for k, v in stored.items() if k not in SPARSITY_ARGS}
+                sparsity_args = all_sparsity_args()
+                stored = {k: v for k, v in stored.items() if k not in sparsity_args}
             kwargs = {**stored, **kwargs}  # the caller's arguments first, then what the file stores
             if f == overlay.get('file'):  # the file's data config and classes describe these weights
                 overlay = {**meta['pretrained_cfg'], **overlay}
@@ -115,13 +115,29 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
     return load_checkpoint(model, checkpoint_path) if checkpoint_path else model
 
 
+def load_model(path: str, **kwargs: Any) -> nn.Module:
+    """Rebuilds a model saved by ``save_model`` or ``save_pruned`` (shrunk to its stored per-block
+    sizes): ``create_model`` of the file's architecture with the file as its pretrained weights.
+
+    Args:
+        path: A dynvit ``.safetensors`` file.
+        **kwargs: Override stored model arguments (a new ``num_classes`` resets the classifier, as in timm).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'model file not found: {path}')
+    meta = read_dynvit_metadata(path)
+    if meta is None:
+        raise ValueError(f'{path} has no dynvit metadata; load it with create_model(arch, checkpoint_path=...)')
+    overlay = {**(kwargs.pop('pretrained_cfg_overlay', None) or {}), 'file': str(path)}
+    return create_model(meta['architecture'], pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+
+
 def _create_pruned(model_name: str, pretrained: bool, structure: Dict[str, Any], checkpoint_path: Optional[str],
                    kwargs: Dict[str, Any]) -> nn.Module:
     """``create_model`` for a structurally pruned file: built, shrunk to ``structure``, then loaded
     the timm way (classifier reset when the classes differ, input channels adapted)."""
     from timm.models._builder import load_pretrained
 
-    from ..compress.saving import apply_structure  # compress builds on the models
     model = apply_structure(timm.create_model(model_name, pretrained=False, **kwargs), structure)
     if pretrained:
         cfg = model.pretrained_cfg

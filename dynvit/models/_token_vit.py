@@ -1,0 +1,245 @@
+"""What the token-sparse ViT families share: a timm ``VisionTransformer`` that selects patch tokens
+per image at a few stages, counts its MACs from the tokens each block saw, pools only the tokens
+it kept, and refuses what a reduced token set cannot do (attention pooling, timm's
+``forward_intermediates`` on the full grid, external attention masks).
+
+A family subclasses ``TokenSparseViT`` and writes its selection rule and its token pass
+``_forward_tokens(x, want_aux, **kwargs) -> (features, aux or None)``; its aux subclasses
+``TokenAux``. See DynamicViT (``dynamic_vit.py``) and Evo-ViT (``evo_vit.py``).
+"""
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+
+from ..runtime.macs import dense_vit_macs, vit_macs
+from ._base import DynamicAux, DynamicModel
+from ._helpers import build_dynamic_model, embed_tokens, run_block, vit_embed_layer, with_stem_cfg
+
+__all__ = ['TokenAux', 'TokenSparseViT']
+
+
+@dataclass(kw_only=True)
+class TokenAux(DynamicAux):
+    """The aux of a token-sparse ViT. Positions refer to the original patch grid (row-major, N patches).
+
+    Subclasses provide ``num_patches`` (N), ``tokens_per_block`` (``[B, depth]`` tokens each block
+    computed, prefix tokens included) and ``stage_weights`` (per stage ``[B, N]``, 1 for the
+    patches the stage kept).
+
+    Attributes:
+        grid: The patch grid ``(rows, cols)``.
+        token_mask: ``[B, L]`` validity (or training weight) of the tokens in ``features``; None
+            when all are valid.
+        keep_ratio: The per-stage keep ratios the pass ran with (the targets of a ratio loss).
+    """
+    grid: Optional[Tuple[int, int]] = None
+    token_mask: Optional[torch.Tensor] = None
+    keep_ratio: Tuple[float, ...] = ()
+
+    @property
+    def stage_weights(self) -> List[torch.Tensor]:
+        raise NotImplementedError
+
+    @property
+    def kept(self) -> torch.Tensor:
+        """``[B, stages]`` patch tokens kept in each stage."""
+        if not self.stage_weights:
+            return self.tokens_per_block.new_zeros(self.tokens_per_block.shape[0], 0)
+        return torch.stack([m.detach().sum(dim=1) for m in self.stage_weights], dim=1).round().long()
+
+    kept_tokens = kept
+
+    @property
+    def kept_of(self) -> List[int]:
+        return [self.num_patches] * len(self.stage_weights)
+
+    @property
+    def kept_masks(self) -> List[torch.Tensor]:
+        return [m.detach() > 0.5 for m in self.stage_weights]
+
+    @property
+    def kept_total(self) -> int:
+        return self.num_patches
+
+    @property
+    def per_block(self) -> torch.Tensor:
+        return self.tokens_per_block
+
+    @property
+    def keep_rate(self) -> torch.Tensor:
+        """``[B]`` fraction of the patches kept in the last stage (1 without stages)."""
+        kept = self.kept
+        if kept.shape[1] == 0:
+            return kept.new_ones(kept.shape[0], dtype=torch.float64)
+        return kept[:, -1].double() / self.num_patches
+
+
+class TokenSparseViT(DynamicModel, VisionTransformer):
+    """timm ``VisionTransformer`` base of the token-sparse families.
+
+    Args:
+        stem: 'patch' (timm's patchify convolution) or 'conv' (stride-2 3x3 convolutions,
+            ``ConvPatchEmbed``; patch size a power of two).
+        family_args: The family's own constructor arguments to store in ``model_args`` (those
+            ``sparsity_config`` does not already hold).
+        **kwargs: Passed to timm's ``VisionTransformer``.
+
+    Class attributes:
+        attn_layer: The attention class the blocks get unless ``attn_layer`` is given (None: timm's).
+    """
+    sparsity_knob = 'keep_ratio'
+    kept_unit = 'patches'
+    stage_label = 'kept patch tokens per stage'
+    per_block_label = 'tokens per block'
+    total_label = 'patches'
+    attn_layer: ClassVar[Optional[type]] = None
+
+    def __init__(self, *, stem: str = 'patch', family_args: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
+        global_pool = kwargs.get('global_pool', 'token')
+        if global_pool in ('map', 'prr'):
+            raise ValueError(f"global_pool='{global_pool}' (attention pooling) is not supported by {self.family}; "
+                             f"use 'token', 'avg', 'max' or 'avgmax'")
+        backbone = dict(kwargs)
+        layers = {'attn_layer': self.attn_layer} if self.attn_layer is not None else {}
+        super().__init__(**{**layers, 'embed_layer': vit_embed_layer(stem), **kwargs})
+        self.model_args = {**backbone, **(family_args or {}), **({'stem': stem} if stem != 'patch' else {})}
+
+    # ---- settings ----
+    def num_keep(self, stage: int, num_patches: int) -> int:
+        """Patches kept in ``stage``: ``int(N * keep_ratio[stage])``, at least 1."""
+        return max(1, int(num_patches * self.keep_ratio[stage]))
+
+    def is_dense(self) -> bool:
+        """Whether the model computes every token (keep ratio 1.0 everywhere)."""
+        return all(r >= 1.0 for r in self.keep_ratio)
+
+    # ---- forward ----
+    def _forward_tokens(self, x: torch.Tensor, want_aux: bool, **kwargs: Any) -> Tuple[torch.Tensor, Optional[TokenAux]]:
+        """The family's pass over images ``x``: output tokens ``[B, L, C]`` (after the final norm)
+        and the aux (None when not wanted and not needed for pooling)."""
+        raise NotImplementedError
+
+    def _refuse_attn_mask(self, attn_mask: Optional[torch.Tensor], is_causal: bool) -> None:
+        if attn_mask is not None or is_causal:
+            raise ValueError(f'{self.family} selects tokens per image and runs its own attention; '
+                             f'attn_mask and is_causal are not supported')
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Checks the images ``[B, C, H, W]`` and embeds them: tokens ``[B, P + N, C]``."""
+        return embed_tokens(self, x)
+
+    def _block(self, block: nn.Module, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``block(x)`` (with an attention mask when one is given), checkpointed when that is on."""
+        if attn_mask is None:
+            return run_block(self, block, x)
+        return run_block(self, block, x, attn_mask=attn_mask)
+
+    def _patch_grid(self, x: torch.Tensor) -> Tuple[int, int]:
+        grid = self.patch_embed.dynamic_feat_size(x.shape[-2:]) if self.dynamic_img_size else self.patch_embed.grid_size
+        return int(grid[0]), int(grid[1])
+
+    def _extra_outputs(self, aux: TokenAux) -> None:
+        """Adds outputs beyond the main head to a training aux (e.g. a second head's logits)."""
+
+    def forward_features(
+            self,
+            x: torch.Tensor,
+            attn_mask: Optional[torch.Tensor] = None,
+            is_causal: bool = False,
+            return_aux: bool = False,
+            **kwargs: Any,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, TokenAux]]:
+        """Embeds the images ``[B, C, H, W]`` and runs the blocks with token selection.
+
+        Args:
+            x: Images.
+            attn_mask: Not supported (tokens are selected per image); must be None.
+            is_causal: Not supported; must be False.
+            return_aux: Also return the aux of this pass (with its MACs).
+            **kwargs: The family's own options (e.g. DynamicViT's fixed ``decisions``).
+
+        Returns:
+            Normalised tokens ``[B, L, C]`` (which ones: see the family); with ``return_aux`` also the aux.
+        """
+        self._refuse_attn_mask(attn_mask, is_causal)
+        feats, aux = self._forward_tokens(x, return_aux, **kwargs)
+        return (feats, self._finish_aux(aux)) if return_aux else feats
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            attn_mask: Optional[torch.Tensor] = None,
+            is_causal: bool = False,
+            return_aux: bool = False,
+            **kwargs: Any,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, TokenAux]]:
+        """Logits ``[B, num_classes]``; with ``return_aux`` also the aux (per-image MACs included)."""
+        self._refuse_attn_mask(attn_mask, is_causal)
+        feats, aux = self._forward_tokens(x, return_aux, **kwargs)
+        logits = self.forward_head(feats, token_mask=None if aux is None else aux.token_mask)
+        if not return_aux:
+            return logits
+        self._extra_outputs(aux)
+        return logits, self._finish_aux(aux)
+
+    def pool(
+            self,
+            x: torch.Tensor,
+            pool_type: Optional[str] = None,
+            token_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """timm's pooling, restricted to the tokens ``token_mask`` marks (weights in training)."""
+        pool_type = self.global_pool if pool_type is None else pool_type
+        if token_mask is None or pool_type in ('token', ''):
+            return super().pool(x, pool_type)
+        if not self.pool_include_prefix:
+            x, token_mask = x[:, self.num_prefix_tokens:], token_mask[:, self.num_prefix_tokens:]
+        w = token_mask.to(x.dtype).unsqueeze(-1)  # [B, L, 1]
+        avg = (x * w).sum(1) / w.sum(1).clamp_min(1e-6)
+        if pool_type == 'avg':
+            return avg
+        mx = x.masked_fill(w < 0.5, float('-inf')).amax(1)
+        return mx if pool_type == 'max' else 0.5 * (avg + mx)
+
+    def forward_head(
+            self,
+            x: torch.Tensor,
+            pre_logits: bool = False,
+            token_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Pools the kept tokens (``token_mask``, see ``TokenAux``) and classifies."""
+        x = self.pool(x, token_mask=token_mask)
+        x = self.fc_norm(x)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward_intermediates(self, *args: Any, **kwargs: Any):
+        """Refused while tokens are dropped: timm reshapes intermediates to the full patch grid."""
+        if not self.is_dense():
+            raise NotImplementedError(
+                f'forward_intermediates reshapes tokens to the full patch grid, which {self.family} does not keep; '
+                f'use forward(x, return_aux=True) for the output tokens, or set keep_ratio=1.0')
+        return super().forward_intermediates(*args, **kwargs)
+
+    # ---- MACs ----
+    def _selection_macs(self, aux: TokenAux) -> torch.Tensor:
+        """``[B]`` MACs of the token selection itself (predictors, attention rows, ...)."""
+        raise NotImplementedError
+
+    def _spent_macs(self, aux: TokenAux) -> torch.Tensor:
+        """Blocks on the tokens they computed, the patch embedding, the head and the selection."""
+        return vit_macs(self, aux.tokens_per_block, aux.num_patches) + self._selection_macs(aux)
+
+    def _dense_macs(self, aux: TokenAux) -> int:
+        return dense_vit_macs(self, aux.num_patches)
+
+
+def build_token_vit(model_cls: type, variant: str, pretrained: bool, filter_fn: Any, **kwargs: Any) -> nn.Module:
+    """timm's ``build_model_with_cfg`` for a token-sparse family (a convolutional stem's first
+    conv named in the pretrained cfg; ``features_only`` refused)."""
+    return build_dynamic_model(model_cls, variant, pretrained, filter_fn,
+                               f'{model_cls.family} selects tokens and has no full feature grid',
+                               **with_stem_cfg(kwargs))
