@@ -13,8 +13,10 @@ What a family provides (see ``DynamicModel``):
   (``dense_settings``);
 * ``training_objective(config)``: its loss;
 * ``sparse_modules()``: the modules that decide what to skip (keep predictors, channel gates);
-* ``_spent_macs(aux)`` / ``_dense_macs(aux)``: the MACs of a pass, which ``_finish_aux`` writes
-  into the aux, so every caller reads ``aux.macs`` and ``aux.dense_macs``.
+* ``_spent_macs(aux)`` / ``_dense_macs(aux)``: the MACs of a pass, counted analytically after it
+  from what its aux recorded (tokens each block saw, channels each gate kept and the shapes each
+  block computed); ``_finish_aux`` writes them into the aux, so every caller reads ``aux.macs``
+  and ``aux.dense_macs``.
 """
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
@@ -178,6 +180,10 @@ class DynamicModel:
         """MACs per image with the sparsity off, at the input size of ``aux``."""
         raise NotImplementedError
 
+    def _executed_macs(self, aux: DynamicAux) -> torch.Tensor:
+        """``[B]`` MACs the execution computed per image (more than ``macs`` where it ran unions)."""
+        return aux.macs
+
     def _finish_aux(self, aux: DynamicAux) -> DynamicAux:
         """Writes the MACs into ``aux`` (every family's forward ends with this when it returns an aux)."""
         if aux.macs is None:
@@ -185,7 +191,7 @@ class DynamicModel:
         if not aux.dense_macs:
             aux.dense_macs = int(self._dense_macs(aux))
         if aux.executed_macs is None:
-            aux.executed_macs = aux.macs
+            aux.executed_macs = self._executed_macs(aux)
         return aux
 
     def count_macs(self, aux: DynamicAux) -> torch.Tensor:

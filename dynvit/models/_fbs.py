@@ -6,7 +6,7 @@ arXiv:1810.05331. The gate itself and the sliced convolutions are in
 timm's block, mixes in ``GatedBlock`` and writes its masked and skipped computations.
 """
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -47,11 +47,18 @@ class FBSAux(DynamicAux):
             the L1 term); None for a gate that was off.
         kept_channels: ``[B, G]`` channels each gate kept (``kept``).
         gate_channels: Channels each gate chooses from (``kept_of``).
+        block_hw: Per gated block (by module name) its input and output ``(h, w)``.
+        computed: Per gated block the channels per gate it computed for every image when that is
+            not what each kept (a union), else None.
+        fixed_macs: MACs of the ungated parts (stem, dense blocks, head) per image.
     """
     indices: List[Optional[torch.Tensor]]
     saliency: List[Optional[torch.Tensor]]
     kept_channels: torch.Tensor
     gate_channels: List[int]
+    block_hw: Dict[str, Tuple[Tuple[int, int], Tuple[int, int]]] = field(default_factory=dict)
+    computed: Dict[str, Optional[List[int]]] = field(default_factory=dict)
+    fixed_macs: int = 0
 
     @property
     def kept(self) -> torch.Tensor:
@@ -81,8 +88,10 @@ class FBSAux(DynamicAux):
 
 
 class GateTrace:
-    """Collects, during one forward, what each gate did. Slots are addressed by the gate's
-    position in the model, so a block re-run by activation checkpointing overwrites its own."""
+    """Records, during one forward, what each gate did and the shapes each part computed (the
+    MACs are counted from this record after the pass, ``FBSModel._spent_macs``). Slots are
+    addressed by the gate's position in the model, so a block re-run by activation
+    checkpointing overwrites its own."""
 
     def __init__(self, num_gates: int, batch: int, decisions: Optional[Sequence[torch.Tensor]] = None) -> None:
         self.batch = batch
@@ -90,19 +99,12 @@ class GateTrace:
         self.indices: List[Optional[torch.Tensor]] = [None] * num_gates
         self.saliency: List[Optional[torch.Tensor]] = [None] * num_gates
         self.kept: List[Optional[torch.Tensor]] = [None] * num_gates
-        self.macs: Dict[str, torch.Tensor] = {}  # part name -> [B] MACs of the image's own channels
-        self.executed_macs: Dict[str, torch.Tensor] = {}  # part name -> [B] MACs computed for the image
-        self.dense_macs: Dict[str, int] = {}
+        self.block_hw: Dict[str, Tuple[Tuple[int, int], Tuple[int, int]]] = {}  # gated block -> (in_hw, out_hw)
+        self.computed: Dict[str, Optional[List[int]]] = {}  # gated block -> channels computed per gate (union)
+        self.fixed_macs: Dict[str, int] = {}  # ungated part (stem, dense blocks, head) -> MACs
 
     def given(self, gate: int) -> Optional[torch.Tensor]:
         return None if self.decisions is None else self.decisions[gate]
-
-    def add_macs(self, name: str, macs: Union[int, torch.Tensor], dense: int,
-                 executed: Union[None, int, torch.Tensor] = None) -> None:
-        self.macs[name] = torch.as_tensor(macs, dtype=torch.long).expand(self.batch)
-        self.executed_macs[name] = self.macs[name] if executed is None else \
-            torch.as_tensor(executed, dtype=torch.long).expand(self.batch)
-        self.dense_macs[name] = int(dense)
 
 
 TensorGetter = Callable[[str], Optional[torch.Tensor]]  # a block's tensor by its own name ('bn1.weight'), or None
@@ -147,7 +149,7 @@ class GatedBlock:
     channels) and ``_skipped_union(x)`` (the batch computes the union of its images' channels);
     ``computed`` is the channel count per gate each image computed when that is not what it
     kept (union), else None. ``_count_macs(in_hw, out_hw, kept)`` gives the block's MACs for
-    ``[B, gates]`` channel counts (None: dense, gates off). ``_gate_importance(tensor)`` gives
+    ``[B, gates]`` channel counts (None: dense, gates off), gates included. ``_gate_importance(tensor)`` gives
     per gate a static ``[C]`` importance of its channels from the block's weights, read by
     ``tensor`` (see ``FBSModel.init_gates``). The model sets ``density``, ``execution``,
     ``gate_offset`` and ``block_name``.
@@ -181,14 +183,8 @@ class GatedBlock:
                 trace.indices[self.gate_offset + j] = indices[j]
                 trace.saliency[self.gate_offset + j] = saliency[j]
                 trace.kept[self.gate_offset + j] = kept[:, j]
-            dense = self._count_macs(x.shape[-2:], out.shape[-2:], None)
-            if self.density >= 1.0 and trace.decisions is None:
-                spent = executed = dense
-            else:
-                spent = self._count_macs(x.shape[-2:], out.shape[-2:], kept)
-                executed = spent if computed is None else \
-                    self._count_macs(x.shape[-2:], out.shape[-2:], torch.tensor([computed]).expand(B, -1))
-            trace.add_macs(self.block_name, spent, dense, executed)
+            trace.block_hw[self.block_name] = (tuple(x.shape[-2:]), tuple(out.shape[-2:]))
+            trace.computed[self.block_name] = computed
         return out
 
     def _strategies(self):
@@ -392,18 +388,42 @@ class FBSModel(DynamicModel):
         return [k for blk in self.gated_blocks for k in blk.num_keep()]
 
     def _aux_from_trace(self, trace: GateTrace, features: torch.Tensor) -> FBSAux:
-        macs = torch.stack(list(trace.macs.values())).sum(0)
-        executed = torch.stack(list(trace.executed_macs.values())).sum(0)
         return FBSAux(
             indices=list(trace.indices),
             saliency=list(trace.saliency),
             kept_channels=torch.stack(trace.kept, dim=1),
             gate_channels=self.gate_channels(),
-            macs=macs,
-            dense_macs=sum(trace.dense_macs.values()),
-            executed_macs=executed,
+            block_hw=dict(trace.block_hw),
+            computed=dict(trace.computed),
+            fixed_macs=sum(trace.fixed_macs.values()),
             features=features,
         )
+
+    # ---- MACs, from the shapes each part computed ----
+    def _block_macs(self, aux: FBSAux, per_gate: str) -> torch.Tensor:
+        """``[B]`` MACs of the gated blocks: ``per_gate`` 'kept' (each image's own channels),
+        'computed' (what the execution ran: unions where it ran them) or 'dense' (gates off)."""
+        B = aux.kept_channels.shape[0]
+        total = torch.zeros(B, dtype=torch.long, device=aux.kept_channels.device)
+        for blk in self.gated_blocks:
+            in_hw, out_hw = aux.block_hw[blk.block_name]
+            gates = range(blk.gate_offset, blk.gate_offset + len(blk.gates()))
+            kept = None
+            if per_gate != 'dense' and any(aux.indices[g] is not None for g in gates):
+                computed = aux.computed.get(blk.block_name) if per_gate == 'computed' else None
+                kept = aux.kept_channels[:, gates.start:gates.stop] if computed is None else \
+                    torch.tensor([computed]).expand(B, -1)
+            total = total + blk._count_macs(in_hw, out_hw, kept)
+        return total
+
+    def _spent_macs(self, aux: FBSAux) -> torch.Tensor:
+        return self._block_macs(aux, 'kept') + aux.fixed_macs
+
+    def _executed_macs(self, aux: FBSAux) -> torch.Tensor:
+        return self._block_macs(aux, 'computed') + aux.fixed_macs
+
+    def _dense_macs(self, aux: FBSAux) -> int:
+        return int(self._block_macs(aux, 'dense')[0]) + aux.fixed_macs
 
     def _start_trace(self, x: torch.Tensor, in_chans: int, decisions: Optional[Sequence[torch.Tensor]],
                      return_aux: bool) -> Optional[GateTrace]:
@@ -419,7 +439,7 @@ class FBSModel(DynamicModel):
         """The features, with the ``FBSAux`` (head MACs added) when asked for."""
         if trace is None:
             return x
-        trace.add_macs('head', head_macs, head_macs)
+        trace.fixed_macs['head'] = head_macs
         aux = self._finish_aux(self._aux_from_trace(trace, x))
         return (x, aux) if return_aux else x
 

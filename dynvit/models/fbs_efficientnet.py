@@ -176,8 +176,7 @@ class FBSEfficientNet(FBSModel, EfficientNet):
         trace = self._start_trace(x, self.conv_stem.in_channels, decisions, return_aux)
         x = self.bn1(self.conv_stem(x))
         if trace is not None:
-            stem = conv_macs(self.conv_stem, x.shape[-2] * x.shape[-1])
-            trace.add_macs('stem', stem, stem)
+            trace.fixed_macs['stem'] = conv_macs(self.conv_stem, x.shape[-2] * x.shape[-1])
         for s, stage in enumerate(self.blocks):
             for i, blk in enumerate(stage):
                 if isinstance(blk, GatedBlock):
@@ -185,8 +184,7 @@ class FBSEfficientNet(FBSModel, EfficientNet):
                 else:
                     x = run_block(self, blk, x)
                     if trace is not None:
-                        macs = _dense_block_macs(blk, x.shape[-2:])
-                        trace.add_macs(f'blocks.{s}.{i}', macs, macs)
+                        trace.fixed_macs[f'blocks.{s}.{i}'] = _dense_block_macs(blk, x.shape[-2:])
         x = self.bn2(self.conv_head(x))
         head = conv_macs(self.conv_head, x.shape[-2] * x.shape[-1]) + linear_macs(self.classifier)
         return self._end_trace(x, trace, head, return_aux)

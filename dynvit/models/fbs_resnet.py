@@ -158,8 +158,7 @@ class FBSResNet(FBSModel, ResNet):
         trace = self._start_trace(x, self.in_chans, decisions, return_aux)
         x = self.act1(self.bn1(self.conv1(x)))
         if trace is not None:
-            stem = conv_macs(self.conv1, x.shape[-2] * x.shape[-1])
-            trace.add_macs('stem', stem, stem)
+            trace.fixed_macs['stem'] = conv_macs(self.conv1, x.shape[-2] * x.shape[-1])
         x = self.maxpool(x)
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             for blk in layer:
