@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from timm.models import get_pretrained_cfg, model_entrypoint, parse_model_name, split_model_name_tag
 
-from ..compress.saving import apply_structure
+from ..compress.saving import STRUCTURE_KEY, apply_structure
 from ..models import all_sparsity_args
 from ..models._helpers import model_input_size
 from ..models._zoo import TAG_ARGS
@@ -88,7 +88,7 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
             kwargs = {**stored, **kwargs}  # the caller's arguments first, then what the file stores
             if f == overlay.get('file'):  # the file's data config and classes describe these weights
                 overlay = {**meta['pretrained_cfg'], **overlay}
-            structure = (meta.get('extra') or {}).get('pruned_structure') or structure
+            structure = (meta.get('extra') or {}).get(STRUCTURE_KEY) or structure
     # what an official tag was trained with: its files do not store it (last resort, after the file's own)
     kwargs = {**TAG_ARGS.get(model_name, {}), **kwargs}
     if pretrained and overlay.get('file'):
