@@ -9,7 +9,8 @@ from typing import Any, List
 
 __version__ = '0.1.0'
 
-_SUBMODULES = ('compress', 'data', 'hub', 'layers', 'losses', 'models', 'predict', 'runtime', 'train', 'viz')
+_SUBMODULES = ('compress', 'data', 'export', 'hub', 'layers', 'losses', 'models', 'predict', 'runtime', 'train',
+               'viz')
 _NAMES = {
     'hub': ('create_model', 'list_models', 'load_checkpoint', 'load_model', 'read_dynvit_metadata', 'save_model',
             'save_pruned', 'resolve_model'),

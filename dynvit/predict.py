@@ -122,7 +122,7 @@ def predict_images(model: nn.Module, images: Sequence[Tuple[str, Image.Image]], 
     names = class_names(model)
     mean, std = (torch.tensor(v) for v in model_norm(model))
     model.eval()
-    device = next(model.parameters()).device
+    device = next(iter(model.parameters()), torch.empty(0)).device  # an ONNX Runtime model has none
     out: List[Prediction] = []
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc='predict', unit='batch', disable=not progress or len(starts) < 2, file=sys.stderr):

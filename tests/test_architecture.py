@@ -20,7 +20,7 @@ from helpers import images
 PACKAGE = Path(dynvit.__file__).parent
 # lower layers first: a package may import only from packages before it (and itself)
 LAYERS = [('families', 'runtime'), ('layers', 'losses'), ('models',), ('data', 'compress'), ('hub',),
-          ('train', 'predict'), ('viz',), ('cli',)]
+          ('train', 'predict', 'export'), ('viz',), ('cli',)]
 FAMILY_NAMES = {'DynamicVisionTransformer', 'EvoVisionTransformer', 'FBSResNet', 'FBSEfficientNet',
                 'DynamicViTAux', 'EvoViTAux', 'FBSAux'}
 

@@ -1,6 +1,6 @@
 """The ``dynvit`` command line.
 
-``list | info | predict | viz | convert | bench | demo | finetune | eval``; ``dynvit COMMAND --help`` shows
+``list | info | predict | viz | convert | bench | export | demo | finetune | eval | compress``; ``dynvit COMMAND --help`` shows
 examples. Exit codes: 0 success, 1 an error (named on stderr in one line), 2 bad usage
 (argparse), 3 some images could not be read while the others were processed, 130 interrupted.
 """
@@ -9,7 +9,7 @@ import os
 import sys
 from typing import List, Optional
 
-from . import compress, demo, models, training
+from . import compress, demo, deploy, models, training
 from ._common import EXIT_ERROR, EXIT_INTERRUPTED
 
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parsers(add)
     training.add_parsers(add)
     compress.add_parsers(add)
+    deploy.add_parsers(add)
     return parser
 
 

@@ -55,7 +55,8 @@ def apply_sparsity(model, keep_ratio: Optional[float] = None, density: Optional[
         model.set_sparsity(threshold=threshold, mode='threshold')
 
 
-def _knob_args(p: argparse.ArgumentParser) -> None:
+def knob_args(p: argparse.ArgumentParser) -> None:
+    """``--keep-ratio`` and ``--density``, with what one value means for each family."""
     p.add_argument('--keep-ratio', type=float, default=None,
                    help='token-sparse ViTs, what one value means: ' + knob_help('keep_ratio'))
     p.add_argument('--density', type=float, default=None, help='channel-gated CNNs: ' + knob_help('density'))
@@ -64,7 +65,7 @@ def _knob_args(p: argparse.ArgumentParser) -> None:
 def _sparsity_args(p: argparse.ArgumentParser, threshold: bool = True) -> None:
     p.add_argument('--checkpoint', default=None, help='weights for MODEL (a dynvit, timm or DeiT file)')
     p.add_argument('--pretrained', action='store_true', help='load the default pretrained weights of an arch name')
-    _knob_args(p)
+    knob_args(p)
     if threshold:
         p.add_argument('--threshold', type=float, default=None,
                        help='DynamicViT: keep the tokens whose keep probability reaches T (count varies per image)')
@@ -73,12 +74,36 @@ def _sparsity_args(p: argparse.ArgumentParser, threshold: bool = True) -> None:
 
 
 def _model(args: argparse.Namespace):
+    """The model to run, eager: its sparsity from the flags, INT8 with ``--int8``. An ``.onnx``
+    file is run by ONNX Runtime (its sparsity was fixed at export)."""
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.model.endswith('.onnx'):
+        given = [f for f in ('checkpoint', 'pretrained', 'keep_ratio', 'density', 'threshold', 'int8', 'compile')
+                 if getattr(args, f, None)]
+        if given:
+            raise ValueError(f'an ONNX file runs as it was exported; --{given[0].replace("_", "-")} does not apply '
+                             f'(export again: dynvit export MODEL OUT.onnx --keep-ratio R / --density D)')
+        from ..export import load_onnx
+        return load_onnx(args.model, args.threads)
     model = load_model_arg(args.model, args.checkpoint, args.pretrained).eval()
     apply_sparsity(model, args.keep_ratio, args.density, getattr(args, 'threshold', None))
     return maybe_int8(model, args)
+
+
+def _deployed(model, args: argparse.Namespace, batch_size: int = 1):
+    """``model`` on the backend the flags ask for: ``--compile`` (torch.compile, whole graph, symbolic
+    batch) or ``--ort`` (exported to a temporary ONNX file for this batch size, run by ONNX Runtime)."""
+    if getattr(args, 'compile', False):
+        from ..export import compile_model
+        return compile_model(model)
+    if getattr(args, 'ort', False):
+        import tempfile
+        from ..export import load_onnx, to_onnx
+        with tempfile.TemporaryDirectory() as tmp:
+            return load_onnx(to_onnx(model, f'{tmp}/model.onnx', batch_size=batch_size), args.threads)
+    return model
 
 
 # ---- commands ----
@@ -149,6 +174,8 @@ def kept_text(pred) -> str:
 def _predict(args: argparse.Namespace):
     from ..predict import gather_images, predict_images
     model = _model(args)
+    if getattr(args, 'compile', False):
+        model = _deployed(model, args)
     images, errors = gather_images(args.images)
     for path, message in errors:
         print(f'dynvit {args.command}: skipped {path}: {message}', file=sys.stderr)
@@ -201,23 +228,30 @@ def _cmd_viz(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
-    from ..models._helpers import model_input_size
-    from ..runtime import median_latencies, profile
+    from ..runtime import median_latencies
+    if args.compile and args.ort:
+        raise ValueError('--compile and --ort are two backends; choose one')
     model = _model(args)
-    models = {'model': model}
+    eager = {'model': model}
     if args.compare_dense:
-        models['dense'] = model.dense_copy().eval()
-    c, h, w = model_input_size(model)
+        if args.model.endswith('.onnx'):
+            raise ValueError('an ONNX file holds one network: to compare with the dense twin on ONNX Runtime, '
+                             'give the model (name or .safetensors) with --ort')
+        eager['dense'] = model.dense_copy().eval()
+    c, h, w = [int(v) for v in model.pretrained_cfg['input_size']] if args.model.endswith('.onnx') else \
+        _input_size(model)
     gen = torch.Generator().manual_seed(0)
     rows: List[Dict[str, Any]] = []
     for bs in args.batch_size:
         # smooth random images (low-frequency noise): the token / channel choices vary per image as on photos
         x = torch.nn.functional.interpolate(torch.randn(bs, c, max(2, h // 8), max(2, w // 8), generator=gen),
                                             size=(h, w), mode='bilinear', align_corners=False)
+        models = {k: _deployed(m, args, bs) for k, m in eager.items()}
         times = median_latencies(models, x, args.rounds, max(1, args.runs // args.rounds))
-        _, report = profile(model, x)
+        with torch.inference_mode():
+            _, aux = models['model'](x, return_aux=True)
         row = dict(batch_size=bs, ms=times['model'] * 1e3, images_per_s=bs / times['model'],
-                   mean_macs=report.mean_macs, dense_macs=report.dense_macs)
+                   mean_macs=aux.macs.double().mean().item(), dense_macs=aux.dense_macs)
         if 'dense' in times:
             row.update(dense_ms=times['dense'] * 1e3, speedup=times['dense'] / times['model'])
         rows.append(row)
@@ -225,11 +259,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print(f'batch {bs:>4}: {row["ms"]:9.2f} ms  {row["images_per_s"]:9.1f} img/s  '
                   f'{row["mean_macs"] / 1e6:.2f} MMACs/image ({1 - row["mean_macs"] / row["dense_macs"]:.1%} saved)'
                   + (f'   dense {row["dense_ms"]:9.2f} ms  speed-up {row["speedup"]:.2f}x' if 'dense' in times else ''))
+    backend = 'torch.compile' if args.compile else 'onnxruntime' if args.ort or args.model.endswith('.onnx') else 'eager'
     if args.json:
-        print(json.dumps(dict(model=args.model, threads=torch.get_num_threads(), rows=rows), indent=1))
+        print(json.dumps(dict(model=args.model, backend=backend, threads=torch.get_num_threads(), rows=rows), indent=1))
     else:
-        print(f'median of {max(1, args.runs // args.rounds) * args.rounds} forwards, {torch.get_num_threads()} threads')
+        print(f'median of {max(1, args.runs // args.rounds) * args.rounds} forwards, {torch.get_num_threads()} threads, '
+              f'{backend}')
     return EXIT_OK
+
+
+def _input_size(model):
+    from ..models._helpers import model_input_size
+    return model_input_size(model)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -272,15 +313,17 @@ def add_parsers(add) -> None:
     p = add('info', 'Architecture, sparsity config, parameters, dense vs sparse MACs and weights source of a model.',
             EXAMPLES['info'])
     p.add_argument('model')
-    _knob_args(p)
+    knob_args(p)
     p.add_argument('--json', action='store_true')
     p.set_defaults(func=_cmd_info)
 
     p = add('predict', 'Top-k classes of images, with what each image kept and the MACs it saved.',
             EXAMPLES['predict'])
-    p.add_argument('model', help='arch.tag (its pretrained weights), arch, or a dynvit .safetensors file')
+    p.add_argument('model', help='arch.tag (its pretrained weights), arch, a dynvit .safetensors file or an '
+                                 'exported .onnx file (run by ONNX Runtime)')
     p.add_argument('images', nargs='+', help='image files or folders (PNG, JPEG, WebP, ...)')
     _sparsity_args(p)
+    p.add_argument('--compile', action='store_true', help='run it compiled (torch.compile, whole graph)')
     p.add_argument('--topk', type=positive_int, default=5)
     p.add_argument('--batch-size', type=positive_int, default=16)
     p.add_argument('--viz', default=None, metavar='OUT.png', help='also draw the kept tokens / channels per image')
@@ -310,10 +353,13 @@ def add_parsers(add) -> None:
 
     p = add('bench', 'Median latency and throughput of a model on the CPU (or its device), optionally against '
                      'the same network with sparsity off.', EXAMPLES['bench'])
-    p.add_argument('model', help='arch.tag, arch, or a dynvit .safetensors file')
+    p.add_argument('model', help='arch.tag, arch, a dynvit .safetensors file or an exported .onnx file')
     _sparsity_args(p)
     p.add_argument('--batch-size', type=positive_int, nargs='+', default=[1, 32])
     p.add_argument('--compare-dense', action='store_true', help='also time it with keep ratio / density 1.0')
+    p.add_argument('--compile', action='store_true',
+                   help='time both compiled (torch.compile, whole graph; compiling takes a while)')
+    p.add_argument('--ort', action='store_true', help='time both exported to ONNX and run by ONNX Runtime')
     p.add_argument('--rounds', type=positive_int, default=5, help='rounds the models take turns in')
     p.add_argument('--runs', type=positive_int, default=20, help='timed forwards per model and batch size')
     p.add_argument('--json', action='store_true')

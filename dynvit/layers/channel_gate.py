@@ -163,14 +163,20 @@ def bn_affine(bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
     return scale, shift
 
 
+def tracing() -> bool:
+    """Whether torch.compile or an export is tracing the code: then no Python-side caches (they
+    key on tensor identities and would break the graph); the compiler keeps its own."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 def folded_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
     """``conv`` followed by the inference ``bn`` as one convolution: ``(weight, bias)``.
 
     Without autograd the result is cached on ``conv`` and recomputed when any of the tensors
     involved changes (new values, device or dtype), so inference folds once, not per call.
-    With autograd it is computed afresh and differentiable.
+    With autograd, or while compiling, it is computed afresh (and differentiable).
     """
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or tracing():
         scale, shift = bn_affine(bn)
         return conv.weight * scale.reshape(-1, 1, 1, 1), shift
     tensors = (conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
@@ -191,8 +197,9 @@ def folded_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> Tuple[torch.Tensor, torch.
 def _gather_rows(owner: nn.Module, src: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """``src.index_select(0, rows)``; without autograd into a buffer kept on ``owner`` (one per
     thread) and reused by the next call. Gathered weights are megabytes, fresh each call: a new
-    allocation each time costs page faults comparable to the convolution itself."""
-    if torch.is_grad_enabled():
+    allocation each time costs page faults comparable to the convolution itself. (A compiled
+    graph plans its own buffers.)"""
+    if torch.is_grad_enabled() or tracing():
         return src.index_select(0, rows)
     buffers = owner.__dict__.setdefault('_fbs_gather_buffers', {})
     key = (threading.get_ident(), src.dtype, src.device)
@@ -309,7 +316,7 @@ def _sliced_pointwise(conv, x, batch, out_idx, in_idx, weight, bias) -> torch.Te
 
 def _transposed(owner: nn.Module, w: torch.Tensor) -> torch.Tensor:
     """``w.t()`` contiguous; without autograd cached on ``owner`` while ``w`` is unchanged."""
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or tracing():
         return w.t().contiguous()
     try:
         key = (w.data_ptr(), w._version, w.shape, w.dtype, w.device)

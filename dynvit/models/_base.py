@@ -104,6 +104,8 @@ class DynamicModel:
         checkpoint_drops: ``{key prefix: what it holds}`` of the tensors the family's checkpoint
             filter drops from another family's checkpoint (taking its backbone); converting such
             a file is refused.
+        onnx_batch_fixed: Why an ONNX graph of the family needs a fixed batch size ('' if it
+            does not).
     """
     family: ClassVar[str] = ''
     sparsity_knob: ClassVar[str] = ''
@@ -115,6 +117,7 @@ class DynamicModel:
     total_label: ClassVar[str] = ''
     kept_style: ClassVar[str] = 'stages'
     checkpoint_drops: ClassVar[Dict[str, str]] = {}
+    onnx_batch_fixed: ClassVar[str] = ''
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -156,6 +159,11 @@ class DynamicModel:
         dense = copy.deepcopy(self)
         dense.set_sparsity(**self.dense_settings())
         return dense
+
+    def static_graph_problem(self) -> Optional[str]:
+        """Why the current settings have data-dependent shapes (so no whole-graph ``torch.compile``,
+        CUDA graph or ONNX export), or None when the inference path is one static graph."""
+        return None
 
     # ---- training ----
     def training_objective(self, config: Any) -> nn.Module:

@@ -19,6 +19,7 @@ from ..layers.channel_gate import (
     importance_bias,
     num_kept,
     select_channels,
+    tracing,
 )
 from ..losses import FBSLoss, ObjectiveConfig
 from ._base import DynamicAux, DynamicModel
@@ -202,8 +203,9 @@ class GatedBlock:
 
         Measured on the first batch of each shape and density (a few runs of each, like
         ``torch.backends.cudnn.benchmark``) and remembered. At batch 1 all are the same computation.
+        Compiled or exported, 'auto' is 'grouped' (static shapes; timing cannot run in a graph).
         """
-        if x.shape[0] == 1:
+        if x.shape[0] == 1 or tracing():
             return 'grouped'
         cache = self.__dict__.setdefault('_strategy_cache', {})
         key = (tuple(x.shape), x.dtype, x.device, self.density)
@@ -275,6 +277,8 @@ class FBSModel(DynamicModel):
     per_block_label = 'of channels'
     total_label = 'gated channels'
     kept_style = 'runs'
+    onnx_batch_fixed = ('the kept channels of each image run as one grouped convolution whose group count is '
+                        'the batch size, a constant of an ONNX Conv')
 
     def _init_fbs(self, density: float, execution: str) -> None:
         self.gated_blocks: List[GatedBlock] = []
@@ -368,6 +372,12 @@ class FBSModel(DynamicModel):
             self.load_state_dict(out, strict=False)
         return out
 
+    def static_graph_problem(self) -> Optional[str]:
+        if self.execution == 'union':
+            return ("execution 'union' computes the batch's union of kept channels (a data-dependent size); use "
+                    "'grouped' ('auto' runs as 'grouped' when compiled or exported)")
+        return None
+
     def init_sparse_modules(self) -> None:
         """``init_gates``: the gates start as magnitude pruning of the loaded weights."""
         self.init_gates()
@@ -401,15 +411,15 @@ class FBSModel(DynamicModel):
 
     # ---- MACs, from the shapes each part computed ----
     def _block_macs(self, aux: FBSAux, per_gate: str) -> torch.Tensor:
-        """``[B]`` MACs of the gated blocks: ``per_gate`` 'kept' (each image's own channels),
-        'computed' (what the execution ran: unions where it ran them) or 'dense' (gates off)."""
+        """``[B]`` MACs of the gated blocks: ``per_gate`` 'kept' (each image's own channels) or
+        'computed' (what the execution ran: unions where it ran them)."""
         B = aux.kept_channels.shape[0]
         total = torch.zeros(B, dtype=torch.long, device=aux.kept_channels.device)
         for blk in self.gated_blocks:
             in_hw, out_hw = aux.block_hw[blk.block_name]
             gates = range(blk.gate_offset, blk.gate_offset + len(blk.gates()))
             kept = None
-            if per_gate != 'dense' and any(aux.indices[g] is not None for g in gates):
+            if any(aux.indices[g] is not None for g in gates):
                 computed = aux.computed.get(blk.block_name) if per_gate == 'computed' else None
                 kept = aux.kept_channels[:, gates.start:gates.stop] if computed is None else \
                     torch.tensor([computed]).expand(B, -1)
@@ -423,7 +433,8 @@ class FBSModel(DynamicModel):
         return self._block_macs(aux, 'computed') + aux.fixed_macs
 
     def _dense_macs(self, aux: FBSAux) -> int:
-        return int(self._block_macs(aux, 'dense')[0]) + aux.fixed_macs
+        return aux.fixed_macs + sum(int(blk._count_macs(*aux.block_hw[blk.block_name], None))
+                                    for blk in self.gated_blocks)
 
     def _start_trace(self, x: torch.Tensor, in_chans: int, decisions: Optional[Sequence[torch.Tensor]],
                      return_aux: bool) -> Optional[GateTrace]:

@@ -226,6 +226,12 @@ class DynamicVisionTransformer(TokenSparseViT):
     def is_dense(self) -> bool:
         return super().is_dense() and self.mode == 'topk'
 
+    def static_graph_problem(self) -> Optional[str]:
+        if self.mode == 'threshold':
+            return ('threshold mode keeps a different number of tokens per image (data-dependent shapes, packed '
+                    'sequences); use top-k mode (mode="topk", --keep-ratio) for a static graph')
+        return None
+
     def training_objective(self, config: ObjectiveConfig) -> DynamicViTLoss:
         """Cross-entropy, the keep-ratio loss, logit and token distillation (paper weights 1, 2, 0.5, 0.5)."""
         return DynamicViTLoss(base_criterion=config.criterion(), **config.distillation())

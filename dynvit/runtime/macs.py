@@ -66,9 +66,13 @@ def vit_macs(model: nn.Module, tokens_per_block: torch.Tensor, num_patches: int)
 
 
 def dense_vit_macs(model: nn.Module, num_patches: int) -> int:
-    """MACs of one image through a dense timm ViT with ``num_patches`` patches."""
-    tokens = torch.full((1, len(model.blocks)), num_patches + model.num_prefix_tokens)
-    return int(vit_macs(model, tokens, num_patches)[0])
+    """MACs of one image through a dense timm ViT with ``num_patches`` patches (``vit_macs`` with
+    every block on all tokens, in Python ints: no tensor, so nothing to sync in a compiled graph)."""
+    tokens = num_patches + model.num_prefix_tokens
+    embed = model.patch_embed
+    return (sum(int(block_macs(blk, tokens)) for blk in model.blocks)
+            + (embed.macs(num_patches) if hasattr(embed, 'macs') else conv_macs(embed, num_patches))
+            + linear_macs(model.head))
 
 
 def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

@@ -1,0 +1,113 @@
+"""Deployment: torch.compile of the fixed-shape inference paths as whole graphs (no graph breaks,
+no recompiles), and ONNX export run by ONNX Runtime with the PyTorch outputs."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch._dynamo as dynamo
+
+import dynvit
+from dynvit.cli import main
+from dynvit.export import compile_model, load_onnx, to_onnx
+from helpers import randomize_batch_norms
+
+FAMILIES = ['test_dynamicvit', 'test_evovit2', 'test_fbs_resnet']  # one test model per family (compiling takes time)
+
+
+def _model(name, **kwargs):
+    """A test model whose choices are clear-cut (no near-ties for float rounding to flip)."""
+    torch.manual_seed(0)
+    model = dynvit.create_model(name, **kwargs).eval()
+    if 'threshold' in model.sparsity_settings():  # spread the keep scores of the fresh predictors
+        with torch.no_grad():
+            for p in model.score_predictor.parameters():
+                if p.ndim == 2:
+                    p.mul_(8.0)
+    if 'execution' in model.sparsity_settings():
+        randomize_batch_norms(model)
+    return model
+
+
+def _images(model, batch):
+    return torch.randn(batch, *model.pretrained_cfg['input_size'])
+
+
+@pytest.mark.parametrize('name', FAMILIES)
+def test_compiles_as_one_graph_without_recompiling(name):
+    model = _model(name)
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    compiled = compile_model(model, backend='eager')  # graph capture; inductor runs in benchmarks/bench_deploy.py
+    with torch.no_grad():
+        for batch in (2, 3, 5, 3):
+            x = _images(model, batch)
+            torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=1e-5)
+        logits, aux = compiled(x, return_aux=True)
+        _, eager_aux = model(x, return_aux=True)
+    assert torch.equal(aux.macs, eager_aux.macs) and torch.equal(aux.kept, eager_aux.kept)
+    graphs = dynamo.utils.counters['stats']['unique_graphs']
+    assert graphs == 2, f'{graphs} graphs for two call signatures over batches 2, 3, 5'  # logits, and with the aux
+
+
+def test_data_dependent_settings_are_refused_with_the_reason():
+    model = _model('test_dynamicvit').set_sparsity(mode='threshold')
+    with pytest.raises(ValueError, match='threshold mode keeps a different number of tokens per image'):
+        compile_model(model)
+    with pytest.raises(ValueError, match='threshold mode'):
+        to_onnx(model, 'never.onnx')
+    with pytest.raises(ValueError, match="execution 'union'"):
+        compile_model(_model('test_fbs_resnet').set_sparsity(execution='union'))
+    with pytest.raises(ValueError, match='fixed batch size'):
+        to_onnx(_model('test_fbs_resnet'), 'never.onnx', dynamic_batch=True)
+
+
+@pytest.mark.parametrize('name, dynamic', [('test_dynamicvit', True), ('test_evovit2', False),
+                                           ('test_fbs_resnet', False)])
+def test_onnx_runtime_reproduces_the_pytorch_outputs(name, dynamic, tmp_path):
+    model = _model(name)
+    path = to_onnx(model, str(tmp_path / 'm.onnx'), batch_size=3, dynamic_batch=dynamic)
+    onnx_model = load_onnx(path)
+    info = onnx_model.info
+    assert info['architecture'] == name and info['sparsity'] == json.loads(json.dumps(model.sparsity_config()))
+    assert info['batch_size'] == (None if dynamic else 3)
+    assert onnx_model.pretrained_cfg['input_size'] == list(model.pretrained_cfg['input_size'])
+    for batch in (1, 3, 4):  # a fixed-batch graph runs other batches in padded chunks
+        x = _images(model, batch)
+        logits, aux = onnx_model(x, return_aux=True)
+        with torch.no_grad():
+            ref, ref_aux = model(x, return_aux=True)
+        torch.testing.assert_close(logits, ref, rtol=0, atol=1e-4)
+        assert torch.equal(aux.macs, ref_aux.macs) and torch.equal(aux.kept, ref_aux.kept)
+        assert all(torch.equal(a, b) for a, b in zip(aux.kept_masks, ref_aux.kept_masks))
+        assert aux.dense_macs == ref_aux.dense_macs and aux.kept_of == ref_aux.kept_of
+
+
+def test_export_then_predict_and_bench_the_file(tmp_path, capsys):
+    out = tmp_path / 'kr05.onnx'
+    r = subprocess.run([sys.executable, '-m', 'dynvit', 'export', 'dynamicvit_tiny_patch16_224.fmnist_kr05', str(out),
+                        '--dynamic-batch'], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert 'batch any' in r.stdout and '"keep_ratio": [0.5, 0.25, 0.125]' in r.stdout
+    image = str(Path(dynvit.__file__).parent / 'samples' / 'fmnist_test0018_bag.png')
+
+    def run(*args):
+        code = main(list(args))
+        out_err = capsys.readouterr()
+        return code, out_err.out, out_err.err
+
+    results = []
+    for model in (str(out), 'dynamicvit_tiny_patch16_224.fmnist_kr05'):
+        code, stdout, stderr = run('predict', model, image, '--json', '--topk', '2')
+        assert code == 0, stderr
+        results.append(json.loads(stdout)['predictions'][0])
+    a, b = results
+    assert a['topk'][0]['label'] == b['topk'][0]['label'] == 'Bag'
+    assert abs(a['topk'][0]['prob'] - b['topk'][0]['prob']) < 1e-4
+    assert (a['kept'], a['macs'], a['dense_macs']) == (b['kept'], b['macs'], b['dense_macs'])
+    code, stdout, _ = run('bench', str(out), '--batch-size', '2', '--runs', '2', '--rounds', '1', '--json')
+    assert code == 0 and json.loads(stdout)['backend'] == 'onnxruntime'
+    code, _, stderr = run('predict', str(out), image, '--keep-ratio', '0.3')
+    assert code == 1 and 'an ONNX file runs as it was exported; --keep-ratio does not apply' in stderr
