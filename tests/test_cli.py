@@ -1,4 +1,7 @@
-"""The command line as a user runs it."""
+"""The command line as a user runs it (a subprocess; the argument and error checks in-process,
+``cli``, where a second torch start-up would only cost time)."""
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -14,17 +17,29 @@ def run(*args):
     return subprocess.run([sys.executable, '-m', 'dynvit', *args], capture_output=True, text=True, timeout=300)
 
 
+def cli(*args):
+    """``dynvit ARGS`` through ``dynvit.cli.main`` in this process: exit code, stdout and stderr."""
+    from dynvit.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 def test_list_json_and_pattern():
-    r = run('list', 'dynamicvit_*', '--json')
+    r = cli('list', 'dynamicvit_*', '--json')
     assert r.returncode == 0
     assert json.loads(r.stdout) == ['dynamicvit_256_patch16_224', 'dynamicvit_base_patch16_224',
                                     'dynamicvit_small_patch16_224', 'dynamicvit_tiny_patch16_224']
-    r = run('list', '--pretrained')
+    r = cli('list', '--pretrained')
     assert 'dynamicvit_small_patch16_224.deit_in1k' in r.stdout.split()
 
 
 def test_info_reports_macs():
-    r = run('info', 'test_dynamicvit', '--keep-ratio', '0.5', '--json')
+    r = cli('info', 'test_dynamicvit', '--keep-ratio', '0.5', '--json')
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info['sparsity']['keep_ratio'] == [0.5, 0.25, 0.125]
@@ -32,20 +47,20 @@ def test_info_reports_macs():
 
 
 def test_info_fbs_density():
-    r = run('info', 'test_fbs_resnet', '--density', '0.5', '--json')
+    r = cli('info', 'test_fbs_resnet', '--density', '0.5', '--json')
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info['sparsity']['density'] == 0.5 and 0 < info['sparse_gmacs'] < info['dense_gmacs']
-    r = run('info', 'test_fbs_resnet', '--density', '0')
+    r = cli('info', 'test_fbs_resnet', '--density', '0')
     assert r.returncode == 1 and 'density must be in (0, 1]' in r.stderr
 
 
 def test_unknown_model_is_a_one_line_error():
-    r = run('info', 'dynamicvit_smal_patch16_224')
+    r = cli('info', 'dynamicvit_smal_patch16_224')
     assert r.returncode == 1
     assert r.stderr.strip().count('\n') == 0
     assert 'did you mean dynamicvit_small_patch16_224' in r.stderr
-    r = run('info', 'test_dynamicvit', '--keep-ratio', '1.5')
+    r = cli('info', 'test_dynamicvit', '--keep-ratio', '1.5')
     assert r.returncode == 1 and 'keep_ratio must be in (0, 1]' in r.stderr
 
 
@@ -93,16 +108,16 @@ def test_predict_reads_what_users_have_and_names_the_corrupt_file(photos):
 
 
 def test_predict_options_that_do_not_fit_the_model_are_named(photos):
-    r = run('predict', 'fbs_resnet18.fmnist_d50', str(photos / 'b_gray.jpg'), '--keep-ratio', '0.5')
+    r = cli('predict', 'fbs_resnet18.fmnist_d50', str(photos / 'b_gray.jpg'), '--keep-ratio', '0.5')
     assert r.returncode == 1 and '--keep-ratio is not a setting of FBS models' in r.stderr
     assert 'they take --density (d: every gated convolution computes the top ceil(d * C)' in r.stderr
-    r = run('predict', 'test_dynamicvit', str(photos / 'b_gray.jpg'), '--density', '0.5')
+    r = cli('predict', 'test_dynamicvit', str(photos / 'b_gray.jpg'), '--density', '0.5')
     assert r.returncode == 1 and 'they take --keep-ratio (rho: stage s keeps rho^s' in r.stderr
-    r = run('predict', 'test_evovit', str(photos / 'b_gray.jpg'), '--threshold', '0.5')
+    r = cli('predict', 'test_evovit', str(photos / 'b_gray.jpg'), '--threshold', '0.5')
     assert r.returncode == 1 and 'no threshold mode' in r.stderr
-    r = run('predict', 'test_dynamicvit', str(photos / 'missing.png'))
+    r = cli('predict', 'test_dynamicvit', str(photos / 'missing.png'))
     assert r.returncode == 1 and 'missing.png: no such file' in r.stderr and 'no readable image' not in r.stdout
-    r = run('predict', 'dynamicvit_tiny_patch16_22', str(photos))
+    r = cli('predict', 'dynamicvit_tiny_patch16_22', str(photos))
     assert r.returncode == 1 and 'did you mean dynamicvit_tiny_patch16_224' in r.stderr
 
 

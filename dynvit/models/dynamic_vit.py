@@ -315,8 +315,9 @@ class DynamicVisionTransformer(TokenSparseViT):
         aux.token_mask = torch.cat([policy.new_ones(B, P), policy], dim=1)
         return aux
 
-    def _forward_gathered(self, x: torch.Tensor) -> DynamicViTAux:
-        """Top-k per image, gathered: later blocks run on ``[B, P + k, C]``."""
+    def _forward_gathered(self, x: torch.Tensor, want_aux: bool = True) -> Tuple[torch.Tensor, Optional[DynamicViTAux]]:
+        """Top-k per image, gathered: later blocks run on ``[B, P + k, C]``. Without ``want_aux``
+        only the selection itself runs (no keep probabilities, decisions or positions)."""
         B, L, _ = x.shape
         P = self.num_prefix_tokens
         N = L - P
@@ -326,30 +327,35 @@ class DynamicVisionTransformer(TokenSparseViT):
         for i, block in enumerate(self.blocks):
             s = self._stage_of_block.get(i)
             if s is not None:
-                n_cur, k = index.shape[1], min(self.num_keep(s, N), index.shape[1])
-                probs = x.new_zeros(B, N)
+                n_cur, k = x.shape[1] - P, min(self.num_keep(s, N), x.shape[1] - P)
                 if k < n_cur:
                     score = self.score_predictor[s](x[:, P:])[..., 0]  # [B, n_cur] keep log-prob
-                    probs.scatter_(1, index, score.exp().to(probs.dtype))
                     top = score.topk(k, dim=1, sorted=self.token_order == 'score').indices
                     if self.token_order == 'position':
                         top = top.sort(dim=1).values
                     x = torch.cat([x[:, :P], gather_tokens(x[:, P:], top)], dim=1)
-                    index = index.gather(1, top)
+                    if want_aux:
+                        keep_probs.append(x.new_zeros(B, N).scatter_(1, index, score.exp().to(x.dtype)))
+                        index = index.gather(1, top)
                     predictor_tokens[s] = n_cur
-                decisions.append(x.new_zeros(B, N).scatter_(1, index, 1.0))
-                keep_probs.append(probs)
+                elif want_aux:
+                    keep_probs.append(x.new_zeros(B, N))
+                if want_aux:
+                    decisions.append(x.new_zeros(B, N).scatter_(1, index, 1.0))
             tokens_per_block.append(x.shape[1])
             x = self._block(block, x)
+        x = self.norm(x)
+        if not want_aux:
+            return x, None
         prefix = torch.arange(P, device=x.device).expand(B, P)
-        return DynamicViTAux(
+        return x, DynamicViTAux(
             decisions=decisions,
             keep_probs=keep_probs,
             tokens_per_block=torch.tensor(tokens_per_block, device=x.device).expand(B, -1),
             predictor_tokens=torch.tensor(predictor_tokens, device=x.device).expand(B, -1),
             num_patches=N,
             token_index=torch.cat([prefix, index + P], dim=1),
-            features=self.norm(x),
+            features=x,
             execution='gathered',
             keep_ratio=self.keep_ratio,
         )
@@ -398,19 +404,20 @@ class DynamicVisionTransformer(TokenSparseViT):
             x: torch.Tensor,
             want_aux: bool,
             decisions: Optional[Sequence[torch.Tensor]] = None,
-    ) -> Tuple[torch.Tensor, DynamicViTAux]:
+    ) -> Tuple[torch.Tensor, Optional[DynamicViTAux]]:
         """Embeds and runs the blocks with token sparsification.
 
         Args:
             x: Images ``[B, C, H, W]``.
-            want_aux: Unused: the aux is always made (its token mask pools threshold mode).
+            want_aux: Make the aux; top-k mode skips it when not wanted (the other executions
+                always make it: their token mask pools the output).
             decisions: Optional fixed keep decisions, one ``[B, N]`` 0/1 tensor per stage; the
                 masked (training-style) computation is then run with them in any mode.
 
         Returns:
             Normalised tokens ``[B, L, C]``: all tokens in training/with ``decisions``, the kept
             ones in top-k mode, zero-padded kept tokens in threshold mode (see
-            ``aux.token_mask``); and the aux.
+            ``aux.token_mask``); and the aux (None in top-k mode when not wanted).
         """
         tokens = self._embed(x)
         if decisions is not None:
@@ -420,7 +427,9 @@ class DynamicVisionTransformer(TokenSparseViT):
         elif self.training and any(r < 1.0 for r in self.keep_ratio):
             aux = self._forward_masked(tokens, None)
         elif self.mode == 'topk' or self.training:  # keep ratio 1.0 trains the dense model
-            aux = self._forward_gathered(tokens)
+            features, aux = self._forward_gathered(tokens, want_aux)
+            if aux is None:  # all returned tokens are valid: nothing else is needed to pool them
+                return features, None
         else:
             aux = self._forward_packed(tokens)
         aux.grid = self._patch_grid(x)
