@@ -1,7 +1,8 @@
 """Speed where models are deployed: each sparse model against the same dense network on the same
 backend (eager PyTorch, torch.compile with inductor, ONNX Runtime), all models of a backend
-interleaved in one run; medians and ratios. Also the compiled / ONNX Runtime sparse models
-against timm's eager dense model, and the compiled logits against the eager ones.
+interleaved with every other model and backend in one run per batch size; medians and ratios.
+Also every model against timm's eager dense model, and the logits of each backend against the
+eager ones.
 
 Suites: 'deit' (DeiT-S at 224 px: timm's weights in DynamicViT-S/0.7 and Evo-ViT-S/0.5; the
 same-backend baseline is each model's dense copy, the network at keep ratio 1.0), 'zoo' (the
@@ -77,48 +78,56 @@ def main() -> None:
     with torch.inference_mode():
         macs = {k: m(xs[1], return_aux=True)[1].macs.item() for k, m in models.items()}
     results = {'threads': args.threads, 'torch': torch.__version__, 'timm': timm.__version__, 'suite': args.suite,
-               'machine': platform.processor() or platform.machine(), 'macs': macs, 'backends': {}}
-    if args.suite == 'deit':  # the reference everything is also compared with: timm's eager DeiT-S
-        timm_dense = timm.create_model('deit_small_patch16_224').eval()
-        results['timm_eager_ms'] = {b: median_latencies({'t': timm_dense}, x, args.rounds // 2 or 1,
-                                                        args.runs_b1 if b == 1 else args.runs_large)['t'] * 1e3
-                                    for b, x in xs.items()}
+               'machine': platform.processor() or platform.machine(), 'macs': macs}
+    if args.suite == 'deit':  # the reference every backend is also compared with: timm's eager DeiT-S
+        models['timm_dense'] = timm.create_model('deit_small_patch16_224').eval()
+        macs['timm_dense'] = macs['dense']
+    rows: Dict[str, Dict] = {}
     with tempfile.TemporaryDirectory() as folder:
-        for backend in args.backends:
-            row: Dict[str, Dict] = {}
-            for batch, x in xs.items():
-                t0 = time.perf_counter()
-                torch._dynamo.reset()  # one batch size's graphs at a time (the recompile limit counts them all)
-                on_backend = {k: deployed(k, m, backend, batch, folder) for k, m in models.items()}
-                with torch.inference_mode():
-                    diffs = {k: (on_backend[k](x) - models[k](x)).abs().max().item() for k in models}  # compiles here
-                setup = time.perf_counter() - t0
-                runs = args.runs_b1 if batch == 1 else args.runs_large
-                times = median_latencies(on_backend, x, args.rounds, runs)
-                row[str(batch)] = dict(ms={k: v * 1e3 for k, v in times.items()}, max_abs_diff=diffs, setup_s=setup)
-            results['backends'][backend] = row
-            print(_table(backend, row, macs, results.get('timm_eager_ms')), flush=True)
+        for batch, x in xs.items():
+            t0 = time.perf_counter()
+            torch._dynamo.reset()  # one batch size's graphs at a time (the recompile limit counts them all)
+            runnable, diffs = {}, {}
+            for backend in args.backends:
+                for k, m in models.items():
+                    if k == 'timm_dense' and backend != 'eager':
+                        continue
+                    runnable[f'{backend}:{k}'] = deployed(k, m, backend, batch, folder)
+                    with torch.inference_mode():  # compiles here
+                        diffs[f'{backend}:{k}'] = (runnable[f'{backend}:{k}'](x) - m(x)).abs().max().item()
+            setup = time.perf_counter() - t0
+            times = median_latencies(runnable, x, args.rounds, args.runs_b1 if batch == 1 else args.runs_large)
+            rows[str(batch)] = dict(ms={k: v * 1e3 for k, v in times.items()}, max_abs_diff=diffs, setup_s=setup)
+            print(f'batch {batch} done ({setup:.0f} s compile / export)', flush=True)
+    results['rows'] = rows
+    print(_table(args.backends, rows, macs))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1))
 
 
-def _table(backend: str, row: Dict[str, Dict], macs: Dict[str, float], timm_ms) -> str:
-    lines = [f'--- {backend}']
-    batches = list(row)
-    head = f'{"model":<24}{"MMACs":>9}' + ''.join(f'{"b" + b + " ms":>11}{"vs dense":>10}' for b in batches)
-    if timm_ms:
-        head += ''.join(f'{"b" + b + " vs timm eager":>18}' for b in batches)
-    lines.append(head)
-    for k in macs:
-        dense_key = 'dense' if 'dense' in macs else f'dense.{k.split(".")[0]}'
-        cells = ''.join(f'{row[b]["ms"][k]:>11.2f}{row[b]["ms"][dense_key] / row[b]["ms"][k]:>9.2f}x' for b in batches)
-        if timm_ms:
-            cells += ''.join(f'{timm_ms[int(b)] / row[b]["ms"][k]:>17.2f}x' for b in batches)
-        lines.append(f'{k:<24}{macs[k] / 1e6:>9.1f}{cells}')
-    diff = max(v for b in batches for v in row[b]['max_abs_diff'].values())
-    lines.append(f'max |logits - eager logits| {diff:.2e}; setup (compile / export) '
-                 + ', '.join(f'b{b} {row[b]["setup_s"]:.0f} s' for b in batches))
+def _table(backends, rows: Dict[str, Dict], macs: Dict[str, float]) -> str:
+    """Per backend and model: ms per batch, the ratio to the dense model on the same backend, and
+    (DeiT suite) to timm's eager DeiT-S, every number of a batch size from one interleaved run."""
+    batches = list(rows)
+    reference = 'eager:timm_dense' if 'eager:timm_dense' in rows[batches[0]]['ms'] else None
+    lines = [f'{"backend":<9}{"model":<24}{"MMACs":>9}' + ''.join(f'{"b" + b + " ms":>11}{"vs dense":>10}'
+                                                                  for b in batches)
+             + (''.join(f'{"b" + b + " vs timm eager":>18}' for b in batches) if reference else '')]
+    for backend in backends:
+        for k in macs:
+            key = f'{backend}:{k}'
+            if key not in rows[batches[0]]['ms']:
+                continue
+            family_dense = 'dense' if 'dense' in macs else f'dense.{k.split(".")[0]}'
+            dense = f'{backend}:' + (k if k.startswith('dense') or k == 'timm_dense' else family_dense)
+            ms = [rows[b]['ms'] for b in batches]
+            cells = ''.join(f'{m[key]:>11.2f}{m[dense] / m[key]:>9.2f}x' for m in ms)
+            if reference:
+                cells += ''.join(f'{m[reference] / m[key]:>17.2f}x' for m in ms)
+            lines.append(f'{backend:<9}{k:<24}{macs[k] / 1e6:>9.1f}{cells}')
+    diff = max(v for b in batches for k, v in rows[b]['max_abs_diff'].items() if not k.startswith('eager'))
+    lines.append(f'max |logits - eager logits| over the other backends: {diff:.2e}')
     return '\n'.join(lines)
 
 

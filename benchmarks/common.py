@@ -14,9 +14,9 @@ from dynvit.runtime.report import ImageReport, SparsityReport, run_length
 
 
 def parse_args(description: str, keep_ratio: Optional[float] = None, density: Optional[float] = None,
-               batch: int = 32) -> argparse.Namespace:
-    """The options every benchmark takes (ViTs: ``--size``, ``--keep-ratio``; CNNs: ``--density``);
-    sets the thread count and the seed."""
+               batch: int = 32, flags: Optional[Dict[str, str]] = None) -> argparse.Namespace:
+    """The options every benchmark takes (ViTs: ``--size``, ``--keep-ratio``; CNNs: ``--density``)
+    and the script's own on/off ``flags`` ``{'--name': help}``; sets the thread count and the seed."""
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     if keep_ratio is not None:
         ap.add_argument('--size', default='small', choices=['tiny', 'small', 'base'])
@@ -29,6 +29,8 @@ def parse_args(description: str, keep_ratio: Optional[float] = None, density: Op
     ap.add_argument('--runs-b1', type=int, default=5, help='timed batch-1 forwards per model per round')
     ap.add_argument('--runs-large', type=int, default=1, help='timed large-batch forwards per model per round')
     ap.add_argument('--out', type=str, default='')
+    for flag, text in (flags or {}).items():
+        ap.add_argument(flag, action='store_true', help=text)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -68,7 +70,7 @@ def _report(model: nn.Module, xb: torch.Tensor) -> SparsityReport:
     try:
         return profile(model, xb)[1]
     except TypeError:
-        macs = count_flops(model, xb[:1]) // 2
+        macs = count_flops(getattr(model, '_orig_mod', model), xb[:1]) // 2  # a compiled one: its eager module
         return SparsityReport([ImageReport([], macs, macs)])
 
 
