@@ -13,14 +13,12 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
-from .data import load_image, model_norm, model_transform
+from .data import IMAGE_SUFFIXES, load_image, model_norm, model_transform, skip_reason
 
 __all__ = ['IMAGE_SUFFIXES', 'Prediction', 'class_names', 'gather_images', 'predict_images']
 
-IMAGE_SUFFIXES = IMG_EXTENSIONS  # torchvision's list, as the image-folder datasets use
 
 
 @dataclass
@@ -62,19 +60,27 @@ class Prediction:
                     saved_fraction=round(self.saved_fraction, 6))
 
 
-def gather_images(paths: Iterable[str]) -> Tuple[List[Tuple[str, Image.Image]], List[Tuple[str, str]]]:
+def gather_images(paths: Iterable[str]) -> Tuple[List[Tuple[str, Image.Image]], List[Tuple[str, str]],
+                                                 List[Tuple[str, str]]]:
     """Loads image files and the images of folders (sorted, not recursive).
 
     Returns:
-        ``[(path, image)]`` for what could be read and ``[(path, error message)]`` for the rest.
+        ``[(path, image)]`` for what could be read, ``[(path, error message)]`` for what could not
+        (missing or unreadable images), and ``[(path, reason)]`` for the files of a folder that
+        are not images (other types, hidden files): every file is in one of the three.
     """
-    images, errors = [], []
+    images, errors, skipped = [], [], []
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            try:  # hidden files (e.g. macOS '._x.png' resource forks) are not images
-                files = sorted(f for f in path.iterdir()
-                               if f.is_file() and not f.name.startswith('.') and f.suffix.lower() in IMAGE_SUFFIXES)
+            try:
+                files = []
+                for f in sorted(f for f in path.iterdir() if f.is_file()):
+                    reason = skip_reason(f)
+                    if reason is None:
+                        files.append(f)
+                    else:
+                        skipped.append((str(f), reason))
             except OSError as e:
                 errors.append((str(path), f'cannot list the folder: {e.strerror or e}'))
                 continue
@@ -90,7 +96,7 @@ def gather_images(paths: Iterable[str]) -> Tuple[List[Tuple[str, Image.Image]], 
                 images.append((str(f), load_image(str(f))))
             except ValueError as e:
                 errors.append((str(f), str(e)))
-    return images, errors
+    return images, errors, skipped
 
 
 def class_names(model: nn.Module) -> List[str]:

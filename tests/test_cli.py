@@ -83,7 +83,8 @@ def photos(tmp_path_factory):
     Image.fromarray(rng.integers(0, 256, (50, 64, 3), dtype=np.uint8), 'RGB').save(root / 'c_color.webp')
     Image.fromarray(rng.integers(0, 65535, (28, 28), dtype=np.uint16)).save(root / 'd_16bit.png')
     (root / 'e_corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n this is not really a PNG')
-    (root / 'notes.txt').write_text('not an image, not listed')
+    Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8), 'RGB').save(root / 'f_anim.gif')
+    (root / 'notes.txt').write_text('not an image: named on stderr, not an error')
     return root
 
 
@@ -92,9 +93,11 @@ def test_predict_reads_what_users_have_and_names_the_corrupt_file(photos):
     assert r.returncode == 3, r.stderr  # some images failed, the others were predicted
     out = json.loads(r.stdout)
     assert [p['image'].rsplit('/', 1)[-1] for p in out['predictions']] == [
-        'a_rgba.png', 'b_gray.jpg', 'c_color.webp', 'd_16bit.png']
+        'a_rgba.png', 'b_gray.jpg', 'c_color.webp', 'd_16bit.png', 'f_anim.gif']
     assert [e['image'].rsplit('/', 1)[-1] for e in out['errors']] == ['e_corrupt.png']
-    assert 'e_corrupt.png' in r.stderr and r.stderr.count('\n') == 1
+    assert [e['file'].rsplit('/', 1)[-1] for e in out['skipped']] == ['notes.txt']
+    # every file of the folder is predicted or named, one line each
+    assert 'e_corrupt.png' in r.stderr and 'notes.txt: not an image type' in r.stderr and r.stderr.count('\n') == 2
     for p in out['predictions']:
         assert len(p['topk']) == 3 and p['topk'][0]['prob'] >= p['topk'][1]['prob']
         assert p['topk'][0]['label'] in FASHION_MNIST_CLASSES
@@ -113,6 +116,8 @@ def test_predict_options_that_do_not_fit_the_model_are_named(photos):
     assert 'they take --density (d: every gated convolution computes the top ceil(d * C)' in r.stderr
     r = cli('predict', 'test_dynamicvit', str(photos / 'b_gray.jpg'), '--density', '0.5')
     assert r.returncode == 1 and 'they take --keep-ratio (rho: stage s keeps rho^s' in r.stderr
+    r = cli('predict', 'test_dynamicvit', str(photos / 'b_gray.jpg'), '--checkpoint', '')
+    assert r.returncode == 1 and 'the checkpoint path is empty' in r.stderr  # not random weights
     r = cli('predict', 'test_evovit', str(photos / 'b_gray.jpg'), '--threshold', '0.5')
     assert r.returncode == 1 and 'no threshold mode' in r.stderr
     r = cli('predict', 'test_dynamicvit', str(photos / 'missing.png'))

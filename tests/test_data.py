@@ -125,3 +125,20 @@ def test_seeded_augmentation_depends_only_on_seed_epoch_and_index(tmp_path):
     assert torch.equal(b[2][0], first)
     a.set_epoch(1)
     assert not torch.equal(a[2][0], first)
+
+
+def test_folder_gifs_are_images_and_other_files_are_named(tmp_path):
+    root = make_folder(tmp_path / 'imgs', classes=2, per_class=4)
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(root / 'class0' / 'anim.gif')
+    (root / 'class1' / 'notes.txt').write_text('not an image')
+    (root / 'class1' / '._0.png').write_bytes(b'macOS resource fork')
+    train, val, classes = image_folder(str(root), val_fraction=0.25)
+    assert len(train) + len(val) == 9  # the GIF is an image
+    assert [p.rsplit('/', 1)[-1] for p in dynvit.data.skipped_files(train, val)] == ['._0.png', 'notes.txt']
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, '-m', 'dynvit', 'eval', 'test_dynamicvit', '--data', str(root),
+                        '--val-fraction', '0.25', '--model-args', '{"num_classes": 2}', '--json'], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert '2 file(s) in' in r.stderr and 'are not images dynvit reads and are skipped: ' in r.stderr
+    assert 'notes.txt' in r.stderr

@@ -20,6 +20,20 @@ def load_model_arg(name: str, checkpoint: Optional[str] = None, pretrained: bool
     return model
 
 
+def report_skipped(command: str, skipped) -> None:
+    """Names on stderr, one line each, the files that were not processed: ``[(path, reason)]``."""
+    for path, reason in skipped:
+        print(f'dynvit {command}: skipped {path}: {reason}', file=sys.stderr)
+
+
+def report_skipped_count(command: str, folder: str, skipped) -> None:
+    """One start-up line: how many files of a training folder are not images, and the first of them."""
+    if skipped:
+        shown = ', '.join(skipped[:3]) + (f' and {len(skipped) - 3} more' if len(skipped) > 3 else '')
+        print(f'dynvit {command}: {len(skipped)} file(s) in {folder} are not images dynvit reads and are skipped: '
+              f'{shown}', file=sys.stderr)
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1 (a bad value is a usage error, exit code 2)."""
     try:

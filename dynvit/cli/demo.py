@@ -1,11 +1,10 @@
 """``dynvit demo``: the zoo's sparse models on bundled Fashion-MNIST test images, offline."""
 import argparse
 import re
-import sys
 from pathlib import Path
 from typing import List
 
-from ._common import EXIT_OK, EXIT_SOME_IMAGES_FAILED, positive_int
+from ._common import EXIT_OK, EXIT_SOME_IMAGES_FAILED, positive_int, report_skipped
 from .models import kept_text
 
 SAMPLES = Path(__file__).resolve().parents[1] / 'samples'
@@ -51,9 +50,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from ..viz import prediction_grid
     from ..hub import create_model
     torch.set_num_threads(args.threads)
-    images, errors = gather_images(args.images or [str(SAMPLES)])
-    for path, message in errors:
-        print(f'dynvit demo: skipped {path}: {message}', file=sys.stderr)
+    images, errors, skipped = gather_images(args.images or [str(SAMPLES)])
+    report_skipped('demo', errors + skipped)
     if not images:
         raise ValueError('no image could be read')
     print(f'dynvit demo: the zoo\'s sparse models on {len(images)} Fashion-MNIST test images '

@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..families import knob_help
-from ._common import EXIT_OK, EXIT_SOME_IMAGES_FAILED, int8_arg, load_model_arg, maybe_int8, positive_int
+from ._common import (
+    EXIT_OK,
+    EXIT_SOME_IMAGES_FAILED,
+    int8_arg,
+    load_model_arg,
+    maybe_int8,
+    positive_int,
+    report_skipped,
+)
 
 EXAMPLES = {
     'list': 'examples:\n  dynvit list\n  dynvit list "dynamicvit_*" --pretrained\n  dynvit list --pretrained --json',
@@ -176,14 +184,13 @@ def _predict(args: argparse.Namespace):
     model = _model(args)
     if getattr(args, 'compile', False):
         model = _deployed(model, args)
-    images, errors = gather_images(args.images)
-    for path, message in errors:
-        print(f'dynvit {args.command}: skipped {path}: {message}', file=sys.stderr)
+    images, errors, skipped = gather_images(args.images)
+    report_skipped(args.command, errors + skipped)
     if not images:
         raise ValueError('none of the given paths is a readable image')
     preds = predict_images(model, images, topk=getattr(args, 'topk', 1), batch_size=args.batch_size,
                            progress=not getattr(args, 'json', False) and sys.stderr.isatty())
-    return model, preds, errors
+    return model, preds, errors, skipped
 
 
 def _write_picture(preds, path: str, size: int, title: str) -> None:
@@ -201,12 +208,13 @@ def _title(args: argparse.Namespace, model) -> str:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    model, preds, errors = _predict(args)
+    model, preds, errors, skipped = _predict(args)
     if args.viz:
         _write_picture(preds, args.viz, args.size, _title(args, model))
     if args.json:
         print(json.dumps(dict(model=args.model, predictions=[p.to_json() for p in preds],
                               errors=[dict(image=i, error=e) for i, e in errors],
+                              skipped=[dict(file=f, reason=r) for f, r in skipped],
                               picture=args.viz or None), indent=1))
     else:
         for p in preds:
@@ -220,7 +228,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_viz(args: argparse.Namespace) -> int:
-    model, preds, errors = _predict(args)
+    model, preds, errors, _ = _predict(args)
     _write_picture(preds, args.out, args.size, _title(args, model))
     print(f'{len(preds)} image(s) drawn: {args.out}')
     return EXIT_SOME_IMAGES_FAILED if errors else EXIT_OK

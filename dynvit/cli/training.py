@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..families import knob_help
-from ._common import EXIT_OK, int8_arg, load_model_arg, maybe_int8, positive_int
+from ._common import EXIT_OK, int8_arg, load_model_arg, maybe_int8, positive_int, report_skipped_count
 
 EXAMPLES = {
     'finetune': 'examples:\n'
@@ -92,7 +92,7 @@ def _compress_for_training(args: argparse.Namespace, model) -> None:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     import torch
-    from ..data import build_datasets
+    from ..data import build_datasets, skipped_files
     from ..train import TrainConfig, Trainer
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,6 +107,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         train_kwargs['color_jitter'] = None
     train, val, classes = build_datasets(args.data, model, args.data_root, args.val_fraction, args.seed,
                                          train_kwargs, augment=not args.no_aug)
+    report_skipped_count(args.command, args.data, skipped_files(train, val))
     if args.max_train_images and args.max_train_images < len(train):
         train = torch.utils.data.Subset(train, range(args.max_train_images))
     config = TrainConfig(
@@ -133,13 +134,14 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
-    from ..data import build_datasets
+    from ..data import build_datasets, skipped_files
     from ..train import evaluate
     if args.threads:
         torch.set_num_threads(args.threads)
     model = maybe_int8(_model_for_data(args, None).eval(), args)
     _, val, classes = build_datasets(args.data, model, args.data_root, args.val_fraction, args.seed, augment=False,
                                      split=args.split)
+    report_skipped_count(args.command, args.data, skipped_files(val))
     if len(classes) != model.num_classes:
         raise ValueError(f'the data has {len(classes)} classes, the model {model.num_classes}')
     if args.limit:

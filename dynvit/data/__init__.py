@@ -1,6 +1,14 @@
 """Datasets and preprocessing: Fashion-MNIST from its IDX files, class-per-subfolder image
 folders, and timm transforms from a model's data config."""
 from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES, FashionMNIST, read_idx
-from .folders import folder_classes, image_folder, load_image, split_indices
+from .folders import (
+    IMAGE_SUFFIXES,
+    folder_classes,
+    image_folder,
+    load_image,
+    skip_reason,
+    skipped_files,
+    split_indices,
+)
 from .transforms import SeededAugmentation, model_norm, model_transform
 from .build import build_datasets

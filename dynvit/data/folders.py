@@ -8,9 +8,22 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import find_classes
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
-__all__ = ['folder_classes', 'image_folder', 'load_image', 'split_indices']
+__all__ = ['IMAGE_SUFFIXES', 'folder_classes', 'image_folder', 'load_image', 'skip_reason', 'skipped_files',
+           'split_indices']
+
+# torchvision's list (what its ImageFolder reads) and GIF, which PIL reads as well
+IMAGE_SUFFIXES = tuple(IMG_EXTENSIONS) + ('.gif',)
+
+
+def skip_reason(path: Path) -> Optional[str]:
+    """Why a file in an image folder is not read as an image (None: it is read)."""
+    if path.name.startswith('.'):
+        return 'hidden file (e.g. a macOS resource fork)'
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return f'not an image type dynvit reads ({" ".join(IMAGE_SUFFIXES)})'
+    return None
 
 
 def load_image(path: str) -> Image.Image:
@@ -28,14 +41,23 @@ def load_image(path: str) -> Image.Image:
 def _folder(root: Path) -> ImageFolder:
     if not root.is_dir():
         raise FileNotFoundError(f'image folder not found: {root}')
+    skipped: List[str] = []
+
+    def is_image(path: str) -> bool:
+        if skip_reason(Path(path)) is None:
+            return True
+        skipped.append(path)
+        return False
+
     try:
-        dataset = ImageFolder(str(root), loader=load_image)
+        dataset = ImageFolder(str(root), loader=load_image, is_valid_file=is_image)
     except FileNotFoundError as e:  # no class subfolders, or no images in them
         raise ValueError(f'{root} holds no images in the class-per-subfolder layout (root/<class>/<image>): '
                          f'{e}') from None
     if len(dataset.classes) < 2:
         raise ValueError(f'{root} has {len(dataset.classes)} class folder(s) ({", ".join(dataset.classes)}); '
                          f'classification needs at least 2')
+    dataset.skipped_files = skipped  # named at start-up by the commands (not silently dropped)
     return dataset
 
 
@@ -60,6 +82,14 @@ def split_indices(targets: Sequence[int], val_fraction: float, seed: int) -> Tup
 
 def _has_train_val(root: Path) -> bool:
     return (root / 'train').is_dir() and (root / 'val').is_dir()
+
+
+def skipped_files(*datasets: Dataset) -> List[str]:
+    """The files of the image folders behind ``datasets`` that were not read as images, sorted."""
+    found = set()
+    for ds in datasets:
+        found.update(getattr(getattr(ds, 'dataset', ds), 'skipped_files', ()))
+    return sorted(found)
 
 
 def folder_classes(root: str) -> List[str]:

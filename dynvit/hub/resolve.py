@@ -41,6 +41,8 @@ def resolve_model(name: str, checkpoint: Optional[str] = None, pretrained: bool 
         The model (as built: train mode) and its weights' source: ``'file PATH'``,
         ``'pretrained ARCH.TAG'`` or ``'random'``.
     """
+    if checkpoint is not None and not str(checkpoint).strip():
+        raise ValueError('the checkpoint path is empty: give the weights file (or leave --checkpoint out)')
     arch, file = model_and_file(name)
     weights = checkpoint or file
     if weights:
