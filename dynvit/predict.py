@@ -15,7 +15,7 @@ import torch.nn as nn
 from PIL import Image
 from tqdm import tqdm
 
-from .data import IMAGE_SUFFIXES, load_image, model_norm, model_transform, skip_reason
+from .data import IMAGE_SUFFIXES, ImageReadError, load_image, model_norm, model_transform, skip_reason
 
 __all__ = ['IMAGE_SUFFIXES', 'Prediction', 'class_names', 'gather_images', 'predict_images']
 
@@ -94,8 +94,8 @@ def gather_images(paths: Iterable[str]) -> Tuple[List[Tuple[str, Image.Image]], 
         for f in files:
             try:
                 images.append((str(f), load_image(str(f))))
-            except ValueError as e:
-                errors.append((str(f), str(e)))
+            except ImageReadError as e:
+                errors.append((str(f), e.reason))
     return images, errors, skipped
 
 

@@ -51,8 +51,8 @@ def test_info_fbs_density():
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info['sparsity']['density'] == 0.5 and 0 < info['sparse_gmacs'] < info['dense_gmacs']
-    r = cli('info', 'test_fbs_resnet', '--density', '0')
-    assert r.returncode == 1 and 'density must be in (0, 1]' in r.stderr
+    r = cli('info', 'test_fbs_resnet', '--density', '0')  # out of range: bad usage
+    assert r.returncode == 2 and 'argument --density: must be in (0, 1], got 0' in r.stderr
 
 
 def test_unknown_model_is_a_one_line_error():
@@ -61,7 +61,7 @@ def test_unknown_model_is_a_one_line_error():
     assert r.stderr.strip().count('\n') == 0
     assert 'did you mean dynamicvit_small_patch16_224' in r.stderr
     r = cli('info', 'test_dynamicvit', '--keep-ratio', '1.5')
-    assert r.returncode == 1 and 'keep_ratio must be in (0, 1]' in r.stderr
+    assert r.returncode == 2 and 'argument --keep-ratio: must be in (0, 1], got 1.5' in r.stderr
 
 
 def test_help_has_examples():
@@ -116,6 +116,11 @@ def test_predict_options_that_do_not_fit_the_model_are_named(photos):
     assert 'they take --density (d: every gated convolution computes the top ceil(d * C)' in r.stderr
     r = cli('predict', 'test_dynamicvit', str(photos / 'b_gray.jpg'), '--density', '0.5')
     assert r.returncode == 1 and 'they take --keep-ratio (rho: stage s keeps rho^s' in r.stderr
+    r = cli('predict', 'dynamicvit_tiny_patch16_224.fmnist_kr5', str(photos / 'b_gray.jpg'))  # a tag typo
+    assert r.returncode == 1 and 'no pretrained tag \'fmnist_kr5\'; did you mean dynamicvit_tiny_patch16_224.fmnist_kr05' \
+        in r.stderr and r.stderr.count('\n') == 1
+    r = cli('list', 'fmnist', '--pretrained')  # a plain word matches as a substring
+    assert r.returncode == 0 and 'dynamicvit_tiny_patch16_224.fmnist_kr05' in r.stdout.split()
     r = cli('predict', 'test_dynamicvit', str(photos / 'b_gray.jpg'), '--checkpoint', '')
     assert r.returncode == 1 and 'the checkpoint path is empty' in r.stderr  # not random weights
     r = cli('predict', 'test_evovit', str(photos / 'b_gray.jpg'), '--threshold', '0.5')
@@ -124,6 +129,16 @@ def test_predict_options_that_do_not_fit_the_model_are_named(photos):
     assert r.returncode == 1 and 'missing.png: no such file' in r.stderr and 'no readable image' not in r.stdout
     r = cli('predict', 'dynamicvit_tiny_patch16_22', str(photos))
     assert r.returncode == 1 and 'did you mean dynamicvit_tiny_patch16_224' in r.stderr
+
+
+def test_empty_and_mislabelled_files_are_named_once(tmp_path):
+    (tmp_path / 'empty.png').write_bytes(b'')
+    (tmp_path / 'text.jpg').write_text('a text file named .jpg')
+    r = run('predict', 'test_dynamicvit', str(tmp_path / 'empty.png'), str(tmp_path / 'text.jpg'))
+    assert r.returncode == 1 and 'none of the given paths is a readable image' in r.stderr
+    assert f'skipped {tmp_path / "empty.png"}: empty file\n' in r.stderr
+    assert f'skipped {tmp_path / "text.jpg"}: not an image file' in r.stderr
+    assert r.stderr.count(str(tmp_path / 'empty.png')) == 1 and '<_io.' not in r.stderr
 
 
 def test_predict_threshold_mode_and_picture(photos, tmp_path):

@@ -45,6 +45,29 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number, got {text!r}') from None
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in (0, 1] (keep ratios, densities); out of range is bad usage (exit 2)."""
+    value = _number(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f'must be in (0, 1], got {text}')
+    return value
+
+
+def probability(text: str) -> float:
+    """An argparse type: a number in [0, 1] (thresholds); out of range is bad usage (exit 2)."""
+    value = _number(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f'must be in [0, 1], got {text}')
+    return value
+
+
 def int8_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument('--int8', action='store_true',
                    help='run the linear layers in INT8 (dynamic quantization, CPU; keep predictors and gates stay float)')

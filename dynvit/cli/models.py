@@ -10,10 +10,12 @@ from ..families import knob_help
 from ._common import (
     EXIT_OK,
     EXIT_SOME_IMAGES_FAILED,
+    fraction,
     int8_arg,
     load_model_arg,
     maybe_int8,
     positive_int,
+    probability,
     report_skipped,
 )
 
@@ -63,11 +65,14 @@ def apply_sparsity(model, keep_ratio: Optional[float] = None, density: Optional[
         model.set_sparsity(threshold=threshold, mode='threshold')
 
 
-def knob_args(p: argparse.ArgumentParser) -> None:
-    """``--keep-ratio`` and ``--density``, with what one value means for each family."""
-    p.add_argument('--keep-ratio', type=float, default=None,
-                   help='token-sparse ViTs, what one value means: ' + knob_help('keep_ratio'))
-    p.add_argument('--density', type=float, default=None, help='channel-gated CNNs: ' + knob_help('density'))
+def knob_args(p: argparse.ArgumentParser, target: bool = False) -> None:
+    """``--keep-ratio`` and ``--density`` (``target``: of a training run), with what one value
+    means for each family."""
+    what = 'the target ' if target else ''
+    p.add_argument('--keep-ratio', type=fraction, default=None,
+                   help=f'token-sparse ViTs, {what}keep ratio; what one value means: ' + knob_help('keep_ratio'))
+    p.add_argument('--density', type=fraction, default=None,
+                   help=f'channel-gated CNNs, {what}density: ' + knob_help('density'))
 
 
 def _sparsity_args(p: argparse.ArgumentParser, threshold: bool = True) -> None:
@@ -75,7 +80,7 @@ def _sparsity_args(p: argparse.ArgumentParser, threshold: bool = True) -> None:
     p.add_argument('--pretrained', action='store_true', help='load the default pretrained weights of an arch name')
     knob_args(p)
     if threshold:
-        p.add_argument('--threshold', type=float, default=None,
+        p.add_argument('--threshold', type=probability, default=None,
                        help='DynamicViT: keep the tokens whose keep probability reaches T (count varies per image)')
     p.add_argument('--threads', type=int, default=0, help='CPU threads (default: torch\'s)')
     int8_arg(p)
@@ -118,7 +123,10 @@ def _deployed(model, args: argparse.Namespace, batch_size: int = 1):
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from .. import list_models
-    names = list_models(args.pattern or '', pretrained=args.pretrained)
+    pattern = args.pattern or ''
+    if pattern and not any(c in pattern for c in '*?['):  # a plain word matches anywhere in the name
+        pattern = f'*{pattern}*'
+    names = list_models(pattern, pretrained=args.pretrained)
     print(json.dumps(names) if args.json else '\n'.join(names))
     return EXIT_OK
 

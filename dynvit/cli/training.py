@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ..families import knob_help
-from ._common import EXIT_OK, int8_arg, load_model_arg, maybe_int8, positive_int, report_skipped_count
+from ._common import EXIT_OK, fraction, int8_arg, load_model_arg, maybe_int8, positive_int, report_skipped_count
+from .models import knob_args
 
 EXAMPLES = {
     'finetune': 'examples:\n'
@@ -181,17 +181,14 @@ def add_parsers(add) -> None:
     data_args(p)
     p.add_argument('--out', required=True, help='run folder: train_state.safetensors, best.safetensors, log.jsonl')
     p.add_argument('--resume', action='store_true', help='continue the run in --out')
-    p.add_argument('--keep-ratio', type=float, default=None,
-                   help='token-sparse ViTs, the target keep ratio; what one value means: ' + knob_help('keep_ratio'))
-    p.add_argument('--density', type=float, default=None,
-                   help='channel-gated CNNs, the target density: ' + knob_help('density'))
+    knob_args(p, target=True)
     p.add_argument('--epochs', type=positive_int, default=10)
     p.add_argument('--lr', type=float, default=5e-4)
     p.add_argument('--sparse-lr', type=float, default=None, help='lr of keep predictors / gates (default: --lr)')
     p.add_argument('--weight-decay', type=float, default=0.05)
     p.add_argument('--warmup-epochs', type=float, default=1.0)
     p.add_argument('--label-smoothing', type=float, default=0.0)
-    p.add_argument('--sparsity-start', type=float, default=1.0, help='keep ratio / density the schedule starts at')
+    p.add_argument('--sparsity-start', type=fraction, default=1.0, help='keep ratio / density the schedule starts at')
     p.add_argument('--sparsity-warmup-epochs', type=float, default=0.0, help='epochs to reach the target sparsity')
     p.add_argument('--gate-warmup-epochs', type=int, default=0, help='FBS: epochs training only the gates')
     p.add_argument('--init-gates', action='store_true',

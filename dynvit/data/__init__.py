@@ -3,6 +3,7 @@ folders, and timm transforms from a model's data config."""
 from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES, FashionMNIST, read_idx
 from .folders import (
     IMAGE_SUFFIXES,
+    ImageReadError,
     folder_classes,
     image_folder,
     load_image,

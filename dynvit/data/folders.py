@@ -10,7 +10,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
-__all__ = ['IMAGE_SUFFIXES', 'folder_classes', 'image_folder', 'load_image', 'skip_reason', 'skipped_files',
+__all__ = ['IMAGE_SUFFIXES', 'ImageReadError', 'folder_classes', 'image_folder', 'load_image', 'skip_reason', 'skipped_files',
            'split_indices']
 
 # torchvision's list (what its ImageFolder reads) and GIF, which PIL reads as well
@@ -26,15 +26,32 @@ def skip_reason(path: Path) -> Optional[str]:
     return None
 
 
+class ImageReadError(ValueError):
+    """An image file that cannot be read: ``str()`` names the file, ``reason`` says why."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f'cannot read image {path}: {reason}')
+        self.path, self.reason = str(path), reason
+
+
 def load_image(path: str) -> Image.Image:
-    """Opens an image file (upright by its EXIF orientation), naming the file when it is not a readable image."""
+    """Opens an image file (upright by its EXIF orientation); an ``ImageReadError`` when it is not a
+    readable image."""
     try:
+        if Path(path).stat().st_size == 0:
+            raise ImageReadError(path, 'empty file')
         with open(path, 'rb') as f:
             image = Image.open(f)
             image.load()
         image = ImageOps.exif_transpose(image)  # photos taken sideways come out upright
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f'cannot read image {path}: {type(e).__name__}: {e}') from None
+    except UnidentifiedImageError:
+        raise ImageReadError(path, 'not an image file (PIL does not recognise its contents)') from None
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageReadError(path, f'{type(e).__name__}: {e}') from None
+    except ImageReadError:
+        raise
+    except ValueError as e:
+        raise ImageReadError(path, f'{type(e).__name__}: {e}') from None
     return image
 
 

@@ -61,9 +61,14 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
         **kwargs: Passed to ``timm.create_model`` and on to the model.
     """
     _, arch = parse_model_name(model_name)
-    arch, _ = split_model_name_tag(arch)
+    arch, tag = split_model_name_tag(arch)
     if not timm.is_model(arch):
         raise _unknown_model(model_name)
+    tags = timm.list_pretrained(f'{arch}.*')
+    if tag and f'{arch}.{tag}' not in tags:
+        close = difflib.get_close_matches(f'{arch}.{tag}', tags, n=3, cutoff=0.5)
+        hint = f'did you mean {", ".join(close)}?' if close else f'its tags: {", ".join(tags) or "none"}'
+        raise ValueError(f'{arch} has no pretrained tag {tag!r}; {hint} (`dynvit list {arch} --pretrained`)')
     overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
     if pretrained and not overlay.get('file'):
         shipped = _shipped_file(model_name)
