@@ -244,6 +244,7 @@ def _cmd_viz(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
+    from ..models._helpers import model_input_size
     from ..runtime import median_latencies
     if args.compile and args.ort:
         raise ValueError('--compile and --ort are two backends; choose one')
@@ -254,8 +255,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             raise ValueError('an ONNX file holds one network: to compare with the dense twin on ONNX Runtime, '
                              'give the model (name or .safetensors) with --ort')
         eager['dense'] = model.dense_copy().eval()
-    c, h, w = [int(v) for v in model.pretrained_cfg['input_size']] if args.model.endswith('.onnx') else \
-        _input_size(model)
+    c, h, w = model_input_size(model)  # an ONNX file's from the data config it carries
     gen = torch.Generator().manual_seed(0)
     rows: List[Dict[str, Any]] = []
     for bs in args.batch_size:
@@ -283,10 +283,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               f'{backend}')
     return EXIT_OK
 
-
-def _input_size(model):
-    from ..models._helpers import model_input_size
-    return model_input_size(model)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:

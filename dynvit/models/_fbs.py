@@ -94,8 +94,7 @@ class GateTrace:
     addressed by the gate's position in the model, so a block re-run by activation
     checkpointing overwrites its own."""
 
-    def __init__(self, num_gates: int, batch: int, decisions: Optional[Sequence[torch.Tensor]] = None) -> None:
-        self.batch = batch
+    def __init__(self, num_gates: int, decisions: Optional[Sequence[torch.Tensor]] = None) -> None:
         self.decisions = decisions
         self.indices: List[Optional[torch.Tensor]] = [None] * num_gates
         self.saliency: List[Optional[torch.Tensor]] = [None] * num_gates
@@ -268,7 +267,7 @@ class FBSModel(DynamicModel):
 
     Subclasses call ``_init_fbs(density, execution)`` at the end of ``__init__`` and write
     ``forward_features(x, decisions, return_aux)`` between ``_start_trace`` and ``_end_trace``.
-    The MACs are counted during the pass, block by block from the shapes each computed.
+    The pass records the shapes each block computed; the MACs are counted from them after it.
     """
     family = 'FBS'
     sparsity_args = ('density', 'execution')
@@ -443,7 +442,7 @@ class FBSModel(DynamicModel):
         if decisions is not None and len(decisions) != self.num_gates:
             raise ValueError(f'decisions must hold one [B, k] index tensor per gate ({self.num_gates}), '
                              f'got {len(decisions)}')
-        return GateTrace(self.num_gates, x.shape[0], decisions) if return_aux or decisions is not None else None
+        return GateTrace(self.num_gates, decisions) if return_aux or decisions is not None else None
 
     def _end_trace(self, x: torch.Tensor, trace: Optional[GateTrace], head_macs: int,
                    return_aux: bool) -> Union[torch.Tensor, Tuple[torch.Tensor, FBSAux]]:
