@@ -14,13 +14,12 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from .hub.files import _data_cfg
+from .hub.files import _data_cfg, atomic_write
 from .models import DynamicModel
 from .models._helpers import model_input_size
 
@@ -126,16 +125,9 @@ def to_onnx(model: nn.Module, path: str, batch_size: int = 1, dynamic_batch: boo
     for key, value in _metadata(model, None if dynamic_batch else batch_size, (c, h, w), aux).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + '.', suffix='.tmp')
-    os.close(fd)
-    try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path) as tmp:
         onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -1,6 +1,7 @@
 """Deployment: torch.compile of the fixed-shape inference paths as whole graphs (no graph breaks,
 no recompiles), and ONNX export run by ONNX Runtime with the PyTorch outputs."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,9 @@ def test_data_dependent_settings_are_refused_with_the_reason():
 def test_onnx_runtime_reproduces_the_pytorch_outputs(name, dynamic, tmp_path):
     model = _model(name)
     path = to_onnx(model, str(tmp_path / 'm.onnx'), batch_size=3, dynamic_batch=dynamic)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # the usual permissions, written atomically
     onnx_model = load_onnx(path)
     info = onnx_model.info
     assert info['architecture'] == name and info['sparsity'] == json.loads(json.dumps(model.sparsity_config()))

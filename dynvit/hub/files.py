@@ -1,11 +1,12 @@
 """Self-describing safetensors files: weights plus the architecture and sparsity config; reading any
 checkpoint safely; loading one through the family's ``checkpoint_filter_fn``."""
+import contextlib
 import copy
 import json
 import os
 import sys
 import tempfile
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterator, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -130,21 +131,29 @@ def save_pruned(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = N
     save_model(target, path, extra=meta, dtype=dtype)
 
 
-def save_file_atomic(tensors: Dict[str, torch.Tensor], path: str, metadata: Dict[str, str]) -> None:
-    """``safetensors.torch.save_file`` into a temporary file beside ``path``, then renamed over it:
-    a crash or an interruption leaves the previous file (or none), never a partial one."""
+@contextlib.contextmanager
+def atomic_write(path: str) -> Iterator[str]:
+    """Yields a temporary path beside ``path`` to write; renamed over ``path`` when the block ends
+    normally, removed otherwise: a crash or an interruption leaves the previous file (or none),
+    never a partial one. The file gets the usual permissions (not mkstemp's private ones)."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + '.', suffix='.tmp')
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the file gets the usual permissions
+    os.chmod(tmp, 0o666 & ~umask)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_file_atomic(tensors: Dict[str, torch.Tensor], path: str, metadata: Dict[str, str]) -> None:
+    """``safetensors.torch.save_file`` through ``atomic_write``."""
+    with atomic_write(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
 
 
 def read_state_dict(path: str, use_ema: bool = True) -> Dict[str, torch.Tensor]:
