@@ -10,8 +10,8 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
-__all__ = ['IMAGE_SUFFIXES', 'ImageReadError', 'folder_classes', 'image_folder', 'load_image', 'skip_reason', 'skipped_files',
-           'split_indices']
+__all__ = ['IMAGE_SUFFIXES', 'ImageReadError', 'folder_classes', 'image_folder', 'load_image', 'skip_reason',
+           'skipped_files', 'split_indices']
 
 # torchvision's list (what its ImageFolder reads) and GIF, which PIL reads as well
 IMAGE_SUFFIXES = tuple(IMG_EXTENSIONS) + ('.gif',)
