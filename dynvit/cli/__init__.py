@@ -6,11 +6,13 @@ examples. Exit codes: 0 success, 1 an error (named on stderr in one line), 2 bad
 """
 import argparse
 import os
+import signal
 import sys
+import threading
 from typing import List, Optional
 
 from . import compress, demo, deploy, models, training
-from ._common import EXIT_ERROR, EXIT_INTERRUPTED
+from ._common import EXIT_ERROR, EXIT_INTERRUPTED, HelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,8 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
 
     def add(name: str, help: str, examples: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, epilog=examples,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        return sub.add_parser(name, help=help, description=help, epilog=examples, formatter_class=HelpFormatter)
 
     models.add_parsers(add)
     demo.add_parsers(add)
@@ -32,9 +33,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _import_heavy_libraries() -> None:
+    """Imports torch and timm with Ctrl-C held until they are loaded, then honours it: an interrupt
+    inside an extension module's import leaves it half-loaded, and a library that catches
+    import failures broadly swallows it and goes on with a broken module (numpy's
+    'cannot load module more than once' a step later)."""
+    if threading.current_thread() is not threading.main_thread():
+        import timm  # noqa: F401 (torch with it)
+        return
+    pressed = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        import timm  # noqa: F401
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+    if pressed:
+        raise KeyboardInterrupt
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for messages that repeat the command
     try:
+        _import_heavy_libraries()
         return args.func(args)
     except KeyboardInterrupt:
         print(f'dynvit {args.command}: interrupted', file=sys.stderr)

@@ -8,6 +8,18 @@ from typing import Any, Optional
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_IMAGES_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` with the examples as written and every option's default (where it has one that
+    says something: not None, not an off switch, not already named in the help text)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ''
+        if (not action.option_strings or action.default in (None, False, argparse.SUPPRESS)
+                or 'default' in text):
+            return text
+        return f'{text} (default: %(default)s)'
+
+
 def load_model_arg(name: str, checkpoint: Optional[str] = None, pretrained: bool = False, quiet: bool = False,
                    **kwargs: Any):
     """The model a command names (``dynvit.hub.resolve_model``); a note on stderr when its weights

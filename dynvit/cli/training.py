@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ._common import EXIT_OK, fraction, int8_arg, load_model_arg, maybe_int8, positive_int, report_skipped_count
+from ._common import EXIT_OK, fraction, int8_arg, maybe_int8, positive_int, report_skipped_count
 from .models import knob_args
 
 EXAMPLES = {
@@ -29,10 +29,11 @@ EXAMPLES = {
 
 def _model_for_data(args: argparse.Namespace, num_classes: Optional[int], **sparsity):
     """The model named (or the dynvit file given) with ``--model-args``, the sparsity targets and
-    ``num_classes``; ``--checkpoint`` (or the file) provides the weights, the head reset the timm
-    way when the classes differ; an ``arch.tag`` starts from its pretrained weights, a bare arch
-    from scratch."""
+    ``num_classes``, and where its weights came from (``resolve_model``'s source); ``--checkpoint``
+    (or the file) provides the weights, the head reset the timm way when the classes differ; an
+    ``arch.tag`` starts from its pretrained weights, a bare arch from scratch."""
     import torch
+    from ..hub import resolve_model
     from ..models._helpers import model_input_size
     torch.manual_seed(args.seed)  # fresh parameters (heads, predictors, gates) start the same in every process
     kwargs = json.loads(args.model_args) if args.model_args else {}
@@ -41,7 +42,7 @@ def _model_for_data(args: argparse.Namespace, num_classes: Optional[int], **spar
     kwargs.update({k: v for k, v in sparsity.items() if v is not None})
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
-    model = load_model_arg(args.model, args.checkpoint, quiet=True, **kwargs)
+    model, source = resolve_model(args.model, args.checkpoint, **kwargs)
     for key in ('mean', 'std'):
         value = getattr(args, key, None)
         if value:
@@ -51,7 +52,7 @@ def _model_for_data(args: argparse.Namespace, num_classes: Optional[int], **spar
             raise ValueError('--img-size is for CNNs; give a ViT its size with --model-args \'{"img_size": N}\'')
         chans = model_input_size(model)[0]
         model.pretrained_cfg = {**model.pretrained_cfg, 'input_size': (chans, args.img_size, args.img_size)}
-    return model
+    return model, source
 
 
 def _external_teacher(args: argparse.Namespace, student):
@@ -90,6 +91,47 @@ def _compress_for_training(args: argparse.Namespace, model) -> None:
         apply_autoprune(model)
 
 
+def _summary(args: argparse.Namespace, trainer, source: str, classes) -> str:
+    """What a run starts from, on what data, for how long, towards which sparsity (printed at start-up)."""
+    model, cfg = trainer.model, trainer.config
+    kind, _, what = source.partition(' ')  # resolve_model's 'random', 'file PATH', 'pretrained ARCH.TAG'
+    weights = dict(random='random initialisation', file=f'the file {what}',
+                   pretrained=f'the pretrained weights of {what}')[kind]
+    had = model.pretrained_cfg.get('num_classes')
+    if source != 'random' and had and had != model.num_classes:
+        weights += f'; head reset from {had} to {model.num_classes} classes'
+    knob, target = model.sparsity_knob, '/'.join(f'{v:.4g}' for v in trainer.target)  # per stage / gate
+    if cfg.sparsity_warmup_epochs > 0 and any(v < cfg.sparsity_start for v in trainer.target):
+        sparsity = (f'{knob} {cfg.sparsity_start:.4g} -> {target} over the first {cfg.sparsity_warmup_epochs:g} '
+                    f'epoch(s)')
+    else:
+        sparsity = f'{knob} {target} from the start'
+    if cfg.gate_warmup_epochs:
+        sparsity += f'; only the sparse modules train in the first {cfg.gate_warmup_epochs} epoch(s)'
+    teacher = ('none' if not cfg.distill else f'{args.teacher} (logits)' if args.teacher
+               else 'the dense copy of the starting model')
+    rows = [('model', f'{args.model} ({model.family}), from {weights}'),
+            ('data', f'{args.data}: {len(classes)} classes, {len(trainer.train_set)} training and '
+                     f'{len(trainer.val_loader.dataset) if trainer.val_loader else 0} validation images'),
+            ('schedule', f'{cfg.epochs} epoch(s) of {trainer.steps_per_epoch} steps of {cfg.batch_size} images, '
+                         f'lr {cfg.lr:g} (warm-up {cfg.warmup_epochs:g} epoch(s), cosine)'),
+            ('sparsity', f'{sparsity} ({model.sparsity_meaning})'),
+            ('teacher', teacher),
+            ('out', f'{args.out} (train_state.safetensors, best.safetensors, log.jsonl)')]
+    return '\n'.join(f'{k:>9}: {v}' for k, v in rows)
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to continue an interrupted run: the same command with ``--resume``."""
+    import os
+    import shlex
+    if not (Path(args.out) / 'train_state.safetensors').is_file():
+        return 'no state was saved yet: run the command again to start over'
+    argv = [a for a in args.argv if a != '--resume']
+    prefix = 'torchrun ... -m dynvit' if int(os.environ.get('WORLD_SIZE', '1')) > 1 else 'dynvit'
+    return f'continue with: {prefix} {shlex.join(argv)} --resume'
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
     import torch
     from ..data import build_datasets, skipped_files
@@ -98,7 +140,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if not args.resume and (Path(args.out) / 'train_state.safetensors').exists():
         raise FileExistsError(f'{args.out} already holds a run; pass --resume to continue it or choose another --out')
-    model = _model_for_data(args, _num_classes(args), keep_ratio=args.keep_ratio, density=args.density)
+    model, source = _model_for_data(args, _num_classes(args), keep_ratio=args.keep_ratio, density=args.density)
     if args.init_gates:
         model.init_sparse_modules()
     _compress_for_training(args, model)
@@ -121,12 +163,20 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     teacher = _external_teacher(args, model) if args.teacher else None
     trainer = Trainer(model, train, val, config, out_dir=args.out, class_names=classes, progress=not args.quiet,
                       teacher=teacher)
+    if trainer.rank == 0:
+        print(_summary(args, trainer, source, classes), flush=True)
     if args.resume:
         if not trainer.resume():
             raise FileNotFoundError(f'nothing to resume in {args.out} (no train_state.safetensors)')
         if trainer.rank == 0:
-            print(f'resuming at epoch {trainer.epoch + 1}, step {trainer.step}', flush=True)
-    trainer.fit()  # Ctrl-C: the last checkpoint stays; main() reports the interruption (exit 130)
+            print(f'resuming at epoch {trainer.epoch + 1}/{config.epochs}, step {trainer.step}/'
+                  f'{trainer.steps_per_epoch}', flush=True)
+    try:
+        trainer.fit()  # Ctrl-C: the step finishes and the state is saved; main() exits 130
+    except KeyboardInterrupt:
+        if trainer.rank == 0:
+            print(_resume_hint(args), file=sys.stderr, flush=True)
+        raise
     if trainer.rank == 0:
         print(f'best validation top-1 {trainer.best_top1:.4f}; model saved to {Path(args.out) / "best.safetensors"}')
     return EXIT_OK
@@ -134,11 +184,11 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
-    from ..data import build_datasets, skipped_files
+    from ..data import build_datasets, describe_split, skipped_files
     from ..train import evaluate
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = maybe_int8(_model_for_data(args, None).eval(), args)
+    model = maybe_int8(_model_for_data(args, None)[0].eval(), args)
     _, val, classes = build_datasets(args.data, model, args.data_root, args.val_fraction, args.seed, augment=False,
                                      split=args.split)
     report_skipped_count(args.command, args.data, skipped_files(val))
@@ -148,11 +198,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         val = torch.utils.data.Subset(val, range(min(args.limit, len(val))))
     loader = torch.utils.data.DataLoader(val, batch_size=args.batch_size, num_workers=args.workers)
     metrics = evaluate(model, loader, torch.device('cpu'), progress=not args.json and sys.stderr.isatty())
+    split = describe_split(args.data, args.split, args.val_fraction, args.seed)
+    if args.limit:
+        split += f', its first {len(val)} images'
     if args.json:
-        print(json.dumps(metrics, indent=1))
+        print(json.dumps(dict(metrics, split=split), indent=1))
     else:
-        print(f'{args.model} on {args.data} ({metrics["images"]} images): top-1 {metrics["top1"]:.4f}, '
-              f'top-5 {metrics["top5"]:.4f}, {metrics["mean_macs"] / 1e9:.4f} GMACs per image, '
+        top5 = f'top-5 {metrics["top5"]:.4f}, ' if 'top5' in metrics else ''
+        print(f'{args.model} on {args.data}, {split} ({metrics["images"]} images): top-1 {metrics["top1"]:.4f}, '
+              f'{top5}{metrics["mean_macs"] / 1e9:.4f} GMACs per image, '
               f'{metrics["saved_fraction"]:.1%} of the dense MACs saved, keep rate {metrics["keep_rate"]:.3f}')
     return EXIT_OK
 
@@ -172,9 +226,9 @@ def add_parsers(add) -> None:
         p.add_argument('--mean', type=float, nargs='+', default=None, help='normalisation mean (default: model cfg)')
         p.add_argument('--std', type=float, nargs='+', default=None, help='normalisation std (default: model cfg)')
         p.add_argument('--batch-size', type=positive_int, default=64, help='global batch size')
-        p.add_argument('--workers', type=int, default=0)
+        p.add_argument('--workers', type=int, default=0, help='DataLoader worker processes (0: load in the main process)')
         p.add_argument('--threads', type=int, default=0, help='CPU threads (default: torch\'s)')
-        p.add_argument('--seed', type=int, default=0)
+        p.add_argument('--seed', type=int, default=0, help='seed of the validation split, data order, augmentation and new parameters')
 
     p = add('finetune', 'Fine-tune a dynamic model on Fashion-MNIST or an image folder (resumable; torchrun for DDP).',
             EXAMPLES['finetune'])
@@ -182,12 +236,12 @@ def add_parsers(add) -> None:
     p.add_argument('--out', required=True, help='run folder: train_state.safetensors, best.safetensors, log.jsonl')
     p.add_argument('--resume', action='store_true', help='continue the run in --out')
     knob_args(p, target=True)
-    p.add_argument('--epochs', type=positive_int, default=10)
-    p.add_argument('--lr', type=float, default=5e-4)
+    p.add_argument('--epochs', type=positive_int, default=10, help='passes over the training images')
+    p.add_argument('--lr', type=float, default=5e-4, help='peak learning rate (AdamW)')
     p.add_argument('--sparse-lr', type=float, default=None, help='lr of keep predictors / gates (default: --lr)')
-    p.add_argument('--weight-decay', type=float, default=0.05)
-    p.add_argument('--warmup-epochs', type=float, default=1.0)
-    p.add_argument('--label-smoothing', type=float, default=0.0)
+    p.add_argument('--weight-decay', type=float, default=0.05, help='AdamW weight decay (not on norms and biases)')
+    p.add_argument('--warmup-epochs', type=float, default=1.0, help='linear learning-rate warm-up, then cosine decay')
+    p.add_argument('--label-smoothing', type=float, default=0.0, help='cross-entropy label smoothing')
     p.add_argument('--sparsity-start', type=fraction, default=1.0, help='keep ratio / density the schedule starts at')
     p.add_argument('--sparsity-warmup-epochs', type=float, default=0.0, help='epochs to reach the target sparsity')
     p.add_argument('--gate-warmup-epochs', type=int, default=0, help='FBS: epochs training only the gates')
@@ -207,13 +261,14 @@ def add_parsers(add) -> None:
     p.add_argument('--distill-temperature', type=float, default=1.0, help='its temperature T (scaled by T^2)')
     p.add_argument('--teacher', help='distil (logits) from this pretrained model (arch.tag or dynvit file) '
                                      'instead of the dense copy of the starting model')
-    p.add_argument('--amp', default='auto', choices=['auto', 'off', 'bf16', 'fp16'])
-    p.add_argument('--grad-clip', type=float, default=None)
+    p.add_argument('--amp', default='auto', choices=['auto', 'off', 'bf16', 'fp16'],
+                   help='mixed precision (auto: bf16 on CUDA, off on the CPU)')
+    p.add_argument('--grad-clip', type=float, default=None, help='clip the gradient norm to this (default: no clipping)')
     p.add_argument('--aug-scale', type=float, default=None, help='smallest random-resized-crop area (timm: 0.08)')
-    p.add_argument('--no-color-jitter', action='store_true')
+    p.add_argument('--no-color-jitter', action='store_true', help='no colour jitter in the training augmentation')
     p.add_argument('--no-aug', action='store_true', help='no training augmentation')
     p.add_argument('--max-train-images', type=int, default=0, help='use the first N training images')
-    p.add_argument('--quiet', action='store_true', help='no progress bar or epoch lines')
+    p.add_argument('--quiet', action='store_true', help='no progress bar (the start-up summary and the per-epoch lines stay)')
     p.set_defaults(func=_cmd_finetune)
 
     p = add('eval', 'Top-1/top-5 and the MACs per image of a model on Fashion-MNIST or an image folder.',
@@ -223,5 +278,5 @@ def add_parsers(add) -> None:
                    help="'val': the held-out part of the training data; 'test': Fashion-MNIST's test set")
     p.add_argument('--limit', type=int, default=0, help='evaluate the first N images')
     int8_arg(p)
-    p.add_argument('--json', action='store_true')
+    p.add_argument('--json', action='store_true', help='print the metrics as JSON')
     p.set_defaults(func=_cmd_eval)

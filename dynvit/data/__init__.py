@@ -12,4 +12,4 @@ from .folders import (
     split_indices,
 )
 from .transforms import SeededAugmentation, model_norm, model_transform
-from .build import build_datasets
+from .build import build_datasets, describe_split

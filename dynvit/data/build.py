@@ -1,14 +1,31 @@
 """Training, validation and test sets by name: 'fashion-mnist' or a folder of images."""
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch.nn as nn
 from torch.utils.data import Dataset, Subset
 
 from .fashion_mnist import FashionMNIST
-from .folders import image_folder, split_indices
+from .folders import _has_train_val, image_folder, split_indices
 from .transforms import model_transform
 
-__all__ = ['build_datasets']
+__all__ = ['build_datasets', 'describe_split']
+
+
+def _is_fashion_mnist(data: str) -> bool:
+    return data.lower().replace('_', '-') == 'fashion-mnist'
+
+
+def describe_split(data: str, split: str = 'val', val_fraction: float = 0.1, seed: int = 0) -> str:
+    """In words, which images ``build_datasets(data, ..., split=split)`` returns as its second set
+    (what ``dynvit eval`` scores)."""
+    if _is_fashion_mnist(data):
+        if split == 'test':
+            return "Fashion-MNIST's test split"
+        return f"the validation split: {val_fraction:.0%} of Fashion-MNIST's training split held out (seed {seed})"
+    if _has_train_val(Path(data)):
+        return f'the validation split: the images in {Path(data) / "val"}'
+    return f'the validation split: {val_fraction:.0%} of the images of every class held out (seed {seed})'
 
 
 def build_datasets(
@@ -40,7 +57,7 @@ def build_datasets(
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
     train_tf = model_transform(model, is_training=augment, train_kwargs=train_kwargs)
     val_tf = model_transform(model, is_training=False)
-    if data.lower().replace('_', '-') == 'fashion-mnist':
+    if _is_fashion_mnist(data):
         train = FashionMNIST(data_root, 'train', train_tf)
         train_idx, val_idx = split_indices(train.targets.tolist(), val_fraction, seed)
         if split == 'test':

@@ -11,6 +11,7 @@ import json
 from contextlib import nullcontext
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -31,6 +32,7 @@ from ..hub import save_pruned
 from ..losses import ObjectiveConfig
 from ..models import DynamicModel
 from .checkpoint import load_training_state, save_training_state
+from .interrupt import StopRequest
 from .teacher import ExternalTeacher
 
 __all__ = ['TrainConfig', 'Trainer', 'evaluate', 'EpochBatchSampler']
@@ -154,7 +156,10 @@ class EpochBatchSampler(Sampler):
         if global_batch % world:
             raise ValueError(f'the batch size {global_batch} must be divisible by the {world} processes')
         if n < global_batch:
-            raise ValueError(f'the training set has {n} images, fewer than one batch of {global_batch}')
+            fits = n - n % world
+            raise ValueError(f'the training set has {n} images, fewer than one batch of {global_batch}: lower the '
+                             f'batch size (--batch-size {fits} or less)' if fits else
+                             f'the training set has {n} images, fewer than one per process ({world})')
         self.n, self.global_batch, self.seed, self.rank, self.world = n, global_batch, seed, rank, world
         self.epoch, self.start = 0, 0
 
@@ -178,15 +183,18 @@ class EpochBatchSampler(Sampler):
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
              autocast: Optional[Callable] = None, progress: bool = False) -> Dict[str, float]:
-    """Top-1, top-5, mean loss, mean MACs per image and the fraction saved, over ``loader``
-    (summed over all processes when distributed); ``progress`` shows a tqdm bar."""
+    """Top-1, top-5 (for 6 classes or more), mean loss, mean MACs per image and the fraction
+    saved, over ``loader`` (summed over all processes when distributed); ``progress`` shows a
+    tqdm bar."""
     model.eval()
     sums = torch.zeros(7, dtype=torch.float64, device=device)  # n, top1, top5, loss, macs, dense, kept
+    num_classes = None
     for x, y in tqdm(loader, desc='eval', unit='batch', disable=not progress, leave=False):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with (autocast or nullcontext)():
             logits, aux = model(x, return_aux=True)
         _check_targets(y, logits.shape[1])
+        num_classes = logits.shape[1]
         top = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
         sums += torch.stack([
             torch.tensor(float(len(y)), device=device, dtype=torch.float64),
@@ -200,9 +208,12 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sums)
     n = max(sums[0].item(), 1.0)
-    return dict(top1=sums[1].item() / n, top5=sums[2].item() / n, loss=sums[3].item() / n,
-                mean_macs=sums[4].item() / n, saved_fraction=1.0 - sums[4].item() / max(sums[5].item(), 1.0),
-                keep_rate=sums[6].item() / n, images=int(sums[0].item()))
+    metrics = dict(top1=sums[1].item() / n, top5=sums[2].item() / n, loss=sums[3].item() / n,
+                   mean_macs=sums[4].item() / n, saved_fraction=1.0 - sums[4].item() / max(sums[5].item(), 1.0),
+                   keep_rate=sums[6].item() / n, images=int(sums[0].item()))
+    if num_classes is not None and num_classes < 6:  # top-5 of 5 classes or fewer is always 1
+        del metrics['top5']
+    return metrics
 
 
 def _check_targets(y: torch.Tensor, num_classes: int) -> None:
@@ -225,6 +236,7 @@ class Trainer:
         class_names: Stored with the exported best model.
         device: Default: CUDA (the local rank's GPU under torchrun) if available, else CPU.
         progress: Show a tqdm progress bar (rank 0).
+        log_epochs: Print one line per epoch: training and validation metrics (rank 0).
         teacher: Distil from this model instead of the dense copy of ``model`` (an
             ``ExternalTeacher``, e.g. a CNN for a ViT trained from scratch; logits only).
     """
@@ -232,9 +244,10 @@ class Trainer:
     def __init__(self, model: nn.Module, train_set: Dataset, val_set: Optional[Dataset], config: TrainConfig,
                  out_dir: str = '', class_names: Optional[Sequence[str]] = None,
                  device: Optional[torch.device] = None, progress: bool = True,
-                 teacher: Optional[nn.Module] = None) -> None:
+                 teacher: Optional[nn.Module] = None, log_epochs: bool = True) -> None:
         config.check()
         self.config, self.out_dir, self.progress = config, Path(out_dir) if out_dir else None, progress
+        self.log_epochs = log_epochs
         self.class_names = list(class_names) if class_names is not None else None
         self.rank, self.world, local_rank = _distributed_setup()
         if device is None:
@@ -281,6 +294,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
                 find_unused_parameters=True)
         self.epoch, self.step, self.best_top1 = 0, 0, -1.0
+        self._saved_at: Optional[str] = None  # where the last saved state stands (for messages)
         self.history: List[Dict[str, Any]] = []
         self._sums = torch.zeros(5, dtype=torch.float64)  # this epoch so far: images, correct, loss, kept, saved
 
@@ -333,6 +347,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_training_state(str(self.out_dir / STATE_FILE), self.model, self.optimizer, self.scheduler,
                                 self._progress_state())
+            self._saved_at = f'epoch {self.epoch + 1}/{self.config.epochs}, step {self.step}/{self.steps_per_epoch}'
 
     def resume(self, path: Optional[str] = None) -> bool:
         """Continues from ``path`` (default: this run's ``train_state.safetensors``); False if there is none."""
@@ -351,27 +366,55 @@ class Trainer:
     def fit(self, on_step: Optional[Callable[['Trainer'], None]] = None) -> List[Dict[str, Any]]:
         """Trains from the current position to ``config.epochs``; returns the per-epoch log.
 
-        On Ctrl-C (KeyboardInterrupt) the state is saved before the interrupt propagates, so
-        ``resume()`` continues from the last finished step.
+        Ctrl-C (SIGINT) lets the running step finish, then saves the state and raises
+        KeyboardInterrupt, so ``resume()`` continues exactly as the uninterrupted run would
+        (weights, BatchNorm statistics, optimizer, random states); during validation it stops at
+        once (nothing has changed). A KeyboardInterrupt raised by ``on_step`` saves the same way.
+        A second Ctrl-C stops at once and keeps the last saved state.
 
         Args:
             on_step: Called after every optimizer step (for tests and custom logging).
         """
-        try:
-            while self.epoch < self.config.epochs:
-                self._train_epoch(on_step)
-                metrics = self._end_epoch()
-                if self.rank == 0 and self.progress:
-                    print(_epoch_line(metrics), flush=True)
-            return self.history
-        except KeyboardInterrupt:
-            self.save_state()
-            if self.rank == 0 and self.out_dir is not None:
-                print(f'\ninterrupted at epoch {self.epoch} step {self.step}; state saved to '
-                      f'{self.out_dir / STATE_FILE}; continue with resume', flush=True)
-            raise
+        with StopRequest() as stop:
+            try:
+                while self.epoch < self.config.epochs:
+                    self._train_epoch(on_step, stop)
+                    if self.step < self.steps_per_epoch:  # stopped between two steps
+                        raise KeyboardInterrupt
+                    metrics = self._end_epoch(stop)
+                    if self.rank == 0 and self.log_epochs:
+                        print(_epoch_line(metrics), flush=True)
+                    if stop.requested and self.epoch < self.config.epochs:
+                        raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                self._stopped(stop.forced)
+                raise
+        return self.history
 
-    def _train_epoch(self, on_step) -> None:
+    def _stopped(self, forced: bool) -> None:
+        """Saves the state after an interruption at a step boundary (not after a forced one, which
+        may have come mid-step) and says where the run stands, in the progress bar's numbering."""
+        if not forced:
+            self.save_state()
+        if self.rank != 0 or self.out_dir is None:
+            return
+        where = f'epoch {self.epoch + 1}/{self.config.epochs}, step {self.step}/{self.steps_per_epoch}'
+        if forced:
+            print(f'stopped mid-step; the state saved at {self._saved_at or "no point yet"} stays in '
+                  f'{self.out_dir / STATE_FILE}', file=sys.stderr, flush=True)
+        else:
+            print(f'stopped at {where}; state saved to {self.out_dir / STATE_FILE}', file=sys.stderr, flush=True)
+
+    def _stop_here(self, stop: StopRequest) -> bool:
+        """Whether to stop at this step boundary; under torchrun every process stops at the same step."""
+        if self.world == 1:
+            return stop.requested
+        flag = torch.tensor([float(stop.requested)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _train_epoch(self, on_step: Optional[Callable[['Trainer'], None]], stop: StopRequest) -> None:
+        """Trains the rest of this epoch, or up to the step boundary where a stop was requested."""
         cfg, model = self.config, self.model
         self.sampler.set_epoch(self.epoch, self.step)
         self.train_set.set_epoch(self.epoch)
@@ -385,8 +428,7 @@ class Trainer:
         sums = self._sums
         for x, y in self.loader:
             if cfg.sparsity_warmup_epochs > 0:  # else the model stays at its target
-                frac = (self.epoch + self.step / self.steps_per_epoch) / cfg.sparsity_warmup_epochs
-                model.set_sparsity_level(_schedule_level(self.target, cfg.sparsity_start, frac))
+                model.set_sparsity_level(self._scheduled_level(self.step))
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             _check_targets(y, model.num_classes)
             with (self.autocast or nullcontext)():
@@ -425,8 +467,18 @@ class Trainer:
                 bar.update()
             if on_step is not None:
                 on_step(self)
+            if self._stop_here(stop):
+                break
         if bar is not None:
             bar.close()
+
+    def _scheduled_level(self, step: int) -> Tuple[float, ...]:
+        """The sparsity schedule's level at ``step`` of this epoch (the target once warmed up)."""
+        warmup = self.config.sparsity_warmup_epochs
+        if warmup <= 0:
+            return tuple(self.target)
+        frac = (self.epoch + step / self.steps_per_epoch) / warmup
+        return _schedule_level(self.target, self.config.sparsity_start, frac)
 
     def _bar(self):
         if self.rank != 0 or not self.progress:
@@ -434,7 +486,7 @@ class Trainer:
         return tqdm(total=self.steps_per_epoch, initial=self.step, desc=f'epoch {self.epoch + 1}/{self.config.epochs}',
                     leave=False, dynamic_ncols=True)
 
-    def _end_epoch(self) -> Dict[str, Any]:
+    def _end_epoch(self, stop: StopRequest) -> Dict[str, Any]:
         sums = self._sums.clone()
         if self.world > 1:
             sums = sums.to(self.device)
@@ -443,15 +495,16 @@ class Trainer:
         n = max(sums[0].item(), 1.0)
         metrics = dict(epoch=self.epoch + 1, train_loss=sums[2].item() / n, train_acc=sums[1].item() / n,
                        train_keep_rate=sums[3].item() / n, train_saved_fraction=sums[4].item() / n,
-                       lr=self.optimizer.param_groups[0]['lr'], train_sparsity=list(self.model.sparsity_level),
+                       lr=self.optimizer.param_groups[0]['lr'], train_sparsity=list(self._scheduled_level(self.step - 1)),
                        sparsity=list(self.target))
         if masked_layers(self.model):  # pruned weights (magnitude masks or AutoPrune scores)
             metrics['weight_sparsity'] = weight_sparsity(self.model).overall
         # validation, and the best model exported, at the target sparsity even while the schedule ramps
         self.model.set_sparsity_level(self.target)
         if self.val_loader is not None:
-            metrics.update({f'val_{k}': v for k, v in evaluate(self.model, self.val_loader, self.device,
-                                                                  self.autocast).items()})
+            with stop.immediate():  # validation changes no state: Ctrl-C may stop it at once
+                val = evaluate(self.model, self.val_loader, self.device, self.autocast)
+            metrics.update({f'val_{k}': v for k, v in val.items()})
         self.history.append(metrics)
         self.epoch, self.step = self.epoch + 1, 0
         if self.rank == 0 and self.out_dir is not None:
@@ -518,6 +571,7 @@ def _epoch_line(m: Dict[str, Any]) -> str:
     line = (f'epoch {m["epoch"]}: train loss {m["train_loss"]:.4f} acc {m["train_acc"]:.4f} '
             f'keep {m["train_keep_rate"]:.3f} saved {m["train_saved_fraction"]:.1%}')
     if 'val_top1' in m:
-        line += (f' | val top-1 {m["val_top1"]:.4f} top-5 {m["val_top5"]:.4f} GMACs {m["val_mean_macs"] / 1e9:.4f} '
+        top5 = f' top-5 {m["val_top5"]:.4f}' if 'val_top5' in m else ''
+        line += (f' | val top-1 {m["val_top1"]:.4f}{top5} GMACs {m["val_mean_macs"] / 1e9:.4f} '
                  f'saved {m["val_saved_fraction"]:.1%}')
     return line
