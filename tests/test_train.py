@@ -311,6 +311,13 @@ def test_cli_finetune_interrupted_anywhere_resumes_to_the_state_of_an_uninterrup
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(r.stdout)
     assert report['straight']['code'] == 0
+    # the start-up summary, and the epoch lines kept under --quiet (no top-5 with 3 classes)
+    out = report['straight']['stdout']
+    assert 'model: test_fbs_resnet (FBS), from random initialisation' in out
+    assert f'data: {folder}: 3 classes, 27 training and 9 validation images' in out
+    assert 'schedule: 2 epoch(s) of 4 steps of 6 images' in out and 'density 1 -> 0.5 over the first 1 epoch(s)' in out
+    assert 'teacher: none' in out
+    assert out.count('| val top-1 ') == 2 and 'top-5' not in out
 
     def run_state(name):
         path = str(tmp_path / name / 'train_state.safetensors')
@@ -355,3 +362,20 @@ def test_cli_ctrl_c_during_start_up_is_one_line(folder, tmp_path):
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130 and err.strip() in ('dynvit finetune: interrupted', 'dynvit: interrupted'), err
     assert not (tmp_path / 'run' / 'train_state.safetensors').exists()
+
+
+def test_cli_finetune_and_eval_say_what_they_do(folder, tmp_path):
+    """finetune: a training set smaller than one batch names a batch size that fits, --help shows
+    the defaults; eval names the split it scores and prints no top-5 for fewer than 6 classes."""
+    from test_cli import cli
+    r = cli('finetune', 'test_fbs_resnet', '--data', str(folder), '--out', str(tmp_path / 'big'), '--batch-size', '64')
+    assert r.returncode == 1 and 'fewer than one batch of 64: lower the batch size (--batch-size 33 or less)' \
+        in r.stderr, r.stderr
+    r = _cli('finetune', '--help')  # a subprocess: no torch to load, fast
+    assert '(default: 64)' in ' '.join(r.stdout.split()) and '(default: 0.0005)' in r.stdout
+    model = dynvit.create_model('test_fbs_resnet', num_classes=3)
+    dynvit.save_model(model, str(tmp_path / 'm.safetensors'))
+    r = cli('eval', str(tmp_path / 'm.safetensors'), '--data', str(folder), '--val-fraction', '0.25')
+    assert r.returncode == 0, r.stderr
+    assert (f'on {folder}, the validation split: 25% of the images of every class held out (seed 0) (9 images): '
+            f'top-1') in r.stdout and 'top-5' not in r.stdout
