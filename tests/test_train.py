@@ -373,6 +373,11 @@ def test_cli_finetune_and_eval_say_what_they_do(folder, tmp_path):
         in r.stderr, r.stderr
     r = _cli('finetune', '--help')  # a subprocess: no torch to load, fast
     assert '(default: 64)' in ' '.join(r.stdout.split()) and '(default: 0.0005)' in r.stdout
+    dynvit.save_model(dynvit.create_model('test_fbs_resnet'), str(tmp_path / 'ten.safetensors'))
+    r = cli('finetune', 'test_fbs_resnet', '--checkpoint', str(tmp_path / 'ten.safetensors'), '--data', str(folder),
+            '--out', str(tmp_path / 'run'), '--epochs', '1', '--batch-size', '11', '--quiet')
+    assert r.returncode == 0, r.stderr
+    assert f'from the file {tmp_path / "ten.safetensors"}; head reset from 10 to 3 classes' in r.stdout
     model = dynvit.create_model('test_fbs_resnet', num_classes=3)
     dynvit.save_model(model, str(tmp_path / 'm.safetensors'))
     r = cli('eval', str(tmp_path / 'm.safetensors'), '--data', str(folder), '--val-fraction', '0.25')
