@@ -17,6 +17,7 @@ from ._common import (
     positive_int,
     probability,
     report_skipped,
+    setting_text,
 )
 
 EXAMPLES = {
@@ -210,9 +211,10 @@ def _write_picture(preds, path: str, size: int, title: str) -> None:
 
 
 def _title(args: argparse.Namespace, model) -> str:
+    """The picture's title: 'MODEL: keep_ratio 0.65 / 0.4225 / 0.274625, mode topk, ...'."""
     config = model.sparsity_config()
     shown = {k: v for k, v in config.items() if k in (model.sparsity_knob, 'mode', 'threshold') and v is not None}
-    return f'{args.model}  ' + ', '.join(f'{k} {v}' for k, v in shown.items())
+    return f'{args.model}: ' + ', '.join(f'{k} {setting_text(v)}' for k, v in shown.items())
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
