@@ -109,14 +109,22 @@ def _covering_font_file(chars: str) -> Optional[str]:
     return path if all(_has_glyph(_font(10, path), c) for c in chars) else None
 
 
+def _visible(char: str) -> str:
+    """``char``, a space for other spaces (no-break, tab, newline), ``?`` for other invisible characters."""
+    if char.isprintable():
+        return char
+    return ' ' if char.isspace() else '?'
+
+
 def _drawable(text: str, px: int) -> Tuple[str, Font]:
     """``text`` as it will be drawn and the font to draw it in, ``px`` pixels high.
 
-    The text is NFC-normalised (macOS writes file names decomposed) and control characters become
-    ``?``. When the picture's font (``_font``) lacks some of its characters, the whole text is
-    drawn in a system font that has them all (``_covering_font_file``), else they become ``?``.
+    The text is NFC-normalised (macOS writes file names decomposed) and its invisible characters
+    made visible (``_visible``). When the picture's font (``_font``) lacks some of its characters,
+    the whole text is drawn in a system font that has them all (``_covering_font_file``), else
+    they become ``?``.
     """
-    text = ''.join(c if c.isprintable() else '?' for c in unicodedata.normalize('NFC', text))
+    text = ''.join(_visible(c) for c in unicodedata.normalize('NFC', text))
     font = _font(px)
     missing = ''.join(sorted({c for c in text if not _has_glyph(font, c)}))
     if not missing:
@@ -318,8 +326,8 @@ def _legend(preds: Sequence[Prediction], px: int) -> List[Tuple[Swatch, str]]:
         span = f'{min(channels)}' if min(channels) == max(channels) else f'{min(channels)}-{max(channels)}'
         items += [(Image.new('RGB', (box, box), _KEPT), 'kept channel'),
                   (Image.new('RGB', (box, box), _SKIPPED), 'skipped channel'),
-                  (None, f'map: one row per gated layer ({max(len(p.total) for p in cnn)}, the first on top); a row\'s '
-                         f'{span} channels spread over its width, a pixel\'s shade the fraction of them kept')]
+                  (None, f'map: a row per gated layer ({max(len(p.total) for p in cnn)}, the first on top), its {span} '
+                         f'channels spread over the width, a pixel shaded by the fraction of them kept')]
     return items
 
 

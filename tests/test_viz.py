@@ -68,7 +68,7 @@ def test_header_wraps_inside_the_picture_with_clean_numbers():
 
 
 def test_names_in_any_script_are_drawn_readably():
-    assert viz._drawable('a\nb\u200b.png', 12)[0] == 'a?b?.png'  # control and invisible characters
+    assert viz._drawable('a\nb\xa0c\u200b\x07.png', 12)[0] == 'a b c??.png'  # spaces, invisible characters
     for name in ('Ünïcödé.jpg', 'café_猫.png'):
         text, font = viz._drawable(unicodedata.normalize('NFD', name), 12)  # macOS file names are decomposed
         assert all(viz._has_glyph(font, c) for c in text)  # no "missing glyph" boxes

@@ -345,8 +345,8 @@ def add_parsers(add) -> None:
     p.add_argument('--json', action='store_true')
     p.set_defaults(func=_cmd_predict)
 
-    p = add('viz', 'Draw a grid: each image with the tokens dropped at each stage greyed out (ViTs) or the '
-                   'channels kept per gated layer (CNNs).', EXAMPLES['viz'])
+    p = add('viz', 'Draw a grid: each image with the patches dropped at each stage marked (ViTs: dimmed, tinted, '
+                   'hatched) or a map of the channels each gated layer kept (CNNs), under a legend.', EXAMPLES['viz'])
     p.add_argument('model', help='arch.tag, arch, or a dynvit .safetensors file')
     p.add_argument('images', nargs='+', help='image files or folders')
     _sparsity_args(p)
