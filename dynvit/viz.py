@@ -290,7 +290,7 @@ def prediction_row(pred: Prediction, size: int = 112) -> Image.Image:
 
     Args:
         pred: The image's prediction (``dynvit.predict.predict_images``; CNNs need its channel masks).
-        size: Panel height in pixels (a channel map with more than a third as many layers is taller).
+        size: Panel height in pixels (a channel map gets at least 3 pixels per gated layer).
     """
     panels, titles = _panels(pred, size)
     px = _text_px(size)
