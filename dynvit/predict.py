@@ -32,7 +32,8 @@ class Prediction:
             gated layer kept.
         total: Patches (ViTs) or channels per gated layer (CNNs) ``kept`` is counted out of.
         macs: Multiply-accumulates the image cost; ``dense_macs`` without sparsification.
-        stage_masks: ViTs: per stage, which patches (row-major over ``grid``) were kept.
+        stage_masks: Per stage (``kept``'s entries), which units the image kept: ViTs, the patches
+            (row-major over ``grid``); CNNs, each gated layer's channels. Not in ``to_json``.
         grid: ViTs: the patch grid ``(rows, cols)``.
         input: The model's input image, de-normalised to [0, 1] ``[C, H, W]`` (for pictures).
     """
@@ -55,6 +56,7 @@ class Prediction:
         return self.grid is None
 
     def to_json(self) -> dict:
+        """The prediction as JSON values: top-k, counts and MACs (not the masks or the input image)."""
         return dict(image=self.source, topk=[dict(index=i, label=n, prob=round(p, 6)) for i, n, p in self.topk],
                     kept=self.kept, out_of=self.total, macs=self.macs, dense_macs=self.dense_macs,
                     saved_fraction=round(self.saved_fraction, 6))
@@ -139,7 +141,7 @@ def predict_images(model: nn.Module, images: Sequence[Tuple[str, Image.Image]], 
         p, idx = probs.topk(min(topk, probs.shape[-1]), dim=-1)
         macs, kept = aux.macs.tolist(), aux.kept.tolist()
         pixels = (x.cpu() * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)).clamp(0, 1)
-        masks = aux.kept_masks if aux.grid is not None else []  # patch pictures; channels: bars of the counts
+        masks = aux.kept_masks  # per stage [B, kept_of[s]]: the patches or channels each image kept
         for b, (source, _) in enumerate(chunk):
             out.append(Prediction(
                 source=source,

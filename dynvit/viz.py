@@ -1,11 +1,26 @@
 """Pictures of what a dynamic model kept, drawn with PIL (no plotting library needed).
 
-Token-sparse ViTs: the model's input, then one panel per pruning stage with the patches dropped
-by then greyed out, as in the DynamicViT paper's figure (arXiv:2106.02034, Fig. 5); for Evo-ViT
-the greyed patches are those that only got the representative token's update. Channel-gated
-CNNs (FBS): the input and one bar per gated layer showing the fraction of its channels kept.
+Token-sparse ViTs: the model's input, then one panel per pruning stage in which the patches that
+stage did not keep are dimmed, tinted purple and hatched, so that they stand out on dark, light and
+grey photos alike (as in the DynamicViT paper's figure, arXiv:2106.02034, Fig. 5); for Evo-ViT
+the marked patches are those that only got the representative token's update. Channel-gated
+CNNs (FBS): the input and a map of the channels each gated layer kept for that image, one row per
+gated layer (the first on top); a row's channels, whatever their number, are stretched or
+squeezed to the map's width, so a pixel that covers several channels has the shade of the
+fraction of them kept. Each grid starts with a header: the title, wrapped to the picture's width,
+and a legend.
+
+Text is drawn in DejaVu Sans when the system has it (most Linux systems; see ``_font_file``), which
+covers Latin, Greek, Cyrillic and many symbols; else in PIL's own font (ASCII only). A character
+the font lacks is drawn in a system font that has all the characters of its label when
+fontconfig finds one (e.g. a CJK font for ``café_猫.png``), else as ``?``; a label too long for its
+place is shortened with an ellipsis, never cut by the picture's edge.
 """
-from typing import List, Sequence
+import functools
+import re
+import subprocess
+import unicodedata
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -14,10 +29,191 @@ from .predict import Prediction
 
 __all__ = ['prediction_row', 'prediction_grid']
 
-_TEXT, _BG, _BAR, _BAR_BG = (20, 20, 20), (255, 255, 255), (46, 110, 180), (220, 220, 220)
-_LINE = 13  # text line height of PIL's default font
+_TEXT, _BG = (20, 20, 20), (255, 255, 255)
+_KEPT, _SKIPPED = (46, 110, 180), (222, 222, 222)  # channel map
+_TINT, _HATCH, _TINT_WEIGHT, _HATCH_PITCH = (90, 20, 120), (215, 185, 230), 0.6, 6  # dropped patches
+_SWATCH_GREY = (128, 128, 128)
+_GAP = 6  # pixels between and around panels
+_FONT_FILE, _FONT_FAMILY = 'DejaVuSans.ttf', 'DejaVu Sans'
+_NO_CHAR = '\uffff'  # a noncharacter: every font draws it with its "missing glyph" box
+Font = Union[ImageFont.ImageFont, ImageFont.FreeTypeFont]
+Swatch = Optional[Image.Image]  # a legend item's coloured square
+Placed = Tuple[int, int, Swatch, List[str], Font]  # a legend item where it goes: x, y, swatch, lines, font
 
 
+# ---- fonts and text ----
+def _fontconfig(*args: str) -> str:
+    """What a fontconfig command prints ('' where fontconfig is not installed or fails)."""
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ''
+
+
+@functools.lru_cache(maxsize=None)
+def _font_file() -> Optional[str]:
+    """The file of DejaVu Sans, or None.
+
+    PIL looks for ``DejaVuSans.ttf`` in the platform's font folders (Linux: ``fonts/`` of the XDG
+    data dirs, e.g. /usr/share/fonts/truetype/dejavu/; macOS: /Library/Fonts and
+    /System/Library/Fonts; Windows: %WINDIR%/Fonts); then fontconfig is asked (``fc-match``), which
+    names DejaVu Sans or, without it, the system's usual substitute for it.
+    """
+    return _loadable(_FONT_FILE) or _loadable(_fontconfig('fc-match', '-f', '%{file}', _FONT_FAMILY))
+
+
+def _loadable(name: str) -> Optional[str]:
+    """The path of the font file ``name`` (a path, or a file name PIL finds), if PIL can load it."""
+    try:
+        return ImageFont.truetype(name, 10).path if name else None
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def _font(px: int, path: Optional[str] = None) -> Font:
+    """A font ``px`` pixels high: the file ``path`` (default: DejaVu Sans, ``_font_file``), else PIL's
+    own (scalable in Pillow >= 10.1, a fixed bitmap font before)."""
+    path = path or _font_file()
+    if path:
+        try:
+            return ImageFont.truetype(path, px)
+        except OSError:
+            pass
+    try:
+        return ImageFont.load_default(size=px)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _glyph(font: Font, char: str) -> Tuple[Tuple[int, int], bytes]:
+    mask = font.getmask(char, mode='L')
+    return mask.size, bytes(mask)
+
+
+@functools.lru_cache(maxsize=4096)
+def _has_glyph(font: Font, char: str) -> bool:
+    """Whether ``font`` draws ``char`` as itself (not as its "missing glyph" box)."""
+    if not isinstance(font, ImageFont.FreeTypeFont):  # PIL's bitmap font: Latin-1
+        return ord(char) < 256
+    return _glyph(font, char) != _glyph(font, _NO_CHAR)
+
+
+@functools.lru_cache(maxsize=256)
+def _covering_font_file(chars: str) -> Optional[str]:
+    """A system font file (fontconfig's best sans-serif match) that has all of ``chars``, or None."""
+    charset = ' '.join(f'{ord(c):x}' for c in chars)
+    path = _loadable(_fontconfig('fc-match', '-f', '%{file}', f'sans-serif:charset={charset}'))
+    if not path or path == _font_file():
+        return None
+    return path if all(_has_glyph(_font(10, path), c) for c in chars) else None
+
+
+def _visible(char: str) -> str:
+    """``char``, a space for other spaces (no-break, tab, newline), ``?`` for other invisible characters."""
+    if char.isprintable():
+        return char
+    return ' ' if char.isspace() else '?'
+
+
+def _drawable(text: str, px: int) -> Tuple[str, Font]:
+    """``text`` as it will be drawn and the font to draw it in, ``px`` pixels high.
+
+    The text is NFC-normalised (macOS writes file names decomposed) and its invisible characters
+    made visible (``_visible``). When the picture's font (``_font``) lacks some of its characters,
+    the whole text is drawn in a system font that has them all (``_covering_font_file``), else
+    they become ``?``.
+    """
+    text = ''.join(_visible(c) for c in unicodedata.normalize('NFC', text))
+    font = _font(px)
+    missing = ''.join(sorted({c for c in text if not _has_glyph(font, c)}))
+    if not missing:
+        return text, font
+    path = _covering_font_file(missing)
+    if path and all(_has_glyph(_font(px, path), c) for c in set(text)):
+        return text, _font(px, path)
+    return ''.join('?' if c in missing else c for c in text), font
+
+
+def _ellipsis(font: Font) -> str:
+    return '…' if _has_glyph(font, '…') else '...'
+
+
+def _longest(fits: Callable[[int], bool], most: int) -> int:
+    """The largest ``n`` in ``[0, most]`` with ``fits(n)`` (``fits`` true up to some ``n``, then false)."""
+    lo, hi = 0, most
+    while lo < hi:
+        n = (lo + hi + 1) // 2
+        lo, hi = (n, hi) if fits(n) else (lo, n - 1)
+    return lo
+
+
+def _shortened(text: str, font: Font, width: int, middle: bool = False) -> str:
+    """``text``, or as much of it as fits ``width`` pixels with an ellipsis at the end (``middle``:
+    in the middle, keeping a file name's start and its extension)."""
+    if font.getlength(text) <= width:
+        return text
+    dots = _ellipsis(font)
+
+    def cut(n: int) -> str:  # the text with n of its characters kept
+        head = (n + 1) // 2 if middle else n
+        return text[:head] + dots + text[len(text) - (n - head):]
+
+    return cut(_longest(lambda n: font.getlength(cut(n)) <= width, len(text) - 1))
+
+
+def _wrapped(text: str, font: Font, width: int) -> List[str]:
+    """``text`` in lines no wider than ``width`` pixels, broken after spaces; a word wider than a
+    line (a long model name) is split after its last ``_ . - /`` that fits, else where it must be."""
+    lines, line = [], ''
+    for word in re.findall(r'\S+\s*', text):
+        if line and font.getlength(line + word.rstrip()) > width:
+            lines.append(line.rstrip())
+            line = ''
+        while len(word) > 1 and font.getlength(word.rstrip()) > width:
+            n = max(1, _longest(lambda n: font.getlength(word[:n]) <= width, len(word)))
+            n = max(word.rfind(c, 0, n) for c in '_.-/') + 1 or n
+            lines.append(word[:n])
+            word = word[n:]
+        line = (line + word).lstrip()
+    return lines + ([line.rstrip()] if line.strip() else [])
+
+
+def _name_and_answer(draw: ImageDraw.ImageDraw, xy: Tuple[int, int], name: str, answer: str, px: int,
+                     width: int) -> None:
+    """Draws ``name`` then ``answer`` on one line of ``width`` pixels: the name shortened in the
+    middle to leave the answer whole, down to 40% of the line; then the answer shortened."""
+    name, name_font = _drawable(name, px)
+    answer, answer_font = _drawable(answer, px)
+    room = max(width - answer_font.getlength(answer), 0.4 * width)
+    name = _shortened(name, name_font, int(room), middle=True)
+    draw.text(xy, name, fill=_TEXT, font=name_font)
+    used = round(name_font.getlength(name))
+    draw.text((xy[0] + used, xy[1]), _shortened(answer, answer_font, width - used), fill=_TEXT, font=answer_font)
+
+
+def _text_px(size: int) -> int:
+    """The text height for panels ``size`` pixels high."""
+    return max(10, min(15, round(size * 0.12)))
+
+
+def _line_px(px: int) -> int:
+    """The height of a line of text ``px`` pixels high."""
+    return round(px * 1.35)
+
+
+def _title_band(size: int) -> int:
+    """The height of the panel titles above the panels of ``prediction_row``."""
+    return _line_px(_text_px(size)) + 2
+
+
+def _label(draw: ImageDraw.ImageDraw, xy: Tuple[int, int], text: str, px: int, width: int) -> None:
+    """Draws one line of text at ``xy``, shortened to ``width`` pixels."""
+    text, font = _drawable(text, px)
+    draw.text(xy, _shortened(text, font, width), fill=_TEXT, font=font)
+
+
+# ---- panels ----
 def _to_pil(pixels: torch.Tensor, size: int) -> Image.Image:
     """``[C, H, W]`` in [0, 1] to an RGB image ``size`` pixels high (nearest for small inputs)."""
     a = (pixels.detach().float().clamp(0, 1) * 255).round().byte()
@@ -27,70 +223,174 @@ def _to_pil(pixels: torch.Tensor, size: int) -> Image.Image:
     return image.resize((w, size), Image.NEAREST if image.height < size else Image.BILINEAR)
 
 
-def _greyed(pixels: torch.Tensor, keep: Sequence[bool], grid: Sequence[int]) -> torch.Tensor:
-    """The input with the patches not in ``keep`` faded to light grey."""
-    c, h, w = pixels.shape
-    mask = torch.tensor(keep, dtype=torch.float32).view(1, 1, *grid)
-    mask = torch.nn.functional.interpolate(mask, size=(h, w), mode='nearest')[0]
-    faded = 0.3 * pixels + 0.7 * 0.55  # mid grey: visible on dark and on light images
-    return mask * pixels + (1 - mask) * faded
+def _dropped_look(image: Image.Image) -> Image.Image:
+    """``image`` dimmed and tinted purple, with light diagonal hatching: how a dropped patch looks."""
+    out = Image.blend(image, Image.new('RGB', image.size, _TINT), _TINT_WEIGHT)
+    draw = ImageDraw.Draw(out)
+    w, h = image.size
+    for x in range(-h, w, _HATCH_PITCH):
+        draw.line((x, h - 1, x + h - 1, 0), fill=_HATCH)
+    return out
 
 
-def _short(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + '…'
+def _stage_panel(image: Image.Image, keep: Sequence[bool], grid: Tuple[int, int]) -> Image.Image:
+    """The input panel with the patches not in ``keep`` (row-major over ``grid``) marked dropped."""
+    mask = Image.new('L', (grid[1], grid[0]))
+    mask.putdata([255 if k else 0 for k in keep])
+    return Image.composite(image, _dropped_look(image), mask.resize(image.size, Image.NEAREST))
+
+
+def _channel_row(mask: Sequence[bool], width: int) -> torch.Tensor:
+    """``[width]`` the fraction of channels kept under each pixel, the channels spread over the width."""
+    m = torch.tensor(mask, dtype=torch.float32)  # [C]
+    if len(m) >= width:
+        return torch.nn.functional.adaptive_avg_pool1d(m.view(1, 1, -1), width).view(width)
+    return m[torch.arange(width) * len(m) // width]
+
+
+def _channel_map(masks: Sequence[Sequence[bool]], width: int, height: int) -> Image.Image:
+    """A row per gated layer (first on top) of the channels it kept (``_KEPT``) and skipped
+    (``_SKIPPED``), each layer's channels stretched or squeezed to ``width``; a white line between
+    rows of 3 or more pixels."""
+    frac = torch.stack([_channel_row(m, width) for m in masks])  # [L, W]
+    layer = torch.arange(height) * len(masks) // height  # [H] the layer each pixel row shows
+    rows = frac[layer]  # [H, W]
+    kept, skipped = torch.tensor(_KEPT, dtype=torch.float32), torch.tensor(_SKIPPED, dtype=torch.float32)
+    rgb = skipped + rows[..., None] * (kept - skipped)  # [H, W, 3]
+    if height >= 3 * len(masks):
+        last = torch.cat([layer[1:] != layer[:-1], torch.tensor([False])])  # [H] a layer's last pixel row
+        rgb[last] = torch.tensor(_BG, dtype=torch.float32)
+    return Image.fromarray(rgb.round().byte().numpy(), 'RGB')
+
+
+def _panels(pred: Prediction, size: int) -> Tuple[List[Image.Image], List[str]]:
+    """The panels of one image and their titles."""
+    image = _to_pil(pred.input, size)
+    panels, titles = [image], ['input']
+    if pred.is_cnn:
+        if not pred.stage_masks:
+            raise ValueError(f'{pred.source}: the prediction has no channel masks to draw')
+        panels.append(_channel_map(pred.stage_masks, 3 * size, max(size, 3 * len(pred.stage_masks))))
+        titles.append(f'{sum(pred.kept)}/{sum(pred.total)} channels kept')
+    else:
+        for s, keep in enumerate(pred.stage_masks, start=1):
+            panels.append(_stage_panel(image, keep, pred.grid))
+            titles.append(f'stage {s}: {sum(keep)}/{len(keep)}')
+    return panels, titles
+
+
+def _row_min_width(px: int) -> int:
+    """The narrowest row or header: room for about 25 characters."""
+    return 20 * px
 
 
 def prediction_row(pred: Prediction, size: int = 112) -> Image.Image:
-    """One image's picture: input, then kept tokens per stage (ViTs) or channels per layer (CNNs)."""
-    font = ImageFont.load_default()
-    panels, titles = [_to_pil(pred.input, size)], ['input']
-    if not pred.is_cnn:
-        for s, keep in enumerate(pred.stage_masks):
-            panels.append(_to_pil(_greyed(pred.input, keep, pred.grid), size))
-            titles.append(f'stage {s + 1}: {sum(keep)}/{len(keep)}')
-    else:
-        panels.append(_channel_bars(pred, 2 * size, size))
-        titles.append(f'channels kept per gated layer ({len(pred.kept)})')
-    gap, top, bottom = 6, _LINE + 4, 2 * _LINE + 6
-    width = sum(p.width for p in panels) + gap * (len(panels) + 1)
-    row = Image.new('RGB', (width, top + size + bottom), _BG)
+    """One image's picture: input, then the patches kept per stage (ViTs) or the channel map (CNNs),
+    each panel titled; below, the file name with the top class and its probability, and the MACs.
+
+    Args:
+        pred: The image's prediction (``dynvit.predict.predict_images``; CNNs need its channel masks).
+        size: Panel height in pixels (a channel map gets at least 3 pixels per gated layer).
+    """
+    panels, titles = _panels(pred, size)
+    px = _text_px(size)
+    line = _line_px(px)
+    top, height = _title_band(size), max(p.height for p in panels)
+    width = max(_row_min_width(px), sum(p.width for p in panels) + _GAP * (len(panels) + 1))
+    row = Image.new('RGB', (width, top + height + 2 * line + 6), _BG)
     draw = ImageDraw.Draw(row)
-    x = gap
+    x = _GAP
     for panel, title in zip(panels, titles):
         row.paste(panel, (x, top))
-        draw.text((x, 2), _short(title, max(4, panel.width // 6)), fill=_TEXT, font=font)
-        x += panel.width + gap
+        _label(draw, (x, 1), title, px, panel.width)
+        x += panel.width + _GAP
+    y = top + height + 3
     _, label, prob = pred.topk[0]
-    name = pred.source.replace('\\', '/').rsplit('/', 1)[-1]
-    draw.text((gap, top + size + 3), _short(f'{name}: {label} {prob:.2f}', width // 6), fill=_TEXT, font=font)
-    draw.text((gap, top + size + 3 + _LINE), f'{pred.macs / 1e6:.1f} MMACs, {pred.saved_fraction:.0%} saved',
-              fill=_TEXT, font=font)
+    _name_and_answer(draw, (_GAP, y), pred.source.replace('\\', '/').rsplit('/', 1)[-1], f': {label} {prob:.2f}',
+                     px, width - 2 * _GAP)
+    _label(draw, (_GAP, y + line), f'{pred.macs / 1e6:.1f} MMACs, {pred.saved_fraction:.0%} saved', px,
+           width - 2 * _GAP)
     return row
 
 
-def _channel_bars(pred: Prediction, width: int, height: int) -> Image.Image:
-    """One horizontal bar per gated layer: the fraction of its channels the image kept."""
-    panel = Image.new('RGB', (width, height), _BG)
-    draw = ImageDraw.Draw(panel)
-    n = max(1, len(pred.kept))
-    pitch = height / n
-    for i, (k, c) in enumerate(zip(pred.kept, pred.total)):
-        y0, y1 = round(i * pitch + 0.15 * pitch), max(round(i * pitch + 0.15 * pitch) + 1, round((i + 1) * pitch - 1))
-        draw.rectangle((0, y0, width - 1, y1), fill=_BAR_BG)
-        draw.rectangle((0, y0, max(0, round((width - 1) * k / c)), y1), fill=_BAR)
-    return panel
+# ---- header and grid ----
+def _legend(preds: Sequence[Prediction], px: int) -> List[Tuple[Swatch, str]]:
+    """The legend's items, ``(swatch or None, text)``, for the kinds of pictures in ``preds``."""
+    box, items = max(8, px - 2), []
+    if any(not p.is_cnn for p in preds):
+        grey = Image.new('RGB', (box, box), _SWATCH_GREY)
+        items += [(grey, 'kept patch'), (_dropped_look(grey), 'patch dropped by the panel\'s stage')]
+    cnn = [p for p in preds if p.is_cnn]
+    if cnn:
+        channels = [c for p in cnn for c in p.total]
+        span = f'{min(channels)}' if min(channels) == max(channels) else f'{min(channels)}-{max(channels)}'
+        items += [(Image.new('RGB', (box, box), _KEPT), 'kept channel'),
+                  (Image.new('RGB', (box, box), _SKIPPED), 'skipped channel'),
+                  (None, f'map: a row per gated layer ({max(len(p.total) for p in cnn)}, the first on top), its {span} '
+                         f'channels spread over the width, a pixel shaded by the fraction of them kept')]
+    return items
+
+
+def _legend_layout(items: Sequence[Tuple[Swatch, str]], width: int, px: int) -> Tuple[List[Placed], int]:
+    """Where each legend item goes, ``(x, y, swatch, text lines, font)``, the items flowing left to
+    right and on to the next line (an item longer than a line wrapped), and the legend's height."""
+    line, right = _line_px(px), width - _GAP
+    x, y, placed = _GAP, 0, []
+    for swatch, text in items:
+        text, font = _drawable(text, px)
+        indent = swatch.width + 4 if swatch else 0
+        needed = indent + round(font.getlength(text))
+        if x > _GAP and x + needed > right:
+            x, y = _GAP, y + line
+        lines = [text] if x + needed <= right else _wrapped(text, font, right - x - indent)
+        placed.append((x, y, swatch, lines, font))
+        if len(lines) > 1:
+            x, y = _GAP, y + line * len(lines)
+        else:
+            x += needed + 2 * px
+    return placed, y + (line if x > _GAP else 0)
+
+
+def _header(title: str, items: Sequence[Tuple[Swatch, str]], width: int, px: int) -> Image.Image:
+    """The title (one pixel larger than the labels, wrapped to ``width``) over the legend."""
+    text, font = _drawable(title, px + 1)
+    lines = _wrapped(text, font, width - 2 * _GAP) if title else []
+    title_line, line = _line_px(px + 1), _line_px(px)
+    placed, legend_height = _legend_layout(items, width, px)
+    pad = line // 2  # apart from what is above (the demo stacks grids)
+    top = pad + len(lines) * title_line
+    header = Image.new('RGB', (width, top + legend_height + 4), _BG)
+    draw = ImageDraw.Draw(header)
+    for i, text in enumerate(lines):
+        draw.text((_GAP, pad + i * title_line), text, fill=_TEXT, font=font)
+    for x, y, swatch, item_lines, item_font in placed:
+        indent = 0
+        if swatch:
+            header.paste(swatch, (x, top + y + (line - swatch.height) // 2))
+            indent = swatch.width + 4
+        for i, text in enumerate(item_lines):
+            draw.text((x + indent, top + y + i * line), text, fill=_TEXT, font=item_font)
+    return header
 
 
 def prediction_grid(preds: Sequence[Prediction], size: int = 112, title: str = '') -> Image.Image:
-    """The rows of several images stacked (with an optional title line)."""
+    """The rows of several images (``prediction_row``) stacked under a header: ``title`` (wrapped to
+    the picture's width; may be empty) and a legend of the marks.
+
+    Args:
+        preds: The images' predictions (``dynvit.predict.predict_images``).
+        size: Panel height in pixels (the text is sized after it).
+        title: The header's first line(s), e.g. the model and its settings.
+    """
     if not preds:
         raise ValueError('no predictions to draw')
-    rows: List[Image.Image] = [prediction_row(p, size) for p in preds]
-    head = _LINE + 6 if title else 0
-    grid = Image.new('RGB', (max(r.width for r in rows), head + sum(r.height for r in rows)), _BG)
-    if title:
-        ImageDraw.Draw(grid).text((6, 3), title, fill=_TEXT, font=ImageFont.load_default())
-    y = head
+    rows = [prediction_row(p, size) for p in preds]
+    px = _text_px(size)
+    width = max(r.width for r in rows)
+    header = _header(title, _legend(preds, px), width, px)
+    grid = Image.new('RGB', (width, header.height + sum(r.height for r in rows)), _BG)
+    grid.paste(header, (0, 0))
+    y = header.height
     for r in rows:
         grid.paste(r, (0, y))
         y += r.height

@@ -119,27 +119,3 @@ def test_evovit_deit_small_numbers():
     _, report = profile(model, torch.randn(1, 3, 224, 224))
     assert report.images[0].per_block == [197] * 4 + [99] * 8
     assert report.images[0].macs < image.macs
-
-
-def test_kept_token_picture_greys_out_exactly_the_dropped_patches():
-    """The picture's stage panels equal the input panel on kept patches and differ on dropped ones."""
-    import numpy as np
-    from PIL import Image
-    from dynvit.predict import predict_images
-    from dynvit.viz import prediction_row
-    torch.manual_seed(0)
-    model = dynvit.create_model('test_dynamicvit', keep_ratio=0.5).eval()  # 32 px, 8 x 8 patches, 3 stages
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
-    pred, = predict_images(model, [('x.png', image)])
-    assert pred.grid == (8, 8) and [sum(m) for m in pred.stage_masks] == pred.kept == [32, 16, 8]
-    size, gap, top = 64, 6, 17  # panel height, gap and title band of prediction_row
-    row = np.asarray(prediction_row(pred, size=size)).astype(int)
-    assert row.shape[1] == 4 * size + 5 * gap  # input + 3 stages
-    panel = lambda i: row[top:top + size, gap + i * (size + gap):gap + i * (size + gap) + size]  # noqa: E731
-    cell = size // 8
-    for s, keep in enumerate(pred.stage_masks, start=1):
-        for j, kept in enumerate(keep):
-            r, c = divmod(j, 8)
-            a = panel(0)[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell]
-            b = panel(s)[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell]
-            assert (np.array_equal(a, b)) == kept

@@ -46,6 +46,16 @@ def report_skipped_count(command: str, folder: str, skipped) -> None:
               f'{shown}', file=sys.stderr)
 
 
+def setting_text(value: Any) -> str:
+    """A setting as people write it: numbers to 6 significant digits, without float noise (0.4225,
+    not 0.42250000000000004), a sequence as ``a / b / c``."""
+    if isinstance(value, (list, tuple)):
+        return ' / '.join(setting_text(v) for v in value)
+    if isinstance(value, float):
+        return f'{value:.6g}'
+    return str(value)
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1 (a bad value is a usage error, exit code 2)."""
     try:

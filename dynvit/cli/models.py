@@ -17,6 +17,7 @@ from ._common import (
     positive_int,
     probability,
     report_skipped,
+    setting_text,
 )
 
 EXAMPLES = {
@@ -210,9 +211,10 @@ def _write_picture(preds, path: str, size: int, title: str) -> None:
 
 
 def _title(args: argparse.Namespace, model) -> str:
+    """The picture's title: 'MODEL: keep_ratio 0.65 / 0.4225 / 0.274625, mode topk, ...'."""
     config = model.sparsity_config()
     shown = {k: v for k, v in config.items() if k in (model.sparsity_knob, 'mode', 'threshold') and v is not None}
-    return f'{args.model}  ' + ', '.join(f'{k} {v}' for k, v in shown.items())
+    return f'{args.model}: ' + ', '.join(f'{k} {setting_text(v)}' for k, v in shown.items())
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -343,8 +345,8 @@ def add_parsers(add) -> None:
     p.add_argument('--json', action='store_true')
     p.set_defaults(func=_cmd_predict)
 
-    p = add('viz', 'Draw a grid: each image with the tokens dropped at each stage greyed out (ViTs) or the '
-                   'channels kept per gated layer (CNNs).', EXAMPLES['viz'])
+    p = add('viz', 'Draw a grid: each image with the patches dropped at each stage marked (ViTs: dimmed, tinted, '
+                   'hatched) or a map of the channels each gated layer kept (CNNs), under a legend.', EXAMPLES['viz'])
     p.add_argument('model', help='arch.tag, arch, or a dynvit .safetensors file')
     p.add_argument('images', nargs='+', help='image files or folders')
     _sparsity_args(p)

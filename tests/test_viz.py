@@ -1,0 +1,170 @@
+"""The prediction picture (``dynvit.viz``), checked on its pixels: the header fits, names in any
+script stay readable, dropped patches stand out on any photo, and the FBS map shows each image's
+own channels."""
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import unicodedata
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFont
+
+import dynvit
+from dynvit import viz
+from dynvit.predict import predict_images
+
+GREY = (128, 128, 128)
+
+
+def _noise(seed, size=32):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def _predict(name, images, **settings):
+    model = dynvit.create_model(name, **settings).eval()
+    return model, predict_images(model, images)
+
+
+def _ink(image):
+    """``[H, W]`` bool: the pixels that are not background."""
+    return (np.asarray(image) != viz._BG).any(-1)
+
+
+def _contains(big, small):
+    """Whether the image ``small`` appears, pixel for pixel, somewhere in ``big``."""
+    a, b = np.asarray(big), np.asarray(small)
+    windows = np.lib.stride_tricks.sliding_window_view(a, b.shape)[..., 0, :, :, :]  # [H', W', h, w, 3]
+    return bool((windows == b).all(axis=(-3, -2, -1)).any())
+
+
+def _bands(rows):
+    """The runs of True in a 1-d bool array, as ``(start, stop)``."""
+    edges = np.diff(np.concatenate([[0], rows.astype(int), [0]]))
+    return list(zip(np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]))
+
+
+def test_header_wraps_inside_the_picture_with_clean_numbers():
+    from dynvit.cli._common import setting_text
+    from dynvit.cli.models import _title
+    assert setting_text([0.65, 0.65 ** 2, 0.65 ** 3]) == '0.65 / 0.4225 / 0.274625'  # 0.65 ** 2 = 0.42250000000000004
+    model, preds = _predict('test_dynamicvit', [('a.png', _noise(0)), ('b.png', _noise(1))], keep_ratio=0.65)
+    title = _title(argparse.Namespace(model='dynamicvit_a_rather_long_model_name_patch16_224.some_tag'), model)
+    assert 'keep_ratio 0.65 / 0.4225 / 0.274625' in title and '0000' not in title
+    size = 48
+    grid = viz.prediction_grid(preds, size=size, title=title)
+    px = viz._text_px(size)
+    header = viz._header(title, viz._legend(preds, px), grid.width, px)
+    assert np.array_equal(np.asarray(grid)[:header.height], np.asarray(header))  # the grid's header
+    text, font = viz._drawable(title, px + 1)
+    assert font.getlength(title) > grid.width  # on one line it would run past the edge
+    lines = viz._wrapped(text, font, grid.width - 2 * viz._GAP)
+    assert len(lines) >= 2 and ''.join(lines).replace(' ', '') == title.replace(' ', '')  # wrapped, nothing lost
+    ink = _ink(grid)
+    assert not ink[:, -(viz._GAP - 1):].any()  # nothing drawn in the right margin
+    assert len(_bands(_ink(header).any(1))) >= len(lines) + 1  # the title's lines, then the legend
+
+
+def test_names_in_any_script_are_drawn_readably():
+    assert viz._drawable('a\nb\xa0c\u200b\x07.png', 12)[0] == 'a b c??.png'  # spaces, invisible characters
+    for name in ('Ünïcödé.jpg', 'café_猫.png'):
+        text, font = viz._drawable(unicodedata.normalize('NFD', name), 12)  # macOS file names are decomposed
+        assert all(viz._has_glyph(font, c) for c in text)  # no "missing glyph" boxes
+        assert text == name or text == name.replace('猫', '?')  # 猫 in a CJK font when the system has one
+    # a long name is shortened in the middle, the answer kept whole, nothing cut by the edge
+    _, (pred,) = _predict('test_fbs_resnet', [('x.png', _noise(0))])
+    pred = dataclasses.replace(pred, source='/photos/' + 'Ünïcödé_猫_' * 12 + 'end.jpg')
+    row = viz.prediction_row(pred, size=32)
+    assert not _ink(row)[:, -(viz._GAP - 1):].any()
+    if viz._font_file() is None:
+        pytest.skip('no DejaVu Sans on this machine (nor a substitute from fontconfig): text is drawn in '
+                    'PIL\'s own font, accented letters as ?')
+    font = viz._font(12)
+    assert isinstance(font, ImageFont.FreeTypeFont)
+    assert viz._drawable('Ünïcödé.jpg', 12) == ('Ünïcödé.jpg', font)
+    missing = viz._glyph(font, viz._NO_CHAR)
+    for accented, plain in zip('Üïöé', 'Uioe'):  # real glyphs: not the box, and not the plain letter
+        assert viz._glyph(font, accented) not in (missing, viz._glyph(font, plain))
+
+
+def test_dropped_patches_stand_out_on_a_grey_photo_and_the_legend_shows_them():
+    _, (pred,) = _predict('test_dynamicvit', [('grey.png', Image.new('RGB', (32, 32), GREY))], keep_ratio=0.5)
+    assert pred.grid == (8, 8) and [sum(m) for m in pred.stage_masks] == pred.kept == [32, 16, 8]
+    size = 64
+    row = np.asarray(viz.prediction_row(pred, size=size)).astype(int)
+    top, cell = viz._title_band(size), size // 8
+
+    def cell_pixels(panel, j):  # [cell, cell, 3]
+        x, (r, c) = viz._GAP + panel * (size + viz._GAP), divmod(j, 8)
+        return row[top + r * cell:top + (r + 1) * cell, x + c * cell:x + (c + 1) * cell]
+
+    assert (cell_pixels(0, 0) == GREY).all()
+    for s, keep in enumerate(pred.stage_masks, start=1):
+        for j, kept in enumerate(keep):
+            difference = np.abs(cell_pixels(s, j) - GREY).max(-1)  # [cell, cell] per pixel, largest channel
+            assert (difference == 0).all() if kept else (difference >= 50).all()
+    grid = viz.prediction_grid([pred], size=size)
+    items = viz._legend([pred], viz._text_px(size))
+    assert [t for _, t in items] == ['kept patch', 'patch dropped by the panel\'s stage']
+    assert all(_contains(grid, swatch) for swatch, _ in items)
+
+
+def test_kept_token_picture_marks_exactly_the_dropped_patches():
+    """On a photo, the stage panels equal the input panel on kept patches and differ on dropped ones."""
+    _, (pred,) = _predict('test_dynamicvit', [('x.png', _noise(0))], keep_ratio=0.5)  # 32 px, 8 x 8 patches
+    size, gap, top = 64, viz._GAP, viz._title_band(64)
+    row = np.asarray(viz.prediction_row(pred, size=size)).astype(int)
+    assert row.shape[1] == 4 * size + 5 * gap  # input + 3 stages
+    panel = lambda i: row[top:top + size, gap + i * (size + gap):gap + i * (size + gap) + size]  # noqa: E731
+    cell = size // 8
+    for s, keep in enumerate(pred.stage_masks, start=1):
+        for j, kept in enumerate(keep):
+            r, c = divmod(j, 8)
+            a = panel(0)[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell]
+            b = panel(s)[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell]
+            assert (np.array_equal(a, b)) == kept
+
+
+def test_channel_map_shows_each_images_own_channels():
+    assert viz._channel_row([1, 1, 0, 0, 1, 0, 1, 0], 4).tolist() == [1, 0, 0.5, 0.5]  # squeezed: fraction kept
+    assert viz._channel_row([1, 0], 4).tolist() == [1, 1, 0, 0]  # stretched
+    _, preds = _predict('test_fbs_resnet', [('a.png', _noise(0)), ('b.png', _noise(1))], density=0.5)
+    for p in preds:
+        assert [len(m) for m in p.stage_masks] == p.total and [sum(m) for m in p.stage_masks] == p.kept
+        assert 'stage_masks' not in p.to_json()
+    assert preds[0].stage_masks != preds[1].stage_masks
+    size = 48
+    top, x0, layers = viz._title_band(size), 2 * viz._GAP + size, len(preds[0].total)
+    width, height = 3 * size, max(size, 3 * layers)
+    for p in preds:  # every channel's pixels in the colour of its decision
+        image = np.asarray(viz.prediction_row(p, size=size))[top:top + height, x0:x0 + width]
+        for layer, mask in enumerate(p.stage_masks):
+            y = next(y for y in range(height) if y * layers // height == layer)
+            for j, kept in enumerate(mask):
+                x = next(x for x in range(width) if x * len(mask) // width == j)
+                assert tuple(image[y, x]) == (viz._KEPT if kept else viz._SKIPPED)
+
+
+def test_predict_draws_channel_maps_for_a_non_ascii_named_image(tmp_path):
+    _noise(0).save(tmp_path / 'café_猫.png')
+    _noise(1).save(tmp_path / 'plain.png')
+    out, size = tmp_path / 'out.png', 48
+    r = subprocess.run([sys.executable, '-m', 'dynvit', 'predict', 'test_fbs_resnet', str(tmp_path / 'café_猫.png'),
+                        str(tmp_path / 'plain.png'), '--density', '0.5', '--viz', str(out), '--json',
+                        '--size', str(size)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert [p['image'] for p in json.loads(r.stdout)['predictions']] == [str(tmp_path / n)
+                                                                         for n in ('café_猫.png', 'plain.png')]
+    picture = np.asarray(Image.open(out).convert('RGB'))
+    assert not _ink(picture)[:, -(viz._GAP - 1):].any()
+    is_map = (picture == viz._KEPT).all(-1) | (picture == viz._SKIPPED).all(-1)  # [H, W]
+    maps = [b for b in _bands(is_map.sum(1) >= size) if b[1] - b[0] > 1]  # the map's rows, layer by layer
+    starts = [maps[0][0]] + [b[0] for a, b in zip(maps, maps[1:]) if b[0] - a[1] > 3]
+    assert len(starts) == 2 and len(maps) == 2 * 8  # two images, 8 gated layers each
+    columns = np.nonzero(is_map[starts[0]])[0]
+    x0, x1 = columns.min(), columns.max() + 1
+    assert x1 - x0 == 3 * size and is_map[maps[0][0]:maps[0][1], x0:x1].all()
+    first, second = (picture[s:s + size, x0:x1] for s in starts)
+    assert not np.array_equal(first, second)  # each image its own channels
