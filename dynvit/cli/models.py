@@ -211,9 +211,11 @@ def _write_picture(preds, path: str, size: int, title: str) -> None:
 
 
 def _title(args: argparse.Namespace, model) -> str:
-    """The picture's title: 'MODEL: keep_ratio 0.65 / 0.4225 / 0.274625, mode topk, ...'."""
+    """The picture's title: 'MODEL: keep_ratio 0.65 / 0.4225 / 0.274625' (the threshold instead in
+    threshold mode)."""
     config = model.sparsity_config()
-    shown = {k: v for k, v in config.items() if k in (model.sparsity_knob, 'mode', 'threshold') and v is not None}
+    knob = 'threshold' if config.get('mode') == 'threshold' else model.sparsity_knob
+    shown = {k: v for k, v in config.items() if k in (knob, 'mode') and v is not None}
     return f'{args.model}: ' + ', '.join(f'{k} {setting_text(v)}' for k, v in shown.items())
 
 
