@@ -1,6 +1,6 @@
 """Downloaded pretrained weights without a network: a cached copy loads, anything else fails at once
-naming the source; the probe is bounded. Nothing here downloads: the hosts are ``.invalid`` or a
-closed local port."""
+naming the source; the probe is bounded; ``pretrained_info`` tells shipped, cached and download
+apart. Nothing here downloads: the hosts are ``.invalid`` or a closed local port."""
 import socket
 import time
 
@@ -10,8 +10,9 @@ from huggingface_hub import constants
 from safetensors.torch import save_file
 
 import dynvit
-from dynvit.hub import PretrainedWeightsError
+from dynvit.hub import PretrainedWeightsError, pretrained_info
 from dynvit.hub.downloads import offline_reason, share_link_cache_path
+from dynvit.models._zoo import WEIGHTS_DIR, read_card
 
 DEAD_PROXY = 'http://127.0.0.1:9'  # the discard port: nothing listens, the connection is refused at once
 
@@ -75,3 +76,19 @@ def test_the_probe_is_bounded_and_skips_local_urls(monkeypatch):
     start = time.perf_counter()
     assert offline_reason('https://slow.invalid/w.pth', timeout=0.2).endswith('(no answer within 0.2 s)')
     assert time.perf_counter() - start < 1
+
+
+def test_pretrained_info_tells_shipped_cached_and_download_apart(tmp_path, monkeypatch):
+    info = pretrained_info('fbs_resnet18.fmnist_d50')
+    card = read_card(WEIGHTS_DIR / 'fbs_resnet18.fmnist_d50.safetensors')
+    assert info['weights'] == 'shipped' and info['source'] == str(WEIGHTS_DIR / 'fbs_resnet18.fmnist_d50.safetensors')
+    assert (info['top1'], info['macs'], info['dataset']) == (card['test_top1'], card['mean_macs'], card['dataset'])
+    assert info['description'] == (f'{card["dataset"]} test top-1 {card["test_top1"]:.2%}, '
+                                   f'{card["mean_macs"] / 1e6:.2f} MMACs/image, '
+                                   f'{card["saved_fraction_vs_own_dense"]:.1%} saved')
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path))  # an empty Hugging Face cache
+    info = pretrained_info('fbs_resnet18.tv_in1k')
+    assert info['weights'] == 'download' and info['source'] == f'{constants.ENDPOINT}/timm/resnet18.tv_in1k'
+    assert 'gates untrained' in info['description'] and info['top1'] is None
+    _hub_cache(tmp_path, 'timm/resnet18.tv_in1k', 'model.safetensors', {'w': torch.zeros(1)})
+    assert pretrained_info('fbs_resnet18.tv_in1k')['weights'] == 'cached'
