@@ -81,7 +81,7 @@ def main() -> None:
     sample = accuracy(str(out), lambda tf: _Sample(tf))
     info = read_dynvit_metadata(str(out))
     card = dict(
-        name=name, architecture=info['architecture'], model_args=info['model_args'],
+        name=name, dataset='Fashion-MNIST', architecture=info['architecture'], model_args=info['model_args'],
         input_size=info['pretrained_cfg'].get('input_size'), mean=info['pretrained_cfg'].get('mean'),
         std=info['pretrained_cfg'].get('std'), storage='fp16' if use_half else 'fp32',
         test_top1=round(full['top1'], 4), test_top5=round(full['top5'], 4),
@@ -90,7 +90,7 @@ def main() -> None:
         sha256=hashlib.sha256(out.read_bytes()).hexdigest(), size_bytes=out.stat().st_size,
         training=info['extra'].get('trained_with'), command=args.command, seed=args.seed,
     )
-    text = (f'# {name}\n\nFashion-MNIST (test: all 10,000 images; no test image was used for any choice). '
+    text = (f'# {name}\n\n{card["dataset"]} (test: all 10,000 images; no test image was used for any choice). '
             f'Load it offline with `dynvit.create_model("{name}", pretrained=True)`.\n\n'
             f'- test top-1 {card["test_top1"]:.2%}, top-5 {card["test_top5"]:.2%}\n'
             f'- {card["mean_macs"] / 1e6:.2f} MMACs per image, {card["saved_fraction_vs_own_dense"]:.1%} saved vs the '

@@ -3,8 +3,10 @@
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -34,8 +36,18 @@ def test_list_json_and_pattern():
     assert r.returncode == 0
     assert json.loads(r.stdout) == ['dynamicvit_256_patch16_224', 'dynamicvit_base_patch16_224',
                                     'dynamicvit_small_patch16_224', 'dynamicvit_tiny_patch16_224']
-    r = cli('list', '--pretrained')
-    assert 'dynamicvit_small_patch16_224.deit_in1k' in r.stdout.split()
+    # the internal test_* models: with --all, or a pattern naming them
+    assert not any(n.startswith('test_') for n in cli('list').stdout.split())
+    assert 'test_dynamicvit' in cli('list', '--all').stdout.split()
+    names = cli('list', 'test_').stdout.split()
+    assert 'test_evovit' in names and all(n.startswith('test_') for n in names)
+    rows = json.loads(cli('list', '--pretrained', '--json').stdout)
+    by_name = {row['name']: row for row in rows}
+    assert by_name['dynamicvit_small_patch16_224.deit_in1k']['weights'] in ('download', 'cached')
+    kr05 = by_name['dynamicvit_tiny_patch16_224.fmnist_kr05']
+    assert kr05['weights'] == 'shipped' and 0.8 < kr05['top1'] < 1 and 0 < kr05['macs'] < 1e8
+    assert {'name', 'weights', 'source', 'description', 'dataset', 'top1', 'top5', 'macs',
+            'saved_fraction'} <= set(kr05)
 
 
 def test_info_reports_macs():
@@ -169,3 +181,38 @@ def test_demo_runs_the_zoo_offline(tmp_path):
     assert r.returncode == 0, r.stderr
     assert 'fbs_resnet18.fmnist_d50' in r.stdout and 'correct' in r.stdout
     assert str(tmp_path / 'demo.png') in r.stdout and Image.open(tmp_path / 'demo.png').width > 100
+
+
+def test_list_pretrained_shows_where_the_weights_are():
+    r = run('list', '--pretrained')
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split(None, 2)[1:] for line in r.stdout.splitlines()}
+    assert rows['fbs_resnet18.fmnist_d50'][0] == 'shipped'
+    assert rows['fbs_resnet18.fmnist_d50'][1].startswith('Fashion-MNIST test top-1 ')
+    assert 'MMACs/image' in rows['fbs_resnet18.fmnist_d50'][1]
+    assert rows['evovit_small_patch16_224.official_in1k'][0] in ('download', 'cached')
+    assert all(w in ('shipped', 'cached', 'download') and d for w, d in rows.values())
+
+
+def test_hub_weights_offline_fail_fast_with_a_hint(photos, tmp_path, monkeypatch):
+    """No network (the proxy refuses): one line naming the source and --checkpoint, exit 1, in seconds
+    (huggingface_hub alone retries for about a minute)."""
+    image = str(photos / 'b_gray.jpg')
+    env = {k: v for k, v in os.environ.items()
+           if k.upper() not in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'NO_PROXY')}
+    env.update(https_proxy='http://127.0.0.1:9', HTTPS_PROXY='http://127.0.0.1:9', HF_HUB_CACHE=str(tmp_path))
+    start = time.perf_counter()
+    r = subprocess.run([sys.executable, '-m', 'dynvit', 'predict', 'dynamicvit_tiny_patch16_224.deit_in1k', image],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert time.perf_counter() - start < 15  # most of it starting torch; before, ~60 s of retries
+    assert r.returncode == 1 and r.stderr.count('\n') == 1, r.stderr
+    assert 'could not fetch the pretrained weights of dynamicvit_tiny_patch16_224.deit_in1k: no network' in r.stderr
+    assert ('download https://huggingface.co/timm/deit_tiny_patch16_224.fb_in1k elsewhere and give it with '
+            '--checkpoint PATH (dynvit predict dynamicvit_tiny_patch16_224.deit_in1k ... --checkpoint') in r.stderr
+    # HF_HUB_OFFLINE; a command without --checkpoint is told to convert the file
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    r = cli('compress', 'evovit_tiny_patch16_224.official_in1k', '--heads', '0.3',
+            '--out', str(tmp_path / 'x.safetensors'))
+    assert r.returncode == 1 and r.stderr.count('\n') == 1 and 'offline mode (HF_HUB_OFFLINE is set)' in r.stderr
+    assert 'dynvit convert path/to/weights.pth weights.safetensors --model evovit_tiny_patch16_224.official_in1k' \
+        in r.stderr

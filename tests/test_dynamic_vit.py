@@ -275,11 +275,14 @@ def test_checkpoint_path_loads_dense_and_dynvit_files(tmp_path):
         dynvit.create_model('test_dynamicvit', checkpoint_path=str(garbage))
 
 
-def test_offline_hub_download_gives_a_clear_error(monkeypatch):
+def test_a_failed_hub_download_gives_a_clear_error(monkeypatch):
     import timm.models._builder as builder
+
+    import dynvit.hub.factory as factory
 
     def offline(*args, **kwargs):
         raise OSError('We cannot find the requested files in the local cache.\n(more lines)')
+    monkeypatch.setattr(factory, 'offline_reason', lambda url: '')  # the network seems there: timm downloads
     monkeypatch.setattr(builder, 'load_state_dict_from_hf', offline)
     with pytest.raises(OSError, match=r'could not fetch the pretrained weights of dynamicvit_tiny_patch16_224\.deit_in1k'
                                       r'.*pretrained_cfg_overlay=dict\(file=PATH\)'):

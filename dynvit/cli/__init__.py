@@ -12,7 +12,7 @@ import threading
 from typing import List, Optional
 
 from . import compress, demo, deploy, models, training
-from ._common import EXIT_ERROR, EXIT_INTERRUPTED, HelpFormatter
+from ._common import EXIT_ERROR, EXIT_INTERRUPTED, HelpFormatter, weights_error_message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if os.environ.get('DYNVIT_DEBUG'):
             raise
         text = str(e).strip()
-        message = text.splitlines()[0] if text else type(e).__name__
+        message = weights_error_message(e, args) or (text.splitlines()[0] if text else type(e).__name__)
         if not isinstance(e, (ValueError, TypeError, OSError, NotImplementedError, FloatingPointError)):
             message = f'{type(e).__name__}: {message} (DYNVIT_DEBUG=1 for the traceback)'
         print(f'dynvit {args.command}: error: {message}', file=sys.stderr)

@@ -32,6 +32,24 @@ def load_model_arg(name: str, checkpoint: Optional[str] = None, pretrained: bool
     return model
 
 
+def weights_error_message(error: Exception, args: argparse.Namespace) -> Optional[str]:
+    """The one-line message for pretrained weights that could not be downloaded
+    (``dynvit.hub.PretrainedWeightsError`` with a source): why, and how to give a copy downloaded
+    elsewhere on this command line (``--checkpoint PATH`` where the command has it for that model,
+    else a converted file in the model's place). None for any other error."""
+    hub = sys.modules.get('dynvit.hub')  # imported by whatever raised it; the check itself imports no torch
+    if hub is None or not isinstance(error, hub.PretrainedWeightsError) or not error.source:
+        return None
+    name = error.model_name
+    if getattr(args, 'model', None) == name and hasattr(args, 'checkpoint'):
+        how = (f'give it with --checkpoint PATH (dynvit {args.command} {name} ... --checkpoint '
+               f'path/to/weights.pth)')
+    else:
+        how = (f'convert it once (dynvit convert path/to/weights.pth weights.safetensors --model {name}) and '
+               f'give weights.safetensors in place of {name}')
+    return f'{error.reason}; download {error.source} elsewhere and {how}'
+
+
 def report_skipped(command: str, skipped) -> None:
     """Names on stderr, one line each, the files that were not processed: ``[(path, reason)]``."""
     for path, reason in skipped:

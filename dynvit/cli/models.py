@@ -21,9 +21,15 @@ from ._common import (
 )
 
 EXAMPLES = {
-    'list': 'examples:\n  dynvit list\n  dynvit list "dynamicvit_*" --pretrained\n  dynvit list --pretrained --json',
+    'list': 'with --pretrained, where the weights are: shipped (in the package: offline), cached (downloaded\n'
+            'before: offline) or download (fetched on first use); then the zoo card\'s test accuracy and MACs,\n'
+            'or what the weights are. The internal test_* models (tiny, for the tests) are listed with --all\n'
+            'or a pattern naming them.\n\n'
+            'examples:\n  dynvit list\n  dynvit list "dynamicvit_*" --pretrained\n  dynvit list fmnist --pretrained\n'
+            '  dynvit list --pretrained --json\n  dynvit list test_              # the internal test models',
     'info': 'examples:\n  dynvit info dynamicvit_small_patch16_224\n  dynvit info fbs_resnet18.fmnist_d50\n'
-            '  dynvit info test_dynamicvit --keep-ratio 0.5 --json\n  dynvit info fbs_resnet18 --density 0.5',
+            '  dynvit info dynamicvit_tiny_patch16_224.fmnist_kr05 --keep-ratio 0.4 --json\n'
+            '  dynvit info fbs_resnet18 --density 0.5',
     'predict': 'examples:\n  dynvit predict dynamicvit_tiny_patch16_224.fmnist_kr05 shirt.png boot.jpg\n'
                '  dynvit predict fbs_resnet18.fmnist_d50 photos/ --density 0.3 --topk 3 --json\n'
                '  dynvit predict runs/fm/best.safetensors a.png --keep-ratio 0.4 --viz kept.png\n'
@@ -122,14 +128,29 @@ def _deployed(model, args: argparse.Namespace, batch_size: int = 1):
 
 # ---- commands ----
 
+INTERNAL_PREFIX = 'test_'  # tiny configurations for the tests: listed only when asked for
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .. import list_models
+    from ..hub import list_models, pretrained_info
     pattern = args.pattern or ''
     if pattern and not any(c in pattern for c in '*?['):  # a plain word matches anywhere in the name
         pattern = f'*{pattern}*'
-    names = list_models(pattern, pretrained=args.pretrained)
-    print(json.dumps(names) if args.json else '\n'.join(names))
+    internal = args.all or 'test' in (args.pattern or '')  # `dynvit list test_` names them
+    names = [n for n in list_models(pattern, pretrained=args.pretrained)
+             if internal or not n.startswith(INTERNAL_PREFIX)]
+    if not args.pretrained:
+        print(json.dumps(names) if args.json else '\n'.join(names))
+        return EXIT_OK
+    rows = [pretrained_info(n) for n in names]
+    print(json.dumps(rows, indent=1) if args.json else _pretrained_table(rows))
     return EXIT_OK
+
+
+def _pretrained_table(rows: List[Dict[str, Any]]) -> str:
+    """One line per tag: name, where its weights are (shipped / cached / download), description."""
+    width = max((len(r['name']) for r in rows), default=0)
+    return '\n'.join(f'{r["name"]:<{width}}  {r["weights"]:<8}  {r["description"]}' for r in rows)
 
 
 def _weights_source(cfg: Dict[str, Any]) -> str:
@@ -320,10 +341,16 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def add_parsers(add) -> None:
     """Adds ``list``, ``info``, ``predict``, ``viz`` and ``bench``; ``add(name, help, examples)`` makes a subparser."""
-    p = add('list', 'List the registered dynvit models.', EXAMPLES['list'])
-    p.add_argument('pattern', nargs='?', help='wildcard filter, e.g. "dynamicvit_*"')
-    p.add_argument('--pretrained', action='store_true', help='list arch.tag names that have weight configs')
-    p.add_argument('--json', action='store_true', help='print a JSON list')
+    p = add('list', 'List the registered dynvit models, or the arch.tag names that have weights (--pretrained).',
+            EXAMPLES['list'])
+    p.add_argument('pattern', nargs='?', help='wildcard filter, e.g. "dynamicvit_*"; a plain word matches anywhere '
+                                              'in the name (fmnist)')
+    p.add_argument('--pretrained', action='store_true', help='list arch.tag names that have weights, with where '
+                                                             'they are and what they are')
+    p.add_argument('--all', action='store_true', help='also the internal test_* models')
+    p.add_argument('--json', action='store_true', help='print JSON: the names, or with --pretrained one object per '
+                                                       'tag (name, weights, source, description, dataset, top1, '
+                                                       'top5, macs, saved_fraction)')
     p.set_defaults(func=_cmd_list)
 
     p = add('info', 'Architecture, sparsity config, parameters, dense vs sparse MACs and weights source of a model.',

@@ -1,17 +1,12 @@
 """``create_model`` / ``list_models`` / ``load_model`` mirroring timm's, with clear errors for unknown
-names and offline-friendly downloads of share links. A dynvit file is loaded one way: as the
+names and offline-friendly downloads (``downloads``). A dynvit file is loaded one way: as the
 ``file`` of a pretrained cfg, so timm's classifier reset and input-channel adaptation apply."""
 import difflib
-import hashlib
-import http.client
 import os
 import sys
-import tempfile
-import urllib.parse
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import timm
-import torch
 import torch.nn as nn
 from timm.models import get_pretrained_cfg, model_entrypoint, parse_model_name, split_model_name_tag
 
@@ -19,6 +14,14 @@ from ..compress.saving import STRUCTURE_KEY, apply_structure
 from ..models import all_sparsity_args
 from ..models._helpers import model_input_size
 from ..models._zoo import TAG_ARGS
+from .downloads import (
+    PretrainedWeightsError,
+    cached_weights,
+    download_source,
+    download_to_cache,
+    has_file_name,
+    offline_reason,
+)
 from .files import load_checkpoint, read_dynvit_metadata, read_state_dict
 
 
@@ -55,6 +58,10 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
     goes through the model's ``checkpoint_filter_fn`` (unlike in timm), so a dense ViT
     checkpoint loads into a DynamicViT backbone there too.
 
+    Downloaded weights (``hf_hub_id`` / ``url``) are fetched by timm as usual when the network is
+    there. Without it (or with ``HF_HUB_OFFLINE=1``) a copy in the caches loads, and with none
+    this fails at once with a ``PretrainedWeightsError`` naming the source (``dynvit.hub.downloads``).
+
     Args:
         model_name: ``arch`` or ``arch.tag``.
         pretrained: Load the pretrained weights of the config (local ``file`` first, as in timm).
@@ -70,14 +77,11 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
         hint = f'did you mean {", ".join(close)}?' if close else f'its tags: {", ".join(tags) or "none"}'
         raise ValueError(f'{arch} has no pretrained tag {tag!r}; {hint} (`dynvit list {arch} --pretrained`)')
     overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
+    source = ''  # where timm downloads the weights from, if it does
     if pretrained and not overlay.get('file'):
-        shipped = _shipped_file(model_name)
-        if shipped:  # weights shipped with the package: self-describing like any dynvit file
-            overlay['file'] = shipped
-        else:
-            url = overlay.get('url') or getattr(get_pretrained_cfg(model_name), 'url', None) or ''
-            if url and not _has_file_name(url):  # share links: timm would cache them all under one name
-                overlay['file'] = download_to_cache(url, model_name)
+        source, file = _weights_to_fetch(model_name, overlay, kwargs.get('cache_dir'))
+        if file:
+            overlay['file'] = file
     structure = None  # per-block sizes of a structurally pruned file (dynvit.compress)
     for f in (overlay.get('file') if pretrained else None, kwargs.get('checkpoint_path')):
         if not f:
@@ -108,12 +112,11 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
         return _create_pruned(model_name, pretrained, structure, checkpoint_path, kwargs)
     try:
         model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
-    except OSError as e:  # download failures (offline, unknown file) are OSErrors in timm and huggingface_hub
-        if not pretrained or overlay.get('file'):
+    except OSError as e:  # download failures (unknown file, network lost) are OSErrors in timm and huggingface_hub
+        if not source:
             raise
-        raise PretrainedWeightsError(
-            f'could not fetch the pretrained weights of {model_name} ({type(e).__name__}: {str(e).splitlines()[0]}); '
-            f'offline, download the file elsewhere and pass pretrained_cfg_overlay=dict(file=PATH)') from None
+        raise PretrainedWeightsError(f'could not fetch the pretrained weights of {model_name} '
+                                     f'({type(e).__name__}: {str(e).splitlines()[0]})', model_name, source) from None
     cfg = getattr(model, 'pretrained_cfg', None)
     if isinstance(cfg, dict) and cfg.get('state_dict') is not None:
         cfg.pop('state_dict')  # loaded; do not keep a second copy of the weights alive
@@ -157,48 +160,33 @@ def _is_official(model_name: str) -> bool:
     return split_model_name_tag(model_name)[1].startswith('official')
 
 
-def _has_file_name(url: str) -> bool:
-    return bool(os.path.splitext(os.path.basename(urllib.parse.urlparse(url).path))[1])
+def _weights_to_fetch(model_name: str, overlay: Dict[str, Any], cache_dir: Optional[str]) -> Tuple[str, str]:
+    """``(source, file)`` for the pretrained weights of ``model_name`` under ``overlay``: the URL timm
+    will download them from, or the local file to load instead (at most one is set). The file is
+    the shipped one (zoo), a cached copy when there is no network (``downloads.offline_reason``),
+    or a share link's download.
 
-
-def download_to_cache(url: str, model_name: str) -> str:
-    """Downloads ``url`` once into torch's hub cache (``$TORCH_HOME/hub/checkpoints``, where timm
-    caches url weights) as ``<arch>.<tag>-<url hash>.pth`` and returns the path. For share links
-    whose URL path names no file (Tsinghua Cloud ``.../?dl=1``, Google Drive ``uc?id=...``).
-
-    The file is fetched under a temporary name and kept only when it reads as a checkpoint, so an
-    HTML page (a share service's warning or login page) or a cut-off transfer is never cached.
+    Raises:
+        PretrainedWeightsError: Offline, and no copy is cached.
     """
-    folder = os.path.join(torch.hub.get_dir(), 'checkpoints')
-    path = os.path.join(folder, f'{model_name}-{hashlib.sha256(url.encode()).hexdigest()[:8]}.pth')
-    if os.path.isfile(path):
-        return path
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{model_name}.', suffix='.partial')
-    os.close(fd)
-    hint = (f'download the file yourself and pass pretrained_cfg_overlay=dict(file=PATH), or convert it once with '
-            f'`dynvit convert FILE OUT.safetensors --model {model_name}`')
-    try:
-        try:
-            torch.hub.download_url_to_file(url, tmp, progress=True)
-        except (OSError, ValueError, http.client.HTTPException) as e:  # URLError is an OSError
-            raise PretrainedWeightsError(f'could not download the weights of {model_name} from {url} '
-                                         f'({type(e).__name__}: {e}); {hint}') from None
-        with open(tmp, 'rb') as fh:
-            head = fh.read(512).lstrip().lower()
-        if head.startswith((b'<!doctype', b'<html')):
-            raise PretrainedWeightsError(f'{url} returned a web page, not a checkpoint (the share service may ask '
-                                         f'for a confirmation in a browser); {hint}')
-        try:
-            read_state_dict(tmp)
-        except ValueError as e:
-            raise PretrainedWeightsError(f'the download from {url} is not a readable checkpoint (cut off?): {e}; '
-                                         f'{hint}') from None
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    shipped = _shipped_file(model_name)
+    if shipped:  # weights shipped with the package: self-describing like any dynvit file
+        return '', shipped
+    registered = get_pretrained_cfg(model_name)
+    cfg = {**(registered.to_dict() if registered is not None else {}), **overlay}
+    source = download_source(cfg)
+    if not source:
+        return '', ''
+    why = offline_reason(source)
+    if why:
+        cached = cached_weights(cfg, model_name, cache_dir)
+        if not cached:
+            raise PretrainedWeightsError(f'could not fetch the pretrained weights of {model_name}: {why}, and no '
+                                         f'downloaded copy is cached', model_name, source)
+        return '', cached
+    if source == cfg.get('url') and not has_file_name(source):  # share links: timm would cache them all under one name
+        return '', download_to_cache(source, model_name, cache_dir)
+    return source, ''
 
 
 def _shipped_file(model_name: str) -> str:
@@ -209,7 +197,3 @@ def _shipped_file(model_name: str) -> str:
         raise PretrainedWeightsError(f'{model_name}: its weights file {path} is not in this installation; '
                                      f'install dynvit from the repository (pip install -e .) to get weights/')
     return path
-
-
-class PretrainedWeightsError(OSError):
-    """Pretrained weights could not be fetched."""

@@ -508,12 +508,14 @@ def _official_cfg(url: str) -> Dict[str, Any]:
                 notes=('official DynamicViT checkpoint (ckpt["model"]); keep ratio 0.7 before blocks 3, 6, 9',))
 
 
+_DEIT_NOTE = 'timm\'s DeiT ImageNet-1k weights as the backbone; keep predictors untrained (fine-tune first)'
+
 default_cfgs = generate_default_cfgs({
     **{f'{arch}.official_r07_in1k': _official_cfg(url) for arch, url in _OFFICIAL.items()},
     # Backbone from timm's DeiT ImageNet-1k weights; keep predictors untrained.
-    'dynamicvit_tiny_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_tiny_patch16_224.fb_in1k', license='apache-2.0'),
-    'dynamicvit_small_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_small_patch16_224.fb_in1k', license='apache-2.0'),
-    'dynamicvit_base_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_base_patch16_224.fb_in1k', license='apache-2.0'),
+    **{f'dynamicvit_{size}_patch16_224.deit_in1k': _cfg(hf_hub_id=f'timm/deit_{size}_patch16_224.fb_in1k',
+                                                       license='apache-2.0', notes=(_DEIT_NOTE,))
+       for size in ('tiny', 'small', 'base')},
     # Tiny configurations for tests.
     'test_dynamicvit.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     'test_dynamicvit2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),

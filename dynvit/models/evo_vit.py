@@ -464,12 +464,14 @@ def _official_cfg(arch: str) -> Dict[str, Any]:
                 notes=('official Evo-ViT checkpoint (ckpt["model"]); released schedule without representative token',))
 
 
+_DEIT_NOTE = 'timm\'s DeiT ImageNet-1k weights (backbone and both heads), to fine-tune Evo-ViT from'
+
 default_cfgs = generate_default_cfgs({
     **{f'{arch}.official_in1k': _official_cfg(arch) for arch in _OFFICIAL},
     # Backbone (and both heads) from timm's DeiT ImageNet-1k weights; Evo-ViT fine-tunes from these.
-    'evovit_tiny_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_tiny_patch16_224.fb_in1k', license='apache-2.0'),
-    'evovit_small_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_small_patch16_224.fb_in1k', license='apache-2.0'),
-    'evovit_base_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_base_patch16_224.fb_in1k', license='apache-2.0'),
+    **{f'evovit_{size}_patch16_224.deit_in1k': _cfg(hf_hub_id=f'timm/deit_{size}_patch16_224.fb_in1k',
+                                                   license='apache-2.0', notes=(_DEIT_NOTE,))
+       for size in ('tiny', 'small', 'base')},
     # Tiny configurations for tests.
     'test_evovit.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     'test_evovit2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),

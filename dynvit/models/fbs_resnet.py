@@ -186,14 +186,16 @@ def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
     }
 
 
+_HUB_NOTE = 'timm\'s ResNet ImageNet-1k weights as the backbone; gates untrained (fine-tune first)'
+
 default_cfgs = generate_default_cfgs({
     # Dense backbones from timm's hub; the gates start fresh and FBS fine-tunes from these.
-    'fbs_resnet18.tv_in1k': _cfg(hf_hub_id='timm/resnet18.tv_in1k', license='bsd-3-clause'),
+    'fbs_resnet18.tv_in1k': _cfg(hf_hub_id='timm/resnet18.tv_in1k', license='bsd-3-clause', notes=(_HUB_NOTE,)),
     'fbs_resnet18.a1_in1k': _cfg(hf_hub_id='timm/resnet18.a1_in1k', interpolation='bicubic', crop_pct=0.95,
-                                 license='apache-2.0'),
-    'fbs_resnet34.tv_in1k': _cfg(hf_hub_id='timm/resnet34.tv_in1k', license='bsd-3-clause'),
+                                 license='apache-2.0', notes=(_HUB_NOTE,)),
+    'fbs_resnet34.tv_in1k': _cfg(hf_hub_id='timm/resnet34.tv_in1k', license='bsd-3-clause', notes=(_HUB_NOTE,)),
     'fbs_resnet34.a1_in1k': _cfg(hf_hub_id='timm/resnet34.a1_in1k', interpolation='bicubic', crop_pct=0.95,
-                                 license='apache-2.0'),
+                                 license='apache-2.0', notes=(_HUB_NOTE,)),
     'test_fbs_resnet.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(1, 1)),
     'test_fbs_resnet2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(1, 1),
                                        first_conv='conv1.0'),
