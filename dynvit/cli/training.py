@@ -19,8 +19,10 @@ EXAMPLES = {
                 '"patch_size": 4, "in_chans": 1, "stem": "conv"}\' --keep-ratio 1.0 '
                 '--teacher fbs_resnet18.fmnist_dense '
                 '--out runs/vit\n'
-                '  torchrun --nproc_per_node 2 -m dynvit finetune test_evovit --data path/to/images --out runs/ddp\n'
-                '  dynvit finetune test_dynamicvit --data path/to/images --out runs/x --resume',
+                '  torchrun --nproc_per_node 2 -m dynvit finetune evovit_tiny_patch16_224.fmnist_kr05 --data fashion-mnist '
+                '--out runs/ddp\n'
+                '  dynvit finetune dynamicvit_small_patch16_224 --data path/to/images --checkpoint deit_small.pth '
+                '--out runs/dyvit --resume   # the same command again, continued',
     'eval': 'examples:\n  dynvit eval runs/fm/best.safetensors --data fashion-mnist\n'
             '  dynvit eval fbs_resnet18.fmnist_d50 --data fashion-mnist --split test\n'
             '  dynvit eval dynamicvit_small_patch16_224 --checkpoint m.safetensors --data path/to/images --json',
