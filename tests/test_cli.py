@@ -169,3 +169,38 @@ def test_demo_runs_the_zoo_offline(tmp_path):
     assert r.returncode == 0, r.stderr
     assert 'fbs_resnet18.fmnist_d50' in r.stdout and 'correct' in r.stdout
     assert str(tmp_path / 'demo.png') in r.stdout and Image.open(tmp_path / 'demo.png').width > 100
+
+
+PEAK_RSS = '''import resource, sys
+from dynvit.cli import main
+for argv in sys.argv[1:]:
+    code = main(argv.split('|'))
+    print(f'peak {code} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}', file=sys.stderr, flush=True)
+'''
+
+
+def test_predict_streams_large_photos_in_bounded_memory(tmp_path):
+    """Six 6000 x 6000 JPEGs (108 MB each decoded) cost no more memory than one, and one no more than a
+    small image: each is decoded at the scale the model's resize needs, the results print per batch."""
+    small, big = tmp_path / 'small.png', tmp_path / 'big'
+    Image.new('RGB', (40, 40), 'gray').save(small)
+    big.mkdir()
+    gradient = Image.linear_gradient('L').resize((6000, 6000))
+    Image.merge('RGB', (gradient, gradient.transpose(Image.Transpose.ROTATE_90), gradient)).save(big / 'p0.jpg')
+    del gradient
+    for i in range(1, 6):
+        (big / f'p{i}.jpg').hardlink_to(big / 'p0.jpg')
+    (big / 'p1_broken.jpg').write_text('a text file named .jpg')
+    runs = [f'predict|test_dynamicvit|{small}|--json', f'predict|test_dynamicvit|{big / "p0.jpg"}|--json',
+            f'predict|test_dynamicvit|{big}|--batch-size|2|--topk|1']
+    r = subprocess.run([sys.executable, '-c', PEAK_RSS, *runs], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, timeout=300)
+    peaks = [line.split() for line in r.stdout.splitlines() if line.startswith('peak ')]
+    assert [code for _, code, _ in peaks] == ['0', '0', '3'], r.stdout
+    base, one, six = (int(mb) for _, _, mb in peaks)
+    assert one - base < 50 and six - one < 50, (base, one, six)  # decoding at full size: +108 MB, +648 MB
+    # streamed: the first batch's results print before the broken third file is read
+    order = [line for line in r.stdout.splitlines() if line.startswith((str(big), 'dynvit predict: skipped'))]
+    assert [line.rsplit('/', 1)[-1] for line in order] == [
+        'p0.jpg', 'p1.jpg', 'p1_broken.jpg: not an image file (PIL does not recognise its contents)', 'p2.jpg',
+        'p3.jpg', 'p4.jpg', 'p5.jpg']
