@@ -17,6 +17,7 @@ from ._common import (
     positive_int,
     probability,
     report_skipped,
+    untrained_parts,
 )
 
 EXAMPLES = {
@@ -152,7 +153,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     _, file = model_and_file(args.model)
     cfg = get_pretrained_cfg(args.model) if '.' in args.model and not file else None
     local = bool(file or cfg is not None and getattr(cfg, 'file', None) and Path(cfg.file).is_file())
-    model = (load_model_arg(args.model) if local else create_model(args.model)).eval()
+    model = (load_model_arg(args.model, quiet=True) if local else create_model(args.model)).eval()
+    weights_loaded = local or '.' not in args.model  # a hub tag's weights are not loaded here
     apply_sparsity(model, args.keep_ratio, args.density)
     c, h, w = model_input_size(model)
     _, report = profile(model, torch.zeros(1, c, h, w))
@@ -170,11 +172,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
         sparse_gmacs=report.mean_macs / 1e9,
         saved_fraction=1 - report.mean_macs / report.dense_macs,
         weights=f'local file {file}' if file else _weights_source(model.pretrained_cfg if '.' in args.model else {}),
+        untrained=untrained_parts(model) if weights_loaded else None,
         paper=model.pretrained_cfg.get('paper_ids'),
     )
     if args.json:
         print(json.dumps(info, indent=1))
     else:
+        info['untrained'] = f'{model.sparse_label} ({model.untrained_sparse})' if info['untrained'] else \
+            'unknown (the weights are not loaded)' if info['untrained'] is None else 'none'
         for k, v in info.items():
             print(f'{k:>15}: {v:.4f}' if isinstance(v, float) else f'{k:>15}: {v}')
     return EXIT_OK
@@ -259,7 +264,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.viz:
         _write_picture(drawn, args.viz, args.size, _title(args, model))
     if args.json:
-        print(json.dumps(dict(model=args.model, predictions=results,
+        print(json.dumps(dict(model=args.model, untrained=untrained_parts(model), predictions=results,
                               errors=[dict(image=i, error=e) for i, e in errors],
                               skipped=[dict(file=f, reason=r) for f, r in skipped],
                               picture=args.viz or None), indent=1))
