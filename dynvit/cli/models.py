@@ -192,6 +192,9 @@ def kept_text(pred) -> str:
     return '/'.join(str(k) for k in pred.kept) + f' of {pred.total[0]} patches'
 
 
+NONE_READABLE = 'none of the given paths is a readable image'
+
+
 def _predict(args: argparse.Namespace, input_size: int):
     """The model and its predictions on the images, streamed (read and predicted a batch at a
     time); the paths that give no image are named on stderr at once, the unreadable files as
@@ -222,9 +225,6 @@ def _predict(args: argparse.Namespace, input_size: int):
                           progress=not streams_text and sys.stderr.isatty(), input_size=input_size,
                           on_error=unreadable)
     return model, preds, errors, skipped
-
-
-NONE_READABLE = 'none of the given paths is a readable image'
 
 
 def _write_picture(preds, path: str, size: int, title: str) -> None:

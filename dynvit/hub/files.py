@@ -53,7 +53,8 @@ def save_model(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = No
 
     The metadata holds the architecture name, every constructor argument with the *current*
     sparsity settings, and the data config (input size, mean, std, ...), so ``load_model`` or
-    ``create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=path))`` rebuilds it.
+    ``create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=path))`` rebuilds it;
+    and, when its keep predictors / gates were never trained, why (``untrained_sparse``).
 
     Args:
         model: A dynvit model (has ``model_args`` and ``sparsity_config``).
