@@ -1,24 +1,39 @@
 """Prediction on image files: top-k classes with names, and per image what the model kept and spent.
 
-The data side (``gather_images``) takes what users have: PNG/JPEG/WebP/BMP/GIF/TIFF files, a
-folder of them, grayscale, RGBA (composited on white), any size (resized and cropped by the
-model's data config). A missing or unreadable file becomes an error entry naming it; the other
-images go on.
+The data side takes what users have: PNG/JPEG/WebP/BMP/GIF/TIFF files, a folder of them,
+grayscale, RGBA (composited on white), 16-bit, CMYK, any size (resized and cropped by the model's
+data config). A missing or unreadable file becomes an error entry naming it; the other images go on.
+
+``predict_files`` streams: the files are listed first (``list_images``), then read one at a time
+(large JPEGs decoded at a reduced scale) and predicted in batches, so memory does not grow with
+the number or the size of the images. ``gather_images`` / ``predict_images`` hold them all.
 """
 import sys
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from .data import IMAGE_SUFFIXES, ImageReadError, load_image, model_norm, model_transform, skip_reason
+from .data import (
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    load_image,
+    model_decode_size,
+    model_norm,
+    model_transform,
+    skip_reason,
+)
 
-__all__ = ['IMAGE_SUFFIXES', 'Prediction', 'class_names', 'gather_images', 'predict_images']
+__all__ = ['IMAGE_SUFFIXES', 'Prediction', 'class_names', 'gather_images', 'iter_predictions', 'list_images',
+           'predict_files', 'predict_images', 'read_images']
 
+Problems = List[Tuple[str, str]]  # [(path, why)]
 
 
 @dataclass
@@ -35,7 +50,8 @@ class Prediction:
         stage_masks: Per stage (``kept``'s entries), which units the image kept: ViTs, the patches
             (row-major over ``grid``); CNNs, each gated layer's channels. Not in ``to_json``.
         grid: ViTs: the patch grid ``(rows, cols)``.
-        input: The model's input image, de-normalised to [0, 1] ``[C, H, W]`` (for pictures).
+        input: The model's input image, de-normalised to [0, 1] ``[C, H, W]`` (for pictures; it may
+            be scaled down, or None when not kept: see ``iter_predictions``).
     """
     source: str
     topk: List[Tuple[int, str, float]]
@@ -62,42 +78,74 @@ class Prediction:
                     saved_fraction=round(self.saved_fraction, 6))
 
 
-def gather_images(paths: Iterable[str]) -> Tuple[List[Tuple[str, Image.Image]], List[Tuple[str, str]],
-                                                 List[Tuple[str, str]]]:
-    """Loads image files and the images of folders (sorted, not recursive).
+def list_images(paths: Iterable[str]) -> Tuple[List[str], Problems, Problems]:
+    """The image files of ``paths`` (files as given, the images of folders sorted, not recursive),
+    without reading them.
+
+    Returns:
+        The files to read, ``[(path, error message)]`` for the paths that give none (missing,
+        an unlistable folder, a folder without images), and ``[(path, reason)]`` for the files
+        of a folder that are not images (other types, hidden files): every file is in one of
+        the three.
+    """
+    files, errors, skipped = [], [], []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            try:
+                found = []
+                for f in sorted(f for f in path.iterdir() if f.is_file()):
+                    reason = skip_reason(f)
+                    if reason is None:
+                        found.append(str(f))
+                    else:
+                        skipped.append((str(f), reason))
+            except OSError as e:
+                errors.append((str(path), f'cannot list the folder: {e.strerror or e}'))
+                continue
+            if not found:
+                errors.append((str(path), f'no images ({", ".join(IMAGE_SUFFIXES)}) in the folder'))
+            files += found
+        elif not path.exists():
+            errors.append((str(path), 'no such file'))
+        else:
+            files.append(str(path))
+    return files, errors, skipped
+
+
+def read_images(files: Iterable[str], min_size: Optional[int] = None,
+                on_error: Optional[Callable[[str, str], None]] = None) -> Iterator[Tuple[str, Image.Image]]:
+    """Reads image files one at a time: ``(path, image)`` for each readable one.
+
+    Args:
+        files: The files.
+        min_size: Decode JPEGs at a reduced scale keeping at least this many pixels a side
+            (``load_image``); None: full size.
+        on_error: Called with ``(path, reason)`` for a file that cannot be read (else it raises
+            the ``ImageReadError``).
+    """
+    for path in files:
+        try:
+            image = load_image(path, min_size)
+        except ImageReadError as e:
+            if on_error is None:
+                raise
+            on_error(path, e.reason)
+            continue
+        yield path, image
+        del image  # not alive while the next one decodes
+
+
+def gather_images(paths: Iterable[str]) -> Tuple[List[Tuple[str, Image.Image]], Problems, Problems]:
+    """Loads image files and the images of folders (sorted, not recursive), all at full size.
 
     Returns:
         ``[(path, image)]`` for what could be read, ``[(path, error message)]`` for what could not
         (missing or unreadable images), and ``[(path, reason)]`` for the files of a folder that
         are not images (other types, hidden files): every file is in one of the three.
     """
-    images, errors, skipped = [], [], []
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            try:
-                files = []
-                for f in sorted(f for f in path.iterdir() if f.is_file()):
-                    reason = skip_reason(f)
-                    if reason is None:
-                        files.append(f)
-                    else:
-                        skipped.append((str(f), reason))
-            except OSError as e:
-                errors.append((str(path), f'cannot list the folder: {e.strerror or e}'))
-                continue
-            if not files:
-                errors.append((str(path), f'no images ({", ".join(IMAGE_SUFFIXES)}) in the folder'))
-        elif not path.exists():
-            errors.append((str(path), 'no such file'))
-            files = []
-        else:
-            files = [path]
-        for f in files:
-            try:
-                images.append((str(f), load_image(str(f))))
-            except ImageReadError as e:
-                errors.append((str(f), e.reason))
+    files, errors, skipped = list_images(paths)
+    images = list(read_images(files, on_error=lambda path, reason: errors.append((path, reason))))
     return images, errors, skipped
 
 
@@ -114,7 +162,6 @@ def class_names(model: nn.Module) -> List[str]:
     return [f'class {i}' for i in range(model.num_classes)]
 
 
-@torch.no_grad()
 def predict_images(model: nn.Module, images: Sequence[Tuple[str, Image.Image]], topk: int = 5,
                    batch_size: int = 16, progress: bool = False) -> List[Prediction]:
     """Runs ``model`` (a dynvit model, as configured) on images.
@@ -126,26 +173,90 @@ def predict_images(model: nn.Module, images: Sequence[Tuple[str, Image.Image]], 
         batch_size: Images per forward.
         progress: Show a progress bar (tqdm, on stderr) when there is more than one batch.
     """
+    return list(iter_predictions(model, images, topk, batch_size, progress, total=len(images)))
+
+
+def predict_files(model: nn.Module, files: Sequence[str], topk: int = 5, batch_size: int = 16,
+                  progress: bool = False, input_size: Optional[int] = None,
+                  on_error: Optional[Callable[[str, str], None]] = None) -> Iterator[Prediction]:
+    """Streams ``model``'s predictions on image files: each file is read when its batch comes
+    (JPEGs decoded at the reduced scale the model's resize allows), so memory holds one decoded
+    image and one batch, whatever the number or the size of the files.
+
+    Args:
+        model: The model, in eval mode.
+        files: Image files (``list_images`` gives them for folders).
+        topk: Classes reported per image.
+        batch_size: Images per forward.
+        progress: Show a progress bar (tqdm, on stderr) when there is more than one batch.
+        input_size: ``Prediction.input`` at most this many pixels high (see ``iter_predictions``).
+        on_error: Called with ``(path, reason)`` for a file that cannot be read; the others go on.
+    """
+    images = read_images(files, model_decode_size(model), on_error)
+    return iter_predictions(model, images, topk, batch_size, progress, total=len(files), input_size=input_size)
+
+
+@torch.no_grad()
+def iter_predictions(model: nn.Module, images: Iterable[Tuple[str, Image.Image]], topk: int = 5,
+                     batch_size: int = 16, progress: bool = False, total: Optional[int] = None,
+                     input_size: Optional[int] = None) -> Iterator[Prediction]:
+    """Runs ``model`` on images as they come, a batch at a time; yields each image's prediction
+    after its batch. An image is turned into the model's input when it arrives and dropped.
+
+    Args:
+        model: The model, in eval mode.
+        images: ``(source, PIL image)`` pairs, any size and mode (a generator reads them lazily).
+        topk: Classes reported per image.
+        batch_size: Images per forward.
+        progress: Show a progress bar (tqdm, on stderr) when there is more than one batch.
+        total: How many images ``images`` holds (for the progress bar).
+        input_size: Keep ``Prediction.input`` (the model input, for pictures) at most this many
+            pixels high, scaled down from the model's resolution; None: at the model's
+            resolution; 0: not at all.
+    """
     transform = model_transform(model)
     names = class_names(model)
-    mean, std = (torch.tensor(v) for v in model_norm(model))
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in model_norm(model))
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device  # an ONNX Runtime model has none
-    out: List[Prediction] = []
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc='predict', unit='batch', disable=not progress or len(starts) < 2, file=sys.stderr):
-        chunk = images[start:start + batch_size]
-        x = torch.stack([transform(im) for _, im in chunk]).to(device)
-        logits, aux = model(x, return_aux=True)
-        probs = logits.float().softmax(-1)
-        p, idx = probs.topk(min(topk, probs.shape[-1]), dim=-1)
-        macs, kept = aux.macs.tolist(), aux.kept.tolist()
-        pixels = (x.cpu() * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)).clamp(0, 1)
-        masks = aux.kept_masks  # per stage [B, kept_of[s]]: the patches or channels each image kept
-        for b, (source, _) in enumerate(chunk):
-            out.append(Prediction(
-                source=source,
-                topk=[(int(i), names[int(i)], float(q)) for q, i in zip(p[b], idx[b])],
-                kept=kept[b], total=list(aux.kept_of), macs=int(macs[b]), dense_macs=int(aux.dense_macs),
-                stage_masks=[m[b].tolist() for m in masks], grid=aux.grid, input=pixels[b]))
-    return out
+    pending = iter(images)
+    with tqdm(total=total, desc='predict', unit='image', file=sys.stderr,
+              disable=not progress or total is None or total <= batch_size) as bar:
+        while True:
+            sources, xs = [], []
+            for source, image in islice(pending, batch_size):
+                sources.append(source)
+                xs.append(transform(image))  # [C, H, W]
+                del image  # the decoded image goes before the next one is read
+            if not sources:
+                return
+            x = torch.stack(xs).to(device)  # [B, C, H, W]
+            del xs
+            logits, aux = model(x, return_aux=True)
+            probs = logits.float().softmax(-1)
+            p, idx = probs.topk(min(topk, probs.shape[-1]), dim=-1)
+            macs, kept = aux.macs.tolist(), aux.kept.tolist()
+            pixels = _picture_input(x.cpu(), mean, std, input_size)  # [B, C, h, w] in [0, 1], or None
+            masks = aux.kept_masks  # per stage [B, kept_of[s]]: the patches or channels each image kept
+            bar.update(len(sources))
+            for b, source in enumerate(sources):
+                yield Prediction(
+                    source=source,
+                    topk=[(int(i), names[int(i)], float(q)) for q, i in zip(p[b], idx[b])],
+                    kept=kept[b], total=list(aux.kept_of), macs=int(macs[b]), dense_macs=int(aux.dense_macs),
+                    stage_masks=[m[b].tolist() for m in masks], grid=aux.grid,
+                    input=None if pixels is None else pixels[b])
+
+
+def _picture_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                   height: Optional[int]) -> Optional[torch.Tensor]:
+    """The model input ``x`` ``[B, C, H, W]`` de-normalised to [0, 1], scaled down to ``height``
+    pixels when taller (None: as it is; 0: not kept)."""
+    if height == 0:
+        return None
+    pixels = (x * std + mean).clamp(0, 1)
+    h, w = pixels.shape[-2:]
+    if height is not None and h > height:
+        size = (height, max(1, round(w * height / h)))
+        pixels = F.interpolate(pixels, size=size, mode='bilinear', antialias=True, align_corners=False).clamp(0, 1)
+    return pixels

@@ -55,6 +55,7 @@ def test_info_reports_macs():
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info['sparsity']['keep_ratio'] == [0.5, 0.25, 0.125]
+    assert info['untrained'] == ['keep predictors']  # a bare arch: random weights
     assert 0 < info['sparse_gmacs'] < info['dense_gmacs']
 
 
@@ -63,6 +64,7 @@ def test_info_fbs_density():
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info['sparsity']['density'] == 0.5 and 0 < info['sparse_gmacs'] < info['dense_gmacs']
+    assert info['untrained'] == ['channel gates']
     r = cli('info', 'test_fbs_resnet', '--density', '0')  # out of range: bad usage
     assert r.returncode == 2 and 'argument --density: must be in (0, 1], got 0' in r.stderr
 
@@ -160,6 +162,7 @@ def test_predict_threshold_mode_and_picture(photos, tmp_path):
     assert 'random weights' in r.stderr
     out = json.loads(r.stdout)
     assert len(out['predictions']) == 2 and out['picture'] == str(tmp_path / 'kept.png')
+    assert out['untrained'] == ['keep predictors'] and r.stderr.count('note:') == 1  # the random-weights note says it
     picture = Image.open(tmp_path / 'kept.png')
     assert picture.height > 2 * 64 and picture.width > 4 * 64  # two rows of input + three stages
 
@@ -216,3 +219,75 @@ def test_hub_weights_offline_fail_fast_with_a_hint(photos, tmp_path, monkeypatch
     assert r.returncode == 1 and r.stderr.count('\n') == 1 and 'offline mode (HF_HUB_OFFLINE is set)' in r.stderr
     assert 'dynvit convert path/to/weights.pth weights.safetensors --model evovit_tiny_patch16_224.official_in1k' \
         in r.stderr
+
+ONE_PROCESS = """import resource, sys
+from dynvit.cli import main
+for argv in sys.argv[1:]:
+    code = main(argv.split('|'))
+    sys.stdout.flush()
+    print(f'=== exit {code}, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB', file=sys.stderr)
+"""
+
+
+@pytest.fixture(scope='module')
+def one_process(tmp_path_factory):
+    """``dynvit predict`` on a small image, one and six 6000 x 6000 JPEGs (with a text file named .jpg
+    among them), and ``predict`` / ``info`` of a DynamicViT started from a dense checkpoint, in one
+    process (one torch start-up): per command, its exit code, the process's peak RSS so far (MB)
+    and its output lines (stdout and stderr in the order written)."""
+    from safetensors.torch import save_file
+    import dynvit
+    root = tmp_path_factory.mktemp('one_process')
+    Image.new('RGB', (40, 40), 'gray').save(root / 'small.png')
+    big = root / 'big'
+    big.mkdir()
+    gradient = Image.linear_gradient('L').resize((6000, 6000))
+    Image.merge('RGB', (gradient, gradient.transpose(Image.Transpose.ROTATE_90), gradient)).save(big / 'p0.jpg')
+    del gradient
+    for i in range(1, 6):
+        (big / f'p{i}.jpg').hardlink_to(big / 'p0.jpg')
+    (big / 'p1_broken.jpg').write_text('a text file named .jpg')
+    model = dynvit.create_model('test_dynamicvit')
+    save_file({k: v for k, v in model.state_dict().items() if not k.startswith('score_predictor.')},
+              str(root / 'dense.safetensors'))
+    started = dynvit.create_model('test_dynamicvit', checkpoint_path=str(root / 'dense.safetensors'))
+    dynvit.save_model(started, str(root / 'started.safetensors'))
+    commands = [f'predict|test_dynamicvit|{root / "small.png"}|--checkpoint|{root / "dense.safetensors"}|--json',
+                f'predict|test_dynamicvit|{big / "p0.jpg"}|--json', f'predict|test_dynamicvit|{big}|--batch-size|2',
+                f'info|{root / "started.safetensors"}|--json']
+    r = subprocess.run([sys.executable, '-c', ONE_PROCESS, *commands], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=300)
+    runs, lines = [], []
+    for line in r.stdout.splitlines():
+        if line.startswith('=== exit '):
+            runs.append((int(line.split()[2][:-1]), int(line.split()[5]), lines))
+            lines = []
+        else:
+            lines.append(line)
+    assert len(runs) == len(commands), r.stdout
+    return big, runs
+
+
+def test_predict_streams_large_photos_in_bounded_memory(one_process):
+    """Six 6000 x 6000 JPEGs (108 MB each decoded) cost no more memory than one, and one no more than a
+    small image: each is decoded at the scale the model's resize needs; the results print per batch."""
+    big, ((code0, base, _), (code1, one, _), (code6, six, lines), _) = one_process
+    assert (code0, code1, code6) == (0, 0, 3)
+    assert one - base < 50 and six - one < 50, (base, one, six)  # decoded at full size: +108 MB, +648 MB
+    # streamed: the first batch's results print before the third file (the broken one) is read
+    order = [line for line in lines if line.startswith((str(big), 'dynvit predict: skipped'))]
+    assert [line.rsplit('/', 1)[-1] for line in order] == [
+        'p0.jpg', 'p1.jpg', 'p1_broken.jpg: not an image file (PIL does not recognise its contents)', 'p2.jpg',
+        'p3.jpg', 'p4.jpg', 'p5.jpg']
+
+
+def test_untrained_keep_predictors_are_named_by_predict_and_info(one_process):
+    """A DynamicViT started from a dense checkpoint: a one-line note on stderr, ``untrained`` in the JSON
+    of ``predict`` and of ``info`` (on a file saved from it before any training)."""
+    _, ((_, _, predict), _, _, (code, _, info)) = one_process
+    notes = [line for line in predict if line.startswith('note:')]
+    assert notes == ['note: the keep predictors of test_dynamicvit were not trained (started from a dense '
+                     'checkpoint); its choices of patches are not meaningful until fine-tuned (dynvit finetune)']
+    out = json.loads('\n'.join(predict[predict.index('{'):]))
+    assert out['untrained'] == ['keep predictors'] and len(out['predictions']) == 1
+    assert code == 0 and json.loads('\n'.join(info))['untrained'] == ['keep predictors']

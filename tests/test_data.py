@@ -142,3 +142,35 @@ def test_folder_gifs_are_images_and_other_files_are_named(tmp_path):
     assert r.returncode == 0, r.stderr
     assert '2 file(s) in' in r.stderr and 'are not images dynvit reads and are skipped: ' in r.stderr
     assert 'notes.txt' in r.stderr
+
+
+def test_readers_take_what_users_have_or_name_why_not(tmp_path):
+    """16-bit grayscale (scaled, not saturated), CMYK, palette and transparent GIF / PNG, and a large
+    sideways JPEG decoded at a reduced scale (upright, both sides kept above the asked size);
+    a text file named .jpg, an empty file and a cut-off JPEG are one-line reasons."""
+    from dynvit.data import ImageReadError, load_image
+    from dynvit.data.transforms import ConvertMode
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    Image.fromarray(np.linspace(0, 65535, 24 * 24).reshape(24, 24).astype(np.uint16)).save(tmp_path / 'deep.png')
+    rgb.convert('CMYK').save(tmp_path / 'cmyk.jpg')
+    rgb.convert('P').save(tmp_path / 'clear.gif', transparency=0)
+    rgb.convert('P').save(tmp_path / 'clear.png', transparency=0)
+    rgb.convert('P').save(tmp_path / 'palette.gif')
+    sideways = Image.linear_gradient('L').resize((2400, 800))
+    exif = sideways.getexif()
+    exif[0x0112] = 6  # rotated 90 degrees: upright it is 800 wide, 2400 high
+    sideways.save(tmp_path / 'sideways.jpg', exif=exif)
+    for name in ('deep.png', 'cmyk.jpg', 'clear.gif', 'clear.png', 'palette.gif'):
+        pixels = np.asarray(ConvertMode('RGB')(load_image(str(tmp_path / name))))
+        assert pixels.shape == (24, 24, 3) and 50 < pixels.mean() < 200 and pixels.std() > 20, name
+    big = load_image(str(tmp_path / 'sideways.jpg'), min_size=150)
+    assert big.mode == 'L' and big.size == (200, 600)  # decoded at 1/4 (800 // 150 = 5), then turned upright
+    assert load_image(str(tmp_path / 'sideways.jpg')).size == (800, 2400)
+    (tmp_path / 'text.jpg').write_text('not a picture')
+    (tmp_path / 'empty.png').write_bytes(b'')
+    (tmp_path / 'cut.jpg').write_bytes((tmp_path / 'sideways.jpg').read_bytes()[:3000])
+    for name, reason in (('text.jpg', 'not an image file'), ('empty.png', 'empty file'), ('cut.jpg', 'truncated')):
+        with pytest.raises(ImageReadError, match=reason) as e:
+            load_image(str(tmp_path / name), min_size=150)
+        assert '\n' not in str(e.value)

@@ -320,6 +320,7 @@ def test_packaged_lite0_recognises_real_photos():
     from PIL import Image
     from timm.data import ImageNetInfo, create_transform, resolve_data_config
     model = _lite0(density=1.0)
+    assert model.untrained_sparse == 'started from a dense checkpoint'  # its gates: magnitude pruning, untrained
     dense = timm.create_model('tf_efficientnet_lite0').eval()
     dense.load_state_dict(model.state_dict(), strict=False)
     cfg = resolve_data_config({}, model=model)

@@ -116,3 +116,35 @@ def test_timm_create_model_works_after_importing_the_models():
     model = timm.create_model('test_dynamicvit')
     assert isinstance(model, dynvit.DynamicVisionTransformer)
     assert isinstance(timm.create_model('fbs_resnet18'), dynvit.FBSResNet)
+
+
+def _without_sparse_modules(model):
+    """The model's state dict less its keep predictors / gates: a dense checkpoint of its backbone."""
+    sparse = {id(t) for m in model.sparse_modules() for t in (*m.parameters(), *m.buffers())}
+    return {k: v.detach() for k, v in model.state_dict(keep_vars=True).items() if id(v) not in sparse}
+
+
+@pytest.mark.parametrize('name', ['test_dynamicvit', 'test_evovit', 'test_fbs_resnet', 'test_fbs_efficientnet'])
+def test_untrained_predictors_and_gates_say_so(name, tmp_path):
+    """A new model, one started from a dense checkpoint, and a file saved from either are flagged; weights
+    that hold the predictors / gates, and a file saved once they learned, are not; Evo-ViT's rule never is."""
+    from safetensors.torch import save_file
+    model = dynvit.create_model(name)
+    learned = bool(model.sparse_modules())
+    assert model.untrained_sparse == ('newly initialised' if learned else None)
+    dense, full = tmp_path / 'dense.safetensors', tmp_path / 'full.safetensors'
+    save_file(_without_sparse_modules(model), str(dense))
+    save_file({k: v.detach() for k, v in model.state_dict().items()}, str(full))
+    started = dynvit.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(dense)))
+    from_dense = 'started from a dense checkpoint' if learned else None
+    assert started.untrained_sparse == from_dense
+    assert dynvit.create_model(name, checkpoint_path=str(dense)).untrained_sparse == from_dense
+    assert dynvit.create_model(name, checkpoint_path=str(full)).untrained_sparse is None  # tensors alone: trained
+    dynvit.save_model(started, str(tmp_path / 'started.safetensors'))  # saved before training: the file says so
+    assert dynvit.load_model(str(tmp_path / 'started.safetensors')).untrained_sparse == from_dense
+    again = dynvit.create_model(name, pretrained=True, checkpoint_path=str(tmp_path / 'started.safetensors'),
+                                pretrained_cfg_overlay=dict(file=str(full)))
+    assert again.untrained_sparse == from_dense  # the weights loaded last speak
+    started.untrained_sparse = None  # as the trainer leaves it once they learned
+    dynvit.save_model(started, str(tmp_path / 'trained.safetensors'))
+    assert dynvit.load_model(str(tmp_path / 'trained.safetensors')).untrained_sparse is None

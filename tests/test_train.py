@@ -58,6 +58,7 @@ def test_resume_after_an_interruption_gives_the_same_weights(name, folder, tmp_p
         trainer(name, folder, tmp_path / 'b').fit(on_step=interrupt)
     resumed = trainer(name, folder, tmp_path / 'b')  # a new process would start like this
     assert resumed.resume() and (resumed.epoch, resumed.step) == (1, 2)
+    assert resumed.model.untrained_sparse is None  # its predictors / gates had learned before the interruption
     resumed.fit()
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -88,6 +89,7 @@ def test_an_interrupted_write_leaves_the_previous_checkpoint(folder, tmp_path, m
 def test_best_model_is_a_self_describing_file(folder, tmp_path):
     t = trainer('test_fbs_resnet', folder, tmp_path, epochs=1)
     t.model.pretrained_cfg = {**t.model.pretrained_cfg, 'mean': (0.4, 0.4, 0.4)}
+    assert t.model.untrained_sparse == 'newly initialised'
     t.fit()
     meta = dynvit.read_dynvit_metadata(str(tmp_path / 'best.safetensors'))
     assert meta['pretrained_cfg']['label_names'] == ['class0', 'class1', 'class2']
@@ -96,6 +98,7 @@ def test_best_model_is_a_self_describing_file(folder, tmp_path):
     loaded = dynvit.create_model('test_fbs_resnet', pretrained=True,
                                  pretrained_cfg_overlay=dict(file=str(tmp_path / 'best.safetensors'))).eval()
     assert loaded.pretrained_cfg['label_names'] == ['class0', 'class1', 'class2']
+    assert loaded.untrained_sparse is None  # the gates learned: the exported file holds trained ones
     log = [json.loads(line) for line in (tmp_path / 'log.jsonl').read_text().splitlines()]
     assert len(log) == 1 and log[0]['epoch'] == 1
 

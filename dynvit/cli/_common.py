@@ -4,7 +4,7 @@ Nothing here imports torch at module level: ``dynvit --help`` must stay fast.
 """
 import argparse
 import sys
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_IMAGES_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -23,12 +23,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def load_model_arg(name: str, checkpoint: Optional[str] = None, pretrained: bool = False, quiet: bool = False,
                    **kwargs: Any):
     """The model a command names (``dynvit.hub.resolve_model``); a note on stderr when its weights
-    are random."""
+    are random, or its keep predictors / gates untrained."""
     from ..hub import resolve_model
     model, source = resolve_model(name, checkpoint, pretrained, **kwargs)
-    if source == 'random' and not quiet:
-        print(f'note: {name} has random weights (give arch.tag, --pretrained or --checkpoint for trained ones)',
-              file=sys.stderr)
+    note = f'{name} has random weights (give arch.tag, --pretrained or --checkpoint for trained ones)' \
+        if source == 'random' else untrained_note(name, model)
+    if note and not quiet:
+        print(f'note: {note}', file=sys.stderr)
     return model
 
 
@@ -48,6 +49,21 @@ def weights_error_message(error: Exception, args: argparse.Namespace) -> Optiona
         how = (f'convert it once (dynvit convert path/to/weights.pth weights.safetensors --model {name}) and '
                f'give weights.safetensors in place of {name}')
     return f'{error.reason}; download {error.source} elsewhere and {how}'
+
+
+def untrained_note(name: str, model) -> Optional[str]:
+    """What the model's untrained keep predictors / gates mean for its output, or None when they
+    were trained (or the model selects by a rule)."""
+    why = getattr(model, 'untrained_sparse', None)
+    if not why:
+        return None
+    return (f'the {model.sparse_label} of {name} were not trained ({why}); its choices of {model.kept_unit} are not '
+            f'meaningful until fine-tuned (dynvit finetune)')
+
+
+def untrained_parts(model) -> List[str]:
+    """The model's parts that were not trained (``['keep predictors']``), for JSON output."""
+    return [model.sparse_label] if getattr(model, 'untrained_sparse', None) else []
 
 
 def report_skipped(command: str, skipped) -> None:

@@ -18,6 +18,7 @@ from ._common import (
     probability,
     report_skipped,
     setting_text,
+    untrained_parts,
 )
 
 EXAMPLES = {
@@ -174,7 +175,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     _, file = model_and_file(args.model)
     cfg = get_pretrained_cfg(args.model) if '.' in args.model and not file else None
     local = bool(file or cfg is not None and getattr(cfg, 'file', None) and Path(cfg.file).is_file())
-    model = (load_model_arg(args.model) if local else create_model(args.model)).eval()
+    model = (load_model_arg(args.model, quiet=True) if local else create_model(args.model)).eval()
+    weights_loaded = local or '.' not in args.model  # a hub tag's weights are not loaded here
     apply_sparsity(model, args.keep_ratio, args.density)
     c, h, w = model_input_size(model)
     _, report = profile(model, torch.zeros(1, c, h, w))
@@ -192,11 +194,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
         sparse_gmacs=report.mean_macs / 1e9,
         saved_fraction=1 - report.mean_macs / report.dense_macs,
         weights=f'local file {file}' if file else _weights_source(model.pretrained_cfg if '.' in args.model else {}),
+        untrained=untrained_parts(model) if weights_loaded else None,
         paper=model.pretrained_cfg.get('paper_ids'),
     )
     if args.json:
         print(json.dumps(info, indent=1))
     else:
+        info['untrained'] = f'{model.sparse_label} ({model.untrained_sparse})' if info['untrained'] else \
+            'unknown (the weights are not loaded)' if info['untrained'] is None else 'none'
         for k, v in info.items():
             print(f'{k:>15}: {v:.4f}' if isinstance(v, float) else f'{k:>15}: {v}')
     return EXIT_OK
@@ -209,24 +214,45 @@ def kept_text(pred) -> str:
     return '/'.join(str(k) for k in pred.kept) + f' of {pred.total[0]} patches'
 
 
-def _predict(args: argparse.Namespace):
-    from ..predict import gather_images, predict_images
+NONE_READABLE = 'none of the given paths is a readable image'
+
+
+def _predict(args: argparse.Namespace, input_size: int):
+    """The model and its predictions on the images, streamed (read and predicted a batch at a
+    time); the paths that give no image are named on stderr at once, the unreadable files as
+    they come (``errors``, filled while the predictions are read).
+
+    Args:
+        args: The command's arguments.
+        input_size: Keep each prediction's input this many pixels high for the picture (0: not kept).
+
+    Returns:
+        ``(model, predictions, errors, skipped)``.
+    """
+    from ..predict import list_images, predict_files
     model = _model(args)
     if getattr(args, 'compile', False):
         model = _deployed(model, args)
-    images, errors, skipped = gather_images(args.images)
+    files, errors, skipped = list_images(args.images)
     report_skipped(args.command, errors + skipped)
-    if not images:
-        raise ValueError('none of the given paths is a readable image')
-    preds = predict_images(model, images, topk=getattr(args, 'topk', 1), batch_size=args.batch_size,
-                           progress=not getattr(args, 'json', False) and sys.stderr.isatty())
+    if not files:
+        raise ValueError(NONE_READABLE)
+
+    def unreadable(path: str, reason: str) -> None:
+        errors.append((path, reason))
+        report_skipped(args.command, [(path, reason)])
+
+    streams_text = args.command == 'predict' and not args.json  # the results themselves show the progress
+    preds = predict_files(model, files, topk=getattr(args, 'topk', 1), batch_size=args.batch_size,
+                          progress=not streams_text and sys.stderr.isatty(), input_size=input_size,
+                          on_error=unreadable)
     return model, preds, errors, skipped
 
 
 def _write_picture(preds, path: str, size: int, title: str) -> None:
     from ..viz import prediction_grid
     if not preds:
-        raise ValueError('no image could be read, so there is nothing to draw')
+        raise ValueError(NONE_READABLE)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     prediction_grid(preds, size=size, title=title).save(path)
 
@@ -240,28 +266,41 @@ def _title(args: argparse.Namespace, model) -> str:
     return f'{args.model}: ' + ', '.join(f'{k} {setting_text(v)}' for k, v in shown.items())
 
 
+def _prediction_text(pred) -> str:
+    """A prediction's three lines: the image, its top-k classes, what it kept and spent."""
+    return (f'{pred.source}\n  ' + '   '.join(f'{n} {q:.3f}' for _, n, q in pred.topk) +
+            f'\n  kept {kept_text(pred)}; {pred.macs / 1e6:.2f} MMACs of {pred.dense_macs / 1e6:.2f} dense, '
+            f'{pred.saved_fraction:.1%} saved')
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
-    model, preds, errors, skipped = _predict(args)
+    model, preds, errors, skipped = _predict(args, input_size=args.size if args.viz else 0)
+    drawn, results, count = [], [], 0  # the pictures' predictions (small inputs), the JSON entries
+    for p in preds:
+        count += 1
+        if args.viz:
+            drawn.append(p)
+        if args.json:
+            results.append(p.to_json())
+        else:
+            print(_prediction_text(p), flush=True)  # as each batch comes
+    if not count:
+        raise ValueError(NONE_READABLE)
     if args.viz:
-        _write_picture(preds, args.viz, args.size, _title(args, model))
+        _write_picture(drawn, args.viz, args.size, _title(args, model))
     if args.json:
-        print(json.dumps(dict(model=args.model, predictions=[p.to_json() for p in preds],
+        print(json.dumps(dict(model=args.model, untrained=untrained_parts(model), predictions=results,
                               errors=[dict(image=i, error=e) for i, e in errors],
                               skipped=[dict(file=f, reason=r) for f, r in skipped],
                               picture=args.viz or None), indent=1))
-    else:
-        for p in preds:
-            print(p.source)
-            print('  ' + '   '.join(f'{n} {q:.3f}' for _, n, q in p.topk))
-            print(f'  kept {kept_text(p)}; {p.macs / 1e6:.2f} MMACs of {p.dense_macs / 1e6:.2f} dense, '
-                  f'{p.saved_fraction:.1%} saved')
-        if args.viz:
-            print(f'picture: {args.viz}')
+    elif args.viz:
+        print(f'picture: {args.viz}')
     return EXIT_SOME_IMAGES_FAILED if errors else EXIT_OK
 
 
 def _cmd_viz(args: argparse.Namespace) -> int:
-    model, preds, errors, _ = _predict(args)
+    model, preds, errors, _ = _predict(args, input_size=args.size)
+    preds = list(preds)
     _write_picture(preds, args.out, args.size, _title(args, model))
     print(f'{len(preds)} image(s) drawn: {args.out}')
     return EXIT_SOME_IMAGES_FAILED if errors else EXIT_OK

@@ -34,14 +34,23 @@ class ImageReadError(ValueError):
         self.path, self.reason = str(path), reason
 
 
-def load_image(path: str) -> Image.Image:
+def load_image(path: str, min_size: Optional[int] = None) -> Image.Image:
     """Opens an image file (upright by its EXIF orientation); an ``ImageReadError`` when it is not a
-    readable image."""
+    readable image.
+
+    Args:
+        path: The file.
+        min_size: Decode a JPEG at a reduced scale (1/2, 1/4 or 1/8, PIL's ``draft``) as long as
+            both sides keep at least this many pixels: a large photo costs a fraction of its full
+            size in memory and time. None: full size. The mode stays the file's (CMYK, grayscale).
+    """
     try:
         if Path(path).stat().st_size == 0:
             raise ImageReadError(path, 'empty file')
         with open(path, 'rb') as f:
             image = Image.open(f)
+            if min_size:
+                image.draft(None, (min_size, min_size))  # a no-op for formats other than JPEG
             image.load()
         image = ImageOps.exif_transpose(image)  # photos taken sideways come out upright
     except UnidentifiedImageError:

@@ -1,5 +1,6 @@
 """Preprocessing from a model's data config (timm), for grayscale or color models, and
 augmentation that depends only on (seed, epoch, image index)."""
+import math
 import random
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -7,12 +8,13 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
+from timm.data.constants import DEFAULT_CROP_PCT
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from ..models._helpers import model_input_size
 
-__all__ = ['model_norm', 'model_transform', 'SeededAugmentation']
+__all__ = ['model_decode_size', 'model_norm', 'model_transform', 'SeededAugmentation']
 
 
 def model_norm(model: torch.nn.Module) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
@@ -54,6 +56,17 @@ def model_transform(model: torch.nn.Module, is_training: bool = False,
     return T.Compose([ConvertMode(mode), create_transform(is_training=is_training, **kwargs)])
 
 
+def model_decode_size(model: torch.nn.Module) -> int:
+    """The pixels both sides of an image need for ``model_transform``'s evaluation resize (its
+    target, the input size over ``crop_pct``): a larger image decoded at a reduced scale that keeps
+    them (``load_image(path, min_size)``) gives nearly the same model input, at a fraction of
+    the memory."""
+    cfg = resolve_data_config({}, model=model)
+    _, h, w = model_input_size(model)
+    crop_pct = cfg.get('crop_pct') or DEFAULT_CROP_PCT
+    return max(h, w, *(math.floor(s / crop_pct) for s in (h, w)))
+
+
 class ConvertMode:
     """``image.convert(mode)`` as a picklable transform (DataLoader workers). Transparent images
     are composited on white first, and 16-bit / float grayscale is scaled to 8 bits (PIL's own
@@ -67,14 +80,24 @@ class ConvertMode:
             rgba = image.convert('RGBA')
             image = Image.alpha_composite(Image.new('RGBA', rgba.size, (255, 255, 255, 255)), rgba)
         elif image.mode.startswith('I') or image.mode == 'F':
-            a = np.asarray(image, dtype=np.float64)
-            scale = 1 / 257 if image.mode.startswith('I;16') or (image.mode == 'I' and a.max() > 255) else \
-                255.0 if image.mode == 'F' and a.max() <= 1.0 else 1.0
-            image = Image.fromarray(np.clip(a * scale, 0, 255).round().astype(np.uint8), 'L')
+            a = np.asarray(image, dtype=np.float32)
+            image = Image.fromarray(np.clip(a * _to_8bit(image.mode, float(a.max())), 0, 255).round().astype(np.uint8),
+                                    'L')
         return image.convert(self.mode)
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}({self.mode!r})'
+
+
+def _to_8bit(mode: str, top: float) -> float:
+    """The factor that brings a 16-bit, 32-bit or float grayscale image (largest value ``top``) to
+    0-255: 16-bit by 1/257; 32-bit integers beyond 16 bits by their largest value; floats in
+    [0, 1] by 255; 8-bit values (an 'I' image holding them) as they are."""
+    if mode.startswith('I;16') or mode == 'I' and 255 < top <= 65535:
+        return 1 / 257
+    if mode == 'I' and top > 65535:
+        return 255 / top
+    return 255.0 if mode == 'F' and top <= 1.0 else 1.0
 
 
 class SeededAugmentation(Dataset):

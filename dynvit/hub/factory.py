@@ -22,7 +22,7 @@ from .downloads import (
     has_file_name,
     offline_reason,
 )
-from .files import load_checkpoint, read_dynvit_metadata, read_state_dict
+from .files import load_checkpoint, mark_untrained, read_dynvit_metadata, read_state_dict
 
 
 def _is_dynvit(arch: str) -> bool:
@@ -83,6 +83,7 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
         if file:
             overlay['file'] = file
     structure = None  # per-block sizes of a structurally pruned file (dynvit.compress)
+    file_meta = None  # the metadata of the dynvit file whose weights the model keeps
     for f in (overlay.get('file') if pretrained else None, kwargs.get('checkpoint_path')):
         if not f:
             continue
@@ -97,6 +98,7 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
             kwargs = {**stored, **kwargs}  # the caller's arguments first, then what the file stores
             if f == overlay.get('file'):  # the file's data config and classes describe these weights
                 overlay = {**meta['pretrained_cfg'], **overlay}
+                file_meta = meta
             structure = (meta.get('extra') or {}).get(STRUCTURE_KEY) or structure
     # what an official tag was trained with: its files do not store it (last resort, after the file's own)
     kwargs = {**TAG_ARGS.get(model_name, {}), **kwargs}
@@ -108,8 +110,10 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
     if overlay:
         kwargs['pretrained_cfg_overlay'] = overlay
     checkpoint_path = kwargs.pop('checkpoint_path', None)
+    if checkpoint_path:  # its weights load last (load_checkpoint applies its file's word)
+        file_meta = None
     if structure:  # timm would load into the constructor's uniform blocks: shrink them first
-        return _create_pruned(model_name, pretrained, structure, checkpoint_path, kwargs)
+        return mark_untrained(_create_pruned(model_name, pretrained, structure, checkpoint_path, kwargs), file_meta)
     try:
         model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
     except OSError as e:  # download failures (unknown file, network lost) are OSErrors in timm and huggingface_hub
@@ -120,6 +124,7 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
     cfg = getattr(model, 'pretrained_cfg', None)
     if isinstance(cfg, dict) and cfg.get('state_dict') is not None:
         cfg.pop('state_dict')  # loaded; do not keep a second copy of the weights alive
+    model = mark_untrained(model, file_meta)
     return load_checkpoint(model, checkpoint_path) if checkpoint_path else model
 
 

@@ -22,6 +22,7 @@ from ..compress.saving import STRUCTURE_KEY, pruned_structure
 from ..models._helpers import adapt_input_channels, check_state_dict, model_input_size
 
 FORMAT = 'dynvit'
+UNTRAINED_KEY = 'untrained_sparse'  # metadata: why the file's sparse modules are untrained (absent: trained)
 _CFG_KEYS = ('input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation', 'num_classes', 'label_names')
 
 
@@ -52,7 +53,8 @@ def save_model(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = No
 
     The metadata holds the architecture name, every constructor argument with the *current*
     sparsity settings, and the data config (input size, mean, std, ...), so ``load_model`` or
-    ``create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=path))`` rebuilds it.
+    ``create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=path))`` rebuilds it;
+    and, when its keep predictors / gates were never trained, why (``untrained_sparse``).
 
     Args:
         model: A dynvit model (has ``model_args`` and ``sparsity_config``).
@@ -89,6 +91,8 @@ def save_model(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = No
         'pretrained_cfg': _to_json(_data_cfg(model, cfg), 'pretrained_cfg entry'),
         'extra': _to_json(extra or {}, 'extra metadata'),
     }
+    if getattr(model, 'untrained_sparse', None):  # its tensors alone would count as trained when loaded
+        meta[UNTRAINED_KEY] = model.untrained_sparse
     if is_quantized(model):
         raise ValueError('INT8 models are not saved: save the float model and quantize after loading '
                          '(dynvit.compress.quantize_int8)')
@@ -202,6 +206,16 @@ def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
     state_dict = adapt_input_channels(state_dict, model)
     check_state_dict(state_dict, model, what=str(path))
     model.load_state_dict(state_dict)
+    return mark_untrained(model, read_dynvit_metadata(path))
+
+
+def mark_untrained(model: nn.Module, meta: Optional[Dict[str, Any]]) -> nn.Module:
+    """``model``, loaded from a dynvit file (``meta``, its metadata; None for other files), marked
+    as having untrained sparse modules when the file says so (it was saved before they were
+    trained; the checkpoint filter, which sees only tensors, counts them as trained)."""
+    why = (meta or {}).get(UNTRAINED_KEY)
+    if why and hasattr(model, 'untrained_sparse'):
+        model.untrained_sparse = why
     return model
 
 

@@ -12,7 +12,10 @@ What a family provides (see ``DynamicModel``):
   constructor's sparsity arguments (``sparsity_args``) and the settings that switch sparsity off
   (``dense_settings``);
 * ``training_objective(config)``: its loss;
-* ``sparse_modules()``: the modules that decide what to skip (keep predictors, channel gates);
+* ``sparse_modules()``: the modules that decide what to skip (keep predictors, channel gates),
+  named in words by ``sparse_label``; ``untrained_sparse`` says why they hold no trained weights
+  (new, or started from a dense checkpoint), which the checkpoint filters record through
+  ``_sparse_from_checkpoint``;
 * ``_spent_macs(aux)`` / ``_dense_macs(aux)``: the MACs of a pass, counted analytically after it
   from what its aux recorded (tokens each block saw, channels each gate kept and the shapes each
   block computed); ``_finish_aux`` writes them into the aux, so every caller reads ``aux.macs``
@@ -27,6 +30,9 @@ import torch.nn as nn
 from ..families import KNOBS
 
 __all__ = ['DynamicAux', 'DynamicModel', 'all_sparsity_args']
+
+UNTRAINED_NEW = 'newly initialised'
+UNTRAINED_FROM_DENSE = 'started from a dense checkpoint'
 
 
 @dataclass(kw_only=True)
@@ -97,6 +103,8 @@ class DynamicModel:
             for MACs) and ``sparsity_meaning`` (what one value of it means, for help texts).
         sparsity_args: Constructor arguments that configure the sparsity (not the backbone).
         kept_unit: What ``aux.kept`` counts ('patches', 'channels').
+        sparse_label: What ``sparse_modules()`` are, in words ('keep predictors'); '' when the
+            selection is a rule without learned parameters.
         stage_label: Column title of ``aux.kept`` in reports.
         per_block_label: Column title of ``aux.per_block`` in reports.
         total_label: What ``aux.kept_total`` counts, in reports.
@@ -112,6 +120,7 @@ class DynamicModel:
     sparsity_meaning: ClassVar[str] = ''
     sparsity_args: ClassVar[Tuple[str, ...]] = ()
     kept_unit: ClassVar[str] = ''
+    sparse_label: ClassVar[str] = ''
     stage_label: ClassVar[str] = ''
     per_block_label: ClassVar[str] = ''
     total_label: ClassVar[str] = ''
@@ -178,6 +187,29 @@ class DynamicModel:
     def init_sparse_modules(self) -> None:
         """Starts the sparse modules from the backbone's weights, without data (where the family can)."""
         raise ValueError(f'{self.family} has no data-free initialisation of its sparse modules')
+
+    @property
+    def untrained_sparse(self) -> Optional[str]:
+        """Why the sparse modules hold no trained weights ('newly initialised': a model built
+        without weights; 'started from a dense checkpoint'; ...), or None: trained (loaded from
+        weights that hold them, or fine-tuned), or nothing to train (selection by a rule).
+
+        The checkpoint filters set it when weights load, the trainer clears it once they learn,
+        and ``save_model`` stores it, so a file saved before training says so when loaded.
+        """
+        if not self.sparse_modules():
+            return None
+        return getattr(self, '_untrained_sparse', UNTRAINED_NEW)
+
+    @untrained_sparse.setter
+    def untrained_sparse(self, why: Optional[str]) -> None:
+        self._untrained_sparse = why
+
+    def _sparse_from_checkpoint(self, found: bool, missing_why: str = UNTRAINED_FROM_DENSE) -> None:
+        """Records what a state dict gave the sparse modules (the family's checkpoint filter calls
+        this): ``found``: their weights, counted as trained (a dynvit file saved before training
+        says otherwise in its metadata, which the loader applies after); else ``missing_why``."""
+        self.untrained_sparse = None if found else missing_why
 
     # ---- MACs ----
     def _spent_macs(self, aux: DynamicAux) -> torch.Tensor:

@@ -262,6 +262,9 @@ def check_density(density: Any) -> float:
     return d
 
 
+UNTRAINED_MAGNITUDE = "started from the backbone's weights (magnitude pruning, init_gates)"
+
+
 class FBSModel(DynamicModel):
     """Mixin for a timm CNN whose residual blocks are ``GatedBlock`` s (put it before the timm class).
 
@@ -272,6 +275,7 @@ class FBSModel(DynamicModel):
     family = 'FBS'
     sparsity_args = ('density', 'execution')
     kept_unit = 'channels'
+    sparse_label = 'channel gates'
     stage_label = 'kept channels per gated layer'
     per_block_label = 'of channels'
     total_label = 'gated channels'
@@ -369,6 +373,7 @@ class FBSModel(DynamicModel):
                 out[b] = importance_bias(imp).to(own[b])
         if state_dict is None:
             self.load_state_dict(out, strict=False)
+            self.untrained_sparse = UNTRAINED_MAGNITUDE
         return out
 
     def static_graph_problem(self) -> Optional[str]:
@@ -490,5 +495,6 @@ def fbs_checkpoint_filter(state_dict: Dict[str, torch.Tensor], model: nn.Module,
     dense = not any(k in state_dict for k in gate_keys)
     check_state_dict({**state_dict, **{k: own[k] for k in gate_keys}} if dense else state_dict, model,
                      ignore=(classifier,), any_shape=first_conv_keys(model))
+    model._sparse_from_checkpoint(found=not dense)
     # a dense backbone: gates from its channel importance
     return {**state_dict, **model.init_gates(state_dict)} if dense else state_dict

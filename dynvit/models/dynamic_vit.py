@@ -125,6 +125,7 @@ class DynamicVisionTransformer(TokenSparseViT):
             ``VisionTransformer`` arguments.
     """
     family = 'DynamicViT'
+    sparse_label = 'keep predictors'
     sparsity_args = ('prune_loc', 'keep_ratio', 'mode', 'threshold', 'token_order')
     attn_layer = PolicyAttention
 
@@ -472,10 +473,13 @@ def _check_decision(decision: torch.Tensor, batch: int, num_patches: int, stage:
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: DynamicVisionTransformer) -> Dict[str, torch.Tensor]:
     """Maps a DynamicViT or a dense timm/DeiT ViT checkpoint onto ``model``.
 
-    A dense checkpoint fills the backbone; the keep predictors keep their fresh initialisation.
+    A dense checkpoint fills the backbone; the keep predictors keep their fresh initialisation
+    (and ``model.untrained_sparse`` says so).
     Key layouts that fit neither raise a ValueError naming the keys.
     """
     state_dict = vit_checkpoint_filter_fn(state_dict, model)
+    predictors = [k for k in model.state_dict() if k.startswith('score_predictor.')]
+    model._sparse_from_checkpoint(found=all(k in state_dict for k in predictors))
     state_dict = fill_missing(state_dict, model, ('score_predictor.',))
     # timm drops a classifier of another size and adapts the input channels after this filter
     check_state_dict(state_dict, model, ignore=('head.',), any_shape=first_conv_keys(model))

@@ -216,6 +216,11 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
     return metrics
 
 
+def _learning(modules: Sequence[nn.Module]) -> bool:
+    """Whether this step's gradients reach the parameters of ``modules``."""
+    return any(p.grad is not None and bool(p.grad.any()) for m in modules for p in m.parameters())
+
+
 def _check_targets(y: torch.Tensor, num_classes: int) -> None:
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         bad = y[(y < 0) | (y >= num_classes)][0].item()
@@ -339,7 +344,8 @@ class Trainer:
     # -- state --
     def _progress_state(self) -> Dict[str, Any]:
         return dict(epoch=self.epoch, step=self.step, best_top1=self.best_top1, history=self.history,
-                    epoch_sums=self._sums.tolist(), config=asdict(self.config), world=self.world)
+                    epoch_sums=self._sums.tolist(), config=asdict(self.config), world=self.world,
+                    untrained_sparse=self.model.untrained_sparse)
 
     def save_state(self) -> None:
         """Writes ``train_state.safetensors`` atomically (rank 0)."""
@@ -358,6 +364,7 @@ class Trainer:
         self.epoch, self.step = progress['epoch'], progress['step']
         self.best_top1, self.history = progress['best_top1'], progress['history']
         self._sums = torch.tensor(progress['epoch_sums'], dtype=torch.float64)
+        self.model.untrained_sparse = progress.get('untrained_sparse', self.model.untrained_sparse)
         if self.rank:  # every process continues its own random stream
             torch.manual_seed(self.config.seed + self.rank + 1_000 * (self.epoch * self.steps_per_epoch + self.step))
         return True
@@ -447,6 +454,8 @@ class Trainer:
                 self.scaler.unscale_(self.optimizer)
             else:
                 loss.backward()
+            if model.untrained_sparse is not None and _learning(model.sparse_modules()):
+                model.untrained_sparse = None  # the predictors / gates learn: the exported model holds trained ones
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             if self.scaler is not None:
