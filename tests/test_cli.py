@@ -124,7 +124,7 @@ def test_predict_reads_what_users_have_and_names_the_corrupt_file(photos):
     assert r.stdout.count('MMACs') == 1
 
 
-def test_predict_options_that_do_not_fit_the_model_are_named(photos):
+def test_predict_options_that_do_not_fit_the_model_are_named(photos, tmp_path):
     r = cli('predict', 'fbs_resnet18.fmnist_d50', str(photos / 'b_gray.jpg'), '--keep-ratio', '0.5')
     assert r.returncode == 1 and '--keep-ratio is not a setting of FBS models' in r.stderr
     assert 'they take --density (d: every gated convolution computes the top ceil(d * C)' in r.stderr
@@ -137,6 +137,11 @@ def test_predict_options_that_do_not_fit_the_model_are_named(photos):
     assert r.returncode == 0 and 'dynamicvit_tiny_patch16_224.fmnist_kr05' in r.stdout.split()
     r = cli('predict', 'test_dynamicvit', str(photos / 'b_gray.jpg'), '--checkpoint', '')
     assert r.returncode == 1 and 'the checkpoint path is empty' in r.stderr  # not random weights
+    import dynvit
+    dynvit.save_model(dynvit.create_model('test_fbs_resnet'), str(tmp_path / 'fbs.safetensors'))
+    r = cli('predict', 'test_dynamicvit', str(photos / 'b_gray.jpg'), '--checkpoint', str(tmp_path / 'fbs.safetensors'))
+    assert r.returncode == 1 and r.stderr.count('\n') == 1 and \
+        f'{tmp_path / "fbs.safetensors"} holds a test_fbs_resnet model, which test_dynamicvit cannot be built' in r.stderr
     r = cli('predict', 'test_evovit', str(photos / 'b_gray.jpg'), '--threshold', '0.5')
     assert r.returncode == 1 and 'no threshold mode' in r.stderr
     r = cli('predict', 'test_dynamicvit', str(photos / 'missing.png'))

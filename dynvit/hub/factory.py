@@ -83,6 +83,7 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
         if file:
             overlay['file'] = file
     structure = None  # per-block sizes of a structurally pruned file (dynvit.compress)
+    foreign = None  # (file, architecture) of a dynvit file written for another architecture
     file_meta = None  # the metadata of the dynvit file whose weights the model keeps
     for f in (overlay.get('file') if pretrained else None, kwargs.get('checkpoint_path')):
         if not f:
@@ -93,6 +94,7 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
         if meta is not None:
             stored = meta['model_args']
             if meta.get('architecture') != arch:  # e.g. a dense DynamicViT file as an Evo-ViT backbone
+                foreign = (f, meta.get('architecture'))
                 sparsity_args = all_sparsity_args()
                 stored = {k: v for k, v in stored.items() if k not in sparsity_args}
             kwargs = {**stored, **kwargs}  # the caller's arguments first, then what the file stores
@@ -112,15 +114,22 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
     checkpoint_path = kwargs.pop('checkpoint_path', None)
     if checkpoint_path:  # its weights load last (load_checkpoint applies its file's word)
         file_meta = None
-    if structure:  # timm would load into the constructor's uniform blocks: shrink them first
-        return mark_untrained(_create_pruned(model_name, pretrained, structure, checkpoint_path, kwargs), file_meta)
     try:
+        if structure:  # timm would load into the constructor's uniform blocks: shrink them first
+            return mark_untrained(_create_pruned(model_name, pretrained, structure, checkpoint_path, kwargs),
+                                  file_meta)
         model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
     except OSError as e:  # download failures (unknown file, network lost) are OSErrors in timm and huggingface_hub
         if not source:
             raise
         raise PretrainedWeightsError(f'could not fetch the pretrained weights of {model_name} '
                                      f'({type(e).__name__}: {str(e).splitlines()[0]})', model_name, source) from None
+    except (TypeError, RuntimeError) as e:  # arguments or tensors of another architecture
+        if foreign is None:
+            raise
+        raise ValueError(f'{foreign[0]} holds a {foreign[1]} model, which {arch} cannot be built from '
+                         f'({str(e).splitlines()[0]}); give {arch} a checkpoint of its own architecture or '
+                         f'of its dense backbone') from None
     cfg = getattr(model, 'pretrained_cfg', None)
     if isinstance(cfg, dict) and cfg.get('state_dict') is not None:
         cfg.pop('state_dict')  # loaded; do not keep a second copy of the weights alive
