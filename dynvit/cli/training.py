@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from ._common import EXIT_OK, fraction, int8_arg, maybe_int8, positive_int, report_skipped_count
-from .models import knob_args
+from .models import knob_args, knob_settings
 
 EXAMPLES = {
     'finetune': 'examples:\n'
@@ -140,7 +140,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if not args.resume and (Path(args.out) / 'train_state.safetensors').exists():
         raise FileExistsError(f'{args.out} already holds a run; pass --resume to continue it or choose another --out')
-    model, source = _model_for_data(args, _num_classes(args), keep_ratio=args.keep_ratio, density=args.density)
+    model, source = _model_for_data(args, _num_classes(args), **knob_settings(args))
     if args.init_gates:
         model.init_sparse_modules()
     _compress_for_training(args, model)

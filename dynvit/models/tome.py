@@ -476,9 +476,9 @@ def test_tome(pretrained: bool = False, **kwargs: Any) -> ToMeVisionTransformer:
 @register_model
 def test_tome2(pretrained: bool = False, **kwargs: Any) -> ToMeVisionTransformer:
     """Tiny ToMe for tests: a register token, size-weighted average pooling, LayerScale, qk-norm,
-    convolutional stem, the decreasing schedule (2r down to 0) without proportional attention."""
+    convolutional stem, a decreasing schedule (9, 7, 5, 3 merged) without proportional attention."""
     model_args = dict(
         img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2,
         reg_tokens=1, global_pool='avg', init_values=1e-5, qk_norm=True, stem='conv',
-        r=6, inflect=-1.0, prop_attn=False)
+        r=6, inflect=-0.5, prop_attn=False)
     return _create_tome('test_tome2', pretrained=pretrained, **dict(model_args, **kwargs))
