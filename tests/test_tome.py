@@ -130,7 +130,7 @@ def test_aux_describes_the_merged_groups(spec):
     P, L = model.num_prefix_tokens, aux.features.shape[1]
     # every original token is in exactly one output token; sizes count them
     assert torch.equal(aux.source.sum(2), aux.size) and torch.equal(aux.source.sum(1), torch.ones(2, P + 64))
-    assert (aux.token_of[:, :P] == torch.arange(P)).all() and (aux.patch_token >= P).all()
+    assert (aux.token_of[:, :P] == torch.arange(P)).all() and (aux.token_groups >= P).all()
     # a stage is a merging block; its kept patches are the tokens left after it
     after = aux.tokens_per_block - aux.merged_per_block
     assert aux.kept.tolist() == [[int(after[0, i]) - P for i in aux.merge_blocks]] * 2

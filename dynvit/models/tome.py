@@ -64,7 +64,7 @@ class ToMeAux(TokenAux):
     A *stage* is a block that merged; after it a patch counts as kept while the token it started
     as is still in the sequence (a merge keeps the B token, now holding the A tokens that joined
     it, and removes those A tokens): ``kept`` sums to the patch tokens left. Where each patch
-    went is ``patch_token`` (per patch) or ``source`` (the released code's layout).
+    went is ``token_groups`` (per patch) or ``source`` (the released code's layout).
 
     Attributes:
         tokens_per_block: ``[B, depth]`` tokens entering each block (its attention), prefix included.
@@ -97,7 +97,7 @@ class ToMeAux(TokenAux):
         return self.tokens_per_block - self.merged_per_block
 
     @property
-    def patch_token(self) -> torch.Tensor:
+    def token_groups(self) -> torch.Tensor:
         """``[B, N]`` the output token (index into ``features``) each patch ended in: equal values
         are the merged groups (the paper's pictures colour each group)."""
         return self.token_of[:, self.num_prefix:]
