@@ -261,3 +261,36 @@ def test_command_line_info_and_predict(tmp_path):
     assert 0 < info['saved_fraction'] < 1
     p = pred['predictions'][0]
     assert p['kept'] == [58, 54] and p['out_of'] == [64, 64] and len(p['topk']) == 2
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    x, y = images(2), torch.tensor([0, 1])
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = make('reg_avg_sched').train()
+        model.set_grad_checkpointing(checkpointing)
+        logits, aux = model(x, return_aux=True)
+        model.training_objective(dynvit.losses.ObjectiveConfig())(logits, aux, y)[0].backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for n, g in grads[0].items():
+        torch.testing.assert_close(grads[1][n], g, rtol=1e-5, atol=1e-7)
+
+
+def test_dense_timm_checkpoints_load_directly(tmp_path):
+    from safetensors.torch import save_file
+    from timm.models.vision_transformer import VisionTransformer
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2,
+                            num_classes=10).eval()
+    state = dict(vit.state_dict())
+    path = str(tmp_path / 'deit_like.safetensors')
+    save_file({**state, 'score_predictor.0.in_conv.0.weight': torch.zeros(3)}, path)  # a DynamicViT file's extra
+    model = dynvit.create_model('test_tome', pretrained=True, pretrained_cfg_overlay=dict(file=path)).eval()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    x = images(2)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), dynvit.apply(vit, 'tome', r=8)(x), rtol=0, atol=0)
+    save_file({k: v for k, v in state.items() if not k.startswith('blocks.3.')}, path)
+    with pytest.raises(ValueError, match='missing: blocks.3'):
+        dynvit.create_model('test_tome', pretrained=True, pretrained_cfg_overlay=dict(file=path))
