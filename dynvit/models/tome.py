@@ -182,8 +182,8 @@ class ToMeVisionTransformer(TokenSparseViT):
             0), or the released code's tuple ``(r, inflect)``.
         inflect: Shape of the schedule of an int ``r``, in [-1, 1] (see ``parse_r``).
         prop_attn: Proportional attention: add ``log(size)`` of each key to the attention logits
-            (the released ``apply_patch`` default; the paper turns it off for training from scratch
-            and for MAE models).
+            (the released ``apply_patch`` default, meant for off-the-shelf models; its authors
+            leave it off when training and for off-the-shelf MAE models).
         **kwargs: ``stem`` ('patch' or 'conv', see ``TokenSparseViT``) and timm's
             ``VisionTransformer`` arguments.
     """
