@@ -25,7 +25,9 @@ SPECS = {
     'cls': ('test_tome', dict()),
     'reg_avg_sched': ('test_tome2', dict()),
     'no_prefix_maxpool': ('test_tome', dict(class_token=False, global_pool='max', r=[10, 6, 4])),
-    'explicit_attention': ('test_tome', dict(fused=False, reg_tokens=2, r=12)),
+    'explicit_attention_regs': ('test_tome', dict(fused=False, reg_tokens=2, r=12)),
+    'protected_regs_weighted_avg': ('test_tome', dict(reg_tokens=3, global_pool='avg', protect_registers=True,
+                                                      weighted_pool=True, r=(6, 1))),
 }
 
 
@@ -127,29 +129,33 @@ def test_aux_describes_the_merged_groups(spec):
     model = make(spec)
     with torch.no_grad():
         _, aux = model(images(2), return_aux=True)
-    P, L = model.num_prefix_tokens, aux.features.shape[1]
+    P, Q, L = model.num_prefix_tokens, aux.num_protected, aux.features.shape[1]
     # every original token is in exactly one output token; sizes count them
     assert torch.equal(aux.source.sum(2), aux.size) and torch.equal(aux.source.sum(1), torch.ones(2, P + 64))
-    assert (aux.token_of[:, :P] == torch.arange(P)).all() and (aux.token_groups >= P).all()
-    # a stage is a merging block; its kept patches are the tokens left after it
+    assert (aux.token_of[:, :Q] == torch.arange(Q)).all() and (aux.token_groups >= Q).all()
+    # a stage is a merging block; its kept patches are the tokens left after it (registers merge
+    # like patches unless protected)
     after = aux.tokens_per_block - aux.merged_per_block
-    assert aux.kept.tolist() == [[int(after[0, i]) - P for i in aux.merge_blocks]] * 2
-    assert aux.grid == (8, 8) and aux.keep_rate.tolist() == [(L - P) / 64] * 2
-    # the output token a patch stands as (kept) holds it
-    kept = aux.kept_masks[-1]
-    assert kept.sum() == 2 * (L - P)
+    left = [[int(after[0, i]) - P for i in aux.merge_blocks]] * 2
+    assert aux.kept.tolist() == left if Q == P else (aux.kept >= torch.tensor(left)).all()
+    assert aux.grid == (8, 8) and torch.equal(aux.keep_rate, aux.kept[:, -1] / 64)
+    # a kept patch stands as its own output token: the token it ended in is not shared with another kept patch
+    for b in range(2):
+        groups = aux.token_groups[b][aux.kept_masks[-1][b]]
+        assert groups.unique().numel() == groups.numel()
 
 
-def test_pooling_weighs_tokens_by_size():
-    model = make('reg_avg_sched')
+@pytest.mark.parametrize('weighted', [False, True])
+def test_average_pooling_plain_or_weighted_by_size(weighted):
+    model = make('protected_regs_weighted_avg', weighted_pool=weighted)
+    x = images(2)
     with torch.no_grad():
-        feats, aux = model.forward_features(images(2), return_aux=True)
-        pooled = model.forward_head(feats, pre_logits=True, token_mask=aux.token_mask)
+        logits = model(x)
+        feats, aux = model.forward_features(x, return_aux=True)
     P = model.num_prefix_tokens
-    w = aux.size[:, P:, None]
-    expected = model.fc_norm((feats[:, P:] * w).sum(1) / w.sum(1))
-    torch.testing.assert_close(pooled, expected)
-    assert w.sum(1).flatten().tolist() == [64.0, 64.0]
+    w = aux.size[:, P:, None] if weighted else torch.ones_like(aux.size[:, P:, None])
+    torch.testing.assert_close(logits, model.head(model.fc_norm((feats[:, P:] * w).sum(1) / w.sum(1))))
+    assert aux.size[:, P:].sum(1).tolist() == [64.0, 64.0]  # registers protected: the patches hold all patches
 
 
 def test_settings_change_on_a_built_model_and_round_trip(tmp_path):
@@ -159,8 +165,8 @@ def test_settings_change_on_a_built_model_and_round_trip(tmp_path):
         model.set_sparsity(r=4)
         assert model(x, return_aux=True)[1].tokens_per_block[0].tolist() == [65, 61, 57, 53]
         model.set_sparsity(r=(16, -1))  # the released code's (r, inflect)
-        assert model.r_per_block == (32, 21, 10, 0) and model.sparsity_config() == dict(r=16, inflect=-1.0,
-                                                                                          prop_attn=True)
+        assert model.r_per_block == (32, 21, 10, 0) and model.sparsity_config() == dict(
+            r=16, inflect=-1.0, prop_attn=True, protect_registers=False, weighted_pool=False)
         # a block merges at most half of its unprotected tokens, as the released code clamps
         assert model(x, return_aux=True)[1].merged_per_block[0].tolist() == [32, 16, 8, 0]
         model.set_sparsity(r=[6, 2])
@@ -168,7 +174,7 @@ def test_settings_change_on_a_built_model_and_round_trip(tmp_path):
     # the training schedule's level: 1.0 is dense, r = round((1 - level) * N)
     assert model.set_sparsity_level((1.0,)).r == 0 and model.set_sparsity_level((0.9375,)).r == 4
     assert model.sparsity_level == (0.9375,) and model.set_sparsity(r=[4, 2]).sparsity_level == (0.9375, 1 - 2 / 64, 1, 1)
-    model.set_sparsity(r=12, inflect=-0.5, prop_attn=False)
+    model.set_sparsity(r=12, inflect=-0.5, prop_attn=False, weighted_pool=True)
     path = str(tmp_path / 'tome.safetensors')
     dynvit.save_model(model, path)
     loaded = dynvit.load_model(path).eval()
@@ -192,6 +198,7 @@ def test_settings_change_on_a_built_model_and_round_trip(tmp_path):
     (dict(r=(8, -1), inflect=0.5), 'not both'),
     (dict(r=(8, -1, 2)), 'tuple'),
     (dict(prop_attn='yes'), 'True or False'),
+    (dict(protect_registers=1), 'protect_registers must be True or False'),
 ])
 def test_bad_settings_raise_one_line_errors(settings, match):
     model = make('cls')

@@ -11,11 +11,11 @@ MLP and every later block compute ``r`` fewer tokens. ``size`` counts the origin
 token holds; with proportional attention ``log(size)`` of each key is added to the attention
 logits, so a merged token weighs as much as the tokens it stands for.
 
-Prefix tokens (class, register) are protected, generalising the released code's class and
-distillation tokens: one in A is never merged away, one in B never receives a merge, and they
-stay first, in their order. After a merge the order is the released code's: prefix tokens,
-the A tokens that stayed (in their order), then every B token (in its order); the next block
-splits this order into A and B again.
+The leading ``num_protected`` tokens (the class token; registers where the model protects
+them) generalise the released code's class and distillation tokens: one in A is never merged
+away, one in B never receives a merge, and they stay first, in their order. After a merge the
+order is the released code's: protected tokens, the A tokens that stayed (in their order), then
+every B token (in its order); the next block splits this order into A and B again.
 """
 import math
 from dataclasses import dataclass

@@ -23,10 +23,14 @@ followed where it and the paper differ:
   of the keys only after the first merge;
 * the attention stays fused (SDPA, ``log(size)`` as its additive mask) where the released code
   writes it out, which changes the logits by float rounding only;
-* register tokens are protected like the class token (the released code protects the class
-  and distillation tokens); without prefix tokens the unmerged A tokens keep the code's
-  similarity order; keys after timm's qk-norm are the metric (the released code ignores qk-norm);
-* average pooling weighs each output token by its size (as the released MAE patch does).
+* only the class token is protected (none without one), so register tokens merge like patches
+  as they do in the released code; ``protect_registers=True`` keeps them out of merging. Without
+  protected tokens the unmerged A tokens keep the code's similarity order;
+* average pooling is timm's plain mean over the output tokens (the released timm patch);
+  ``weighted_pool=True`` weighs each output token by its size (the released MAE patch);
+* timm's newer block parts run as in timm: LayerScale (``ls1``/``ls2``), qk-norm (its keys are
+  the metric), the attention's norm and gate. The released code predates them and skips them,
+  so it differs from the dense model even at r = 0 on such ViTs; here r = 0 is the dense model.
 """
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -75,7 +79,9 @@ class ToMeAux(TokenAux):
         matches: Per block its ``TokenMatch`` (None where it merged nothing).
         merge_blocks: The blocks that merged (one stage each).
         num_patches: N.
-        num_prefix: P (class and register tokens, never merged).
+        num_prefix: P (class and register tokens).
+        num_protected: The leading tokens never merged (the class token, and with
+            ``protect_registers`` the registers).
     """
     tokens_per_block: torch.Tensor
     merged_per_block: torch.Tensor
@@ -86,6 +92,7 @@ class ToMeAux(TokenAux):
     merge_blocks: Tuple[int, ...]
     num_patches: int
     num_prefix: int
+    num_protected: int
 
     @property
     def stage_weights(self) -> List[torch.Tensor]:
@@ -180,31 +187,47 @@ class ToMeVisionTransformer(TokenSparseViT):
     Args:
         r: Tokens each block merges away: an int (every block), a per-block list (padded with
             0), or the released code's tuple ``(r, inflect)``.
-        inflect: Shape of the schedule of an int ``r``, in [-1, 1] (see ``parse_r``).
+        inflect: Shape of the schedule of an int ``r``, in [-1, 1] (see ``parse_r``); None: 0
+            (constant), or the one in a tuple ``r``.
         prop_attn: Proportional attention: add ``log(size)`` of each key to the attention logits
             (the released ``apply_patch`` default, meant for off-the-shelf models; its authors
             leave it off when training and for off-the-shelf MAE models).
+        protect_registers: Keep register tokens out of merging, like the class token (False: the
+            released code, which protects only the class token, merges them like patches).
+        weighted_pool: Average (max) pooling over the patch tokens weighs each output token by its
+            size, as the released MAE patch does (False: timm's plain pooling over the output
+            tokens, as the released timm patch).
         **kwargs: ``stem`` ('patch' or 'conv', see ``TokenSparseViT``) and timm's
             ``VisionTransformer`` arguments.
     """
     family = 'ToMe'
-    sparsity_args = ('r', 'inflect', 'prop_attn')
+    sparsity_args = ('r', 'inflect', 'prop_attn', 'protect_registers', 'weighted_pool')
     stage_label = 'patch tokens after each merging block'
     checkpoint_drops = {'score_predictor.': 'DynamicViT keep predictors',
                         'head_cls.': "Evo-ViT's class-token head", 'norm_cls.': "Evo-ViT's class-token norm"}
 
-    def __init__(self, *, r: RSetting = 8, inflect: float = 0.0, prop_attn: bool = True, **kwargs: Any) -> None:
+    def __init__(
+            self,
+            *,
+            r: RSetting = 8,
+            inflect: Optional[float] = None,
+            prop_attn: bool = True,
+            protect_registers: bool = False,
+            weighted_pool: bool = False,
+            **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         _check_blocks(self)
-        self._init_merging(r, inflect, prop_attn)
+        self._init_merging(r=r, inflect=inflect, prop_attn=prop_attn, protect_registers=protect_registers,
+                           weighted_pool=weighted_pool)
 
-    def _init_merging(self, r: RSetting, inflect: float, prop_attn: bool) -> None:
+    def _init_merging(self, **settings: Any) -> None:
         """The settings' state (also what ``apply_tome`` gives a plain timm model)."""
         self._r: Union[int, List[int]] = 0
         self._inflect = 0.0
-        self._prop_attn = True
         self._r_per_block: Tuple[int, ...] = (0,) * len(self.blocks)
-        self.set_sparsity(r=r, inflect=inflect, prop_attn=prop_attn)
+        self._switches = dict(prop_attn=True, protect_registers=False, weighted_pool=False)
+        self.set_sparsity(**settings)
 
     # ---- sparsity settings (changeable on a built model) ----
     @property
@@ -228,11 +251,28 @@ class ToMeVisionTransformer(TokenSparseViT):
     @property
     def prop_attn(self) -> bool:
         """Whether ``log(size)`` of the keys is added to the attention logits."""
-        return self._prop_attn
+        return self._switches['prop_attn']
 
     @prop_attn.setter
     def prop_attn(self, value: bool) -> None:
         self.set_sparsity(prop_attn=value)
+
+    @property
+    def protect_registers(self) -> bool:
+        """Whether register tokens are kept out of merging like the class token."""
+        return self._switches['protect_registers']
+
+    @property
+    def weighted_pool(self) -> bool:
+        """Whether patch pooling weighs each output token by its size."""
+        return self._switches['weighted_pool']
+
+    @property
+    def num_protected(self) -> int:
+        """Leading tokens never merged: the class token, and the registers with ``protect_registers``."""
+        if self.protect_registers:
+            return self.num_prefix_tokens
+        return 1 if self.cls_token is not None else 0
 
     @property
     def r_per_block(self) -> Tuple[int, ...]:
@@ -244,6 +284,8 @@ class ToMeVisionTransformer(TokenSparseViT):
             r: Optional[RSetting] = None,
             inflect: Optional[float] = None,
             prop_attn: Optional[bool] = None,
+            protect_registers: Optional[bool] = None,
+            weighted_pool: Optional[bool] = None,
     ) -> 'ToMeVisionTransformer':
         """Changes the settings given (others stay); returns the model. Nothing changes if one is invalid.
 
@@ -255,23 +297,25 @@ class ToMeVisionTransformer(TokenSparseViT):
         if inflect is None:
             inflect = self._inflect if is_scalar(new_r) else 0.0
         per_block = parse_r(new_r, len(self.blocks), inflect)
-        limit = max_merge(self.patch_embed.num_patches, 0)
+        switches = dict(prop_attn=prop_attn, protect_registers=protect_registers, weighted_pool=weighted_pool)
+        for name, value in switches.items():
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f'{name} must be True or False, got {value!r}')
+        switches = {**self._switches, **{k: v for k, v in switches.items() if v is not None}}
+        protected = self.num_prefix_tokens if switches['protect_registers'] else int(self.cls_token is not None)
+        limit = max_merge(self.patch_embed.num_patches + self.num_prefix_tokens, protected)
         if max(per_block, default=0) > limit:
-            raise ValueError(f'r={max(per_block)} is too large: a block merges at most half of its tokens, '
-                             f'{limit} of the {self.patch_embed.num_patches} patches; use r <= {limit}')
-        if prop_attn is not None and not isinstance(prop_attn, bool):
-            raise ValueError(f'prop_attn must be True or False, got {prop_attn!r}')
+            raise ValueError(f'r={max(per_block)} is too large: a block merges at most half of its unprotected '
+                             f'tokens, {limit} of the {self.patch_embed.num_patches} patches; use r <= {limit}')
         self._r = int(new_r) if is_scalar(new_r) else list(per_block)
         self._inflect = float(inflect)
         self._r_per_block = per_block
-        if prop_attn is not None:
-            self._prop_attn = prop_attn
+        self._switches = switches
         return self
 
     def sparsity_config(self) -> Dict[str, Any]:
         """The current settings as plain values (stored with saved weights)."""
-        return dict(r=self.r if isinstance(self.r, int) else list(self.r), inflect=self.inflect,
-                    prop_attn=self.prop_attn)
+        return dict(r=self.r if isinstance(self.r, int) else list(self.r), inflect=self.inflect, **self._switches)
 
     def dense_settings(self) -> Dict[str, Any]:
         return dict(r=0)
@@ -308,13 +352,14 @@ class ToMeVisionTransformer(TokenSparseViT):
                 weighs tokens by size).
 
         Returns:
-            Tokens ``[B, P + N - merged, C]`` after the final norm (prefix tokens first, then the
-            released code's order), and the aux.
+            Tokens ``[B, P + N - merged, C]`` after the final norm (protected tokens first, then
+            the released code's order), and the aux.
         """
         x = self._embed(images)
         B, T, _ = x.shape
-        P = self.num_prefix_tokens
-        track = want_aux or self.global_pool not in ('token', '')  # pooling weighs output tokens by size
+        P, protected = self.num_prefix_tokens, self.num_protected
+        weigh = self.weighted_pool and self.global_pool not in ('token', '')  # pooling reads the sizes
+        track = want_aux or weigh
         size = None  # [B, T, 1] original tokens per token, None until the first merge
         token_of = ident = None
         if track:
@@ -322,14 +367,14 @@ class ToMeVisionTransformer(TokenSparseViT):
             ident = token_of  # [B, T] the original token each current token started as
         tokens, merged, matches, unmerged = [], [], [], []
         for i, block in enumerate(self.blocks):
-            r = min(self.r_per_block[i], max_merge(x.shape[1], P))
+            r = min(self.r_per_block[i], max_merge(x.shape[1], protected))
             tokens.append(x.shape[1])
             merged.append(r)
             if r == 0:
                 x = self._block(block, x, size_bias(size, x.dtype) if self.prop_attn else None)
                 matches.append(None)
                 continue
-            x, size, match = run_block(self, merging_block_forward, block, x, size, r, P, self.prop_attn)
+            x, size, match = run_block(self, merging_block_forward, block, x, size, r, protected, self.prop_attn)
             matches.append(match)
             if track:
                 token_of = merge_positions(match).gather(1, token_of)
@@ -353,8 +398,9 @@ class ToMeVisionTransformer(TokenSparseViT):
             merge_blocks=tuple(i for i, m in enumerate(matches) if m is not None),
             num_patches=T - P,
             num_prefix=P,
+            num_protected=protected,
             features=x,
-            token_mask=weights,
+            token_mask=weights if weigh else None,
             grid=self._patch_grid(images),
         )
         return x, aux
@@ -369,7 +415,7 @@ class ToMeVisionTransformer(TokenSparseViT):
         return macs
 
 
-def apply_tome(model: nn.Module, r: RSetting = 8, inflect: float = 0.0, prop_attn: bool = True) -> ToMeVisionTransformer:
+def apply_tome(model: nn.Module, r: RSetting = 8, **settings: Any) -> ToMeVisionTransformer:
     """Turns a built timm ``VisionTransformer`` into a ``ToMeVisionTransformer``, in place.
 
     The model's class is swapped (as the released ``apply_patch`` does): its modules, weights and
@@ -380,8 +426,8 @@ def apply_tome(model: nn.Module, r: RSetting = 8, inflect: float = 0.0, prop_att
     Args:
         model: A plain timm ``VisionTransformer`` (not a subclass with its own forward).
         r: Tokens each block merges away (see ``ToMeVisionTransformer``).
-        inflect: Shape of the schedule of an int ``r``.
-        prop_attn: Proportional attention.
+        **settings: ``inflect``, ``prop_attn``, ``protect_registers``, ``weighted_pool`` (see
+            ``ToMeVisionTransformer``).
 
     Returns:
         The same model, now a ``ToMeVisionTransformer`` (``dynvit.save_model`` needs a model
@@ -398,7 +444,7 @@ def apply_tome(model: nn.Module, r: RSetting = 8, inflect: float = 0.0, prop_att
     _check_blocks(model)
     model.__class__ = ToMeVisionTransformer
     try:
-        model._init_merging(r, inflect, prop_attn)
+        model._init_merging(r=r, **settings)
     except Exception:
         model.__class__ = VisionTransformer
         raise
