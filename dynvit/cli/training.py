@@ -100,10 +100,10 @@ def _summary(args: argparse.Namespace, trainer, source: str, classes) -> str:
     had = model.pretrained_cfg.get('num_classes')
     if source != 'random' and had and had != model.num_classes:
         weights += f'; head reset from {had} to {model.num_classes} classes'
-    knob, target = model.sparsity_knob, '/'.join(f'{v:.4g}' for v in trainer.target)  # per stage / gate
+    knob, target = model.sparsity_knob, model.level_text(trainer.target)  # per stage / gate
     if cfg.sparsity_warmup_epochs > 0 and any(v < cfg.sparsity_start for v in trainer.target):
-        sparsity = (f'{knob} {cfg.sparsity_start:.4g} -> {target} over the first {cfg.sparsity_warmup_epochs:g} '
-                    f'epoch(s)')
+        start = model.level_text((cfg.sparsity_start,))
+        sparsity = f'{knob} {start} -> {target} over the first {cfg.sparsity_warmup_epochs:g} epoch(s)'
     else:
         sparsity = f'{knob} {target} from the start'
     if cfg.gate_warmup_epochs:

@@ -155,6 +155,12 @@ class DynamicModel:
         value = getattr(self, self.sparsity_knob)
         return tuple(float(v) for v in value) if isinstance(value, (tuple, list)) else (float(value),)
 
+    def level_text(self, level: Optional[Sequence[float]] = None) -> str:
+        """The knob's value at ``level`` (default: the current one) as people write it, e.g.
+        '0.7/0.49/0.343' (a family whose level is not its knob says the knob: ToMe's '8')."""
+        level = self.sparsity_level if level is None else level
+        return '/'.join(f'{v:.4g}' for v in level)
+
     def set_sparsity_level(self, level: Sequence[float]) -> 'DynamicModel':
         """Sets the knob to ``level`` (as ``sparsity_level`` gives it), e.g. from a training schedule."""
         level = tuple(level)

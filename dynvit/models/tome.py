@@ -334,9 +334,16 @@ class ToMeVisionTransformer(TokenSparseViT):
 
     def set_sparsity_level(self, level: Sequence[float]) -> 'ToMeVisionTransformer':
         """Sets ``r = round((1 - level) * N)`` (one value for every block, or one per block)."""
-        n = self.patch_embed.num_patches
-        r = [int(round((1.0 - float(v)) * n)) for v in level]
+        r = self._r_of_level(level)
         return self.set_sparsity(r=r[0], inflect=0.0) if len(r) == 1 else self.set_sparsity(r=r)
+
+    def level_text(self, level: Optional[Sequence[float]] = None) -> str:
+        """r at ``level`` (default: the current one), '8' or '12/8/4/0' per block."""
+        return '/'.join(str(v) for v in self._r_of_level(self.sparsity_level if level is None else level))
+
+    def _r_of_level(self, level: Sequence[float]) -> List[int]:
+        n = self.patch_embed.num_patches
+        return [int(round((1.0 - float(v)) * n)) for v in level]
 
     def training_objective(self, config: ObjectiveConfig) -> ClassificationLoss:
         """Cross-entropy and logit distillation: merging has nothing of its own to train."""
