@@ -61,13 +61,14 @@ def apply_sparsity(model, knobs: Dict[str, Any], threshold: Optional[float] = No
     (``knobs``, from ``knob_settings``), or its threshold mode (``--threshold``); a flag the model
     has no setting for is named with the one it takes."""
     own = getattr(model, 'sparsity_knob', None)  # None: a plain timm model
-    for knob, value in knobs.items():
-        if knob != own:
-            if own is None:
-                raise ValueError(f'{type(model).__name__} is not a dynvit model: it has no sparsity settings')
-            raise ValueError(f'{KNOB_FLAGS[knob]} is not a setting of {model.family} models ({type(model).__name__}); '
-                             f'they take {KNOB_FLAGS.get(own, own)} ({model.sparsity_meaning})')
-        model.set_sparsity(**{own: value})
+    wrong = [knob for knob in knobs if knob != own]
+    if wrong:
+        if own is None:
+            raise ValueError(f'{type(model).__name__} is not a dynvit model: it has no sparsity settings')
+        raise ValueError(f'{KNOB_FLAGS[wrong[0]]} is not a setting of {model.family} models ({type(model).__name__}); '
+                         f'they take {KNOB_FLAGS.get(own, own)} ({model.sparsity_meaning})')
+    if own in knobs:
+        model.set_sparsity(**{own: knobs[own]})
     if threshold is not None:
         if own is None or 'threshold' not in model.sparsity_settings():
             raise ValueError(f'--threshold is for models with a threshold mode (DynamicViT: keep the tokens whose '
