@@ -129,7 +129,7 @@ def test_aux_describes_the_merged_groups(spec):
     model = make(spec)
     with torch.no_grad():
         _, aux = model(images(2), return_aux=True)
-    P, Q, L = model.num_prefix_tokens, aux.num_protected, aux.features.shape[1]
+    P, Q = model.num_prefix_tokens, aux.num_protected
     # every original token is in exactly one output token; sizes count them
     assert torch.equal(aux.source.sum(2), aux.size) and torch.equal(aux.source.sum(1), torch.ones(2, P + 64))
     assert (aux.token_of[:, :Q] == torch.arange(Q)).all() and (aux.token_groups >= Q).all()
