@@ -301,3 +301,15 @@ def test_dense_timm_checkpoints_load_directly(tmp_path):
     save_file({k: v for k, v in state.items() if not k.startswith('blocks.3.')}, path)
     with pytest.raises(ValueError, match='missing: blocks.3'):
         dynvit.create_model('test_tome', pretrained=True, pretrained_cfg_overlay=dict(file=path))
+
+
+def test_any_image_size_and_bf16_autocast():
+    model = make('cls', dynamic_img_size=True, r=[8, 0, 8, 0])
+    x = images(2)
+    with torch.no_grad():
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            low, aux = model(x, return_aux=True)
+        torch.testing.assert_close(low.float(), model(x), rtol=0, atol=0.02)
+        _, aux = model(torch.randn(2, 3, 48, 40), return_aux=True)
+    assert aux.grid == (12, 10) and aux.tokens_per_block[0].tolist() == [121, 113, 113, 105]
+    assert aux.token_groups.shape == (2, 120) and aux.kept_masks[0].shape == (2, 120)
