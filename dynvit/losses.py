@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['ObjectiveConfig', 'DistilledLoss', 'DynamicViTLoss', 'EvoViTLoss', 'FBSLoss', 'distillation_kl',
+__all__ = ['ObjectiveConfig', 'DistilledLoss', 'ClassificationLoss', 'DynamicViTLoss', 'EvoViTLoss', 'FBSLoss', 'distillation_kl',
            'ratio_loss', 'saliency_l1', 'token_distillation_loss']
 
 
@@ -128,6 +128,23 @@ class DistilledLoss(nn.Module):
             parts['kl'] = distillation_kl(logits, teacher_logits, self.temperature)
             total = total + self.distill_weight * parts['kl']
         return total, {k: v.detach() for k, v in parts.items()}
+
+
+class ClassificationLoss(DistilledLoss):
+    """The objective of a family with nothing of its own to train (ToMe: merging is a rule):
+    ``loss = ce + distill_weight * kl(logits, teacher_logits)``, the distillation term skipped
+    when no teacher output is given."""
+
+    def forward(
+            self,
+            logits: torch.Tensor,
+            aux: Any,
+            target: torch.Tensor,
+            teacher_logits: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """The loss and its detached parts by name (``aux`` is not read)."""
+        parts = {'ce': self.base_criterion(logits, target)}
+        return self._with_distillation(parts['ce'], parts, logits, teacher_logits)
 
 
 class DynamicViTLoss(DistilledLoss):

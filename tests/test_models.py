@@ -17,6 +17,8 @@ def _create(name, **kwargs):
         return dynvit.create_model(name, **kwargs)
     if name.startswith('fbs_'):  # CNNs take any image size
         return dynvit.create_model(name, **kwargs)
+    if name.startswith('tome_'):  # a block merges at most half of the 16 patches
+        kwargs = dict(r=4, **kwargs)
     return dynvit.create_model(name, **SMALL, **kwargs)
 
 
@@ -29,7 +31,20 @@ def _input(model, batch):
 def _expected_kept(model, x):
     if is_cnn(model):
         return model.num_keep()
+    if isinstance(model, dynvit.ToMeVisionTransformer):
+        return _merged_kept(model)
     return [model.num_keep(s, model.patch_embed.num_patches) for s in range(stages(model))]
+
+
+def _merged_kept(model):
+    """ToMe: the patch tokens left after each merging block (each merges at most half of its patch tokens)."""
+    kept, left = [], model.patch_embed.num_patches
+    for r in model.r_per_block:
+        r = min(r, left // 2)
+        if r:
+            left -= r
+            kept.append(left)
+    return kept
 
 
 def _kept(aux):
@@ -39,7 +54,8 @@ def _kept(aux):
 def test_registry():
     assert {'dynamicvit_tiny_patch16_224', 'dynamicvit_small_patch16_224', 'dynamicvit_base_patch16_224',
             'test_dynamicvit', 'test_dynamicvit2', 'evovit_tiny_patch16_224', 'evovit_small_patch16_224',
-            'evovit_base_patch16_224', 'test_evovit', 'test_evovit2', 'fbs_resnet18', 'fbs_resnet34',
+            'evovit_base_patch16_224', 'test_evovit', 'test_evovit2', 'tome_tiny_patch16_224', 'tome_small_patch16_224',
+            'tome_base_patch16_224', 'test_tome', 'test_tome2', 'fbs_resnet18', 'fbs_resnet34',
             'fbs_efficientnet_lite0', 'test_fbs_resnet', 'test_fbs_resnet2', 'test_fbs_efficientnet'} <= set(MODELS)
     assert {'dynamicvit_small_patch16_224.deit_in1k', 'evovit_small_patch16_224.deit_in1k', 'fbs_resnet18.tv_in1k',
             'fbs_efficientnet_lite0.in1k'} <= set(dynvit.list_models(pretrained=True))
@@ -80,6 +96,7 @@ def test_backward_reaches_every_parameter(name):
 OTHER_SETTINGS = {
     dynvit.DynamicVisionTransformer: dict(keep_ratio=0.5, mode='threshold', threshold=0.4),
     dynvit.EvoVisionTransformer: dict(keep_ratio=0.4, tradeoff=0.8, representative_token=False),
+    dynvit.ToMeVisionTransformer: dict(r=[3, 2, 1], prop_attn=False),
     dynvit.FBSResNet: dict(density=0.3, execution='loop'),
     dynvit.FBSEfficientNet: dict(density=0.7, execution='grouped'),
 }

@@ -17,7 +17,7 @@ from dynvit.train import Trainer, TrainConfig, load_training_state
 
 from test_data import make_folder
 
-FAMILIES = ['test_dynamicvit', 'test_evovit', 'test_fbs_resnet']
+FAMILIES = ['test_dynamicvit', 'test_evovit', 'test_tome', 'test_fbs_resnet']
 
 
 @pytest.fixture(scope='module')
@@ -123,6 +123,15 @@ def test_sparsity_schedule_and_gate_warmup(folder):
     gates = {n for n in start if '.gate' in n}
     assert moved == gates
     assert any(not torch.equal(after[n], p) for n, p in f.model.named_parameters() if n not in gates)  # then joint
+
+
+def test_merging_warms_up_through_the_sparsity_level(folder):
+    """ToMe's level is 1 - r / N (1.0: no merging): the schedule ramps r up to the target, and
+    validation runs at the target."""
+    t = trainer('test_tome', folder, epochs=2, sparsity_start=1.0, sparsity_warmup_epochs=2)
+    seen = []
+    t.fit(on_step=lambda tr: seen.append(tr.model.r))
+    assert seen[0] < seen[-1] <= 8 and seen == sorted(seen) and t.model.r == 8
 
 
 def test_learning_rate_warms_up_then_decays(folder):

@@ -4,7 +4,7 @@ Nothing here imports torch at module level: ``dynvit --help`` must stay fast.
 """
 import argparse
 import sys
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple, Union
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_IMAGES_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -122,6 +122,25 @@ def probability(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f'must be in [0, 1], got {text}')
     return value
+
+
+def merge_counts(text: str) -> Union[int, List[int], Tuple[int, float]]:
+    """An argparse type: tokens merged per block, ``R`` (every block), ``R1,R2,...`` (one per
+    block) or ``R:INFLECT`` (the released ToMe schedule, e.g. ``16:-1``); bad syntax or a
+    negative count is bad usage (exit 2)."""
+    count, _, inflect = text.partition(':')
+    try:
+        values = [int(v) for v in count.split(',')]
+        shape = float(inflect) if inflect else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected R, R1,R2,... or R:INFLECT (whole numbers), got {text!r}') from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f'token counts must be >= 0, got {text}')
+    if shape is not None:
+        if len(values) != 1:
+            raise argparse.ArgumentTypeError(f'INFLECT shapes a single R (R:INFLECT), got {text!r}')
+        return values[0], shape
+    return values[0] if len(values) == 1 and ',' not in count else values
 
 
 def int8_arg(p: argparse.ArgumentParser) -> None:

@@ -22,12 +22,15 @@ def _true_label(path: str, classes: List[str]) -> str:
 
 
 def _sparsity_text(model) -> str:
-    """'keep ratio 0.5 / 0.25 / 0.125 per stage' or 'density 0.5 (channels computed per gated layer)'."""
+    """'keep ratio 0.5 / 0.25 / 0.125 per stage', 'density 0.5 (channels computed per gated layer)'
+    or 'r 8' (the knob's setting as the model states it)."""
     knob = model.sparsity_knob.replace('_', ' ')
-    level = model.sparsity_level
-    if len(level) == 1 and model.kept_unit == 'channels':
-        return f'{knob} {level[0]:g} ({model.kept_unit} computed per gated layer)'
-    return f'{knob} ' + ' / '.join(f'{r:.3g}' for r in level) + ' per stage'
+    value = model.sparsity_config()[model.sparsity_knob]
+    if isinstance(value, (list, tuple)):
+        return f'{knob} ' + ' / '.join(f'{v:.3g}' for v in value) + ' per stage'
+    if model.kept_unit == 'channels':
+        return f'{knob} {value:g} ({model.kept_unit} computed per gated layer)'
+    return f'{knob} {value:g}'
 
 
 def _zoo_models() -> List[str]:

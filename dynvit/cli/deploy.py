@@ -3,7 +3,7 @@ its sparsity, data config and per-image report outputs."""
 import argparse
 
 from ._common import EXIT_OK, load_model_arg, positive_int
-from .models import apply_sparsity, knob_args
+from .models import apply_sparsity, knob_args, knob_settings
 
 EXAMPLES = (
     'examples:\n'
@@ -24,7 +24,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.dynamic_batch and args.batch_size is not None:
         raise ValueError('--batch-size fixes the batch size, --dynamic-batch leaves it open; choose one')
     model = load_model_arg(args.model, args.checkpoint).eval()
-    apply_sparsity(model, args.keep_ratio, args.density)
+    apply_sparsity(model, knob_settings(args))
     to_onnx(model, args.out, batch_size=args.batch_size or 1, dynamic_batch=args.dynamic_batch, opset=args.opset)
     info = load_onnx(args.out).info
     batch = 'any' if info['batch_size'] is None else info['batch_size']

@@ -14,6 +14,7 @@ from ._common import (
     int8_arg,
     load_model_arg,
     maybe_int8,
+    merge_counts,
     positive_int,
     probability,
     report_skipped,
@@ -30,11 +31,13 @@ EXAMPLES = {
             '  dynvit list --pretrained --json\n  dynvit list test_              # the internal test models',
     'info': 'examples:\n  dynvit info dynamicvit_small_patch16_224\n  dynvit info fbs_resnet18.fmnist_d50\n'
             '  dynvit info dynamicvit_tiny_patch16_224.fmnist_kr05 --keep-ratio 0.4 --json\n'
-            '  dynvit info fbs_resnet18 --density 0.5',
+            '  dynvit info fbs_resnet18 --density 0.5\n'
+            '  dynvit info tome_small_patch16_224 --merge-r 8',
     'predict': 'examples:\n  dynvit predict dynamicvit_tiny_patch16_224.fmnist_kr05 shirt.png boot.jpg\n'
                '  dynvit predict fbs_resnet18.fmnist_d50 photos/ --density 0.3 --topk 3 --json\n'
                '  dynvit predict runs/fm/best.safetensors a.png --keep-ratio 0.4 --viz kept.png\n'
                '  dynvit predict dynamicvit_tiny_patch16_224.fmnist_kr05 photos/ --threshold 0.5\n'
+               '  dynvit predict tome_small_patch16_224.deit_in1k photo.jpg --merge-r 16:-1\n'
                'exit codes: 0 all images predicted, 1 error (model, arguments), 2 usage, '
                '3 some images could not be read (the others were predicted)',
     'viz': 'examples:\n  dynvit viz dynamicvit_tiny_patch16_224.fmnist_kr05 photos/ --out grid.png\n'
@@ -51,21 +54,29 @@ EXAMPLES = {
 
 # ---- loading a model to run ----
 
-def apply_sparsity(model, keep_ratio: Optional[float] = None, density: Optional[float] = None,
-                   threshold: Optional[float] = None) -> None:
-    """Sets the model's sparsity knob from ``--keep-ratio`` / ``--density``, or its threshold mode
-    (``--threshold``); a flag the model has no setting for is named with the one it takes."""
-    given = {'keep_ratio': keep_ratio, 'density': density}
+# the knob (``set_sparsity`` keyword) each flag sets
+KNOB_FLAGS = {'keep_ratio': '--keep-ratio', 'density': '--density', 'r': '--merge-r'}
+
+
+def knob_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """``{knob: value}`` of the knob flags given (``knob_args``); flags not given are left out."""
+    values = {knob: getattr(args, flag[2:].replace('-', '_'), None) for knob, flag in KNOB_FLAGS.items()}
+    return {knob: v for knob, v in values.items() if v is not None}
+
+
+def apply_sparsity(model, knobs: Dict[str, Any], threshold: Optional[float] = None) -> None:
+    """Sets the model's sparsity knob from ``--keep-ratio`` / ``--density`` / ``--merge-r``
+    (``knobs``, from ``knob_settings``), or its threshold mode (``--threshold``); a flag the model
+    has no setting for is named with the one it takes."""
     own = getattr(model, 'sparsity_knob', None)  # None: a plain timm model
-    for knob, value in given.items():
-        if value is not None and knob != own:
-            if own is None:
-                raise ValueError(f'{type(model).__name__} is not a dynvit model: it has no sparsity settings')
-            flag, own_flag = '--' + knob.replace('_', '-'), '--' + own.replace('_', '-')
-            raise ValueError(f'{flag} is not a setting of {model.family} models ({type(model).__name__}); '
-                             f'they take {own_flag} ({model.sparsity_meaning})')
-    if given.get(own) is not None:
-        model.set_sparsity(**{own: given[own]})
+    wrong = [knob for knob in knobs if knob != own]
+    if wrong:
+        if own is None:
+            raise ValueError(f'{type(model).__name__} is not a dynvit model: it has no sparsity settings')
+        raise ValueError(f'{KNOB_FLAGS[wrong[0]]} is not a setting of {model.family} models ({type(model).__name__}); '
+                         f'they take {KNOB_FLAGS.get(own, own)} ({model.sparsity_meaning})')
+    if own in knobs:
+        model.set_sparsity(**{own: knobs[own]})
     if threshold is not None:
         if own is None or 'threshold' not in model.sparsity_settings():
             raise ValueError(f'--threshold is for models with a threshold mode (DynamicViT: keep the tokens whose '
@@ -74,13 +85,16 @@ def apply_sparsity(model, keep_ratio: Optional[float] = None, density: Optional[
 
 
 def knob_args(p: argparse.ArgumentParser, target: bool = False) -> None:
-    """``--keep-ratio`` and ``--density`` (``target``: of a training run), with what one value
-    means for each family."""
+    """``--keep-ratio``, ``--density`` and ``--merge-r`` (``target``: of a training run), with what
+    one value means for each family."""
     what = 'the target ' if target else ''
     p.add_argument('--keep-ratio', type=fraction, default=None,
                    help=f'token-sparse ViTs, {what}keep ratio; what one value means: ' + knob_help('keep_ratio'))
     p.add_argument('--density', type=fraction, default=None,
                    help=f'channel-gated CNNs, {what}density: ' + knob_help('density'))
+    p.add_argument('--merge-r', type=merge_counts, default=None, metavar='R',
+                   help=f'token-merging ViTs, {what}tokens merged per block: R, R1,R2,... (per block) or R:INFLECT '
+                        f'(the released schedule, 16:-1 decreasing); ' + knob_help('r'))
 
 
 def _sparsity_args(p: argparse.ArgumentParser, threshold: bool = True) -> None:
@@ -101,15 +115,15 @@ def _model(args: argparse.Namespace):
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model.endswith('.onnx'):
-        given = [f for f in ('checkpoint', 'pretrained', 'keep_ratio', 'density', 'threshold', 'int8', 'compile')
-                 if getattr(args, f, None)]
+        given = [f for f in ('checkpoint', 'pretrained', 'keep_ratio', 'density', 'merge_r', 'threshold', 'int8',
+                             'compile') if getattr(args, f, None) is not None and getattr(args, f) is not False]
         if given:
             raise ValueError(f'an ONNX file runs as it was exported; --{given[0].replace("_", "-")} does not apply '
                              f'(export again: dynvit export MODEL OUT.onnx --keep-ratio R / --density D)')
         from ..export import load_onnx
         return load_onnx(args.model, args.threads)
     model = load_model_arg(args.model, args.checkpoint, args.pretrained).eval()
-    apply_sparsity(model, args.keep_ratio, args.density, getattr(args, 'threshold', None))
+    apply_sparsity(model, knob_settings(args), getattr(args, 'threshold', None))
     return maybe_int8(model, args)
 
 
@@ -177,7 +191,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     local = bool(file or cfg is not None and getattr(cfg, 'file', None) and Path(cfg.file).is_file())
     model = (load_model_arg(args.model, quiet=True) if local else create_model(args.model)).eval()
     weights_loaded = local or '.' not in args.model  # a hub tag's weights are not loaded here
-    apply_sparsity(model, args.keep_ratio, args.density)
+    apply_sparsity(model, knob_settings(args))
     c, h, w = model_input_size(model)
     _, report = profile(model, torch.zeros(1, c, h, w))
     info = dict(

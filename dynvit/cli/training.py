@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from ._common import EXIT_OK, fraction, int8_arg, maybe_int8, positive_int, report_skipped_count
-from .models import knob_args
+from .models import knob_args, knob_settings
 
 EXAMPLES = {
     'finetune': 'examples:\n'
@@ -102,10 +102,10 @@ def _summary(args: argparse.Namespace, trainer, source: str, classes) -> str:
     had = model.pretrained_cfg.get('num_classes')
     if source != 'random' and had and had != model.num_classes:
         weights += f'; head reset from {had} to {model.num_classes} classes'
-    knob, target = model.sparsity_knob, '/'.join(f'{v:.4g}' for v in trainer.target)  # per stage / gate
+    knob, target = model.sparsity_knob, model.level_text(trainer.target)  # per stage / gate
     if cfg.sparsity_warmup_epochs > 0 and any(v < cfg.sparsity_start for v in trainer.target):
-        sparsity = (f'{knob} {cfg.sparsity_start:.4g} -> {target} over the first {cfg.sparsity_warmup_epochs:g} '
-                    f'epoch(s)')
+        start = model.level_text((cfg.sparsity_start,))
+        sparsity = f'{knob} {start} -> {target} over the first {cfg.sparsity_warmup_epochs:g} epoch(s)'
     else:
         sparsity = f'{knob} {target} from the start'
     if cfg.gate_warmup_epochs:
@@ -142,7 +142,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if not args.resume and (Path(args.out) / 'train_state.safetensors').exists():
         raise FileExistsError(f'{args.out} already holds a run; pass --resume to continue it or choose another --out')
-    model, source = _model_for_data(args, _num_classes(args), keep_ratio=args.keep_ratio, density=args.density)
+    model, source = _model_for_data(args, _num_classes(args), **knob_settings(args))
     if args.init_gates:
         model.init_sparse_modules()
     _compress_for_training(args, model)

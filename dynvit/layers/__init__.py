@@ -13,6 +13,15 @@ from .channel_gate import (
 from .conv_stem import ConvPatchEmbed
 from .evo_update import block_forward_with_cls_attention, merge_slow_fast, representative_token, split_slow_fast
 from .keep_predictor import KeepPredictor
+from .token_merging import (
+    TokenMatch,
+    bipartite_soft_matching,
+    max_merge,
+    merge_positions,
+    merge_tokens,
+    merging_block_forward,
+    size_bias,
+)
 from .token_ops import (
     gather_tokens,
     is_packable,

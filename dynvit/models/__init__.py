@@ -4,6 +4,8 @@ from ._base import DynamicAux, DynamicModel, all_sparsity_args
 from ._token_vit import TokenAux, TokenSparseViT
 from .dynamic_vit import DynamicVisionTransformer, DynamicViTAux
 from .evo_vit import EvoVisionTransformer, EvoViTAux
+from ._apply import apply, list_methods, register_method
+from .tome import ToMeAux, ToMeVisionTransformer, apply_tome
 from ._fbs import FBSAux, FBSModel
 from .fbs_resnet import FBSBasicBlock, FBSResNet
 from .fbs_efficientnet import FBSEfficientNet, FBSInvertedResidual, lite0_package_weights

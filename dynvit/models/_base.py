@@ -60,6 +60,8 @@ class DynamicAux:
         per_block: ``[B, K]`` int64 per computing unit (ViTs: tokens each block computed; CNNs:
             channels each gated layer chooses from).
         grid: ``(rows, cols)`` when ``kept_masks`` lie on a patch grid (row-major), else None.
+        token_groups: ``[B, N]`` int64 for models that merge patches (ToMe): the output token each
+            patch ended in, equal values forming a group (pictures colour them); None otherwise.
     """
     macs: Optional[torch.Tensor] = None
     dense_macs: int = 0
@@ -87,6 +89,10 @@ class DynamicAux:
     @property
     def kept_total(self) -> int:
         return sum(self.kept_of)
+
+    @property
+    def token_groups(self) -> Optional[torch.Tensor]:
+        return None
 
     @property
     def keep_rate(self) -> torch.Tensor:
@@ -152,9 +158,17 @@ class DynamicModel:
 
     @property
     def sparsity_level(self) -> Tuple[float, ...]:
-        """The knob's current value, one float per stage (or a single one)."""
+        """The knob's current value as a level in (0, 1], 1.0 dense, one float per stage (or a
+        single one): the knob itself where it is a fraction (keep ratio, density); a family whose
+        knob counts something else maps it (ToMe: ``1 - r / N``), so training schedules stay generic."""
         value = getattr(self, self.sparsity_knob)
         return tuple(float(v) for v in value) if isinstance(value, (tuple, list)) else (float(value),)
+
+    def level_text(self, level: Optional[Sequence[float]] = None) -> str:
+        """The knob's value at ``level`` (default: the current one) as people write it, e.g.
+        '0.7/0.49/0.343' (a family whose level is not its knob says the knob: ToMe's '8')."""
+        level = self.sparsity_level if level is None else level
+        return '/'.join(f'{v:.4g}' for v in level)
 
     def set_sparsity_level(self, level: Sequence[float]) -> 'DynamicModel':
         """Sets the knob to ``level`` (as ``sparsity_level`` gives it), e.g. from a training schedule."""

@@ -69,6 +69,12 @@ class TokenAux(DynamicAux):
         return self.tokens_per_block
 
     @property
+    def mlp_tokens_per_block(self) -> Optional[torch.Tensor]:
+        """``[B, depth]`` tokens each block's MLP computed where blocks reduce their tokens between
+        attention and MLP (ToMe); None: the tokens entering the block."""
+        return None
+
+    @property
     def keep_rate(self) -> torch.Tensor:
         """``[B]`` fraction of the patches kept in the last stage (1 without stages)."""
         kept = self.kept
@@ -219,9 +225,10 @@ class TokenSparseViT(DynamicModel, VisionTransformer):
     def forward_intermediates(self, *args: Any, **kwargs: Any):
         """Refused while tokens are dropped: timm reshapes intermediates to the full patch grid."""
         if not self.is_dense():
+            dense = ', '.join(f'{k}={v!r}' for k, v in self.dense_settings().items())
             raise NotImplementedError(
                 f'forward_intermediates reshapes tokens to the full patch grid, which {self.family} does not keep; '
-                f'use forward(x, return_aux=True) for the output tokens, or set keep_ratio=1.0')
+                f'use forward(x, return_aux=True) for the output tokens, or set {dense}')
         return super().forward_intermediates(*args, **kwargs)
 
     # ---- MACs ----
@@ -231,7 +238,7 @@ class TokenSparseViT(DynamicModel, VisionTransformer):
 
     def _spent_macs(self, aux: TokenAux) -> torch.Tensor:
         """Blocks on the tokens they computed, the patch embedding, the head and the selection."""
-        return vit_macs(self, aux.tokens_per_block, aux.num_patches) + self._selection_macs(aux)
+        return vit_macs(self, aux.tokens_per_block, aux.num_patches, aux.mlp_tokens_per_block) + self._selection_macs(aux)
 
     def _dense_macs(self, aux: TokenAux) -> int:
         return dense_vit_macs(self, aux.num_patches)
