@@ -14,6 +14,9 @@ KNOBS: Dict[str, Tuple[str, str]] = {
                                  '(0.5 -> 0.5 / 0.25 / 0.125 over three stages)'),
     'Evo-ViT': ('keep_ratio', 'rho: every stage gives the full update to rho of the patches, re-ranked each '
                               'stage (0.5 -> 0.5 / 0.5)'),
+    'EViT': ('keep_ratio', 'rho: every pruning block keeps ceil(rho * n) of its n non-class tokens (an earlier '
+                           'fused token counts) and fuses the rest into one (0.7, 196 patches: 138, 98, 70 kept + 1 '
+                           'fused)'),
     'FBS': ('density', 'd: every gated convolution computes the top ceil(d * C) of its C output channels'),
 }
 

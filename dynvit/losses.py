@@ -13,6 +13,10 @@ Evo-ViT (Xu et al., AAAI 2022, arXiv:2108.01390) trains two heads, one on the po
 tokens and one on the class token, with half of the cross-entropy each; its released code has
 logit distillation from a teacher as an option, off by default.
 
+EViT (Liang et al., ICLR 2022, arXiv:2202.07800) trains with the plain classification loss while
+its keep rate warms up from 1 (a sparsity schedule moves the model's knob); its released code
+(DeiT's) has distillation from a teacher as an option, off by default.
+
 FBS (Gao et al., ICLR 2019, arXiv:1810.05331) adds an L1 penalty on the gates' saliencies to
 the task loss, so that few channels stay salient.
 """
@@ -23,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['ObjectiveConfig', 'DistilledLoss', 'DynamicViTLoss', 'EvoViTLoss', 'FBSLoss', 'distillation_kl',
+__all__ = ['ObjectiveConfig', 'DistilledLoss', 'DynamicViTLoss', 'EViTLoss', 'EvoViTLoss', 'FBSLoss', 'distillation_kl',
            'ratio_loss', 'saliency_l1', 'token_distillation_loss']
 
 
@@ -258,6 +262,43 @@ class EvoViTLoss(DistilledLoss):
             parts['ce_cls'] = self.base_criterion(aux.cls_logits, target)
             total = total + self.cls_weight * parts['ce_cls']
         return self._with_distillation(total, parts, logits, teacher_logits)
+
+
+class EViTLoss(DistilledLoss):
+    """The EViT training objective: ``ce(logits) + distill_weight * kl(logits, teacher_logits)``;
+    the distillation term is skipped when no teacher output is given. No term on the keep rate:
+    the selection is a rule (top class attention), the keep rate is set, not learned.
+
+    Args:
+        base_criterion: Classification loss (default cross-entropy).
+        distill_weight: Weight of ``distillation_kl``.
+        temperature: Softening temperature of the distillation.
+    """
+
+    def __init__(self, base_criterion: Optional[nn.Module] = None, distill_weight: float = 0.5,
+                 temperature: float = 1.0) -> None:
+        super().__init__(base_criterion, distill_weight, temperature)
+
+    def forward(
+            self,
+            logits: torch.Tensor,
+            aux: Any,
+            target: torch.Tensor,
+            teacher_logits: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Computes the loss.
+
+        Args:
+            logits: ``[B, K]``.
+            aux: The ``EViTAux`` of the forward (unused: nothing of the selection is learned).
+            target: Class indices ``[B]`` (or soft targets for a soft criterion).
+            teacher_logits: Teacher logits ``[B, K]``.
+
+        Returns:
+            The total loss and its detached parts by name.
+        """
+        parts = {'ce': self.base_criterion(logits, target)}
+        return self._with_distillation(parts['ce'], parts, logits, teacher_logits)
 
 
 def saliency_l1(saliency: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:

@@ -4,6 +4,7 @@ from ._base import DynamicAux, DynamicModel, all_sparsity_args
 from ._token_vit import TokenAux, TokenSparseViT
 from .dynamic_vit import DynamicVisionTransformer, DynamicViTAux
 from .evo_vit import EvoVisionTransformer, EvoViTAux
+from .evit import EViT, EViTAux, evit_from_vit
 from ._fbs import FBSAux, FBSModel
 from .fbs_resnet import FBSBasicBlock, FBSResNet
 from .fbs_efficientnet import FBSEfficientNet, FBSInvertedResidual, lite0_package_weights

@@ -39,26 +39,38 @@ def attention_macs(attn: nn.Module, num_tokens: IntOrTensor) -> IntOrTensor:
     return 2 * num_tokens * num_tokens * attn_dim
 
 
-def block_macs(block: nn.Module, num_tokens: IntOrTensor) -> IntOrTensor:
-    """MACs of a timm transformer block on ``num_tokens`` tokens."""
-    return linear_macs(block) * num_tokens + attention_macs(block.attn, num_tokens)
+def block_macs(block: nn.Module, num_tokens: IntOrTensor, mlp_tokens: Optional[IntOrTensor] = None) -> IntOrTensor:
+    """MACs of a timm transformer block on ``num_tokens`` tokens; its MLP on ``mlp_tokens`` when
+    tokens were removed between attention and MLP (default: the same ``num_tokens``)."""
+    if mlp_tokens is None:
+        return linear_macs(block) * num_tokens + attention_macs(block.attn, num_tokens)
+    mlp = linear_macs(block.mlp)
+    return (linear_macs(block) - mlp) * num_tokens + mlp * mlp_tokens + attention_macs(block.attn, num_tokens)
 
 
-def vit_macs(model: nn.Module, tokens_per_block: torch.Tensor, num_patches: int) -> torch.Tensor:
+def vit_macs(
+        model: nn.Module,
+        tokens_per_block: torch.Tensor,
+        num_patches: int,
+        mlp_tokens_per_block: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """MACs per image of a timm ``VisionTransformer`` given the tokens entering each block.
 
     Args:
         model: The ViT (only its modules' shapes are read).
         tokens_per_block: ``[B, depth]`` token counts, prefix tokens included.
         num_patches: Patches produced by the patch embedding.
+        mlp_tokens_per_block: ``[B, depth]`` tokens entering each block's MLP, where a block
+            removes tokens between attention and MLP (default: ``tokens_per_block``).
 
     Returns:
         ``[B]`` int64 MACs: patch embedding + blocks + head (attention-pooling heads are not counted).
     """
     tokens = tokens_per_block.long()
+    mlp_tokens = None if mlp_tokens_per_block is None else mlp_tokens_per_block.long()
     total = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
     for i, blk in enumerate(model.blocks):
-        total += block_macs(blk, tokens[:, i])
+        total += block_macs(blk, tokens[:, i], None if mlp_tokens is None else mlp_tokens[:, i])
     embed = model.patch_embed  # a convolutional stem (ConvPatchEmbed) counts its own layers
     total += (embed.macs(num_patches) if hasattr(embed, 'macs') else conv_macs(embed, num_patches))
     total += linear_macs(model.head)
