@@ -520,6 +520,7 @@ def evit_from_vit(
         raise ValueError(why)
     args = _vit_args(model)
     arch = {192: 'evit_tiny_patch16_224', 384: 'evit_small_patch16_224'}.get(model.embed_dim, 'evit_base_patch16_224')
+    drop_loc = default_drop_loc(args['depth']) if drop_loc is None else drop_loc
     evit = timm.create_model(arch, **args, keep_ratio=keep_ratio, drop_loc=drop_loc, fuse_token=fuse_token)
     for part in ('patch_embed', 'norm_pre', 'blocks', 'norm', 'fc_norm', 'head'):
         if repr(getattr(evit, part)) != repr(getattr(model, part)):
