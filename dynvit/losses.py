@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['ObjectiveConfig', 'DistilledLoss', 'DynamicViTLoss', 'EViTLoss', 'EvoViTLoss', 'FBSLoss', 'distillation_kl',
-           'ratio_loss', 'saliency_l1', 'token_distillation_loss']
+__all__ = ['ObjectiveConfig', 'DistilledLoss', 'DynamicViTLoss', 'EViTLoss', 'EvoViTLoss', 'FBSLoss',
+           'distillation_kl', 'ratio_loss', 'saliency_l1', 'token_distillation_loss']
 
 
 @dataclass

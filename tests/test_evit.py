@@ -330,7 +330,8 @@ def test_evit_from_vit_equals_the_registered_model(tmp_path):
     deit = timm.create_model('deit_tiny_patch16_224', img_size=32, patch_size=4, embed_dim=32, num_heads=2, depth=4,
                              reg_tokens=1, init_values=0.1, qk_norm=True)
     model = evit.evit_from_vit(deit.train())  # the paper's blocks scaled to the depth, its data config and mode
-    assert model.drop_loc == (1, 2, 3) and model.training and model.pretrained_cfg['mean'] == deit.pretrained_cfg['mean']
+    assert model.drop_loc == (1, 2, 3) and model.training
+    assert model.pretrained_cfg['mean'] == deit.pretrained_cfg['mean']
     with torch.no_grad():
         torch.testing.assert_close(model.eval().set_sparsity(keep_ratio=1.0)(x), deit.eval()(x), rtol=0, atol=0)
 

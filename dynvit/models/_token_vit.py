@@ -77,7 +77,12 @@ class TokenAux(DynamicAux):
         return kept[:, -1].double() / self.num_patches
 
 
-def per_stage_ratio(value: Union[float, Sequence[float]], num_stages: int, stages: str, meaning: str) -> Tuple[float, ...]:
+def per_stage_ratio(
+        value: Union[float, Sequence[float]],
+        num_stages: int,
+        stages: str,
+        meaning: str,
+) -> Tuple[float, ...]:
     """Per-stage keep ratios: a float is the same at every stage, a sequence gives one per stage.
 
     Args:

@@ -158,7 +158,8 @@ class EViT(TokenSparseViT):
             **kwargs: Any,
     ) -> None:
         if not kwargs.get('class_token', True):
-            raise ValueError('EViT ranks tokens by the attention of the class token; class_token=False is not supported')
+            raise ValueError('EViT ranks tokens by the attention of the class token; class_token=False is not '
+                             'supported')
         super().__init__(**kwargs)
         bad = [i for i, b in enumerate(self.blocks) if not (is_packable(b) and is_timm_attention(b.attn))]
         if bad:
@@ -353,10 +354,10 @@ def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
 # The released DeiT-S checkpoints (README of youweiliang/evit; Google Drive links as given there, in their
 # direct-download form): keep rate 0.9 ... 0.5 in blocks 3, 6, 9, with and without token fusion.
 _GDRIVE = 'https://drive.google.com/uc?export=download&id='
-_OFFICIAL = {
+_OFFICIAL = {  # the paper's EViT/0.7 (the variant's own settings) first: the architecture's default tag
+    (True, 0.7): '1FfvdEBss9f8gexjqEY8vOSUQe_8qwYuL',
     (True, 0.9): '1CmROmlLV-7nyYY-Bhph8_5ut3wFwqvny',
     (True, 0.8): '1BTJyIe0zVK3zYXz3BzIlSC4YZCnZu7cJ',
-    (True, 0.7): '1FfvdEBss9f8gexjqEY8vOSUQe_8qwYuL',
     (True, 0.6): '1D1m067jDbyG0g2UjyBMaJ4NTT2Ad8vrv',
     (True, 0.5): '1-nyxAlRWjD2icbgj3Y3YWcCmYj9sTgfD',
     (False, 0.9): '1tSaPLged8ED2RTiN5ttSmeTNIw1aNNwV',
@@ -442,9 +443,10 @@ def test_evit2(pretrained: bool = False, **kwargs: Any) -> EViT:
 
 # ---- an already built timm ViT ----
 
-_DATA_CFG_KEYS = ('input_size', 'min_input_size', 'test_input_size', 'fixed_input_size', 'interpolation',
-                  'crop_pct', 'test_crop_pct', 'crop_mode', 'mean', 'std', 'num_classes', 'label_names',
-                  'label_descriptions')
+# what evit_from_vit takes from the source model's pretrained cfg: its data config and where its weights came from
+_SOURCE_CFG_KEYS = ('input_size', 'min_input_size', 'test_input_size', 'fixed_input_size', 'interpolation',
+                    'crop_pct', 'test_crop_pct', 'crop_mode', 'mean', 'std', 'num_classes', 'label_names',
+                    'label_descriptions', 'url', 'hf_hub_id', 'hf_hub_filename', 'file', 'license', 'origin_url')
 
 
 def _vit_args(model: VisionTransformer) -> Dict[str, Any]:
@@ -484,7 +486,8 @@ def _refusal(model: nn.Module) -> Optional[str]:
     overridden = [m for m in ('forward', 'forward_features', 'forward_head', '_pos_embed')
                   if getattr(type(model), m) is not getattr(VisionTransformer, m)]
     if overridden:
-        return f'{name} overrides VisionTransformer.{overridden[0]}; evit_from_vit takes plain timm VisionTransformer models'
+        return (f'{name} overrides VisionTransformer.{overridden[0]}; evit_from_vit takes plain timm '
+                f'VisionTransformer models')
     if not model.has_class_token:
         return f'EViT ranks tokens by the attention of the class token, and this {name} has none'
     return None
@@ -526,15 +529,16 @@ def evit_from_vit(
         if repr(getattr(evit, part)) != repr(getattr(model, part)):
             raise ValueError(f'cannot rebuild this {type(model).__name__} as EViT: its {part} differs from what the '
                              f'VisionTransformer arguments build (another norm, activation or layer)')
-    source = model.state_dict()
-    ref = next(iter(source.values()), None)
+    weights = model.state_dict()
+    ref = next(iter(weights.values()), None)
     if ref is not None:
         evit.to(device=ref.device, dtype=ref.dtype)
-    evit.load_state_dict(source, strict=True)
+    evit.load_state_dict(weights, strict=True)
     for ours, theirs in zip(evit.blocks, model.blocks):
         ours.attn.fused_attn = theirs.attn.fused_attn
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    evit.pretrained_cfg = evit.default_cfg = {**evit.pretrained_cfg, **{k: cfg[k] for k in _DATA_CFG_KEYS if k in cfg},
-                                              'num_classes': model.num_classes}
+    source = getattr(model, 'pretrained_cfg', None) or {}
+    cfg = {k: v for k, v in evit.pretrained_cfg.items() if k not in _SOURCE_CFG_KEYS + ('tag', 'notes')}
+    cfg.update({k: source[k] for k in _SOURCE_CFG_KEYS if k in source}, num_classes=model.num_classes)
+    evit.pretrained_cfg = evit.default_cfg = cfg
     evit.set_grad_checkpointing(model.grad_checkpointing)
     return evit.train(model.training)

@@ -3,6 +3,7 @@ re-exported here)."""
 from ..losses import (
     DistilledLoss,
     DynamicViTLoss,
+    EViTLoss,
     EvoViTLoss,
     FBSLoss,
     ObjectiveConfig,
