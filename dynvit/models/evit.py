@@ -132,6 +132,51 @@ def _track_stage(index: torch.Tensor, owner: torch.Tensor, keep: torch.Tensor, n
     return new_index, owner
 
 
+class _Trace:
+    """What a pass records for its aux: the tokens each block computed, and per stage where the
+    patches went (the latter only when the aux is wanted)."""
+
+    def __init__(self, x: torch.Tensor, num_prefix: int, want_aux: bool) -> None:
+        B, L, _ = x.shape
+        self.want_aux = want_aux
+        self.blocks: Dict[str, List[int]] = {'attn': [], 'mlp': [], 'row': [], 'fused': []}  # same for every image
+        self.stages: Dict[str, List[torch.Tensor]] = {'token_of': [], 'token_index': [], 'keep_index': [], 'scores': []}
+        self.index = torch.arange(L - num_prefix, device=x.device).expand(B, -1) if want_aux else None  # [B, n]
+        self.owner = self.index  # [B, N]: the current token holding each patch
+
+    def block(self, tokens_in: int, tokens_out: int, ranked: int, fused: int) -> None:
+        """A block ran attention on ``tokens_in``, its MLP on ``tokens_out``, a class row over
+        ``ranked`` keys and a fused token of ``fused`` tokens (0: none)."""
+        for key, value in zip(('attn', 'mlp', 'row', 'fused'), (tokens_in, tokens_out, ranked, fused)):
+            self.blocks[key].append(value)
+
+    def stage(self, keep: Optional[torch.Tensor], score: Optional[torch.Tensor], n: int, fuse: bool) -> None:
+        """A pruning block kept ``keep`` ``[B, k]`` of its n tokens, ranked by ``score`` ``[B, n]``
+        (both None: it kept all)."""
+        if not self.want_aux:
+            return
+        if keep is None:
+            B = self.index.shape[0]
+            keep = torch.arange(n, device=self.index.device).expand(B, n)
+            score = torch.zeros(B, n, device=self.index.device)
+        else:
+            self.index, self.owner = _track_stage(self.index, self.owner, keep, n, fuse)
+        for key, value in zip(('token_of', 'token_index', 'keep_index', 'scores'),
+                              (self.owner, self.index, keep, score.detach())):
+            self.stages[key].append(value)
+
+    def aux(self, **kwargs: Any) -> 'EViTAux':
+        """The ``EViTAux`` of the pass (``kwargs``: its other fields)."""
+        B, device = self.owner.shape[0], self.owner.device
+
+        def per_image(values: List[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=device).expand(B, -1)
+
+        return EViTAux(**self.stages, tokens_per_block=per_image(self.blocks['attn']),
+                       mlp_tokens=per_image(self.blocks['mlp']), cls_attention_keys=per_image(self.blocks['row']),
+                       fused_inputs=per_image(self.blocks['fused']), **kwargs)
+
+
 class EViT(TokenSparseViT):
     """timm ``VisionTransformer`` with EViT token reorganisation.
 
@@ -256,56 +301,26 @@ class EViT(TokenSparseViT):
             descending score order, a fused token last), and the aux.
         """
         x = self._embed(images)
-        B, L, _ = x.shape
         P = self.num_prefix_tokens
-        N = L - P
-        fuse = self.fuse_token
-        counts = {'attn': [], 'mlp': [], 'row': [], 'fused': []}  # per block, the same for every image
-        index = owner = None
-        if want_aux:
-            index = torch.arange(N, device=x.device).expand(B, N)  # patch of each current token
-            owner = index  # current token holding each patch
-        stages = {'token_of': [], 'token_index': [], 'keep_index': [], 'scores': []}
+        N = x.shape[1] - P
+        trace = _Trace(x, P, want_aux)
         for i, block in enumerate(self.blocks):
             s = self._stage_of_block.get(i)
             n = x.shape[1] - P
             k = n if s is None else min(n, self.num_keep(s, n))
-            counts['attn'].append(x.shape[1])
+            tokens_in = x.shape[1]
             if k < n:
-                x, keep, score = run_block(self, block_forward_keep_attentive, block, x, P, k, fuse)
+                x, keep, score = run_block(self, block_forward_keep_attentive, block, x, P, k, self.fuse_token)
             else:
                 x, keep, score = self._block(block, x), None, None
-            counts['mlp'].append(x.shape[1])
-            counts['row'].append(0 if keep is None else P + n)
-            counts['fused'].append(n if keep is not None and fuse else 0)
-            if s is not None and want_aux:
-                if keep is None:
-                    keep, score = torch.arange(n, device=x.device).expand(B, n), x.new_zeros(B, n, dtype=torch.float32)
-                else:
-                    index, owner = _track_stage(index, owner, keep, n, fuse)
-                stages['token_of'].append(owner)
-                stages['token_index'].append(index)
-                stages['keep_index'].append(keep)
-                stages['scores'].append(score.detach())
+            ranked = keep is not None
+            trace.block(tokens_in, x.shape[1], P + n if ranked else 0, n if ranked and self.fuse_token else 0)
+            if s is not None:
+                trace.stage(keep, score, n, self.fuse_token)
         x = self.norm(x)
         if not want_aux:
             return x, None
-
-        def per_image(values: List[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long, device=x.device).expand(B, -1)
-
-        aux = EViTAux(
-            **stages,
-            tokens_per_block=per_image(counts['attn']),
-            mlp_tokens=per_image(counts['mlp']),
-            cls_attention_keys=per_image(counts['row']),
-            fused_inputs=per_image(counts['fused']),
-            num_patches=N,
-            features=x,
-            grid=self._patch_grid(images),
-            keep_ratio=self.keep_ratio,
-        )
-        return x, aux
+        return x, trace.aux(num_patches=N, features=x, grid=self._patch_grid(images), keep_ratio=self.keep_ratio)
 
     # ---- MACs ----
     def _spent_macs(self, aux: EViTAux) -> torch.Tensor:
