@@ -380,9 +380,12 @@ def test_training_with_keep_rate_warmup_and_distillation_lowers_the_loss():
     assert history[0]['train_sparsity'][0] > 0.5 and history[-1]['train_sparsity'] == [0.5, 0.5]
     assert history[0]['train_keep_rate'] > history[-1]['train_keep_rate']
     assert model.keep_ratio == (0.5, 0.5)
-    loss, parts = model.training_objective(dynvit.losses.ObjectiveConfig())(
-        *model(_Colours().x[:4], return_aux=True), torch.tensor([0, 1, 2, 0]), teacher_logits=torch.zeros(4, 3))
-    assert set(parts) == {'ce', 'kl'}
+    logits, aux = model(_Colours().x[:4], return_aux=True)
+    target, teacher = torch.tensor([0, 1, 2, 0]), torch.randn(4, 3)
+    loss, parts = model.training_objective(dynvit.losses.ObjectiveConfig())(logits, aux, target, teacher_logits=teacher)
+    kl = (teacher.softmax(1) * (teacher.log_softmax(1) - logits.log_softmax(1))).sum(1).mean()
+    assert set(parts) == {'ce', 'kl'}  # cross-entropy + 0.5 KL(teacher || student), nothing on the keep rate
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, target) + 0.5 * kl)
 
 
 def test_command_line_predict_and_info(tmp_path):

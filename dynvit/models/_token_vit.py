@@ -5,7 +5,7 @@ it kept, and refuses what a reduced token set cannot do (attention pooling, timm
 
 A family subclasses ``TokenSparseViT`` and writes its selection rule and its token pass
 ``_forward_tokens(x, want_aux, **kwargs) -> (features, aux or None)``; its aux subclasses
-``TokenAux``. See DynamicViT (``dynamic_vit.py``) and Evo-ViT (``evo_vit.py``).
+``TokenAux``. See DynamicViT (``dynamic_vit.py``), Evo-ViT (``evo_vit.py``) and EViT (``evit.py``).
 """
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
