@@ -1,6 +1,8 @@
 """EViT: the official outputs, a plain per-image reference (outputs and gradients), the dense limit,
 batch vs single images, MACs against torch's counter, settings, checkpoints, ``evit_from_vit``,
 training through the trainer, and the command line."""
+import contextlib
+import io
 import json
 import math
 import subprocess
@@ -16,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 import dynvit
+from dynvit.cli import main
 from dynvit.models import evit
 from dynvit.runtime import count_flops
 from dynvit.train import Trainer, TrainConfig
@@ -395,9 +398,6 @@ def test_command_line_predict_and_info(tmp_path):
     assert r.returncode == 0, r.stderr
     pred = json.loads(r.stdout)['predictions'][0]
     assert pred['kept'][0] == 32 and pred['out_of'] == [64, 64] and 0 < pred['macs'] < pred['dense_macs']
-    from dynvit.cli import main
-    import contextlib
-    import io
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(['info', 'test_evit', '--keep-ratio', '0.5', '--json']) in (0, None)
