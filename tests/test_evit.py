@@ -304,11 +304,14 @@ def test_dense_and_dynamicvit_checkpoints_load(tmp_path):
                                 pretrained_cfg_overlay=dict(file=path, num_classes=10)).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x), deit(x), rtol=0, atol=0)
-    source = dynvit.create_model('test_dynamicvit')  # the zoo's dense ViT is a DynamicViT at keep ratio 1.0
+    # the zoo's dense ViT is a DynamicViT file at keep ratio 1.0: its geometry and weights, EViT's blocks for the depth
+    source = dynvit.create_model('test_dynamicvit', keep_ratio=1.0, stem='conv').eval()
     path = str(tmp_path / 'dyvit.safetensors')
-    save_file(source.state_dict(), path)
-    model = dynvit.create_model('test_evit', checkpoint_path=path)
-    assert torch.equal(model.blocks[3].mlp.fc2.weight, source.blocks[3].mlp.fc2.weight)
+    dynvit.save_model(source, path)
+    model = dynvit.create_model('evit_tiny_patch16_224', pretrained=True, pretrained_cfg_overlay=dict(file=path)).eval()
+    assert model.drop_loc == (1, 2, 3) and model.keep_ratio == (0.7,) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(model.set_sparsity(keep_ratio=1.0)(x), source(x), rtol=0, atol=0)
     save_file(_timm_vit(depth=3).state_dict(), path)
     with pytest.raises(ValueError, match='missing: blocks.3'):
         dynvit.create_model('test_evit', pretrained=True, pretrained_cfg_overlay=dict(file=path))

@@ -410,9 +410,9 @@ default_cfgs = generate_default_cfgs({
 
 
 def _evit_deit_args(embed_dim: int, num_heads: int) -> Dict[str, Any]:
-    """DeiT geometry with the paper's schedule: keep rate 0.7 with token fusion in blocks 3, 6, 9."""
-    return dict(patch_size=16, embed_dim=embed_dim, depth=12, num_heads=num_heads, drop_loc=(3, 6, 9),
-                keep_ratio=0.7, fuse_token=True)
+    """DeiT geometry with the paper's schedule: keep rate 0.7 with token fusion in blocks 3, 6, 9 (the
+    default ``drop_loc``, ``default_drop_loc(depth)``, so another ``depth`` gets its scaled blocks)."""
+    return dict(patch_size=16, embed_dim=embed_dim, depth=12, num_heads=num_heads, keep_ratio=0.7, fuse_token=True)
 
 
 @register_model
