@@ -33,7 +33,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import timm
 import torch
 import torch.nn as nn
 from timm.layers import LayerScale
@@ -539,7 +538,7 @@ def evit_from_vit(
     args = _vit_args(model)
     arch = {192: 'evit_tiny_patch16_224', 384: 'evit_small_patch16_224'}.get(model.embed_dim, 'evit_base_patch16_224')
     drop_loc = default_drop_loc(args['depth']) if drop_loc is None else drop_loc
-    evit = timm.create_model(arch, **args, keep_ratio=keep_ratio, drop_loc=drop_loc, fuse_token=fuse_token)
+    evit = _create_evit(arch, **args, keep_ratio=keep_ratio, drop_loc=drop_loc, fuse_token=fuse_token)
     for part in ('patch_embed', 'norm_pre', 'blocks', 'norm', 'fc_norm', 'head'):
         if repr(getattr(evit, part)) != repr(getattr(model, part)):
             raise ValueError(f'cannot rebuild this {type(model).__name__} as EViT: its {part} differs from what the '
