@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import LayerScale
+from timm.layers import LayerScale, PatchDropout
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn as vit_checkpoint_filter_fn
 
@@ -484,6 +484,7 @@ def _vit_args(model: VisionTransformer) -> Dict[str, Any]:
         fc_norm=not isinstance(model.fc_norm, nn.Identity), pool_include_prefix=model.pool_include_prefix,
         dynamic_img_size=model.dynamic_img_size, dynamic_img_pad=getattr(embed, 'dynamic_img_pad', False),
         drop_rate=head_drop, pos_drop_rate=model.pos_drop.p if isinstance(model.pos_drop, nn.Dropout) else 0.0,
+        patch_drop_rate=model.patch_drop.prob if isinstance(model.patch_drop, PatchDropout) else 0.0,
         proj_drop_rate=attn.proj_drop.p, attn_drop_rate=attn.attn_drop.p, drop_path_rate=float(drop_path),
         **({'stem': 'conv'} if isinstance(embed, ConvPatchEmbed) else {}),
     )
@@ -493,8 +494,9 @@ def _refusal(model: nn.Module) -> Optional[str]:
     """Why ``evit_from_vit`` cannot take ``model`` (None when it can)."""
     name = type(model).__name__
     if isinstance(model, DynamicModel):
-        return (f'{name} is already a dynvit {model.family} model; build the EViT from its file with '
-                f'dynvit.create_model("evit_...", checkpoint_path=...)')
+        return (f'{name} is already a dynvit {model.family} model; save it (dynvit.save_model) and build the EViT '
+                f'from the file: dynvit.create_model("evit_tiny_patch16_224", pretrained=True, '
+                f'pretrained_cfg_overlay=dict(file=PATH))')
     if not isinstance(model, VisionTransformer):
         return f'evit_from_vit needs a timm VisionTransformer, got {name}'
     overridden = [m for m in ('forward', 'forward_features', 'forward_head', '_pos_embed')
@@ -539,7 +541,7 @@ def evit_from_vit(
     arch = {192: 'evit_tiny_patch16_224', 384: 'evit_small_patch16_224'}.get(model.embed_dim, 'evit_base_patch16_224')
     drop_loc = default_drop_loc(args['depth']) if drop_loc is None else drop_loc
     evit = _create_evit(arch, **args, keep_ratio=keep_ratio, drop_loc=drop_loc, fuse_token=fuse_token)
-    for part in ('patch_embed', 'norm_pre', 'blocks', 'norm', 'fc_norm', 'head'):
+    for part in ('patch_embed', 'pos_drop', 'patch_drop', 'norm_pre', 'blocks', 'norm', 'fc_norm', 'head_drop', 'head'):
         if repr(getattr(evit, part)) != repr(getattr(model, part)):
             raise ValueError(f'cannot rebuild this {type(model).__name__} as EViT: its {part} differs from what the '
                              f'VisionTransformer arguments build (another norm, activation or layer)')
