@@ -15,8 +15,8 @@ _NAMES = {
     'hub': ('create_model', 'list_models', 'load_checkpoint', 'load_model', 'read_dynvit_metadata', 'save_model',
             'save_pruned', 'resolve_model'),
     'models': ('DynamicModel', 'DynamicAux', 'TokenSparseViT', 'TokenAux', 'DynamicVisionTransformer', 'DynamicViTAux',
-               'EvoVisionTransformer', 'EvoViTAux', 'ToMeVisionTransformer', 'ToMeAux', 'FBSAux', 'FBSEfficientNet',
-               'FBSResNet', 'apply', 'dense_copy'),
+               'EvoVisionTransformer', 'EvoViTAux', 'EViT', 'EViTAux', 'ToMeVisionTransformer', 'ToMeAux', 'FBSAux',
+               'FBSEfficientNet', 'FBSResNet', 'apply', 'dense_copy', 'evit_from_vit'),
 }
 _HOME = {name: module for module, names in _NAMES.items() for name in names}
 

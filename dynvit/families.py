@@ -14,6 +14,9 @@ KNOBS: Dict[str, Tuple[str, str]] = {
                                  '(0.5 -> 0.5 / 0.25 / 0.125 over three stages)'),
     'Evo-ViT': ('keep_ratio', 'rho: every stage gives the full update to rho of the patches, re-ranked each '
                               'stage (0.5 -> 0.5 / 0.5)'),
+    'EViT': ('keep_ratio', 'rho: every pruning block keeps ceil(rho * n) of its n non-class tokens (an earlier '
+                           'fused token counts) and fuses the rest into one (0.7, 196 patches: 138, 98, 70 kept + 1 '
+                           'fused)'),
     'ToMe': ('r', 'r: every block merges r of its tokens into their most similar ones (at most half), so the '
                   'next computes r fewer (8 on DeiT: 197, 189, ..., 109 tokens into the 12 blocks); a list gives one '
                   'per block'),

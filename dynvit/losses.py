@@ -13,6 +13,10 @@ Evo-ViT (Xu et al., AAAI 2022, arXiv:2108.01390) trains two heads, one on the po
 tokens and one on the class token, with half of the cross-entropy each; its released code has
 logit distillation from a teacher as an option, off by default.
 
+EViT (Liang et al., ICLR 2022, arXiv:2202.07800) trains with the plain classification loss while
+its keep rate warms up from 1 (a sparsity schedule moves the model's knob); its released code
+(DeiT's) has distillation from a teacher as an option, off by default.
+
 FBS (Gao et al., ICLR 2019, arXiv:1810.05331) adds an L1 penalty on the gates' saliencies to
 the task loss, so that few channels stay salient.
 """
@@ -23,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['ObjectiveConfig', 'DistilledLoss', 'ClassificationLoss', 'DynamicViTLoss', 'EvoViTLoss', 'FBSLoss', 'distillation_kl',
-           'ratio_loss', 'saliency_l1', 'token_distillation_loss']
+__all__ = ['ObjectiveConfig', 'DistilledLoss', 'ClassificationLoss', 'DynamicViTLoss', 'EvoViTLoss',
+           'FBSLoss', 'distillation_kl', 'ratio_loss', 'saliency_l1', 'token_distillation_loss']
 
 
 @dataclass
@@ -131,7 +135,8 @@ class DistilledLoss(nn.Module):
 
 
 class ClassificationLoss(DistilledLoss):
-    """The objective of a family with nothing of its own to train (ToMe: merging is a rule):
+    """The objective of a family with nothing of its own to train (ToMe merges and EViT keeps by a
+    rule; the keep rate is set, not learned):
     ``loss = ce + distill_weight * kl(logits, teacher_logits)``, the distillation term skipped
     when no teacher output is given."""
 

@@ -21,8 +21,8 @@ PACKAGE = Path(dynvit.__file__).parent
 # lower layers first: a package may import only from packages before it (and itself)
 LAYERS = [('families', 'runtime'), ('layers', 'losses'), ('models',), ('data', 'compress'), ('hub',),
           ('train', 'predict', 'export'), ('viz',), ('cli',)]
-FAMILY_NAMES = {'DynamicVisionTransformer', 'EvoVisionTransformer', 'ToMeVisionTransformer', 'FBSResNet',
-                'FBSEfficientNet', 'DynamicViTAux', 'EvoViTAux', 'ToMeAux', 'FBSAux'}
+FAMILY_NAMES = {'DynamicVisionTransformer', 'EvoVisionTransformer', 'EViT', 'ToMeVisionTransformer', 'FBSResNet',
+                'FBSEfficientNet', 'DynamicViTAux', 'EvoViTAux', 'EViTAux', 'ToMeAux', 'FBSAux'}
 
 
 def _module_name(path: Path) -> str:
@@ -105,8 +105,8 @@ def test_the_command_line_starts_without_torch():
             'assert "torch" not in sys.modules and "timm" not in sys.modules, "torch imported"')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert 'DynamicViT: ' in out.stdout and 'Evo-ViT: ' in out.stdout and 'FBS: ' in out.stdout
-    assert 'ToMe: ' in out.stdout and '--merge-r' in out.stdout
+    assert 'DynamicViT: ' in out.stdout and 'Evo-ViT: ' in out.stdout and 'EViT: ' in out.stdout
+    assert 'FBS: ' in out.stdout and 'ToMe: ' in out.stdout and '--merge-r' in out.stdout
 
 
 def _families():

@@ -15,7 +15,7 @@ from dynvit.cli import main
 from dynvit.export import compile_model, load_onnx, to_onnx
 from helpers import randomize_batch_norms
 
-FAMILIES = ['test_dynamicvit', 'test_evovit2', 'test_tome2', 'test_fbs_resnet']  # one test model per family (compiling takes time)
+FAMILIES = ['test_dynamicvit', 'test_evovit2', 'test_tome2', 'test_evit', 'test_fbs_resnet']  # one test model per family (compiling takes time)
 
 
 def _model(name, **kwargs):
@@ -65,7 +65,7 @@ def test_data_dependent_settings_are_refused_with_the_reason():
         to_onnx(_model('test_fbs_resnet'), 'never.onnx', dynamic_batch=True)
 
 
-@pytest.mark.parametrize('name, dynamic', [('test_dynamicvit', True), ('test_evovit2', False), ('test_tome2', True),
+@pytest.mark.parametrize('name, dynamic', [('test_dynamicvit', True), ('test_evovit2', False), ('test_tome2', True), ('test_evit', True),
                                            ('test_fbs_resnet', False)])
 def test_onnx_runtime_reproduces_the_pytorch_outputs(name, dynamic, tmp_path):
     model = _model(name)

@@ -51,14 +51,29 @@ def _kept(aux):
     return aux.kept_channels if hasattr(aux, 'kept_channels') else aux.kept_tokens
 
 
+def _check_kept(model, x, aux):
+    """Units kept per stage. EViT keeps ceil(rho n) of its n current tokens, and the fused tokens
+    of earlier stages (no patch of their own) may be among them."""
+    kept = _kept(aux)
+    if not isinstance(model, dynvit.EViT):
+        assert kept.tolist() == [_expected_kept(model, x)] * kept.shape[0]
+        return
+    n = model.patch_embed.num_patches
+    for s in range(stages(model)):
+        k = min(n, model.num_keep(s, n))
+        assert ((k - s <= kept[:, s]) & (kept[:, s] <= k)).all()
+        n = k + int(model.fuse_token and k < n)
+
+
 def test_registry():
     assert {'dynamicvit_tiny_patch16_224', 'dynamicvit_small_patch16_224', 'dynamicvit_base_patch16_224',
             'test_dynamicvit', 'test_dynamicvit2', 'evovit_tiny_patch16_224', 'evovit_small_patch16_224',
-            'evovit_base_patch16_224', 'test_evovit', 'test_evovit2', 'tome_tiny_patch16_224', 'tome_small_patch16_224',
+            'evovit_base_patch16_224', 'test_evovit', 'test_evovit2', 'evit_tiny_patch16_224', 'evit_small_patch16_224',
+            'evit_base_patch16_224', 'test_evit', 'test_evit2', 'tome_tiny_patch16_224', 'tome_small_patch16_224',
             'tome_base_patch16_224', 'test_tome', 'test_tome2', 'fbs_resnet18', 'fbs_resnet34',
             'fbs_efficientnet_lite0', 'test_fbs_resnet', 'test_fbs_resnet2', 'test_fbs_efficientnet'} <= set(MODELS)
     assert {'dynamicvit_small_patch16_224.deit_in1k', 'evovit_small_patch16_224.deit_in1k', 'fbs_resnet18.tv_in1k',
-            'fbs_efficientnet_lite0.in1k'} <= set(dynvit.list_models(pretrained=True))
+            'evit_small_patch16_224.deit_in1k', 'fbs_efficientnet_lite0.in1k'} <= set(dynvit.list_models(pretrained=True))
     assert dynvit.list_models('dynamicvit_s*') == ['dynamicvit_small_patch16_224']
 
 
@@ -69,7 +84,7 @@ def test_forward_all_modes(name):
     with torch.no_grad():
         logits, aux = model(x, return_aux=True)
         assert logits.shape == (2, model.num_classes) and torch.isfinite(logits).all()
-        assert _kept(aux).tolist() == [_expected_kept(model, x)] * 2
+        _check_kept(model, x, aux)
         assert torch.equal(model(x), logits)
         for mode in ('threshold',) if hasattr(model, 'mode') else ('loop', 'mask') if is_cnn(model) else ():
             model.set_sparsity(**({'mode': mode} if hasattr(model, 'mode') else {'execution': mode}))
@@ -97,6 +112,7 @@ OTHER_SETTINGS = {
     dynvit.DynamicVisionTransformer: dict(keep_ratio=0.5, mode='threshold', threshold=0.4),
     dynvit.EvoVisionTransformer: dict(keep_ratio=0.4, tradeoff=0.8, representative_token=False),
     dynvit.ToMeVisionTransformer: dict(r=[3, 2, 1], prop_attn=False),
+    dynvit.EViT: dict(keep_ratio=(0.5, 0.4), drop_loc=(1, 3), fuse_token=False),
     dynvit.FBSResNet: dict(density=0.3, execution='loop'),
     dynvit.FBSEfficientNet: dict(density=0.7, execution='grouped'),
 }

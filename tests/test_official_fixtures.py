@@ -1,5 +1,5 @@
 """Our eval paths reproduce the official DynamicViT and Evo-ViT implementations' outputs, and the
-full-size official key layouts map completely onto our models."""
+full-size official key layouts map completely onto our models (EViT's outputs: ``test_evit.py``)."""
 import json
 from pathlib import Path
 
@@ -117,7 +117,9 @@ def _official_pth(name, path, ema_noise=True):
 _TINY = {'dynamicvit_tiny_a_sep': ('dynamicvit_small_patch16_224.official_r07_in1k',
                                    {'embed_dim': 64, 'num_heads': 2, 'num_classes': 10}),
          'evovit_tiny_a_sep': ('evovit_small_patch16_224.official_in1k',
-                               {'embed_dim': 64, 'num_heads': 2, 'num_classes': 10})}
+                               {'embed_dim': 64, 'num_heads': 2, 'num_classes': 10}),
+         'evit_tiny_a_sep': ('evit_small_patch16_224.official_fuse_kr07_in1k',
+                             {'embed_dim': 64, 'num_heads': 2, 'num_classes': 10})}
 
 
 @pytest.mark.parametrize('fixture', list(_TINY))

@@ -106,6 +106,16 @@ def test_evovit_macs_match_flop_counter_of_the_executed_model(name, representati
     assert analytic < dense_vit_macs(model, aux.num_patches)
 
 
+def test_evit_deit_small_numbers():
+    """The released EViT DeiT-S table: 4.0, 3.0, 2.3 GMACs at keep rates 0.9, 0.7, 0.5 with fusion (4.6 dense)."""
+    model = dynvit.create_model('evit_small_patch16_224').eval()
+    x = torch.randn(1, 3, 224, 224)
+    for keep, gmacs in ((0.9, 4.0), (0.7, 3.0), (0.5, 2.3)):
+        _, report = profile(model.set_sparsity(keep_ratio=keep), x)
+        assert round(report.images[0].macs / 1e9, 1) == gmacs and round(report.images[0].dense_macs / 1e9, 1) == 4.6
+    assert report.images[0].per_block == [197] * 4 + [100] * 3 + [52] * 3 + [28] * 2  # CLS + kept + fused
+
+
 def test_evovit_deit_small_numbers():
     model = dynvit.create_model('evovit_small_patch16_224').eval()
     _, report = profile(model, torch.randn(1, 3, 224, 224))

@@ -1,4 +1,4 @@
-from .attention import PolicyAttention, policy_attention, policy_bias
+from .attention import PolicyAttention, attention_with_class_row, class_attention_row, policy_attention, policy_bias
 from .channel_gate import (
     ChannelGate,
     channel_union,
@@ -13,6 +13,7 @@ from .channel_gate import (
 from .conv_stem import ConvPatchEmbed
 from .evo_update import block_forward_with_cls_attention, merge_slow_fast, representative_token, split_slow_fast
 from .keep_predictor import KeepPredictor
+from .token_fusion import block_forward_keep_attentive, fuse_inattentive, keep_attentive
 from .token_merging import (
     TokenMatch,
     bipartite_soft_matching,
@@ -23,9 +24,11 @@ from .token_merging import (
     size_bias,
 )
 from .token_ops import (
+    attention_residual,
     gather_tokens,
     is_packable,
     is_timm_attention,
+    mlp_residual,
     packed_attention,
     packed_block_forward,
     residual_block_forward,

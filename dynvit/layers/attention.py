@@ -99,6 +99,48 @@ def merge_heads(attn: Attention, o: torch.Tensor, gate: Optional[torch.Tensor]) 
     return attn.proj_drop(attn.proj(x))
 
 
+def class_attention_row(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """The class token's attention over all keys, averaged over heads.
+
+    Only row 0 of the attention map is computed, ``softmax(q_0 k^T * scale)``: ``L`` products per
+    head instead of ``L^2``.
+
+    Args:
+        q, k: ``[B, H, L, D]`` (token 0 is the class token).
+        scale: Softmax scale.
+
+    Returns:
+        ``[B, L]`` float32 (whatever the dtype of q and k: fine ranks).
+    """
+    logits = (q[:, :, :1] * scale) @ k.transpose(-2, -1)  # [B, H, 1, L]
+    return logits.float().softmax(dim=-1).mean(dim=1)[:, 0]
+
+
+def attention_with_class_row(
+        attn: Attention,
+        x: torch.Tensor,
+        keep_grad: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A timm ``Attention``'s output and the class token's attention row (``class_attention_row``).
+
+    The attention itself stays fused (SDPA); the row is computed apart from the same q and k.
+
+    Args:
+        attn: A timm ``Attention`` (see ``token_ops.is_timm_attention``).
+        x: Normalised tokens ``[B, L, C]``, the class token first.
+        keep_grad: Let the row carry gradient to q and k (when it weighs tokens); else it is
+            computed without (when it only ranks them).
+
+    Returns:
+        The attention output ``[B, L, C]`` and the row ``[B, L]`` (float32).
+    """
+    q, k, v, gate = split_qkv(attn, x)  # [B, H, L, D]
+    with torch.set_grad_enabled(keep_grad and torch.is_grad_enabled()):
+        row = class_attention_row(q, k, attn.scale)
+    dropout_p = attn.attn_drop.p if attn.training else 0.0
+    return merge_heads(attn, attend(q, k, v, None, attn.fused_attn, attn.scale, dropout_p), gate), row
+
+
 class PolicyAttention(Attention):
     """timm ``Attention`` that reads a float ``attn_mask`` as a keep policy (``policy_bias``).
 

@@ -21,7 +21,7 @@ from typing import Optional, Tuple
 import torch
 from timm.models.vision_transformer import Block
 
-from .attention import attend, merge_heads, split_qkv
+from .attention import attention_with_class_row
 from .token_ops import gather_tokens, residual_block_forward
 
 
@@ -29,8 +29,8 @@ def block_forward_with_cls_attention(block: Block, x: torch.Tensor) -> Tuple[tor
     """Runs a timm ``Block`` and also returns the attention of token 0 (the class token).
 
     The block's attention stays fused (SDPA); only the class token's attention row is
-    computed explicitly, ``softmax(q_0 K^T * scale)``, from the same q and k, without a
-    gradient (it is used to rank tokens).
+    computed explicitly (``attention.attention_with_class_row``), without a gradient (it is
+    used to rank tokens).
 
     Args:
         block: A timm ``Block`` (see ``token_ops.is_packable``).
@@ -40,18 +40,15 @@ def block_forward_with_cls_attention(block: Block, x: torch.Tensor) -> Tuple[tor
         The block output ``[B, L, C]`` and the class token's attention over the L keys,
         averaged over heads, ``[B, L]`` (float32 whatever the block's dtype).
     """
-    row = []
+    rows = []
 
     def attention(attn, y):
-        q, k, v, gate = split_qkv(attn, y)  # [B, H, L, D]
-        with torch.no_grad():
-            logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # [B, H, 1, L]
-            row.append(logits.float().softmax(dim=-1).mean(dim=1)[:, 0])  # [B, L], float32 to rank finely
-        dropout_p = attn.attn_drop.p if attn.training else 0.0
-        return merge_heads(attn, attend(q, k, v, None, attn.fused_attn, attn.scale, dropout_p), gate)
+        out, row = attention_with_class_row(attn, y)
+        rows.append(row)
+        return out
 
     x = residual_block_forward(block, x, attention)
-    return x, row[0]
+    return x, rows[0]
 
 
 def representative_token(placeholders: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -99,9 +99,23 @@ def residual_block_forward(
     Returns:
         ``[B, L, C]``.
     """
-    x = x + block.drop_path1(block.ls1(attention(block.attn, block.norm1(x))))
-    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
-    return x
+    return mlp_residual(block, attention_residual(block, x, attention))
+
+
+def attention_residual(
+        block: Block,
+        x: torch.Tensor,
+        attention: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """The first half of timm's ``Block.forward``: ``x + attention(block.attn, norm1(x))`` (with
+    LayerScale and drop path), ``[B, L, C]``."""
+    return x + block.drop_path1(block.ls1(attention(block.attn, block.norm1(x))))
+
+
+def mlp_residual(block: Block, x: torch.Tensor) -> torch.Tensor:
+    """The second half of timm's ``Block.forward``: ``x + mlp(norm2(x))`` (with LayerScale and drop
+    path), ``[B, L, C]``; L may differ from the first half's (tokens dropped in between)."""
+    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 
 
 def unpack_tokens(x: torch.Tensor, lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

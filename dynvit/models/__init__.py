@@ -4,6 +4,7 @@ from ._base import DynamicAux, DynamicModel, all_sparsity_args
 from ._token_vit import TokenAux, TokenSparseViT
 from .dynamic_vit import DynamicVisionTransformer, DynamicViTAux
 from .evo_vit import EvoVisionTransformer, EvoViTAux
+from .evit import EViT, EViTAux, evit_from_vit
 from ._apply import apply, list_methods, register_method
 from .tome import ToMeAux, ToMeVisionTransformer, apply_tome
 from ._fbs import FBSAux, FBSModel

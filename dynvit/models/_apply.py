@@ -3,7 +3,7 @@
 A family that can do this registers itself with ``register_method``; ``dynvit.apply(model,
 method=..., **settings)`` dispatches to it. ToMe (``'tome'``) is training-free, so this is how
 it is used in practice: ``dynvit.apply(timm.create_model('deit_small_patch16_224',
-pretrained=True), 'tome', r=13)``.
+pretrained=True), 'tome', r=13)``. EViT (``'evit'``) runs on DeiT weights at a modest loss.
 """
 from typing import Any, Callable, Dict, List
 
@@ -25,16 +25,19 @@ def list_methods() -> List[str]:
 
 
 def apply(model: nn.Module, method: str, **settings: Any) -> nn.Module:
-    """Turns a built model into the dynamic ``method``'s model, in place, keeping its weights.
+    """Turns a built model into the dynamic ``method``'s model, keeping its weights.
 
     Args:
         model: The model (e.g. a timm ``VisionTransformer``).
         method: A name from ``list_methods()`` (e.g. ``'tome'``).
-        **settings: The method's sparsity settings (ToMe: ``r``, ``inflect``, ``prop_attn``).
+        **settings: The method's sparsity settings (ToMe: ``r``, ``inflect``, ``prop_attn``;
+            EViT: ``keep_ratio``, ``drop_loc``, ``fuse_token``).
 
     Returns:
-        The model (the same object), now a dynvit model: ``model(x, return_aux=True)`` gives the
-        per-image report, ``model.set_sparsity(...)`` changes the settings.
+        The dynvit model; use the returned object: ``model(x, return_aux=True)`` gives the
+        per-image report, ``model.set_sparsity(...)`` changes the settings. ToMe converts in place
+        (the same object, its class swapped, as the released code does); EViT builds a new model
+        with a copy of the weights (``model`` is left as it was) that saves like any dynvit model.
 
     Raises:
         ValueError: The method is unknown or cannot handle this model (the message says why).

@@ -5,10 +5,10 @@ it kept, and refuses what a reduced token set cannot do (attention pooling, timm
 
 A family subclasses ``TokenSparseViT`` and writes its selection rule and its token pass
 ``_forward_tokens(x, want_aux, **kwargs) -> (features, aux or None)``; its aux subclasses
-``TokenAux``. See DynamicViT (``dynamic_vit.py``) and Evo-ViT (``evo_vit.py``).
+``TokenAux``. See DynamicViT (``dynamic_vit.py``), Evo-ViT (``evo_vit.py``) and EViT (``evit.py``).
 """
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, List, Optional, Tuple, Union
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -16,9 +16,9 @@ from timm.models.vision_transformer import VisionTransformer
 
 from ..runtime.macs import dense_vit_macs, vit_macs
 from ._base import DynamicAux, DynamicModel
-from ._helpers import build_dynamic_model, embed_tokens, run_block, vit_embed_layer, with_stem_cfg
+from ._helpers import build_dynamic_model, embed_tokens, is_scalar, run_block, vit_embed_layer, with_stem_cfg
 
-__all__ = ['TokenAux', 'TokenSparseViT']
+__all__ = ['TokenAux', 'TokenSparseViT', 'block_indices', 'per_stage_ratio']
 
 
 @dataclass(kw_only=True)
@@ -81,6 +81,42 @@ class TokenAux(DynamicAux):
         if kept.shape[1] == 0:
             return kept.new_ones(kept.shape[0], dtype=torch.float64)
         return kept[:, -1].double() / self.num_patches
+
+
+def per_stage_ratio(
+        value: Union[float, Sequence[float]],
+        num_stages: int,
+        stages: str,
+        meaning: str,
+) -> Tuple[float, ...]:
+    """Per-stage keep ratios: a float is the same at every stage, a sequence gives one per stage.
+
+    Args:
+        value: The ``keep_ratio`` given.
+        num_stages: Stages of the model.
+        stages: What the stages are, for messages ('selections (select_loc)').
+        meaning: What a ratio is, for messages ('the fraction of patches ...').
+    """
+    ratios = (float(value),) * num_stages if is_scalar(value) else tuple(float(r) for r in value)
+    if len(ratios) != num_stages:
+        raise ValueError(f'keep_ratio has {len(ratios)} values for {num_stages} {stages}')
+    if any(not 0.0 < r <= 1.0 for r in ratios):
+        raise ValueError(f'keep_ratio is {meaning} and must be in (0, 1], got {list(ratios)}')
+    return ratios
+
+
+def block_indices(value: Sequence[int], name: str, lowest: int, depth: int, why: str = '') -> Tuple[int, ...]:
+    """Checks increasing block indices in ``[lowest, depth)`` given as argument ``name``; ``why``
+    (e.g. ' (the ranking needs ...)') follows the range in the message."""
+    try:
+        if isinstance(value, (str, bytes)) or any(isinstance(i, bool) or int(i) != i for i in value):
+            raise TypeError
+        loc = tuple(int(i) for i in value)
+    except (TypeError, ValueError):
+        raise ValueError(f'{name} must be a sequence of block indices, got {value!r}') from None
+    if not loc or list(loc) != sorted(set(loc)) or not lowest <= loc[0] <= loc[-1] < depth:
+        raise ValueError(f'{name} must be increasing block indices in [{lowest}, {depth}){why}, got {list(loc)}')
+    return loc
 
 
 class TokenSparseViT(DynamicModel, VisionTransformer):

@@ -38,7 +38,7 @@ from ..layers import (
 )
 from ..losses import EvoViTLoss, ObjectiveConfig
 from ._helpers import check_state_dict, first_conv_keys, is_scalar, run_block, vit_cfg
-from ._token_vit import TokenAux, TokenSparseViT, build_token_vit
+from ._token_vit import TokenAux, TokenSparseViT, block_indices, build_token_vit, per_stage_ratio
 from ._zoo import register_tag_args, shipped_cfgs
 
 __all__ = ['EvoVisionTransformer', 'EvoViTAux']
@@ -83,26 +83,12 @@ class EvoViTAux(TokenAux):
 
 def _resolve_keep_ratio(keep_ratio: Union[float, Sequence[float]], num_stages: int) -> Tuple[float, ...]:
     """A float is the same fraction in every stage; a sequence gives one per stage."""
-    ratios = (float(keep_ratio),) * num_stages if is_scalar(keep_ratio) else tuple(float(r) for r in keep_ratio)
-    if len(ratios) != num_stages:
-        raise ValueError(f'keep_ratio has {len(ratios)} values for {num_stages} selections (select_loc)')
-    if any(not 0.0 < r <= 1.0 for r in ratios):
-        raise ValueError(f'keep_ratio is the fraction of patches given the full update and must be in (0, 1], '
-                         f'got {list(ratios)}')
-    return ratios
+    return per_stage_ratio(keep_ratio, num_stages, 'selections (select_loc)',
+                           'the fraction of patches given the full update')
 
 
 def _check_select_loc(value: Sequence[int], depth: int) -> Tuple[int, ...]:
-    try:
-        if isinstance(value, (str, bytes)) or any(isinstance(i, bool) or int(i) != i for i in value):
-            raise TypeError
-        loc = tuple(int(i) for i in value)
-    except (TypeError, ValueError):
-        raise ValueError(f'select_loc must be a sequence of block indices, got {value!r}') from None
-    if not loc or list(loc) != sorted(set(loc)) or not 1 <= loc[0] <= loc[-1] < depth:
-        raise ValueError(f'select_loc must be increasing block indices in [1, {depth}) (the ranking needs '
-                         f'the class attention of an earlier block), got {list(loc)}')
-    return loc
+    return block_indices(value, 'select_loc', 1, depth, ' (the ranking needs the class attention of an earlier block)')
 
 
 class EvoVisionTransformer(TokenSparseViT):

@@ -1,6 +1,7 @@
 """Training: the fine-tuning loop and its checkpoints (the families' losses are in ``dynvit.losses``,
 re-exported here)."""
 from ..losses import (
+    ClassificationLoss,
     DistilledLoss,
     DynamicViTLoss,
     EvoViTLoss,

@@ -1,0 +1,564 @@
+"""EViT on timm's VisionTransformer.
+
+Paper: Not All Patches are What You Need: Expediting Vision Transformers via Token
+Reorganizations (Liang, Ge, Tong, Song, Wang, Xie; ICLR 2022), arXiv:2202.07800.
+
+No learned predictor: inside each block of ``drop_loc``, after the attention residual and
+before the MLP, the non-class tokens are ranked by the attention the class token paid them in
+that block (mean over heads); the top ``ceil(keep_ratio * n)`` of the n current ones stay and
+the others are fused into one token, their sum weighted by that attention
+(``dynvit.layers.token_fusion``). The fused token then is an ordinary token: later pruning
+blocks count it in n, rank it and keep it or fuse it again. The sequence really shrinks, by
+the same count for every image, so a batch computes what its images would alone.
+
+Compatibility with the released code (youweiliang/evit, ``evit.py``), whose eval path this
+reproduces: kept tokens follow the class token in descending attention order and the fused
+token comes last (the order changes no output, only the float summation order); the count is
+``ceil`` of the current non-class tokens, a fused token included; the score is the class row of
+the block's softmax attention over all keys (prefix tokens included, not renormalised over the
+patches); the fused token's weights are those scores, not renormalised. Differences: the
+attention stays fused (SDPA) and only the class row is computed apart, so a pass differs from
+the released code by float rounding (~1e-7), which can swap two tokens whose scores are closer
+than that at the keep boundary; with attention dropout in training the released code ranks by
+the dropped-out attention, this by the attention before dropout. ``fuse_token=False`` drops
+the inattentive tokens instead (the released code's default, the paper's ablation).
+
+Training: the keep rate warms up from 1 through the trainer's sparsity schedule
+(``--sparsity-start 1.0 --sparsity-warmup-epochs N``; the released code's is a cosine from 1,
+this one linear), the loss is cross-entropy with optional distillation (``ClassificationLoss``).
+``keep_ratio``, ``drop_loc`` and ``fuse_token`` are plain attributes: change them on a built
+model. ``evit_from_vit`` turns a built timm ``VisionTransformer`` into an EViT with its weights.
+"""
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import LayerScale, PatchDropout
+from timm.models import generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn as vit_checkpoint_filter_fn
+
+from ..layers import ConvPatchEmbed, block_forward_keep_attentive, is_packable, is_timm_attention
+from ..losses import ClassificationLoss, ObjectiveConfig
+from ._apply import register_method
+from ..runtime.macs import vit_macs
+from ._base import DynamicModel
+from ._helpers import check_state_dict, first_conv_keys, run_block, vit_cfg
+from ._token_vit import TokenAux, TokenSparseViT, block_indices, build_token_vit, per_stage_ratio
+from ._zoo import register_tag_args, shipped_cfgs
+
+__all__ = ['EViT', 'EViTAux', 'evit_from_vit', 'default_drop_loc']
+
+
+@dataclass
+class EViTAux(TokenAux):
+    """What a forward pass kept and fused, for reports and pictures (and, from ``TokenAux``, the
+    MACs, the grid and the keep ratios of the pass).
+
+    Stage s is the pruning block ``drop_loc[s]``; positions refer to the original patch grid
+    (row-major, N patches); "tokens" are the non-prefix tokens of the sequence at that point.
+
+    Attributes:
+        token_of: Per stage ``[B, N]`` long: the position, among the tokens after the stage, of
+            the token that holds each patch (itself or a fused token), -1 for a dropped patch.
+        token_index: Per stage ``[B, n']`` long: the patch each token after the stage is, in
+            sequence order, -1 for a fused token.
+        keep_index: Per stage ``[B, k]`` long: the kept tokens' indices into the stage's input
+            tokens, in their new (descending score) order.
+        scores: Per stage ``[B, n]`` float32: the class attention of the stage's input tokens, in
+            their order then (zeros where the stage kept all and ranked nothing).
+        tokens_per_block: ``[B, depth]`` tokens into each block's attention (prefix included).
+        mlp_tokens: ``[B, depth]`` tokens into each block's MLP (fewer in a pruning block).
+        cls_attention_keys: ``[B, depth]`` keys of the class-attention row computed apart in each
+            block (0 where the block did not rank).
+        fused_inputs: ``[B, depth]`` tokens weighed into a fused token in each block (0: none).
+        num_patches: N.
+    """
+    token_of: List[torch.Tensor]
+    token_index: List[torch.Tensor]
+    keep_index: List[torch.Tensor]
+    scores: List[torch.Tensor]
+    tokens_per_block: torch.Tensor
+    mlp_tokens: torch.Tensor
+    cls_attention_keys: torch.Tensor
+    fused_inputs: torch.Tensor
+    num_patches: int
+
+    @property
+    def kept_patches(self) -> List[torch.Tensor]:
+        """Per stage ``[B, N]`` float: 1 for the patches still a token of their own after the stage."""
+        return [((owner >= 0) & (index.gather(1, owner.clamp_min(0)) >= 0)).float()
+                for owner, index in zip(self.token_of, self.token_index)]
+
+    @property
+    def stage_weights(self) -> List[torch.Tensor]:
+        """``kept_patches``: the patches a stage kept as themselves (``kept``, ``kept_masks``)."""
+        return self.kept_patches
+
+    @property
+    def fused_masks(self) -> List[torch.Tensor]:
+        """Per stage ``[B, N]`` bool: the patches inside a fused token after the stage (the others
+        not kept as themselves are dropped: none with ``fuse_token``, all without)."""
+        return [(owner >= 0) & ~kept.bool() for owner, kept in zip(self.token_of, self.kept_patches)]
+
+
+def default_drop_loc(depth: int) -> Tuple[int, ...]:
+    """The paper's pruning blocks, 4th, 7th and 10th of 12 (indices 3, 6, 9), scaled to ``depth``."""
+    return tuple(sorted({depth // 4, depth // 2, 3 * depth // 4} - {0})) or (0,)
+
+
+def _track_stage(index: torch.Tensor, owner: torch.Tensor, keep: torch.Tensor, n: int,
+                 fuse: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Where the patches are after a stage kept ``keep`` ``[B, k]`` of its n tokens.
+
+    Args:
+        index: ``[B, n]`` patch of each input token (-1: a fused token).
+        owner: ``[B, N]`` input token holding each patch (-1: dropped).
+        keep: Kept token indices, in their new order.
+        n: Input tokens.
+        fuse: Whether the others were fused into a last token (else dropped).
+
+    Returns:
+        The new ``index`` ``[B, k (+ 1)]`` and ``owner`` ``[B, N]``.
+    """
+    B, k = keep.shape
+    new_index = index.gather(1, keep)
+    position = keep.new_full((B, n), k if fuse else -1)  # input token -> output token
+    position.scatter_(1, keep, torch.arange(k, device=keep.device).expand(B, k))
+    if fuse:
+        new_index = torch.cat([new_index, new_index.new_full((B, 1), -1)], dim=1)
+    owner = torch.where(owner >= 0, position.gather(1, owner.clamp_min(0)), owner)
+    return new_index, owner
+
+
+class _Trace:
+    """What a pass records for its aux: the tokens each block computed, and per stage where the
+    patches went (the latter only when the aux is wanted)."""
+
+    def __init__(self, x: torch.Tensor, num_prefix: int, want_aux: bool) -> None:
+        B, L, _ = x.shape
+        self.want_aux = want_aux
+        self.blocks: Dict[str, List[int]] = {'attn': [], 'mlp': [], 'row': [], 'fused': []}  # same for every image
+        self.stages: Dict[str, List[torch.Tensor]] = {'token_of': [], 'token_index': [], 'keep_index': [], 'scores': []}
+        self.index = torch.arange(L - num_prefix, device=x.device).expand(B, -1) if want_aux else None  # [B, n]
+        self.owner = self.index  # [B, N]: the current token holding each patch
+
+    def block(self, tokens_in: int, tokens_out: int, ranked: int, fused: int) -> None:
+        """A block ran attention on ``tokens_in``, its MLP on ``tokens_out``, a class row over
+        ``ranked`` keys and a fused token of ``fused`` tokens (0: none)."""
+        for key, value in zip(('attn', 'mlp', 'row', 'fused'), (tokens_in, tokens_out, ranked, fused)):
+            self.blocks[key].append(value)
+
+    def stage(self, keep: Optional[torch.Tensor], score: Optional[torch.Tensor], n: int, fuse: bool) -> None:
+        """A pruning block kept ``keep`` ``[B, k]`` of its n tokens, ranked by ``score`` ``[B, n]``
+        (both None: it kept all)."""
+        if not self.want_aux:
+            return
+        if keep is None:
+            B = self.index.shape[0]
+            keep = torch.arange(n, device=self.index.device).expand(B, n)
+            score = torch.zeros(B, n, device=self.index.device)
+        else:
+            self.index, self.owner = _track_stage(self.index, self.owner, keep, n, fuse)
+        for key, value in zip(('token_of', 'token_index', 'keep_index', 'scores'),
+                              (self.owner, self.index, keep, score.detach())):
+            self.stages[key].append(value)
+
+    def aux(self, **kwargs: Any) -> 'EViTAux':
+        """The ``EViTAux`` of the pass (``kwargs``: its other fields)."""
+        B, device = self.owner.shape[0], self.owner.device
+
+        def per_image(values: List[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=device).expand(B, -1)
+
+        return EViTAux(**self.stages, tokens_per_block=per_image(self.blocks['attn']),
+                       mlp_tokens=per_image(self.blocks['mlp']), cls_attention_keys=per_image(self.blocks['row']),
+                       fused_inputs=per_image(self.blocks['fused']), **kwargs)
+
+
+class EViT(TokenSparseViT):
+    """timm ``VisionTransformer`` with EViT token reorganisation.
+
+    Args:
+        drop_loc: Blocks that keep the attentive tokens (between their attention and MLP);
+            default ``default_drop_loc(depth)``, (3, 6, 9) for 12 blocks.
+        keep_ratio: Fraction of its current non-class tokens each of those blocks keeps
+            (``ceil``), one float for all or one per block of ``drop_loc``.
+        fuse_token: Fuse the inattentive tokens into one (the paper's EViT); False drops them.
+        **kwargs: ``stem`` ('patch' or 'conv', see ``TokenSparseViT``) and timm's
+            ``VisionTransformer`` arguments (it needs a class token).
+    """
+    family = 'EViT'
+    sparsity_args = ('drop_loc', 'keep_ratio', 'fuse_token')
+    stage_label = 'patches kept as tokens / stage'
+    checkpoint_drops = {'score_predictor.': 'DynamicViT keep predictors'}  # a DynamicViT file gives its backbone
+
+    def __init__(
+            self,
+            *,
+            drop_loc: Optional[Sequence[int]] = None,
+            keep_ratio: Union[float, Sequence[float]] = 0.7,
+            fuse_token: bool = True,
+            **kwargs: Any,
+    ) -> None:
+        if not kwargs.get('class_token', True):
+            raise ValueError('EViT ranks tokens by the attention of the class token; class_token=False is not '
+                             'supported')
+        super().__init__(**kwargs)
+        bad = [i for i, b in enumerate(self.blocks) if not (is_packable(b) and is_timm_attention(b.attn))]
+        if bad:
+            b = self.blocks[bad[0]]
+            raise ValueError(f'EViT reads the class attention inside timm Block blocks with timm Attention; '
+                             f'blocks {bad} are {type(b).__name__} with {type(getattr(b, "attn", None)).__name__}')
+        if keep_ratio is None or fuse_token is None:
+            raise ValueError('keep_ratio and fuse_token cannot be None')
+        self._drop_loc: Tuple[int, ...] = ()
+        self._keep_ratio: Tuple[float, ...] = ()
+        self.set_sparsity(drop_loc=default_drop_loc(len(self.blocks)) if drop_loc is None else drop_loc,
+                          keep_ratio=keep_ratio, fuse_token=fuse_token)
+
+    # ---- sparsity settings (changeable on a built model) ----
+    @property
+    def drop_loc(self) -> Tuple[int, ...]:
+        """Blocks that keep the attentive tokens."""
+        return self._drop_loc
+
+    @drop_loc.setter
+    def drop_loc(self, value: Sequence[int]) -> None:
+        self.set_sparsity(drop_loc=value)
+
+    @property
+    def keep_ratio(self) -> Tuple[float, ...]:
+        """Per pruning block, the fraction of its non-class tokens kept."""
+        return self._keep_ratio
+
+    @keep_ratio.setter
+    def keep_ratio(self, value: Union[float, Sequence[float]]) -> None:
+        self.set_sparsity(keep_ratio=value)
+
+    @property
+    def fuse_token(self) -> bool:
+        """Whether the inattentive tokens are fused into one (else dropped)."""
+        return self._fuse_token
+
+    @fuse_token.setter
+    def fuse_token(self, value: bool) -> None:
+        self.set_sparsity(fuse_token=value)
+
+    def set_sparsity(
+            self,
+            keep_ratio: Union[None, float, Sequence[float]] = None,
+            drop_loc: Optional[Sequence[int]] = None,
+            fuse_token: Optional[bool] = None,
+    ) -> 'EViT':
+        """Changes the settings given (others stay); returns the model. Nothing changes if one is invalid.
+
+        A new ``drop_loc`` with another number of blocks keeps a single keep ratio for all of
+        them; per-block ratios must then be given with it.
+        """
+        loc = self._drop_loc if drop_loc is None else block_indices(drop_loc, 'drop_loc', 0, len(self.blocks))
+        if keep_ratio is not None:
+            ratios = _resolve_keep_ratio(keep_ratio, len(loc))
+        elif len(self._keep_ratio) == len(loc):
+            ratios = self._keep_ratio
+        elif len(set(self._keep_ratio)) == 1:
+            ratios = (self._keep_ratio[0],) * len(loc)
+        else:
+            raise ValueError(f'the model has per-block keep ratios {list(self._keep_ratio)}; give keep_ratio with '
+                             f'the new drop_loc {list(loc)}')
+        if fuse_token is not None and not isinstance(fuse_token, bool):
+            raise ValueError(f'fuse_token must be True or False, got {fuse_token!r}')
+        self._drop_loc, self._keep_ratio = loc, ratios
+        self._stage_of_block = {b: s for s, b in enumerate(loc)}
+        if fuse_token is not None:
+            self._fuse_token = fuse_token
+        return self
+
+    def sparsity_config(self) -> Dict[str, Any]:
+        """The current settings as plain values (stored with saved weights)."""
+        return dict(drop_loc=list(self.drop_loc), keep_ratio=list(self.keep_ratio), fuse_token=self.fuse_token)
+
+    def num_keep(self, stage: int, num_tokens: int) -> int:
+        """Tokens kept by pruning block ``stage`` of its ``num_tokens`` non-prefix tokens:
+        ``ceil(keep_ratio * num_tokens)``, as the released code counts (a fused token included)."""
+        return math.ceil(self.keep_ratio[stage] * num_tokens)
+
+    def training_objective(self, config: ObjectiveConfig) -> ClassificationLoss:
+        """Cross-entropy and logit distillation from the dense teacher (when the trainer gives one)."""
+        return ClassificationLoss(base_criterion=config.criterion(), **config.distillation())
+
+    # ---- forward ----
+    def _forward_tokens(self, images: torch.Tensor, want_aux: bool) -> Tuple[torch.Tensor, Optional[EViTAux]]:
+        """Embeds and runs the blocks, keeping the attentive tokens in the ``drop_loc`` blocks.
+
+        Args:
+            images: ``[B, C, H, W]``.
+            want_aux: Also make the ``EViTAux`` of this pass (else None).
+
+        Returns:
+            Tokens ``[B, P + n, C]`` after the final norm (prefix tokens, then the kept tokens in
+            descending score order, a fused token last), and the aux.
+        """
+        x = self._embed(images)
+        P = self.num_prefix_tokens
+        N = x.shape[1] - P
+        trace = _Trace(x, P, want_aux)
+        for i, block in enumerate(self.blocks):
+            s = self._stage_of_block.get(i)
+            n = x.shape[1] - P
+            k = n if s is None else min(n, self.num_keep(s, n))
+            tokens_in = x.shape[1]
+            if k < n:
+                x, keep, score = run_block(self, block_forward_keep_attentive, block, x, P, k, self.fuse_token)
+            else:
+                x, keep, score = self._block(block, x), None, None
+            ranked = keep is not None
+            trace.block(tokens_in, x.shape[1], P + n if ranked else 0, n if ranked and self.fuse_token else 0)
+            if s is not None:
+                trace.stage(keep, score, n, self.fuse_token)
+        x = self.norm(x)
+        if not want_aux:
+            return x, None
+        return x, trace.aux(num_patches=N, features=x, grid=self._patch_grid(images), keep_ratio=self.keep_ratio)
+
+    # ---- MACs ----
+    def _spent_macs(self, aux: EViTAux) -> torch.Tensor:
+        """Blocks on the tokens their attention and their MLP computed, the patch embedding, the
+        head and the selection."""
+        return vit_macs(self, aux.tokens_per_block, aux.num_patches, aux.mlp_tokens) + self._selection_macs(aux)
+
+    def _selection_macs(self, aux: EViTAux) -> torch.Tensor:
+        """The class-attention rows (q_cls K^T) and the fused tokens' weighted sums."""
+        macs = aux.fused_inputs.sum(dim=1) * self.embed_dim
+        for i, block in enumerate(self.blocks):
+            macs = macs + aux.cls_attention_keys[:, i] * (block.attn.num_heads * block.attn.head_dim)
+        return macs
+
+
+def _resolve_keep_ratio(keep_ratio: Union[float, Sequence[float]], num_blocks: int) -> Tuple[float, ...]:
+    """A float is the same fraction in every pruning block; a sequence gives one per block."""
+    return per_stage_ratio(keep_ratio, num_blocks, 'pruning blocks (drop_loc)',
+                           'the fraction of its tokens a pruning block keeps')
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EViT) -> Dict[str, torch.Tensor]:
+    """Maps an EViT checkpoint (ours or the released code's, whose keys are timm's), a dense
+    timm/DeiT ViT checkpoint or a DynamicViT one (its backbone) onto ``model``.
+
+    Key layouts that fit none of these raise a ValueError naming the keys.
+    """
+    state_dict = state_dict.get('model', state_dict)  # the released training scripts save ckpt['model']
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(tuple(model.checkpoint_drops))}
+    state_dict = vit_checkpoint_filter_fn(state_dict, model)
+    # timm drops a classifier of another size and adapts the input channels after this filter
+    check_state_dict(state_dict, model, ignore=('head.',), any_shape=first_conv_keys(model))
+    return state_dict
+
+
+def _create_evit(variant: str, pretrained: bool = False, **kwargs: Any) -> EViT:
+    return build_token_vit(EViT, variant, pretrained, checkpoint_filter_fn, **kwargs)
+
+
+def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
+    return vit_cfg(url, classifier='head', paper_ids='arXiv:2202.07800',
+                   paper_name='Not All Patches are What You Need: Expediting Vision Transformers via Token '
+                              'Reorganizations', **kwargs)
+
+
+# The released DeiT-S checkpoints (README of youweiliang/evit; Google Drive links as given there, in their
+# direct-download form): keep rate 0.9 ... 0.5 in blocks 3, 6, 9, with and without token fusion.
+_GDRIVE = 'https://drive.google.com/uc?export=download&id='
+_OFFICIAL = {  # the paper's EViT/0.7 (the variant's own settings) first: the architecture's default tag
+    (True, 0.7): '1FfvdEBss9f8gexjqEY8vOSUQe_8qwYuL',
+    (True, 0.9): '1CmROmlLV-7nyYY-Bhph8_5ut3wFwqvny',
+    (True, 0.8): '1BTJyIe0zVK3zYXz3BzIlSC4YZCnZu7cJ',
+    (True, 0.6): '1D1m067jDbyG0g2UjyBMaJ4NTT2Ad8vrv',
+    (True, 0.5): '1-nyxAlRWjD2icbgj3Y3YWcCmYj9sTgfD',
+    (False, 0.9): '1tSaPLged8ED2RTiN5ttSmeTNIw1aNNwV',
+    (False, 0.8): '1zdFbHk-gOw_Wiid5_Z8NFcBa1HMI-JF-',
+    (False, 0.7): '1VCZGphW34rFWZDXOoF7XO4EJfRLZ-YB8',
+    (False, 0.6): '1okYcKryyD6FFPG9v5r40R28SRNfVZ5X0',
+    (False, 0.5): '1qsPeLN5ytLO8pM7lUuj5bi6pyMhjiSJO',
+}
+
+
+def _official_tag(fuse: bool, keep: float) -> str:
+    return f'evit_small_patch16_224.official_{"fuse" if fuse else "drop"}_kr{round(keep * 10):02d}_in1k'
+
+
+register_tag_args({_official_tag(fuse, keep): dict(drop_loc=(3, 6, 9), keep_ratio=keep, fuse_token=fuse)
+                   for fuse, keep in _OFFICIAL})
+
+default_cfgs = generate_default_cfgs({
+    **{_official_tag(fuse, keep): _cfg(
+        _GDRIVE + file_id, license='apache-2.0', origin_url='https://github.com/youweiliang/evit',
+        notes=(f'official EViT DeiT-S checkpoint (ckpt["model"]); keep rate {keep} in blocks 3, 6, 9, '
+               f'{"fused" if fuse else "dropped"} inattentive tokens',))
+       for (fuse, keep), file_id in _OFFICIAL.items()},
+    # timm's DeiT ImageNet-1k weights: EViT needs no new parameters, so these run as they are (at a
+    # modest loss) and EViT fine-tunes from them.
+    'evit_tiny_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_tiny_patch16_224.fb_in1k', license='apache-2.0'),
+    'evit_small_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_small_patch16_224.fb_in1k', license='apache-2.0'),
+    'evit_base_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_base_patch16_224.fb_in1k', license='apache-2.0'),
+    # Tiny configurations for tests.
+    'test_evit.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
+    'test_evit2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
+    # trained by the zoo (weights/)
+    **shipped_cfgs('evit_tiny_patch16_224', _cfg),
+})
+
+
+def _evit_deit_args(embed_dim: int, num_heads: int) -> Dict[str, Any]:
+    """DeiT geometry with the paper's schedule: keep rate 0.7 with token fusion in blocks 3, 6, 9 (the
+    default ``drop_loc``, ``default_drop_loc(depth)``, so another ``depth`` gets its scaled blocks)."""
+    return dict(patch_size=16, embed_dim=embed_dim, depth=12, num_heads=num_heads, keep_ratio=0.7, fuse_token=True)
+
+
+@register_model
+def evit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> EViT:
+    """EViT on DeiT-Tiny (192 wide, 12 blocks), keep rate 0.7 in blocks 3, 6, 9."""
+    model_args = _evit_deit_args(embed_dim=192, num_heads=3)
+    return _create_evit('evit_tiny_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def evit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> EViT:
+    """EViT on DeiT-Small (384 wide, 12 blocks), keep rate 0.7 in blocks 3, 6, 9."""
+    model_args = _evit_deit_args(embed_dim=384, num_heads=6)
+    return _create_evit('evit_small_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def evit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> EViT:
+    """EViT on DeiT-Base (768 wide, 12 blocks), keep rate 0.7 in blocks 3, 6, 9."""
+    model_args = _evit_deit_args(embed_dim=768, num_heads=12)
+    return _create_evit('evit_base_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def test_evit(pretrained: bool = False, **kwargs: Any) -> EViT:
+    """Tiny EViT for tests: 32 px, patch 4 (64 patches), 32 wide, 4 blocks, class token, token
+    fusion in blocks 1 and 2 at keep rate 0.7."""
+    model_args = dict(img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2,
+                      drop_loc=(1, 2), keep_ratio=0.7)
+    return _create_evit('test_evit', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def test_evit2(pretrained: bool = False, **kwargs: Any) -> EViT:
+    """Tiny EViT for tests: a register token, LayerScale, qk-norm, position embedding on patches
+    only, convolutional stem, average pooling, inattentive tokens dropped (no fusion) in blocks 0
+    and 2 at per-block keep rates."""
+    model_args = dict(img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2,
+                      reg_tokens=1, no_embed_class=True, init_values=1e-5, qk_norm=True, stem='conv',
+                      global_pool='avg', drop_loc=(0, 2), keep_ratio=(0.6, 0.5), fuse_token=False)
+    return _create_evit('test_evit2', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+# ---- an already built timm ViT ----
+
+# what evit_from_vit takes from the source model's pretrained cfg: its data config and where its weights came from
+_SOURCE_CFG_KEYS = ('input_size', 'min_input_size', 'test_input_size', 'fixed_input_size', 'interpolation',
+                    'crop_pct', 'test_crop_pct', 'crop_mode', 'mean', 'std', 'num_classes', 'label_names',
+                    'label_descriptions', 'url', 'hf_hub_id', 'hf_hub_filename', 'file', 'license', 'origin_url')
+
+
+def _vit_args(model: VisionTransformer) -> Dict[str, Any]:
+    """The ``VisionTransformer`` arguments that rebuild ``model``'s modules (their weights aside)."""
+    block, embed = model.blocks[0], model.patch_embed
+    attn = block.attn
+    head_drop = model.head_drop.p if isinstance(model.head_drop, nn.Dropout) else 0.0
+    drop_path = getattr(model.blocks[-1].drop_path1, 'drop_prob', 0.0)
+    return dict(
+        img_size=tuple(embed.img_size), patch_size=tuple(embed.patch_size), in_chans=model.in_chans,
+        num_classes=model.num_classes, global_pool=model.global_pool, embed_dim=model.embed_dim,
+        depth=len(model.blocks), num_heads=attn.num_heads, mlp_ratio=block.mlp.fc1.out_features / model.embed_dim,
+        qkv_bias=attn.qkv.bias is not None, qk_norm=not isinstance(attn.q_norm, nn.Identity),
+        scale_attn_norm=not isinstance(attn.norm, nn.Identity),
+        scale_mlp_norm=not isinstance(getattr(block.mlp, 'norm', nn.Identity()), nn.Identity),
+        proj_bias=attn.proj.bias is not None, init_values=1e-5 if isinstance(block.ls1, LayerScale) else None,
+        class_token=model.has_class_token, pos_embed='learn' if model.pos_embed is not None else 'none',
+        no_embed_class=model.no_embed_class, reg_tokens=model.num_reg_tokens,
+        pre_norm=not isinstance(model.norm_pre, nn.Identity),
+        final_norm=not (isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity)),
+        fc_norm=not isinstance(model.fc_norm, nn.Identity), pool_include_prefix=model.pool_include_prefix,
+        dynamic_img_size=model.dynamic_img_size, dynamic_img_pad=getattr(embed, 'dynamic_img_pad', False),
+        drop_rate=head_drop, pos_drop_rate=model.pos_drop.p if isinstance(model.pos_drop, nn.Dropout) else 0.0,
+        patch_drop_rate=model.patch_drop.prob if isinstance(model.patch_drop, PatchDropout) else 0.0,
+        proj_drop_rate=attn.proj_drop.p, attn_drop_rate=attn.attn_drop.p, drop_path_rate=float(drop_path),
+        **({'stem': 'conv'} if isinstance(embed, ConvPatchEmbed) else {}),
+    )
+
+
+def _refusal(model: nn.Module) -> Optional[str]:
+    """Why ``evit_from_vit`` cannot take ``model`` (None when it can)."""
+    name = type(model).__name__
+    if isinstance(model, DynamicModel):
+        return (f'{name} is already a dynvit {model.family} model; save it (dynvit.save_model) and build the EViT '
+                f'from the file: dynvit.create_model("evit_tiny_patch16_224", pretrained=True, '
+                f'pretrained_cfg_overlay=dict(file=PATH))')
+    if not isinstance(model, VisionTransformer):
+        return f'evit_from_vit needs a timm VisionTransformer, got {name}'
+    overridden = [m for m in ('forward', 'forward_features', 'forward_head', '_pos_embed')
+                  if getattr(type(model), m) is not getattr(VisionTransformer, m)]
+    if overridden:
+        return (f'{name} overrides VisionTransformer.{overridden[0]}; evit_from_vit takes plain timm '
+                f'VisionTransformer models')
+    if not model.has_class_token:
+        return f'EViT ranks tokens by the attention of the class token, and this {name} has none'
+    return None
+
+
+def evit_from_vit(
+        model: VisionTransformer,
+        keep_ratio: Union[float, Sequence[float]] = 0.7,
+        drop_loc: Optional[Sequence[int]] = None,
+        fuse_token: bool = True,
+) -> EViT:
+    """EViT on an already built timm ``VisionTransformer``, with its weights (copied; ``model`` is
+    left as it is) and its data config.
+
+    Args:
+        model: A plain timm ``VisionTransformer`` with a class token (e.g.
+            ``timm.create_model('deit_small_patch16_224', pretrained=True)``).
+        keep_ratio: Fraction of its non-class tokens each pruning block keeps (one float or one
+            per block of ``drop_loc``).
+        drop_loc: Pruning blocks (default ``default_drop_loc(depth)``: 3, 6, 9 of 12).
+        fuse_token: Fuse the inattentive tokens into one (else drop them).
+
+    Returns:
+        The EViT, on the device and in the dtype and train/eval mode of ``model``; it saves and
+        loads like any dynvit model (``dynvit.save_model``).
+
+    Raises:
+        ValueError: When ``model`` is not a plain timm ViT with a class token, or its modules are
+            not what ``VisionTransformer``'s arguments build (another norm or activation).
+    """
+    why = _refusal(model)
+    if why is not None:
+        raise ValueError(why)
+    args = _vit_args(model)
+    arch = {192: 'evit_tiny_patch16_224', 384: 'evit_small_patch16_224'}.get(model.embed_dim, 'evit_base_patch16_224')
+    drop_loc = default_drop_loc(args['depth']) if drop_loc is None else drop_loc
+    evit = _create_evit(arch, **args, keep_ratio=keep_ratio, drop_loc=drop_loc, fuse_token=fuse_token)
+    for part in ('patch_embed', 'pos_drop', 'patch_drop', 'norm_pre', 'blocks', 'norm', 'fc_norm', 'head_drop', 'head'):
+        if repr(getattr(evit, part)) != repr(getattr(model, part)):
+            raise ValueError(f'cannot rebuild this {type(model).__name__} as EViT: its {part} differs from what the '
+                             f'VisionTransformer arguments build (another norm, activation or layer)')
+    weights = model.state_dict()
+    ref = next(iter(weights.values()), None)
+    if ref is not None:
+        evit.to(device=ref.device, dtype=ref.dtype)
+    evit.load_state_dict(weights, strict=True)
+    for ours, theirs in zip(evit.blocks, model.blocks):
+        ours.attn.fused_attn = theirs.attn.fused_attn
+    source = getattr(model, 'pretrained_cfg', None) or {}
+    cfg = {k: v for k, v in evit.pretrained_cfg.items() if k not in _SOURCE_CFG_KEYS + ('tag', 'notes')}
+    cfg.update({k: source[k] for k in _SOURCE_CFG_KEYS if k in source}, num_classes=model.num_classes)
+    evit.pretrained_cfg = evit.default_cfg = cfg
+    evit.set_grad_checkpointing(model.grad_checkpointing)
+    return evit.train(model.training)
+
+
+register_method('evit', evit_from_vit)
