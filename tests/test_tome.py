@@ -249,7 +249,7 @@ def test_apply_refuses_what_it_cannot_handle():
             dynvit.apply(model, 'tome', r=40)
         assert '\n' not in str(e.value)
     assert type(cases[-1][0]) is VisionTransformer  # a refused setting leaves the model as it was
-    with pytest.raises(ValueError, match="unknown method 'nope'; known: tome"):
+    with pytest.raises(ValueError, match="unknown method 'nope'; known: evit, tome"):
         dynvit.apply(cases[-1][0], 'nope')
 
 
