@@ -1,7 +1,10 @@
+import os
+
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# two threads; one per process when pytest-xdist runs the files in two processes (the CPU is shared)
+torch.set_num_threads(1 if os.environ.get('PYTEST_XDIST_WORKER') else max(1, min(2, torch.get_num_threads())))
 
 
 @pytest.fixture(autouse=True)
