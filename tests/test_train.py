@@ -396,3 +396,5 @@ def test_cli_finetune_and_eval_say_what_they_do(folder, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (f'on {folder}, the validation split: 25% of the images of every class held out (seed 0) (9 images): '
             f'top-1') in r.stdout and 'top-5' not in r.stdout
+    r = cli('eval', str(tmp_path / 'm.safetensors'), '--data', str(folder), '--val-fraction', '0.25', '--density', '1')
+    assert r.returncode == 0 and ' 0.0% of the dense MACs saved' in r.stdout, r.stdout + r.stderr  # another setting

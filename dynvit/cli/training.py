@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from ._common import EXIT_OK, fraction, int8_arg, maybe_int8, positive_int, report_skipped_count
-from .models import knob_args, knob_settings
+from .models import apply_sparsity, knob_args, knob_settings
 
 EXAMPLES = {
     'finetune': 'examples:\n'
@@ -190,7 +190,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ..train import evaluate
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = maybe_int8(_model_for_data(args, None)[0].eval(), args)
+    model = _model_for_data(args, None)[0].eval()
+    apply_sparsity(model, knob_settings(args))  # --keep-ratio / --density / --merge-r: score another setting
+    model = maybe_int8(model, args)
     _, val, classes = build_datasets(args.data, model, args.data_root, args.val_fraction, args.seed, augment=False,
                                      split=args.split)
     report_skipped_count(args.command, args.data, skipped_files(val))
@@ -278,6 +280,7 @@ def add_parsers(add) -> None:
     data_args(p)
     p.add_argument('--split', default='val', choices=['val', 'test'],
                    help="'val': the held-out part of the training data; 'test': Fashion-MNIST's test set")
+    knob_args(p)
     p.add_argument('--limit', type=int, default=0, help='evaluate the first N images')
     int8_arg(p)
     p.add_argument('--json', action='store_true', help='print the metrics as JSON')
