@@ -179,6 +179,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         if trainer.rank == 0:
             print(_resume_hint(args), file=sys.stderr, flush=True)
         raise
+    finally:  # under torchrun: gloo's threads left running abort the process at exit (SIGABRT)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     if trainer.rank == 0:
         print(f'best validation top-1 {trainer.best_top1:.4f}; model saved to {Path(args.out) / "best.safetensors"}')
     return EXIT_OK
