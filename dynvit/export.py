@@ -133,7 +133,10 @@ def to_onnx(model: nn.Module, path: str, batch_size: int = 1, dynamic_batch: boo
 
 class OnnxAux:
     """The per-image report of an ONNX Runtime pass, with the fields of ``DynamicAux`` that
-    predictions and reports read."""
+    predictions and reports read (the file holds no merged groups or fused patches)."""
+
+    token_groups = None
+    fused_masks = None
 
     def __init__(self, macs: torch.Tensor, kept: torch.Tensor, masks: torch.Tensor, info: Dict[str, Any]) -> None:
         self.macs, self.executed_macs, self.kept = macs, macs, kept

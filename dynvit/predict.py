@@ -50,6 +50,12 @@ class Prediction:
         stage_masks: Per stage (``kept``'s entries), which units the image kept: ViTs, the patches
             (row-major over ``grid``); CNNs, each gated layer's channels. Not in ``to_json``.
         grid: ViTs: the patch grid ``(rows, cols)``.
+        fused_masks: Models that fuse the patches they do not keep into a token (EViT): per stage,
+            the patches inside it (the others not in ``stage_masks`` were dropped); else empty.
+            Not in ``to_json``.
+        token_groups: Models that merge patches (ToMe): per patch (row-major over ``grid``), the
+            output token it ended in (equal values: one merged group); else None. In ``to_json``
+            as ``token_groups`` (N small ints per image).
         input: The model's input image, de-normalised to [0, 1] ``[C, H, W]`` (for pictures; it may
             be scaled down, or None when not kept: see ``iter_predictions``).
     """
@@ -61,6 +67,8 @@ class Prediction:
     dense_macs: int
     stage_masks: List[List[bool]] = field(default_factory=list)
     grid: Optional[Tuple[int, int]] = None
+    fused_masks: List[List[bool]] = field(default_factory=list)
+    token_groups: Optional[List[int]] = None
     input: Optional[torch.Tensor] = field(default=None, repr=False)
 
     @property
@@ -71,11 +79,20 @@ class Prediction:
     def is_cnn(self) -> bool:
         return self.grid is None
 
+    @property
+    def num_tokens(self) -> Optional[int]:
+        """Merging models: the patch tokens left (``token_groups``' distinct values); else None."""
+        return None if self.token_groups is None else len(set(self.token_groups))
+
     def to_json(self) -> dict:
-        """The prediction as JSON values: top-k, counts and MACs (not the masks or the input image)."""
-        return dict(image=self.source, topk=[dict(index=i, label=n, prob=round(p, 6)) for i, n, p in self.topk],
-                    kept=self.kept, out_of=self.total, macs=self.macs, dense_macs=self.dense_macs,
-                    saved_fraction=round(self.saved_fraction, 6))
+        """The prediction as JSON values: top-k, counts and MACs, and a merging model's
+        ``token_groups`` (not the masks or the input image)."""
+        out = dict(image=self.source, topk=[dict(index=i, label=n, prob=round(p, 6)) for i, n, p in self.topk],
+                   kept=self.kept, out_of=self.total, macs=self.macs, dense_macs=self.dense_macs,
+                   saved_fraction=round(self.saved_fraction, 6))
+        if self.token_groups is not None:
+            out['token_groups'] = self.token_groups
+        return out
 
 
 def list_images(paths: Iterable[str]) -> Tuple[List[str], Problems, Problems]:
@@ -238,6 +255,8 @@ def iter_predictions(model: nn.Module, images: Iterable[Tuple[str, Image.Image]]
             macs, kept = aux.macs.tolist(), aux.kept.tolist()
             pixels = _picture_input(x.cpu(), mean, std, input_size)  # [B, C, h, w] in [0, 1], or None
             masks = aux.kept_masks  # per stage [B, kept_of[s]]: the patches or channels each image kept
+            fused = aux.fused_masks or []  # per stage [B, N]: the patches inside a fused token
+            groups = aux.token_groups  # [B, N] the token each patch ended in, or None
             bar.update(len(sources))
             for b, source in enumerate(sources):
                 yield Prediction(
@@ -245,6 +264,8 @@ def iter_predictions(model: nn.Module, images: Iterable[Tuple[str, Image.Image]]
                     topk=[(int(i), names[int(i)], float(q)) for q, i in zip(p[b], idx[b])],
                     kept=kept[b], total=list(aux.kept_of), macs=int(macs[b]), dense_macs=int(aux.dense_macs),
                     stage_masks=[m[b].tolist() for m in masks], grid=aux.grid,
+                    fused_masks=[m[b].tolist() for m in fused],
+                    token_groups=None if groups is None else groups[b].tolist(),
                     input=None if pixels is None else pixels[b])
 
 

@@ -3,7 +3,13 @@
 Token-sparse ViTs: the model's input, then one panel per pruning stage in which the patches that
 stage did not keep are dimmed, tinted purple and hatched, so that they stand out on dark, light and
 grey photos alike (as in the DynamicViT paper's figure, arXiv:2106.02034, Fig. 5); for Evo-ViT
-the marked patches are those that only got the representative token's update. Channel-gated
+the marked patches are those that only got the representative token's update. Models that fuse
+the patches they do not keep into one token (EViT, ``Prediction.fused_masks``) show those
+tinted orange without hatching, and the dropped ones (EViT without ``fuse_token``) as above.
+Models that merge patches (ToMe, ``Prediction.token_groups``) show, instead of stage panels, one
+panel of the final tokens: each patch filled with the mean colour of the input pixels of the
+patches merged with it, a thin line (dark on light tokens, light on dark ones) between
+different tokens, as in the ToMe paper's figures (arXiv:2210.09461). Channel-gated
 CNNs (FBS): the input and a map of the channels each gated layer kept for that image, one row per
 gated layer (the first on top); a row's channels, whatever their number, are stretched or
 squeezed to the map's width, so a pixel that covers several channels has the shade of the
@@ -32,6 +38,8 @@ __all__ = ['prediction_row', 'prediction_grid']
 _TEXT, _BG = (20, 20, 20), (255, 255, 255)
 _KEPT, _SKIPPED = (46, 110, 180), (222, 222, 222)  # channel map
 _TINT, _HATCH, _TINT_WEIGHT, _HATCH_PITCH = (90, 20, 120), (215, 185, 230), 0.6, 6  # dropped patches
+_FUSED, _FUSED_WEIGHT = (240, 120, 0), 0.6  # fused patches: an orange tint, no hatching
+_LINE_DARK, _LINE_LIGHT = (25, 25, 25), (235, 235, 235)  # lines between merged tokens
 _SWATCH_GREY = (128, 128, 128)
 _GAP = 6  # pixels between and around panels
 _FONT_FILE, _FONT_FAMILY = 'DejaVuSans.ttf', 'DejaVu Sans'
@@ -233,11 +241,55 @@ def _dropped_look(image: Image.Image) -> Image.Image:
     return out
 
 
-def _stage_panel(image: Image.Image, keep: Sequence[bool], grid: Tuple[int, int]) -> Image.Image:
-    """The input panel with the patches not in ``keep`` (row-major over ``grid``) marked dropped."""
+def _fused_look(image: Image.Image) -> Image.Image:
+    """``image`` tinted orange, without hatching: how a patch fused into one token looks."""
+    return Image.blend(image, Image.new('RGB', image.size, _FUSED), _FUSED_WEIGHT)
+
+
+def _patch_mask(flags: Sequence[bool], grid: Tuple[int, int], size: Tuple[int, int]) -> Image.Image:
+    """An 'L' mask of ``size`` pixels, 255 over the patches (row-major over ``grid``) in ``flags``."""
     mask = Image.new('L', (grid[1], grid[0]))
-    mask.putdata([255 if k else 0 for k in keep])
-    return Image.composite(image, _dropped_look(image), mask.resize(image.size, Image.NEAREST))
+    mask.putdata([255 if f else 0 for f in flags])
+    return mask.resize(size, Image.NEAREST)
+
+
+def _stage_panel(image: Image.Image, keep: Sequence[bool], grid: Tuple[int, int],
+                 fused: Sequence[bool] = ()) -> Image.Image:
+    """The input panel with the patches in ``fused`` marked fused and the others not in ``keep``
+    (row-major over ``grid``) marked dropped."""
+    marked = _dropped_look(image)
+    if any(fused):
+        marked = Image.composite(_fused_look(image), marked, _patch_mask(fused, grid, image.size))
+    return Image.composite(image, marked, _patch_mask(keep, grid, image.size))
+
+
+def _pixel_patches(grid: Tuple[int, int], height: int, width: int) -> torch.Tensor:
+    """``[height, width]`` the patch (row-major over ``grid``) under each pixel of a panel."""
+    rows = torch.arange(height) * grid[0] // height  # [H]
+    cols = torch.arange(width) * grid[1] // width  # [W]
+    return rows[:, None] * grid[1] + cols[None, :]
+
+
+def _groups_panel(image: Image.Image, groups: Sequence[int], grid: Tuple[int, int]) -> Image.Image:
+    """The input panel with each patch filled with the mean colour of the pixels of its group
+    (the patches with its value in ``groups``, row-major over ``grid``), and a one-pixel line,
+    dark on light groups and light on dark ones, where a pixel's right or lower neighbour is of
+    another group."""
+    w, h = image.size
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(h * w, 3).float()  # [HW, 3]
+    _, group = torch.unique(torch.tensor(groups), return_inverse=True)  # [N] groups numbered 0..G-1
+    group = group[_pixel_patches(grid, h, w)]  # [H, W] the group of each pixel
+    flat = group.flatten()  # [HW]
+    sums = torch.zeros(int(flat.max()) + 1, 3).index_add_(0, flat, pixels)  # [G, 3]
+    mean = sums / torch.bincount(flat, minlength=len(sums)).clamp_min(1)[:, None]  # [G, 3]
+    rgb = mean.round()[group]  # [H, W, 3]
+    edge = torch.zeros(h, w, dtype=torch.bool)
+    edge[:, :-1] |= group[:, 1:] != group[:, :-1]
+    edge[:-1] |= group[1:] != group[:-1]
+    light = (mean @ torch.tensor([0.299, 0.587, 0.114]) > 127.5)[group]  # [H, W]
+    rgb[edge & light] = torch.tensor(_LINE_DARK, dtype=torch.float32)
+    rgb[edge & ~light] = torch.tensor(_LINE_LIGHT, dtype=torch.float32)
+    return Image.fromarray(rgb.byte().numpy(), 'RGB')
 
 
 def _channel_row(mask: Sequence[bool], width: int) -> torch.Tensor:
@@ -272,9 +324,13 @@ def _panels(pred: Prediction, size: int) -> Tuple[List[Image.Image], List[str]]:
             raise ValueError(f'{pred.source}: the prediction has no channel masks to draw')
         panels.append(_channel_map(pred.stage_masks, 3 * size, max(size, 3 * len(pred.stage_masks))))
         titles.append(f'{sum(pred.kept)}/{sum(pred.total)} channels kept')
+    elif pred.token_groups is not None:
+        panels.append(_groups_panel(image, pred.token_groups, pred.grid))
+        titles.append(f'{pred.num_tokens}/{len(pred.token_groups)} tokens')
     else:
-        for s, keep in enumerate(pred.stage_masks, start=1):
-            panels.append(_stage_panel(image, keep, pred.grid))
+        fused = pred.fused_masks or [()] * len(pred.stage_masks)
+        for s, (keep, fuse) in enumerate(zip(pred.stage_masks, fused), start=1):
+            panels.append(_stage_panel(image, keep, pred.grid, fuse))
             titles.append(f'stage {s}: {sum(keep)}/{len(keep)}')
     return panels, titles
 
@@ -317,18 +373,49 @@ def prediction_row(pred: Prediction, size: int = 112) -> Image.Image:
 def _legend(preds: Sequence[Prediction], px: int) -> List[Tuple[Swatch, str]]:
     """The legend's items, ``(swatch or None, text)``, for the kinds of pictures in ``preds``."""
     box, items = max(8, px - 2), []
-    if any(not p.is_cnn for p in preds):
-        grey = Image.new('RGB', (box, box), _SWATCH_GREY)
-        items += [(grey, 'kept patch'), (_dropped_look(grey), 'patch dropped by the panel\'s stage')]
+    grey = Image.new('RGB', (box, box), _SWATCH_GREY)
+    staged = [p for p in preds if not p.is_cnn and p.token_groups is None]  # drawn with stage panels
+    if staged:
+        items.append((grey, 'kept patch'))
+        if any(p.fused_masks and any(map(any, p.fused_masks)) for p in staged):
+            items.append((_fused_look(grey), 'patch fused into one token by the panel\'s stage'))
+        if any(_drops(p) for p in staged):
+            items.append((_dropped_look(grey), 'patch dropped by the panel\'s stage'))
+    merged = [p for p in preds if not p.is_cnn and p.token_groups is not None]
+    if merged:
+        patches = _span([len(p.token_groups) for p in merged])
+        items += [(_groups_swatch(box), 'merged token: its patches in their mean colour, a line between tokens'),
+                  (None, f'n/{patches} tokens: the tokens left of {patches} patches')]
     cnn = [p for p in preds if p.is_cnn]
     if cnn:
-        channels = [c for p in cnn for c in p.total]
-        span = f'{min(channels)}' if min(channels) == max(channels) else f'{min(channels)}-{max(channels)}'
+        span = _span([c for p in cnn for c in p.total])
         items += [(Image.new('RGB', (box, box), _KEPT), 'kept channel'),
                   (Image.new('RGB', (box, box), _SKIPPED), 'skipped channel'),
                   (None, f'map: a row per gated layer ({max(len(p.total) for p in cnn)}, the first on top), its {span} '
                          f'channels spread over the width, a pixel shaded by the fraction of them kept')]
     return items
+
+
+def _span(counts: Sequence[int]) -> str:
+    """``counts`` as '12' when all equal, else '8-12'."""
+    return f'{min(counts)}' if min(counts) == max(counts) else f'{min(counts)}-{max(counts)}'
+
+
+def _drops(pred: Prediction) -> bool:
+    """Whether a stage panel of ``pred`` marks dropped patches: a model that fuses nothing (every
+    patch it does not keep counts as dropped) or a stage that neither kept nor fused a patch."""
+    if not pred.fused_masks:
+        return True
+    return any(not (k or f) for keep, fused in zip(pred.stage_masks, pred.fused_masks) for k, f in zip(keep, fused))
+
+
+def _groups_swatch(box: int) -> Image.Image:
+    """A legend square of two merged tokens: two colours with the line between them."""
+    left, right = (200, 150, 90), (90, 130, 180)
+    swatch = Image.new('RGB', (box, box), left)
+    swatch.paste(right, (box // 2, 0, box, box))
+    ImageDraw.Draw(swatch).line((box // 2 - 1, 0, box // 2 - 1, box - 1), fill=_LINE_DARK)
+    return swatch
 
 
 def _legend_layout(items: Sequence[Tuple[Swatch, str]], width: int, px: int) -> Tuple[List[Placed], int]:

@@ -168,3 +168,73 @@ def test_predict_draws_channel_maps_for_a_non_ascii_named_image(tmp_path):
     assert x1 - x0 == 3 * size and is_map[maps[0][0]:maps[0][1], x0:x1].all()
     first, second = (picture[s:s + size, x0:x1] for s in starts)
     assert not np.array_equal(first, second)  # each image its own channels
+
+
+def _cells(row, panel, size, grid=8):
+    """``[grid * grid, cell, cell, 3]`` the cells of a row's panel ``panel`` (0: the input), square panels."""
+    top, cell, x = viz._title_band(size), size // grid, viz._GAP + panel * (size + viz._GAP)
+    image = row[top:top + size, x:x + size]
+    return image.reshape(grid, cell, grid, cell, 3).transpose(0, 2, 1, 3, 4).reshape(grid * grid, cell, cell, 3)
+
+
+def test_merged_tokens_fill_each_group_with_its_mean_colour_and_lines_part_them():
+    _, (noise, grey) = _predict('test_tome', [('x.png', _noise(0)), ('grey.png', Image.new('RGB', (32, 32), GREY))],
+                                r=8)  # 64 patches; 4 merging blocks leave 32 tokens
+    groups = np.array(noise.token_groups)
+    assert noise.grid == (8, 8) and groups.shape == (64,) and noise.num_tokens == len(set(groups)) == 32
+    assert noise.to_json()['token_groups'] == noise.token_groups and not noise.fused_masks
+    size = 64  # 8 pixels a patch
+    assert viz._panels(noise, size)[1] == ['input', '32/64 tokens']  # input, then the tokens alone
+    row = np.asarray(viz.prediction_row(noise, size=size)).astype(int)
+    assert row.shape[1] == max(viz._row_min_width(viz._text_px(size)), 2 * size + 3 * viz._GAP)
+    source, drawn = _cells(row, 0, size), _cells(row, 1, size)
+    for g in set(groups):  # the centres of a group's patches: one colour, the mean of its input pixels
+        mean = source[groups == g].reshape(-1, 3).mean(0)
+        centres = drawn[groups == g][:, 1:-1, 1:-1].reshape(-1, 3)
+        assert (centres == centres[0]).all() and np.abs(centres[0] - mean).max() <= 0.5 + 1e-6
+    # on a uniform photo the groups are seen by their lines alone: exactly where two tokens meet
+    row = np.asarray(viz.prediction_row(grey, size=size)).astype(int)
+    panel = _cells(row, 1, size).reshape(8, 8, 8, 8, 3).transpose(0, 2, 1, 3, 4).reshape(size, size, 3)
+    pixel_group = np.array(grey.token_groups).reshape(8, 8).repeat(8, 0).repeat(8, 1)  # [64, 64]
+    edge = np.zeros((size, size), bool)
+    edge[:, :-1] |= pixel_group[:, 1:] != pixel_group[:, :-1]
+    edge[:-1] |= pixel_group[1:] != pixel_group[:-1]
+    assert edge.any() and ((panel != GREY).any(-1) == edge).all()
+    assert (panel[edge] == viz._LINE_DARK).all()  # grey 128 counts as light: dark lines
+    items = viz._legend([noise], viz._text_px(size))
+    assert [t.split(':')[0] for _, t in items] == ['merged token', 'n/64 tokens']
+    assert _contains(viz.prediction_grid([noise], size=size), items[0][0])
+
+
+def test_fused_patches_are_tinted_apart_from_dropped_ones():
+    photo = [('grey.png', Image.new('RGB', (32, 32), GREY))]
+    size, fused_colour = 64, viz._fused_look(Image.new('RGB', (1, 1), GREY)).getpixel((0, 0))
+    _, (pred,) = _predict('test_evit', photo, keep_ratio=0.5)
+    assert [len(m) for m in pred.fused_masks] == [64, 64] and 'fused_masks' not in pred.to_json()
+    assert pred.token_groups is None and 'token_groups' not in pred.to_json()
+    row = np.asarray(viz.prediction_row(pred, size=size)).astype(int)
+    for s, (keep, fused) in enumerate(zip(pred.stage_masks, pred.fused_masks), start=1):
+        assert all(k != f for k, f in zip(keep, fused))  # fused: every patch not kept
+        for cell, kept in zip(_cells(row, s, size), keep):
+            assert (cell == (GREY if kept else fused_colour)).all()  # a flat tint: no hatching
+    assert [t for _, t in viz._legend([pred], viz._text_px(size))] == [
+        'kept patch', 'patch fused into one token by the panel\'s stage']
+    # without fuse_token the patches not kept are dropped: the dropped look and legend
+    _, (dropping,) = _predict('test_evit', photo, keep_ratio=0.5, fuse_token=False)
+    assert not any(map(any, dropping.fused_masks))
+    assert [t for _, t in viz._legend([dropping], viz._text_px(size))] == [
+        'kept patch', 'patch dropped by the panel\'s stage']
+    # both in one picture: three looks, three legend items, each swatch drawn
+    half_fused = [[f and j % 2 == 0 for j, f in enumerate(m)] for m in pred.fused_masks]
+    mixed = dataclasses.replace(pred, fused_masks=half_fused)
+    row = np.asarray(viz.prediction_row(mixed, size=size)).astype(int)
+    for keep, fused, cells in zip(mixed.stage_masks, mixed.fused_masks, (_cells(row, s, size) for s in (1, 2))):
+        for cell, kept, fuse in zip(cells, keep, fused):
+            if kept or fuse:
+                assert (cell == (GREY if kept else fused_colour)).all()
+            else:
+                assert (np.abs(cell - GREY).max(-1) >= 50).all() and len(np.unique(cell.reshape(-1, 3), axis=0)) > 1
+    items = viz._legend([mixed], viz._text_px(size))
+    assert [t.split(' ')[1] for _, t in items[1:]] == ['fused', 'dropped'] and len(items) == 3
+    grid = viz.prediction_grid([mixed], size=size)
+    assert all(_contains(grid, swatch) for swatch, _ in items)

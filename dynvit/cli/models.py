@@ -428,7 +428,9 @@ def add_parsers(add) -> None:
     p.set_defaults(func=_cmd_predict)
 
     p = add('viz', 'Draw a grid: each image with the patches dropped at each stage marked (ViTs: dimmed, tinted, '
-                   'hatched) or a map of the channels each gated layer kept (CNNs), under a legend.', EXAMPLES['viz'])
+                   'hatched; fused ones tinted orange), the tokens its patches were merged into (merging ViTs: each '
+                   'in its patches\' mean colour) or a map of the channels each gated layer kept (CNNs), under a '
+                   'legend.', EXAMPLES['viz'])
     p.add_argument('model', help='arch.tag, arch, or a dynvit .safetensors file')
     p.add_argument('images', nargs='+', help='image files or folders')
     _sparsity_args(p)

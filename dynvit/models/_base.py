@@ -62,6 +62,9 @@ class DynamicAux:
         grid: ``(rows, cols)`` when ``kept_masks`` lie on a patch grid (row-major), else None.
         token_groups: ``[B, N]`` int64 for models that merge patches (ToMe): the output token each
             patch ended in, equal values forming a group (pictures colour them); None otherwise.
+        fused_masks: Per stage ``[B, kept_of[s]]`` bool for models that fuse the patches they do
+            not keep into a token (EViT): the patches inside it (the others not kept are dropped);
+            None for models that fuse nothing.
     """
     macs: Optional[torch.Tensor] = None
     dense_macs: int = 0
@@ -92,6 +95,10 @@ class DynamicAux:
 
     @property
     def token_groups(self) -> Optional[torch.Tensor]:
+        return None
+
+    @property
+    def fused_masks(self) -> Optional[List[torch.Tensor]]:
         return None
 
     @property
