@@ -251,6 +251,9 @@ def test_apply_refuses_what_it_cannot_handle():
     assert type(cases[-1][0]) is VisionTransformer  # a refused setting leaves the model as it was
     with pytest.raises(ValueError, match="unknown method 'nope'; known: evit, tome"):
         dynvit.apply(cases[-1][0], 'nope')
+    converted = dynvit.apply(VisionTransformer(**small), 'tome', r=2)
+    with pytest.raises(TypeError, match='converted from a built model, so its constructor arguments are unknown'):
+        dynvit.save_model(converted, 'unused.safetensors')
 
 
 def test_command_line_info_and_predict(tmp_path):

@@ -69,8 +69,12 @@ def save_model(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = No
         dtype = STORAGE_DTYPES[dtype]
     if dtype is not None and dtype not in STORAGE_DTYPES.values():
         raise ValueError(f'dtype must be float32, float16 or bfloat16, got {dtype}')
-    if not hasattr(model, 'sparsity_config') or not hasattr(model, 'model_args'):
+    if not hasattr(model, 'sparsity_config'):
         raise TypeError(f'{type(model).__name__} is not a dynvit model; save its state_dict with safetensors directly')
+    if not hasattr(model, 'model_args'):  # e.g. ToMe applied in place to a timm model (dynvit.apply)
+        raise TypeError(f'this {type(model).__name__} was converted from a built model, so its constructor arguments '
+                        f'are unknown: create it by name (dynvit.create_model) and load the weights, or save its '
+                        f'state_dict with safetensors')
     cfg = getattr(model, 'pretrained_cfg', {}) or {}
     if not cfg.get('architecture'):
         raise ValueError(f'{type(model).__name__} was built directly, not by name: create it with '
