@@ -88,8 +88,8 @@ def test_help_has_examples():
 
 @pytest.fixture(scope='module')
 def photos(tmp_path_factory):
-    """What users have: PNG with alpha, grayscale JPEG, WebP of another size, a 16-bit PNG, a corrupt
-    file among them, all in one folder."""
+    """What users have: PNG with alpha, grayscale JPEG, WebP of another size, a 16-bit PNG, a GIF, a
+    CMYK JPEG, a corrupt and an empty file among them and a text file, all in one folder."""
     root = tmp_path_factory.mktemp('photos')
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (40, 30, 4), dtype=np.uint8), 'RGBA').save(root / 'a_rgba.png')
@@ -98,6 +98,8 @@ def photos(tmp_path_factory):
     Image.fromarray(rng.integers(0, 65535, (28, 28), dtype=np.uint16)).save(root / 'd_16bit.png')
     (root / 'e_corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n this is not really a PNG')
     Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8), 'RGB').save(root / 'f_anim.gif')
+    Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8), 'RGB').convert('CMYK').save(root / 'g_cmyk.jpg')
+    (root / 'h_empty.png').write_bytes(b'')
     (root / 'notes.txt').write_text('not an image: named on stderr, not an error')
     return root
 
@@ -107,11 +109,13 @@ def test_predict_reads_what_users_have_and_names_the_corrupt_file(photos):
     assert r.returncode == 3, r.stderr  # some images failed, the others were predicted
     out = json.loads(r.stdout)
     assert [p['image'].rsplit('/', 1)[-1] for p in out['predictions']] == [
-        'a_rgba.png', 'b_gray.jpg', 'c_color.webp', 'd_16bit.png', 'f_anim.gif']
-    assert [e['image'].rsplit('/', 1)[-1] for e in out['errors']] == ['e_corrupt.png']
+        'a_rgba.png', 'b_gray.jpg', 'c_color.webp', 'd_16bit.png', 'f_anim.gif', 'g_cmyk.jpg']
+    assert [(e['image'].rsplit('/', 1)[-1], e['error']) for e in out['errors']] == [
+        ('e_corrupt.png', 'not an image file (PIL does not recognise its contents)'), ('h_empty.png', 'empty file')]
     assert [e['file'].rsplit('/', 1)[-1] for e in out['skipped']] == ['notes.txt']
     # every file of the folder is predicted or named, one line each
-    assert 'e_corrupt.png' in r.stderr and 'notes.txt: not an image type' in r.stderr and r.stderr.count('\n') == 2
+    assert 'e_corrupt.png' in r.stderr and 'notes.txt: not an image type' in r.stderr and r.stderr.count('\n') == 3
+    assert 'h_empty.png: empty file\n' in r.stderr  # once, no path repeated, no object repr
     for p in out['predictions']:
         assert len(p['topk']) == 3 and p['topk'][0]['prob'] >= p['topk'][1]['prob']
         assert p['topk'][0]['label'] in FASHION_MNIST_CLASSES
