@@ -47,6 +47,20 @@ EPOCHS=3 step vit_evo50 evovit_tiny_patch16_224 "${FM[@]}" --keep-ratio 0.5 \
 #    Lite0: the gates start as magnitude pruning (--init-gates; fresh random gates drop random expansion
 #    channels, which Lite0 does not survive: chance accuracy) and the density falls from 1 to 0.5 over
 #    the first 1.5 epochs (pruning half the channels at once also left chance accuracy).
+# EViT (issue 18) from the shipped dense ViT file (the same weights as $RUN/vit_dense), fusing, blocks 1/3/5
+EPOCHS=3 step vit_evit07 evit_tiny_patch16_224 "${FM[@]}" --keep-ratio 0.7 \
+  --model-args '{"drop_loc": [1, 3, 5]}' --checkpoint weights/dynamicvit_tiny_patch16_224.fmnist_dense.safetensors \
+  --epochs 3 --batch-size 128 --lr 3e-4 --weight-decay 0.05 --warmup-epochs 0.2 \
+  --sparsity-warmup-epochs 1 --label-smoothing 0.1 --aug-scale 0.8 --no-color-jitter
+# ToMe (issue 18) needs no training: the shipped dense ViT's weights with merging on
+for R in 4 8; do
+  [ -f "$RUN/vit_tome_r$R/best.safetensors" ] || python -c "
+import dynvit, pathlib
+m = dynvit.create_model('tome_tiny_patch16_224', pretrained=True, r=$R,
+                        pretrained_cfg_overlay=dict(file='weights/dynamicvit_tiny_patch16_224.fmnist_dense.safetensors'))
+pathlib.Path('$RUN/vit_tome_r$R').mkdir(parents=True, exist_ok=True)
+dynvit.save_model(m, '$RUN/vit_tome_r$R/best.safetensors')"
+done
 LITE0=$(python -c 'from dynvit.models import lite0_package_weights; print(lite0_package_weights())')
 LITE=("${FM[@]}" --img-size 48 --max-train-images 27000 --batch-size 64 --weight-decay 0.05 --label-smoothing 0.1
       --aug-scale 0.8 --no-color-jitter)
@@ -70,3 +84,6 @@ ship vit_dyn065_6ep dynamicvit_tiny_patch16_224.fmnist_kr065 dynamicvit_tiny_pat
 ship vit_dyn05 dynamicvit_tiny_patch16_224.fmnist_kr05 dynamicvit_tiny_patch16_224.fmnist_dense
 ship vit_evo50 evovit_tiny_patch16_224.fmnist_kr05 dynamicvit_tiny_patch16_224.fmnist_dense
 ship lite0_fbs50 fbs_efficientnet_lite0.fmnist_d50
+ship vit_evit07 evit_tiny_patch16_224.fmnist_kr07 dynamicvit_tiny_patch16_224.fmnist_dense
+ship vit_tome_r4 tome_tiny_patch16_224.fmnist_r4 dynamicvit_tiny_patch16_224.fmnist_dense
+ship vit_tome_r8 tome_tiny_patch16_224.fmnist_r8 dynamicvit_tiny_patch16_224.fmnist_dense

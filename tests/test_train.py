@@ -70,6 +70,10 @@ def test_an_interrupted_write_leaves_the_previous_checkpoint(folder, tmp_path, m
     t.fit()
     path = tmp_path / 'train_state.safetensors'
     before = path.read_bytes()
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in (path, tmp_path / 'best.safetensors'):  # the usual permissions (safetensors writes 0600)
+        assert os.stat(written).st_mode & 0o777 == 0o666 & ~umask
 
     def crash(tensors, filename, metadata=None):
         with open(filename, 'wb') as f:

@@ -149,9 +149,9 @@ def atomic_write(path: str) -> Iterator[str]:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~umask)  # after writing: safetensors writes its files private (0600)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -52,6 +52,7 @@ from ..layers import (
 from ..losses import ClassificationLoss, ObjectiveConfig
 from ._helpers import check_state_dict, first_conv_keys, is_scalar, run_block, vit_cfg
 from ._token_vit import TokenAux, TokenSparseViT, build_token_vit
+from ._zoo import shipped_cfgs
 from ._apply import register_method
 
 __all__ = ['ToMeAux', 'ToMeVisionTransformer', 'apply_tome', 'parse_r']
@@ -486,6 +487,8 @@ default_cfgs = generate_default_cfgs({
     'tome_tiny_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_tiny_patch16_224.fb_in1k', license='apache-2.0'),
     'tome_small_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_small_patch16_224.fb_in1k', license='apache-2.0'),
     'tome_base_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_base_patch16_224.fb_in1k', license='apache-2.0'),
+    # the zoo's files (weights/tome_tiny_patch16_224.*.safetensors), offline
+    **shipped_cfgs('tome_tiny_patch16_224', _cfg),
     # Tiny configurations for tests.
     'test_tome.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     'test_tome2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
