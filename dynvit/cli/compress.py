@@ -86,5 +86,5 @@ def add_parsers(add) -> None:
     p.add_argument('--scope', default='layer', choices=['layer', 'global'],
                    help="'layer': the fraction in every block / layer; 'global': ranked over all of them")
     p.add_argument('--dtype', default=None, choices=['fp32', 'fp16', 'bf16'], help='storage precision')
-    p.add_argument('--json', action='store_true')
+    p.add_argument('--json', action='store_true', help='print the result as JSON')
     p.set_defaults(func=_cmd_compress)

@@ -103,5 +103,5 @@ def add_parsers(add) -> None:
     p.add_argument('--images', nargs='+', default=None, help='image files or folders instead of the bundled ones')
     p.add_argument('--per-model', type=positive_int, default=3, help='images per model in the picture')
     p.add_argument('--size', type=positive_int, default=84, help='picture: panel height in pixels')
-    p.add_argument('--threads', type=positive_int, default=2)
+    p.add_argument('--threads', type=positive_int, default=2, help='CPU threads')
     p.set_defaults(func=_cmd_demo)

@@ -410,7 +410,7 @@ def add_parsers(add) -> None:
             EXAMPLES['info'])
     p.add_argument('model')
     knob_args(p)
-    p.add_argument('--json', action='store_true')
+    p.add_argument('--json', action='store_true', help='print the result as JSON')
     p.set_defaults(func=_cmd_info)
 
     p = add('predict', 'Top-k classes of images, with what each image kept and the MACs it saved.',
@@ -420,11 +420,11 @@ def add_parsers(add) -> None:
     p.add_argument('images', nargs='+', help='image files or folders (PNG, JPEG, WebP, ...)')
     _sparsity_args(p)
     p.add_argument('--compile', action='store_true', help='run it compiled (torch.compile, whole graph)')
-    p.add_argument('--topk', type=positive_int, default=5)
-    p.add_argument('--batch-size', type=positive_int, default=16)
+    p.add_argument('--topk', type=positive_int, default=5, help='classes shown per image')
+    p.add_argument('--batch-size', type=positive_int, default=16, help='images per forward')
     p.add_argument('--viz', default=None, metavar='OUT.png', help='also draw the kept tokens / channels per image')
     p.add_argument('--size', type=positive_int, default=112, help='picture: panel height in pixels')
-    p.add_argument('--json', action='store_true')
+    p.add_argument('--json', action='store_true', help='print the result as JSON')
     p.set_defaults(func=_cmd_predict)
 
     p = add('viz', 'Draw a grid: each image with the patches dropped at each stage marked (ViTs: dimmed, tinted, '
@@ -436,7 +436,7 @@ def add_parsers(add) -> None:
     _sparsity_args(p)
     p.add_argument('--out', required=True, help='the picture to write (.png, .jpg, ...)')
     p.add_argument('--size', type=positive_int, default=112, help='panel height in pixels')
-    p.add_argument('--batch-size', type=positive_int, default=16)
+    p.add_argument('--batch-size', type=positive_int, default=16, help='images per forward')
     p.set_defaults(func=_cmd_viz)
 
     p = add('convert', 'Convert a checkpoint (official DynamicViT / Evo-ViT .pth, timm, DeiT) once into a '
@@ -453,12 +453,12 @@ def add_parsers(add) -> None:
                      'the same network with sparsity off.', EXAMPLES['bench'])
     p.add_argument('model', help='arch.tag, arch, a dynvit .safetensors file or an exported .onnx file')
     _sparsity_args(p)
-    p.add_argument('--batch-size', type=positive_int, nargs='+', default=[1, 32])
+    p.add_argument('--batch-size', type=positive_int, nargs='+', default=[1, 32], help='batch sizes to time')
     p.add_argument('--compare-dense', action='store_true', help='also time it with keep ratio / density 1.0')
     p.add_argument('--compile', action='store_true',
                    help='time both compiled (torch.compile, whole graph; compiling takes a while)')
     p.add_argument('--ort', action='store_true', help='time both exported to ONNX and run by ONNX Runtime')
     p.add_argument('--rounds', type=positive_int, default=5, help='rounds the models take turns in')
     p.add_argument('--runs', type=positive_int, default=20, help='timed forwards per model and batch size')
-    p.add_argument('--json', action='store_true')
+    p.add_argument('--json', action='store_true', help='print the result as JSON')
     p.set_defaults(func=_cmd_bench)
