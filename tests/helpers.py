@@ -32,6 +32,20 @@ def make(name='test_dynamicvit', fused_attn=True, predictor_scale=None, **kwargs
     return model
 
 
+def make_spec(specs, spec, sharpen=False, **kwargs):
+    """The model of ``specs[spec]`` (a registered test variant and its extra arguments, ``fused=False``
+    for explicit attention) with ``kwargs`` over them, in eval mode; ``sharpen`` makes the attention
+    peakier (qkv weights x 4), so that class-attention scores stand far apart at the keep boundary."""
+    name, extra = specs[spec]
+    extra = {**extra, **kwargs}
+    model = make(name, fused_attn=extra.pop('fused', True), **extra)
+    if sharpen:
+        with torch.no_grad():
+            for blk in model.blocks:
+                blk.attn.qkv.weight.mul_(4.0)
+    return model
+
+
 def dense_twin(model):
     """The plain timm VisionTransformer with the same backbone config and weights."""
     args = {k: v for k, v in model.model_args.items() if k not in SPARSE_KEYS}

@@ -23,7 +23,7 @@ from dynvit.models import evit
 from dynvit.runtime import count_flops
 from dynvit.train import Trainer, TrainConfig
 
-from helpers import dense_twin, images
+from helpers import dense_twin, images, make_spec
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'official'
 
@@ -38,16 +38,7 @@ SPECS = {
 
 
 def make_evit(spec, **kwargs):
-    name, extra = SPECS[spec]
-    extra = {**extra, **kwargs}
-    fused = extra.pop('fused', True)
-    model = dynvit.create_model(name, **extra).eval()
-    for blk in model.blocks:
-        blk.attn.fused_attn = fused
-    with torch.no_grad():  # peakier attention: class-attention scores far apart at the keep boundary
-        for blk in model.blocks:
-            blk.attn.qkv.weight.mul_(4.0)
-    return model
+    return make_spec(SPECS, spec, sharpen=True, **kwargs)  # class-attention scores far apart at the boundary
 
 
 # ---- the official code ----

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 import dynvit
 from dynvit.layers import merge_slow_fast, representative_token, split_slow_fast
 
-from helpers import dense_twin, images
+from helpers import dense_twin, images, make_spec
 
 # (registered test variant, extra kwargs): stage-wise with average pooling; layer-wise with class-token
 # pooling, a register token, LayerScale and qk-norm; fused attention off; a prefix-heavy backbone
@@ -21,16 +21,7 @@ SPECS = {
 
 
 def make_evo(spec, **kwargs):
-    name, extra = SPECS[spec]
-    extra = {**extra, **kwargs}
-    fused = extra.pop('fused', True)
-    model = dynvit.create_model(name, **extra).eval()
-    for blk in model.blocks:
-        blk.attn.fused_attn = fused
-    with torch.no_grad():  # peakier attention: importance scores far apart at the keep boundary
-        for blk in model.blocks:
-            blk.attn.qkv.weight.mul_(4.0)
-    return model
+    return make_spec(SPECS, spec, sharpen=True, **kwargs)  # importance scores far apart at the keep boundary
 
 
 @pytest.mark.parametrize('spec', list(SPECS))

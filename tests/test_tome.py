@@ -14,7 +14,7 @@ import dynvit
 from dynvit.models.tome import ToMeVisionTransformer, parse_r
 from dynvit.runtime import count_flops
 
-from helpers import dense_twin, images
+from helpers import dense_twin, images, make_spec
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'official'
 
@@ -32,13 +32,7 @@ SPECS = {
 
 
 def make(spec, **kwargs):
-    name, extra = SPECS[spec]
-    extra = {**extra, **kwargs}
-    fused = extra.pop('fused', True)
-    model = dynvit.create_model(name, **extra).eval()
-    for blk in model.blocks:
-        blk.attn.fused_attn = fused
-    return model
+    return make_spec(SPECS, spec, **kwargs)
 
 
 def _official(name):
