@@ -12,7 +12,7 @@ import torch
 import dynvit
 from dynvit.runtime import profile
 
-from common import compare, parse_args, print_rows, save
+from common import compare, deit_title, parse_args, print_rows, save
 
 
 def main() -> None:
@@ -28,8 +28,7 @@ def main() -> None:
     models = {'dense': dense, 'topk': topk, 'threshold': threshold}
 
     rows = compare(models, xb, args.rounds, args.runs_b1, args.runs_large)
-    title = (f'DeiT-{args.size[0].upper()} vs DynamicViT/{args.keep_ratio}, {args.threads} CPU threads, fp32, '
-             f'torch {torch.__version__}, timm {timm.__version__}')
+    title = deit_title(args, f'DynamicViT/{args.keep_ratio}')
     print_rows(title, rows, args.batch)
     kept_last = [img.kept[-1] for img in profile(threshold, xb)[1].images]
     print(f'threshold mode: thresholds {[round(t, 4) for t in threshold.threshold]}, kept tokens per image at the '

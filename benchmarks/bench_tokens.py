@@ -18,9 +18,8 @@ import torch
 import dynvit
 from dynvit.models.dynamic_vit import checkpoint_filter_fn as dynamicvit_filter
 from dynvit.models.evo_vit import checkpoint_filter_fn as evovit_filter
-from dynvit.runtime.report import run_length
 
-from common import compare, parse_args, print_rows, save
+from common import compare, deit_title, parse_args, print_rows, print_tokens_per_block, save
 
 
 def main() -> None:
@@ -39,11 +38,9 @@ def main() -> None:
     xb = torch.randn(args.batch, 3, 224, 224)
 
     rows = compare(models, xb, args.rounds, args.runs_b1, args.runs_large)
-    title = (f'DeiT-{args.size[0].upper()} vs ToMe / EViT / DynamicViT / Evo-ViT, {args.threads} CPU threads, fp32, '
-             f'torch {torch.__version__}, timm {timm.__version__}')
+    title = deit_title(args, 'ToMe / EViT / DynamicViT / Evo-ViT')
     print_rows(title, rows, args.batch)
-    for k, r in rows.items():
-        print(f'{k:<12} tokens per block: {run_length(r["tokens_per_block"])}')
+    print_tokens_per_block(rows)
     if args.out:
         save(args.out, title, vars(args), rows)
 

@@ -74,6 +74,19 @@ def _report(model: nn.Module, xb: torch.Tensor) -> SparsityReport:
         return SparsityReport([ImageReport([], macs, macs)])
 
 
+def deit_title(args: argparse.Namespace, versus: str) -> str:
+    """'DeiT-S vs VERSUS, 2 CPU threads, fp32, torch ..., timm ...': the ViT benchmarks' title."""
+    import timm
+    return (f'DeiT-{args.size[0].upper()} vs {versus}, {args.threads} CPU threads, fp32, '
+            f'torch {torch.__version__}, timm {timm.__version__}')
+
+
+def print_tokens_per_block(rows: Dict[str, dict]) -> None:
+    """Per model, the tokens each block computed (run-length: '197x4 100x8')."""
+    for k, r in rows.items():
+        print(f'{k:<12} tokens per block: {run_length(r["tokens_per_block"])}')
+
+
 def print_rows(title: str, rows: Dict[str, dict], batch: int) -> None:
     """The table; a 'GMACs run' column when some model computed more per image at the large batch
     than its images needed (channel-gated CNNs running the union of a batch's channels)."""
