@@ -25,7 +25,7 @@ from dynvit.models._zoo import WEIGHTS_DIR
 from dynvit.runtime import median_latencies
 from dynvit.train import evaluate
 
-DENSE = 'dynamicvit_tiny_patch16_224.fmnist_dense'
+DENSE = 'dynamicvit_pico_patch4_28.fmnist_dense'
 
 
 def _file(name: str) -> str:
@@ -60,11 +60,11 @@ def main() -> None:
         'dense ViT + INT8': (_file(DENSE), True),
         'dense ViT + structured': (str(runs / 'vit_dense_struct' / 'best.safetensors'), False),
         'dense ViT + structured + INT8': (str(runs / 'vit_dense_struct' / 'best.safetensors'), True),
-        'DynamicViT 0.65': (_file('dynamicvit_tiny_patch16_224.fmnist_kr065'), False),
-        'DynamicViT 0.5': (_file('dynamicvit_tiny_patch16_224.fmnist_kr05'), False),
-        'Evo-ViT 0.5': (_file('evovit_tiny_patch16_224.fmnist_kr05'), False),
-        'DynamicViT 0.5 + INT8': (_file('dynamicvit_tiny_patch16_224.fmnist_kr05'), True),
-        'Evo-ViT 0.5 + INT8': (_file('evovit_tiny_patch16_224.fmnist_kr05'), True),
+        'DynamicViT 0.65': (_file('dynamicvit_pico_patch4_28.fmnist_kr065'), False),
+        'DynamicViT 0.5': (_file('dynamicvit_pico_patch4_28.fmnist_kr05'), False),
+        'Evo-ViT 0.5': (_file('evovit_pico_patch4_28.fmnist_kr05'), False),
+        'DynamicViT 0.5 + INT8': (_file('dynamicvit_pico_patch4_28.fmnist_kr05'), True),
+        'Evo-ViT 0.5 + INT8': (_file('evovit_pico_patch4_28.fmnist_kr05'), True),
         'DynamicViT 0.5 + structured': (str(runs / 'vit_kr05_struct' / 'best.safetensors'), False),
         'DynamicViT 0.5 + structured + INT8': (str(runs / 'vit_kr05_struct' / 'best.safetensors'), True),
         'AutoPrune (1 epoch)': (str(runs / 'vit_autoprune' / 'best.safetensors'), False),

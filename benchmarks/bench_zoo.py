@@ -4,6 +4,7 @@ latency, batch-32 throughput), all measured here in one run. A sparse model with
 in the zoo (FBS Lite0) is timed against itself with the sparsity off (the same network dense).
 
     python benchmarks/bench_zoo.py --threads 2 --out benchmarks/results/zoo_cpu.json
+    python benchmarks/zoo_report.py    # the README table and docs/zoo_tradeoff.png from that file
 """
 import argparse
 import json
@@ -17,6 +18,7 @@ from dynvit.data import FashionMNIST, model_transform
 from dynvit.models._zoo import WEIGHTS_DIR, read_card
 from dynvit.runtime import median_latencies
 from dynvit.train import evaluate
+from zoo_report import markdown_table
 
 
 def main() -> None:
@@ -27,6 +29,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = {}
+    dense_top1 = {}  # each dense model's test accuracy, measured once
     for path in sorted(WEIGHTS_DIR.glob('*.safetensors')):
         name = path.name[:-len('.safetensors')]
         info = read_card(path)
@@ -48,9 +51,10 @@ def main() -> None:
             row.update(dense_macs=metrics['mean_macs'] / (1 - metrics['saved_fraction']),
                        b1_speedup=b1['dense'] / b1['model'], b32_speedup=b32['dense'] / b32['model'])
         if dense_name:
-            dense_metrics = evaluate(models['dense'], torch.utils.data.DataLoader(
-                FashionMNIST(None, 'test', model_transform(models['dense'])), batch_size=250), torch.device('cpu'))
-            row.update(dense_top1=dense_metrics['top1'], dense_macs=dense_metrics['mean_macs'])
+            if dense_name not in dense_top1:
+                dense_top1[dense_name] = evaluate(models['dense'], torch.utils.data.DataLoader(
+                    FashionMNIST(None, 'test', model_transform(models['dense'])), batch_size=250), torch.device('cpu'))
+            row.update(dense_top1=dense_top1[dense_name]['top1'], dense_macs=dense_top1[dense_name]['mean_macs'])
         rows[name] = row
         versus = (f'vs {dense_name} ({row["dense_top1"]:.2%})' if dense_name else 'vs itself with sparsity off')
         print(f'{name:<45} top-1 {row["test_top1"]:.2%}  {row["mean_macs"] / 1e6:6.2f} MMACs  b1 {row["b1_ms"]:.2f} ms  '
@@ -60,19 +64,6 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps(dict(threads=args.threads, rows=rows), indent=1))
     print('\n' + markdown_table(rows))
-
-
-def markdown_table(rows: dict) -> str:
-    """The README's table: speed-ups and accuracy deltas against each model's dense counterpart."""
-    lines = ['| model | test top-1 | MMACs / image | saved vs dense | batch-1 latency | batch-32 throughput |',
-             '|---|---|---|---|---|---|']
-    for name, r in rows.items():
-        top1 = f'{r["test_top1"]:.2%}' + (f' ({(r["test_top1"] - r["dense_top1"]) * 100:+.2f})' if r.get('dense') else '')
-        saved = f'{1 - r["mean_macs"] / r["dense_macs"]:.1%}' if 'dense_macs' in r else '–'
-        b1 = f'{r["b1_ms"]:.2f} ms' + (f' ({r["b1_speedup"]:.2f}×)' if 'b1_speedup' in r else '')
-        b32 = f'{r["b32_img_s"]:.0f} img/s' + (f' ({r["b32_speedup"]:.2f}×)' if 'b32_speedup' in r else '')
-        lines.append(f'| `{name}` | {top1} | {r["mean_macs"] / 1e6:.1f} | {saved} | {b1} | {b32} |')
-    return '\n'.join(lines)
 
 
 if __name__ == '__main__':

@@ -9,8 +9,8 @@ mkdir -p "$RUN"
 source "$(dirname "$0")/common.sh"  # step NAME ARGS...: one resumable dynvit finetune run
 FM=(--data fashion-mnist --mean 0.286 --std 0.353 --val-fraction 0.1 --seed 0 --threads 2)
 TUNE=(--batch-size 128 --weight-decay 0.05 --label-smoothing 0.1 --aug-scale 0.8 --no-color-jitter)
-DENSE=dynamicvit_tiny_patch16_224.fmnist_dense
-KR05=dynamicvit_tiny_patch16_224.fmnist_kr05
+DENSE=dynamicvit_pico_patch4_28.fmnist_dense
+KR05=dynamicvit_pico_patch4_28.fmnist_kr05
 
 # 1-2. structured pruning: a third of the attention heads (3 -> 2 per block) and half of the MLP
 #      hidden units (384 -> 192) cut out of the dense ViT and of DynamicViT 0.5, then two epochs of

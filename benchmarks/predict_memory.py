@@ -2,7 +2,7 @@
 (a smooth gradient, SIZE x SIZE pixels, hard links of one file), each run in its own process;
 the peak resident set size of that process (``getrusage`` of its parent, a fresh process each time).
 
-    python benchmarks/predict_memory.py --model fbs_resnet18.fmnist_d50 --size 8000 --count 8
+    python benchmarks/predict_memory.py --model fbs_resnet18_half.fmnist_d50 --size 8000 --count 8
 """
 import argparse
 import subprocess
@@ -33,7 +33,7 @@ def peak_mb(args: list) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--model', default='fbs_resnet18.fmnist_d50')
+    ap.add_argument('--model', default='fbs_resnet18_half.fmnist_d50')
     ap.add_argument('--size', type=int, default=8000)
     ap.add_argument('--count', type=int, default=8)
     args = ap.parse_args()

@@ -88,7 +88,7 @@ def main() -> None:
     deit = timm.create_model('deit_small_patch16_224')
     dvit = dynvit.create_model('dynamicvit_small_patch16_224', keep_ratio=0.7)
     dvit.load_state_dict(deit.state_dict(), strict=False)
-    zoo = dynvit.create_model('dynamicvit_tiny_patch16_224.fmnist_kr05', pretrained=True)
+    zoo = dynvit.create_model('dynamicvit_pico_patch4_28.fmnist_kr05', pretrained=True)
     cases = [('DeiT-S 224 px', dvit.eval(), torch.randn(1, 3, 224, 224)),
              ('zoo DynamicViT 0.5, 28 px', zoo.eval(), torch.randn(1, 1, 28, 28))]
     lines = [f'batch 1, {args.threads} threads, ms per forward (self CPU time of the ops in each part, '

@@ -48,9 +48,10 @@ def accuracy(path: str, dataset_fn) -> dict:
     return evaluate(model, loader, torch.device('cpu'))
 
 
-def to_fp16(src: str, dst: str) -> None:
-    meta = read_dynvit_metadata(src)
-    tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(src).items()}
+def restamp(src: str, dst: str, half: bool, arch: str) -> None:
+    """``src`` written to ``dst``: tensors in fp16 if ``half``, the architecture named ``arch``."""
+    meta = dict(read_dynvit_metadata(src), architecture=arch)
+    tensors = {k: (v.half() if half and v.is_floating_point() else v) for k, v in load_file(src).items()}
     raw = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in meta.items()}
     save_file_atomic(tensors, dst, raw)
 
@@ -61,22 +62,25 @@ def main() -> None:
     ap.add_argument('--tag', required=True)
     ap.add_argument('--dense', default=None, help='name (arch.tag) of its dense model in the zoo')
     ap.add_argument('--command', required=True, help='how the run was made (recorded in the card)')
+    ap.add_argument('--arch', default=None,
+                    help='store under this registered architecture (the same network under its current name)')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--threads', type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     meta = read_dynvit_metadata(args.model)
-    name = f'{meta["architecture"]}.{args.tag}'
+    arch = args.arch or meta['architecture']
+    name = f'{arch}.{args.tag}'
     out = ROOT / 'weights' / f'{name}.safetensors'
     out.parent.mkdir(exist_ok=True)
     test = lambda tf: FashionMNIST(None, 'test', tf)  # noqa: E731
-    full32 = accuracy(args.model, test)
     with tempfile.TemporaryDirectory() as tmp:
-        half = str(Path(tmp) / 'half.safetensors')
-        to_fp16(args.model, half)
-        full16 = accuracy(half, test)
+        full, half = str(Path(tmp) / 'full.safetensors'), str(Path(tmp) / 'half.safetensors')
+        restamp(args.model, full, False, arch)
+        restamp(args.model, half, True, arch)
+        full32, full16 = accuracy(full, test), accuracy(half, test)
         use_half = abs(full16['top1'] - full32['top1']) <= 0.0005
-        shutil.copyfile(half if use_half else args.model, out)
+        shutil.copyfile(half if use_half else full, out)
     full = full16 if use_half else full32
     sample = accuracy(str(out), lambda tf: _Sample(tf))
     info = read_dynvit_metadata(str(out))

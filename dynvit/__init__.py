@@ -7,7 +7,7 @@ registers the architectures in timm, after which ``timm.create_model('dynamicvit
 import importlib
 from typing import Any, List
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
 _SUBMODULES = ('compress', 'data', 'export', 'hub', 'layers', 'losses', 'models', 'predict', 'runtime', 'train',
                'viz')

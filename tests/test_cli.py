@@ -44,7 +44,7 @@ def test_list_json_and_pattern():
     rows = json.loads(cli('list', '--pretrained', '--json').stdout)
     by_name = {row['name']: row for row in rows}
     assert by_name['dynamicvit_small_patch16_224.deit_in1k']['weights'] in ('download', 'cached')
-    kr05 = by_name['dynamicvit_tiny_patch16_224.fmnist_kr05']
+    kr05 = by_name['dynamicvit_pico_patch4_28.fmnist_kr05']
     assert kr05['weights'] == 'shipped' and 0.8 < kr05['top1'] < 1 and 0 < kr05['macs'] < 1e8
     assert {'name', 'weights', 'source', 'description', 'dataset', 'top1', 'top5', 'macs',
             'saved_fraction'} <= set(kr05)
@@ -57,6 +57,14 @@ def test_info_reports_macs():
     assert info['sparsity']['keep_ratio'] == [0.5, 0.25, 0.125]
     assert info['untrained'] == ['keep predictors']  # a bare arch: random weights
     assert 0 < info['sparse_gmacs'] < info['dense_gmacs']
+
+
+def test_renamed_zoo_model_warns_in_one_line():
+    r = cli('info', 'dynamicvit_tiny_patch16_224.fmnist_kr05', '--json')
+    assert r.returncode == 0 and json.loads(r.stdout)['model'] == 'dynamicvit_pico_patch4_28.fmnist_kr05'
+    assert r.stderr == ("dynvit info: warning: 'dynamicvit_tiny_patch16_224.fmnist_kr05' is the zoo's old name of "
+                        "'dynamicvit_pico_patch4_28.fmnist_kr05' (named for its real geometry) and goes in dynvit 0.3: "
+                        "use 'dynamicvit_pico_patch4_28.fmnist_kr05'\n")
 
 
 def test_info_fbs_density():
@@ -105,7 +113,7 @@ def photos(tmp_path_factory):
 
 
 def test_predict_reads_what_users_have_and_names_the_corrupt_file(photos):
-    r = run('predict', 'fbs_resnet18.fmnist_d50', str(photos), '--topk', '3', '--json', '--threads', '1')
+    r = run('predict', 'fbs_resnet18_half.fmnist_d50', str(photos), '--topk', '3', '--json', '--threads', '1')
     assert r.returncode == 3, r.stderr  # some images failed, the others were predicted
     out = json.loads(r.stdout)
     assert [p['image'].rsplit('/', 1)[-1] for p in out['predictions']] == [
@@ -121,7 +129,7 @@ def test_predict_reads_what_users_have_and_names_the_corrupt_file(photos):
         assert p['topk'][0]['label'] in FASHION_MNIST_CLASSES
         assert p['macs'] < p['dense_macs'] and 0.5 < p['saved_fraction'] < 0.6
         assert sum(p['kept']) * 2 == sum(p['out_of'])  # density 0.5
-    r = run('predict', 'fbs_resnet18.fmnist_d50', str(photos / 'b_gray.jpg'), '--density', '0.25', '--threads', '1')
+    r = run('predict', 'fbs_resnet18_half.fmnist_d50', str(photos / 'b_gray.jpg'), '--density', '0.25', '--threads', '1')
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].endswith('b_gray.jpg') and 'saved' in lines[2]
@@ -129,16 +137,16 @@ def test_predict_reads_what_users_have_and_names_the_corrupt_file(photos):
 
 
 def test_predict_options_that_do_not_fit_the_model_are_named(photos, tmp_path):
-    r = cli('predict', 'fbs_resnet18.fmnist_d50', str(photos / 'b_gray.jpg'), '--keep-ratio', '0.5')
+    r = cli('predict', 'fbs_resnet18_half.fmnist_d50', str(photos / 'b_gray.jpg'), '--keep-ratio', '0.5')
     assert r.returncode == 1 and '--keep-ratio is not a setting of FBS models' in r.stderr
     assert 'they take --density (d: every gated convolution computes the top ceil(d * C)' in r.stderr
     r = cli('predict', 'test_dynamicvit', str(photos / 'b_gray.jpg'), '--density', '0.5')
     assert r.returncode == 1 and 'they take --keep-ratio (rho: stage s keeps rho^s' in r.stderr
-    r = cli('predict', 'dynamicvit_tiny_patch16_224.fmnist_kr5', str(photos / 'b_gray.jpg'))  # a tag typo
-    assert r.returncode == 1 and 'no pretrained tag \'fmnist_kr5\'; did you mean dynamicvit_tiny_patch16_224.fmnist_kr05' \
+    r = cli('predict', 'dynamicvit_pico_patch4_28.fmnist_kr5', str(photos / 'b_gray.jpg'))  # a tag typo
+    assert r.returncode == 1 and 'no pretrained tag \'fmnist_kr5\'; did you mean dynamicvit_pico_patch4_28.fmnist_kr05' \
         in r.stderr and r.stderr.count('\n') == 1
     r = cli('list', 'fmnist', '--pretrained')  # a plain word matches as a substring
-    assert r.returncode == 0 and 'dynamicvit_tiny_patch16_224.fmnist_kr05' in r.stdout.split()
+    assert r.returncode == 0 and 'dynamicvit_pico_patch4_28.fmnist_kr05' in r.stdout.split()
     r = cli('predict', 'test_dynamicvit', str(photos / 'b_gray.jpg'), '--checkpoint', '')
     assert r.returncode == 1 and 'the checkpoint path is empty' in r.stderr  # not random weights
     import dynvit
@@ -177,7 +185,7 @@ def test_predict_threshold_mode_and_picture(photos, tmp_path):
 
 
 def test_viz_and_bench(photos, tmp_path):
-    r = run('viz', 'fbs_resnet18.fmnist_d50', str(photos / 'b_gray.jpg'), str(photos / 'e_corrupt.png'),
+    r = run('viz', 'fbs_resnet18_half.fmnist_d50', str(photos / 'b_gray.jpg'), str(photos / 'e_corrupt.png'),
             '--out', str(tmp_path / 'grid.png'))
     assert r.returncode == 3 and '1 image(s) drawn' in r.stdout and (tmp_path / 'grid.png').is_file()
     r = run('bench', 'test_dynamicvit', '--batch-size', '1', '2', '--runs', '2', '--rounds', '1', '--compare-dense',
@@ -191,7 +199,7 @@ def test_viz_and_bench(photos, tmp_path):
 def test_demo_runs_the_zoo_offline(tmp_path):
     r = run('demo', '--out', str(tmp_path / 'demo.png'), '--threads', '1')
     assert r.returncode == 0, r.stderr
-    assert 'fbs_resnet18.fmnist_d50' in r.stdout and 'correct' in r.stdout
+    assert 'fbs_resnet18_half.fmnist_d50' in r.stdout and 'correct' in r.stdout
     assert str(tmp_path / 'demo.png') in r.stdout and Image.open(tmp_path / 'demo.png').width > 100
 
 
@@ -199,9 +207,9 @@ def test_list_pretrained_shows_where_the_weights_are():
     r = run('list', '--pretrained')
     assert r.returncode == 0, r.stderr
     rows = {line.split()[0]: line.split(None, 2)[1:] for line in r.stdout.splitlines()}
-    assert rows['fbs_resnet18.fmnist_d50'][0] == 'shipped'
-    assert rows['fbs_resnet18.fmnist_d50'][1].startswith('Fashion-MNIST test top-1 ')
-    assert 'MMACs/image' in rows['fbs_resnet18.fmnist_d50'][1]
+    assert rows['fbs_resnet18_half.fmnist_d50'][0] == 'shipped'
+    assert rows['fbs_resnet18_half.fmnist_d50'][1].startswith('Fashion-MNIST test top-1 ')
+    assert 'MMACs/image' in rows['fbs_resnet18_half.fmnist_d50'][1]
     assert rows['evovit_small_patch16_224.official_in1k'][0] in ('download', 'cached')
     assert all(w in ('shipped', 'cached', 'download') and d for w, d in rows.values())
 

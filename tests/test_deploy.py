@@ -91,7 +91,7 @@ def test_onnx_runtime_reproduces_the_pytorch_outputs(name, dynamic, tmp_path):
 
 def test_export_then_predict_and_bench_the_file(tmp_path, capsys):
     out = tmp_path / 'kr05.onnx'
-    r = subprocess.run([sys.executable, '-m', 'dynvit', 'export', 'dynamicvit_tiny_patch16_224.fmnist_kr05', str(out),
+    r = subprocess.run([sys.executable, '-m', 'dynvit', 'export', 'dynamicvit_pico_patch4_28.fmnist_kr05', str(out),
                         '--dynamic-batch'], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert 'batch any' in r.stdout and '"keep_ratio": [0.5, 0.25, 0.125]' in r.stdout
@@ -103,7 +103,7 @@ def test_export_then_predict_and_bench_the_file(tmp_path, capsys):
         return code, out_err.out, out_err.err
 
     results = []
-    for model in (str(out), 'dynamicvit_tiny_patch16_224.fmnist_kr05'):
+    for model in (str(out), 'dynamicvit_pico_patch4_28.fmnist_kr05'):
         code, stdout, stderr = run('predict', model, image, '--json', '--topk', '2')
         assert code == 0, stderr
         results.append(json.loads(stdout)['predictions'][0])

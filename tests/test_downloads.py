@@ -82,9 +82,9 @@ def test_the_probe_is_bounded_and_skips_local_urls(monkeypatch):
 
 
 def test_pretrained_info_tells_shipped_cached_and_download_apart(tmp_path, monkeypatch):
-    info = pretrained_info('fbs_resnet18.fmnist_d50')
-    card = read_card(WEIGHTS_DIR / 'fbs_resnet18.fmnist_d50.safetensors')
-    assert info['weights'] == 'shipped' and info['source'] == str(WEIGHTS_DIR / 'fbs_resnet18.fmnist_d50.safetensors')
+    info = pretrained_info('fbs_resnet18_half.fmnist_d50')
+    card = read_card(WEIGHTS_DIR / 'fbs_resnet18_half.fmnist_d50.safetensors')
+    assert info['weights'] == 'shipped' and info['source'] == str(WEIGHTS_DIR / 'fbs_resnet18_half.fmnist_d50.safetensors')
     assert (info['top1'], info['macs'], info['dataset']) == (card['test_top1'], card['mean_macs'], card['dataset'])
     assert info['description'] == (f'{card["dataset"]} test top-1 {card["test_top1"]:.2%}, '
                                    f'{card["mean_macs"] / 1e6:.2f} MMACs/image, '

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 import dynvit
+from dynvit.models._helpers import model_input_size
 
 from helpers import images, is_cnn, randomize_batch_norms, stages, training_loss
 
 MODELS = dynvit.list_models()
-# Full-size variants run at 64 px to keep the suite fast (ViTs: 16 patches); geometry is unchanged.
+# Full-size (224-px) variants run at 64 px to keep the suite fast (ViTs: 16 patches); geometry is unchanged.
 SMALL = dict(img_size=64)
 
 
@@ -19,13 +20,14 @@ def _create(name, **kwargs):
         return dynvit.create_model(name, **kwargs)
     if name.startswith('tome_'):  # a block merges at most half of the 16 patches
         kwargs = dict(r=4, **kwargs)
-    return dynvit.create_model(name, **SMALL, **kwargs)
+    return dynvit.create_model(name, **(SMALL if name.endswith('_224') else {}), **kwargs)
 
 
 def _input(model, batch):
+    chans = model_input_size(model)[0]  # the zoo's variants default to their 1-channel files
     if is_cnn(model):
-        return images(batch, 32 if model.pretrained_cfg['architecture'].startswith('test_') else 64)
-    return images(batch, model.patch_embed.img_size[0])
+        return images(batch, 32 if model.pretrained_cfg['architecture'].startswith('test_') else 64, chans)
+    return images(batch, model.patch_embed.img_size[0], chans)
 
 
 def _expected_kept(model, x):

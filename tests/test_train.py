@@ -299,11 +299,11 @@ def test_finetune_and_eval_start_from_the_weights_an_arch_tag_names():
     arch name starts from scratch."""
     import argparse
     from dynvit.cli.training import _model_for_data
-    args = argparse.Namespace(model='fbs_resnet18.fmnist_d50', checkpoint=None, model_args=None, seed=0,
+    args = argparse.Namespace(model='fbs_resnet18_half.fmnist_d50', checkpoint=None, model_args=None, seed=0,
                               mean=None, std=None, img_size=None)
-    shipped = dynvit.create_model('fbs_resnet18.fmnist_d50', pretrained=True)
+    shipped = dynvit.create_model('fbs_resnet18_half.fmnist_d50', pretrained=True)
     tuned, source = _model_for_data(args, 3)
-    assert source == 'pretrained fbs_resnet18.fmnist_d50'
+    assert source == 'pretrained fbs_resnet18_half.fmnist_d50'
     assert tuned.num_classes == 3 and tuned.density == shipped.density
     assert torch.equal(tuned.layer1[0].conv1.weight, shipped.layer1[0].conv1.weight)
     args.model = 'fbs_resnet18'

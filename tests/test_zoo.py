@@ -10,7 +10,7 @@ from PIL import Image
 
 import dynvit
 from dynvit.data import model_transform
-from dynvit.models._zoo import WEIGHTS_DIR, read_card
+from dynvit.models._zoo import RENAMED, WEIGHTS_DIR, read_card
 from safetensors.torch import load_file
 
 FILES = sorted(WEIGHTS_DIR.glob('*.safetensors')) if WEIGHTS_DIR.is_dir() else []
@@ -43,3 +43,25 @@ def test_shipped_weights_match_their_card(path):
     reference = load_file(str(REFERENCE))
     torch.testing.assert_close(logits, reference[f'{name}/logits'], rtol=0, atol=1e-6)
     assert torch.equal(macs, reference[f'{name}/macs'])
+
+
+@pytest.mark.parametrize('old', sorted(RENAMED))
+def test_old_zoo_names_load_their_renamed_files_with_a_warning(old):
+    new = RENAMED[old]
+    assert (WEIGHTS_DIR / f'{new}.safetensors').is_file() and not (WEIGHTS_DIR / f'{old}.safetensors').exists()
+    with pytest.warns(FutureWarning, match=f"'{old}' is the zoo's old name of '{new}'"):
+        model = dynvit.create_model(old, pretrained=True)
+    assert model.pretrained_cfg['file'] == str(WEIGHTS_DIR / f'{new}.safetensors')
+    assert model.pretrained_cfg['architecture'] == new.split('.')[0]
+
+
+def test_zoo_names_tell_the_geometry():
+    vit = dynvit.create_model('dynamicvit_pico_patch4_28')  # no weights: the registered defaults
+    assert (vit.patch_embed.img_size, vit.patch_embed.patch_size, vit.embed_dim, len(vit.blocks)) == \
+        ((28, 28), (4, 4), 96, 6)
+    for name in dynvit.list_models(pretrained=True):
+        arch, tag = name.split('.')
+        if tag.startswith('fmnist'):
+            card = read_card(WEIGHTS_DIR / f'{name}.safetensors')
+            size = card['input_size'][-1]
+            assert arch.endswith(f'_{size}') or arch.startswith('fbs_'), name  # ViTs name their input size

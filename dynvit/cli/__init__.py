@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from typing import List, Optional
 
 from . import compress, demo, deploy, models, training
@@ -51,9 +52,28 @@ def _import_heavy_libraries() -> None:
         raise KeyboardInterrupt
 
 
+def _show_future_warnings_in_one_line(command: str) -> None:
+    """FutureWarnings (a renamed zoo model, ...) as ``dynvit COMMAND: warning: ...``, without the
+    source line Python's default shows; other warnings as Python shows them."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if issubclass(category, FutureWarning):
+            print(f'dynvit {command}: warning: {message}', file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    warnings.showwarning = show
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for messages that repeat the command
+    with warnings.catch_warnings():  # restores Python's warning display after the command
+        _show_future_warnings_in_one_line(args.command)
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         _import_heavy_libraries()
         return args.func(args)

@@ -8,9 +8,9 @@ from ._common import EXIT_OK, load_model_arg
 
 EXAMPLES = (
     'examples:\n'
-    '  dynvit compress dynamicvit_tiny_patch16_224.fmnist_kr05 --heads 0.34 --mlp 0.5 --out small.safetensors\n'
+    '  dynvit compress dynamicvit_pico_patch4_28.fmnist_kr05 --heads 0.34 --mlp 0.5 --out small.safetensors\n'
     '  dynvit finetune small.safetensors --data fashion-mnist --epochs 2 --out runs/small   # recover accuracy\n'
-    '  dynvit compress fbs_resnet18.fmnist_d50 --channels 0.25 --dtype fp16 --out r18.safetensors\n'
+    '  dynvit compress fbs_resnet18_half.fmnist_d50 --channels 0.25 --dtype fp16 --out r18.safetensors\n'
     '  dynvit eval small.safetensors --data fashion-mnist --split test --int8'
 )
 

@@ -7,11 +7,11 @@ from .models import apply_sparsity, knob_args, knob_settings
 
 EXAMPLES = (
     'examples:\n'
-    '  dynvit export dynamicvit_tiny_patch16_224.fmnist_kr05 dyvit.onnx --dynamic-batch\n'
-    '  dynvit export evovit_tiny_patch16_224.fmnist_kr05 evo.onnx --keep-ratio 0.4 --batch-size 8\n'
-    '  dynvit export fbs_resnet18.fmnist_d50 fbs.onnx --density 0.3 --batch-size 1\n'
+    '  dynvit export dynamicvit_pico_patch4_28.fmnist_kr05 dyvit.onnx --dynamic-batch\n'
+    '  dynvit export evovit_pico_patch4_28.fmnist_kr05 evo.onnx --keep-ratio 0.4 --batch-size 8\n'
+    '  dynvit export fbs_resnet18_half.fmnist_d50 fbs.onnx --density 0.3 --batch-size 1\n'
     '  dynvit predict dyvit.onnx shirt.png         # ONNX Runtime, with kept tokens and MACs per image\n'
-    '  dynvit bench dynamicvit_tiny_patch16_224.fmnist_kr05 --ort --compare-dense'
+    '  dynvit bench dynamicvit_pico_patch4_28.fmnist_kr05 --ort --compare-dense'
 )
 
 

@@ -29,25 +29,25 @@ EXAMPLES = {
             'or a pattern naming them.\n\n'
             'examples:\n  dynvit list\n  dynvit list "dynamicvit_*" --pretrained\n  dynvit list fmnist --pretrained\n'
             '  dynvit list --pretrained --json\n  dynvit list test_              # the internal test models',
-    'info': 'examples:\n  dynvit info dynamicvit_small_patch16_224\n  dynvit info fbs_resnet18.fmnist_d50\n'
-            '  dynvit info dynamicvit_tiny_patch16_224.fmnist_kr05 --keep-ratio 0.4 --json\n'
+    'info': 'examples:\n  dynvit info dynamicvit_small_patch16_224\n  dynvit info fbs_resnet18_half.fmnist_d50\n'
+            '  dynvit info dynamicvit_pico_patch4_28.fmnist_kr05 --keep-ratio 0.4 --json\n'
             '  dynvit info fbs_resnet18 --density 0.5\n'
             '  dynvit info tome_small_patch16_224 --merge-r 8',
-    'predict': 'examples:\n  dynvit predict dynamicvit_tiny_patch16_224.fmnist_kr05 shirt.png boot.jpg\n'
-               '  dynvit predict fbs_resnet18.fmnist_d50 photos/ --density 0.3 --topk 3 --json\n'
+    'predict': 'examples:\n  dynvit predict dynamicvit_pico_patch4_28.fmnist_kr05 shirt.png boot.jpg\n'
+               '  dynvit predict fbs_resnet18_half.fmnist_d50 photos/ --density 0.3 --topk 3 --json\n'
                '  dynvit predict runs/fm/best.safetensors a.png --keep-ratio 0.4 --viz kept.png\n'
-               '  dynvit predict dynamicvit_tiny_patch16_224.fmnist_kr05 photos/ --threshold 0.5\n'
+               '  dynvit predict dynamicvit_pico_patch4_28.fmnist_kr05 photos/ --threshold 0.5\n'
                '  dynvit predict tome_small_patch16_224.deit_in1k photo.jpg --merge-r 16:-1\n'
                'exit codes: 0 all images predicted, 1 error (model, arguments), 2 usage, '
                '3 some images could not be read (the others were predicted)',
-    'viz': 'examples:\n  dynvit viz dynamicvit_tiny_patch16_224.fmnist_kr05 photos/ --out grid.png\n'
-           '  dynvit viz fbs_resnet18.fmnist_d50 a.png b.png --density 0.3 --out channels.png --size 96',
+    'viz': 'examples:\n  dynvit viz dynamicvit_pico_patch4_28.fmnist_kr05 photos/ --out grid.png\n'
+           '  dynvit viz fbs_resnet18_half.fmnist_d50 a.png b.png --density 0.3 --out channels.png --size 96',
     'convert': 'examples:\n  dynvit convert dynamicvit-deit-s-0.7.pth dyvit_s.safetensors '
                '--model dynamicvit_small_patch16_224.official_r07_in1k\n'
                '  dynvit convert evo_deit_small.pth evo_s.safetensors --model evovit_small_patch16_224.official_in1k\n'
                '  dynvit predict dyvit_s.safetensors photo.jpg',
-    'bench': 'examples:\n  dynvit bench dynamicvit_tiny_patch16_224.fmnist_kr05 --compare-dense\n'
-             '  dynvit bench fbs_resnet18.fmnist_d50 --batch-size 1 32 --threads 2 --json\n'
+    'bench': 'examples:\n  dynvit bench dynamicvit_pico_patch4_28.fmnist_kr05 --compare-dense\n'
+             '  dynvit bench fbs_resnet18_half.fmnist_d50 --batch-size 1 32 --threads 2 --json\n'
              '  dynvit bench dynamicvit_small_patch16_224 --keep-ratio 0.5 --batch-size 1 --compare-dense',
 }
 
@@ -186,7 +186,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from ..runtime import profile
     # the numbers need no weights: a file, or a tag with a local file (the zoo), is loaded for its
     # stored configuration; other names are built without downloading anything
-    _, file = model_and_file(args.model)
+    name, file = model_and_file(args.model)
+    args.model = args.model if file else name  # a renamed zoo name: its current one
     cfg = get_pretrained_cfg(args.model) if '.' in args.model and not file else None
     local = bool(file or cfg is not None and getattr(cfg, 'file', None) and Path(cfg.file).is_file())
     model = (load_model_arg(args.model, quiet=True) if local else create_model(args.model)).eval()

@@ -17,14 +17,14 @@ EXAMPLES = {
                 '  dynvit finetune fbs_resnet18 --data path/to/images --density 0.5 --gate-warmup-epochs 1 --out runs/fbs\n'
                 '  dynvit finetune dynamicvit_tiny_patch16_224 --data fashion-mnist --model-args \'{"img_size": 28, '
                 '"patch_size": 4, "in_chans": 1, "stem": "conv"}\' --keep-ratio 1.0 '
-                '--teacher fbs_resnet18.fmnist_dense '
+                '--teacher fbs_resnet18_half.fmnist_dense '
                 '--out runs/vit\n'
-                '  torchrun --nproc_per_node 2 -m dynvit finetune evovit_tiny_patch16_224.fmnist_kr05 --data fashion-mnist '
+                '  torchrun --nproc_per_node 2 -m dynvit finetune evovit_pico_patch4_28.fmnist_kr05 --data fashion-mnist '
                 '--out runs/ddp\n'
                 '  dynvit finetune dynamicvit_small_patch16_224 --data path/to/images --checkpoint deit_small.pth '
                 '--out runs/dyvit --resume   # the same command again, continued',
     'eval': 'examples:\n  dynvit eval runs/fm/best.safetensors --data fashion-mnist\n'
-            '  dynvit eval fbs_resnet18.fmnist_d50 --data fashion-mnist --split test\n'
+            '  dynvit eval fbs_resnet18_half.fmnist_d50 --data fashion-mnist --split test\n'
             '  dynvit eval dynamicvit_small_patch16_224 --checkpoint m.safetensors --data path/to/images --json',
 }
 

@@ -13,7 +13,7 @@ from timm.models import get_pretrained_cfg, model_entrypoint, parse_model_name, 
 from ..compress.saving import STRUCTURE_KEY, apply_structure
 from ..models import all_sparsity_args
 from ..models._helpers import model_input_size
-from ..models._zoo import TAG_ARGS
+from ..models._zoo import TAG_ARGS, current_name
 from .downloads import (
     PretrainedWeightsError,
     cached_weights,
@@ -67,6 +67,7 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
         pretrained: Load the pretrained weights of the config (local ``file`` first, as in timm).
         **kwargs: Passed to ``timm.create_model`` and on to the model.
     """
+    model_name = current_name(model_name)
     _, arch = parse_model_name(model_name)
     arch, tag = split_model_name_tag(arch)
     if not timm.is_model(arch):

@@ -4,6 +4,7 @@ from typing import Any, Optional, Tuple
 
 import torch.nn as nn
 
+from ..models._zoo import current_name
 from .factory import create_model
 from .files import read_dynvit_metadata
 
@@ -16,7 +17,7 @@ def model_and_file(name: str, what: str = 'model') -> Tuple[str, Optional[str]]:
     """``(architecture name, weights file)`` for a model argument: a dynvit file stands for its
     architecture and its weights; a name has no file."""
     if not name.endswith(MODEL_FILE_SUFFIXES):
-        return name, None
+        return current_name(name), None
     meta = read_dynvit_metadata(name)
     if meta is None:
         raise ValueError(f'{what} {name} is not a dynvit model file (dynvit convert makes one); or give a model '
@@ -43,10 +44,10 @@ def resolve_model(name: str, checkpoint: Optional[str] = None, pretrained: bool 
     """
     if checkpoint is not None and not str(checkpoint).strip():
         raise ValueError('the checkpoint path is empty: give the weights file (or leave --checkpoint out)')
-    arch, file = model_and_file(name)
+    name, file = model_and_file(name)
     weights = checkpoint or file
     if weights:
-        return create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=weights), **kwargs), f'file {weights}'
+        return create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=weights), **kwargs), f'file {weights}'
     if '.' in name or pretrained:
         return create_model(name, pretrained=True, **kwargs), f'pretrained {name}'
     return create_model(name, **kwargs), 'random'

@@ -18,7 +18,7 @@ from ..runtime.macs import dense_vit_macs, vit_macs
 from ._base import DynamicAux, DynamicModel
 from ._helpers import build_dynamic_model, embed_tokens, is_scalar, run_block, vit_embed_layer, with_stem_cfg
 
-__all__ = ['TokenAux', 'TokenSparseViT', 'block_indices', 'per_stage_ratio']
+__all__ = ['TokenAux', 'TokenSparseViT', 'block_indices', 'per_stage_ratio', 'pico_28_args']
 
 
 @dataclass(kw_only=True)
@@ -278,6 +278,13 @@ class TokenSparseViT(DynamicModel, VisionTransformer):
 
     def _dense_macs(self, aux: TokenAux) -> int:
         return dense_vit_macs(self, aux.num_patches)
+
+
+def pico_28_args(**kwargs: Any) -> Dict[str, Any]:
+    """The zoo's small-image ViT (the ``*_pico_patch4_28`` variants): 28 px, patch 4 (7 x 7 = 49
+    patches), 96 wide, 6 blocks, 3 heads, MLP ratio 4, class token, convolutional stem
+    (arXiv:2106.14881); ``kwargs`` add the family's sparsity settings."""
+    return dict(img_size=28, patch_size=4, embed_dim=96, depth=6, num_heads=3, stem='conv', **kwargs)
 
 
 def build_token_vit(model_cls: type, variant: str, pretrained: bool, filter_fn: Any, **kwargs: Any) -> nn.Module:

@@ -37,7 +37,7 @@ from ..layers import (
 )
 from ..losses import DynamicViTLoss, ObjectiveConfig
 from ._helpers import check_state_dict, fill_missing, first_conv_keys, is_scalar, vit_cfg
-from ._token_vit import TokenAux, TokenSparseViT, build_token_vit
+from ._token_vit import TokenAux, TokenSparseViT, build_token_vit, pico_28_args
 from ._zoo import register_tag_args, shipped_cfgs
 
 __all__ = ['DynamicVisionTransformer', 'DynamicViTAux']
@@ -525,6 +525,8 @@ default_cfgs = generate_default_cfgs({
     'test_dynamicvit2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     # trained by the zoo (weights/)
     **shipped_cfgs('dynamicvit_tiny_patch16_224', _cfg),
+    **shipped_cfgs('dynamicvit_pico_patch4_28', _cfg),
+    'dynamicvit_pico_patch4_28.untrained': _cfg(input_size=(3, 28, 28), crop_pct=1.0, interpolation='bilinear'),
 })
 
 
@@ -554,6 +556,14 @@ def dynamicvit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> Dyna
     """DynamicViT on DeiT-Base (768 wide, 12 blocks), pruning before blocks 3, 6, 9."""
     model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, prune_loc=(3, 6, 9), keep_ratio=0.7)
     return _create_dynamic_vit('dynamicvit_base_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def dynamicvit_pico_patch4_28(pretrained: bool = False, **kwargs: Any) -> DynamicVisionTransformer:
+    """DynamicViT on the zoo's 28-px ViT (patch 4: 49 patches; 96 wide, 6 blocks, 3 heads, convolutional
+    stem), pruning before blocks 1, 3, 5 at keep ratio 0.5 (49 -> 24 -> 12 -> 6 patches)."""
+    model_args = pico_28_args(prune_loc=(1, 3, 5), keep_ratio=0.5)
+    return _create_dynamic_vit('dynamicvit_pico_patch4_28', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

@@ -45,7 +45,7 @@ from ._apply import register_method
 from ..runtime.macs import vit_macs
 from ._base import DynamicModel
 from ._helpers import check_state_dict, first_conv_keys, run_block, vit_cfg
-from ._token_vit import TokenAux, TokenSparseViT, block_indices, build_token_vit, per_stage_ratio
+from ._token_vit import TokenAux, TokenSparseViT, block_indices, build_token_vit, per_stage_ratio, pico_28_args
 from ._zoo import register_tag_args, shipped_cfgs
 
 __all__ = ['EViT', 'EViTAux', 'evit_from_vit', 'default_drop_loc']
@@ -406,6 +406,8 @@ default_cfgs = generate_default_cfgs({
     'test_evit2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     # trained by the zoo (weights/)
     **shipped_cfgs('evit_tiny_patch16_224', _cfg),
+    **shipped_cfgs('evit_pico_patch4_28', _cfg),
+    'evit_pico_patch4_28.untrained': _cfg(input_size=(3, 28, 28), crop_pct=1.0, interpolation='bilinear'),
 })
 
 
@@ -434,6 +436,14 @@ def evit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> EViT:
     """EViT on DeiT-Base (768 wide, 12 blocks), keep rate 0.7 in blocks 3, 6, 9."""
     model_args = _evit_deit_args(embed_dim=768, num_heads=12)
     return _create_evit('evit_base_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def evit_pico_patch4_28(pretrained: bool = False, **kwargs: Any) -> EViT:
+    """EViT on the zoo's 28-px ViT (patch 4: 49 patches; 96 wide, 6 blocks, 3 heads, convolutional
+    stem), keep rate 0.7 with token fusion in blocks 1, 3, 5."""
+    model_args = pico_28_args(drop_loc=(1, 3, 5), keep_ratio=0.7, fuse_token=True)
+    return _create_evit('evit_pico_patch4_28', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

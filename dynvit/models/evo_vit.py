@@ -38,7 +38,7 @@ from ..layers import (
 )
 from ..losses import EvoViTLoss, ObjectiveConfig
 from ._helpers import check_state_dict, first_conv_keys, is_scalar, run_block, vit_cfg
-from ._token_vit import TokenAux, TokenSparseViT, block_indices, build_token_vit, per_stage_ratio
+from ._token_vit import TokenAux, TokenSparseViT, block_indices, build_token_vit, per_stage_ratio, pico_28_args
 from ._zoo import register_tag_args, shipped_cfgs
 
 __all__ = ['EvoVisionTransformer', 'EvoViTAux']
@@ -463,6 +463,8 @@ default_cfgs = generate_default_cfgs({
     'test_evovit2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     # trained by the zoo (weights/)
     **shipped_cfgs('evovit_tiny_patch16_224', _cfg),
+    **shipped_cfgs('evovit_pico_patch4_28', _cfg),
+    'evovit_pico_patch4_28.untrained': _cfg(input_size=(3, 28, 28), crop_pct=1.0, interpolation='bilinear'),
 })
 
 
@@ -499,6 +501,14 @@ def evovit_base_patch16_384(pretrained: bool = False, **kwargs: Any) -> EvoVisio
     """Evo-ViT on DeiT-Base at 384 px (576 patches)."""
     model_args = dict(_evo_deit_args(embed_dim=768, num_heads=12), img_size=384)
     return _create_evo_vit('evovit_base_patch16_384', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def evovit_pico_patch4_28(pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer:
+    """Evo-ViT on the zoo's 28-px ViT (patch 4: 49 patches; 96 wide, 6 blocks, 3 heads, convolutional
+    stem, class-token pooling), half of the patches updated fully in blocks 1-5, re-ranked in each."""
+    model_args = pico_28_args(select_loc=(1, 2, 3, 4, 5), keep_ratio=0.5)
+    return _create_evo_vit('evovit_pico_patch4_28', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

@@ -201,6 +201,8 @@ default_cfgs = generate_default_cfgs({
                                        first_conv='conv1.0'),
     # trained by the zoo (weights/): Fashion-MNIST
     **shipped_cfgs('fbs_resnet18', _cfg),
+    **shipped_cfgs('fbs_resnet18_half', _cfg),
+    'fbs_resnet18_half.untrained': _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
 })
 
 
@@ -216,6 +218,14 @@ def fbs_resnet34(pretrained: bool = False, **kwargs: Any) -> FBSResNet:
     """FBS ResNet-34 (basic blocks 3-4-6-3), density 0.5."""
     model_args = dict(layers=(3, 4, 6, 3))
     return _create_fbs_resnet('fbs_resnet34', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fbs_resnet18_half(pretrained: bool = False, **kwargs: Any) -> FBSResNet:
+    """FBS ResNet-18 at half width (32-64-128-256 channels, 32-wide stem), density 0.5; the zoo's
+    Fashion-MNIST CNN (64-px inputs)."""
+    model_args = dict(layers=(2, 2, 2, 2), channels=(32, 64, 128, 256), stem_width=32)
+    return _create_fbs_resnet('fbs_resnet18_half', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

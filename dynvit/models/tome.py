@@ -51,7 +51,7 @@ from ..layers import (
 )
 from ..losses import ClassificationLoss, ObjectiveConfig
 from ._helpers import check_state_dict, first_conv_keys, is_scalar, run_block, vit_cfg
-from ._token_vit import TokenAux, TokenSparseViT, build_token_vit
+from ._token_vit import TokenAux, TokenSparseViT, build_token_vit, pico_28_args
 from ._zoo import shipped_cfgs
 from ._apply import register_method
 
@@ -489,6 +489,8 @@ default_cfgs = generate_default_cfgs({
     'tome_base_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_base_patch16_224.fb_in1k', license='apache-2.0'),
     # the zoo's files (weights/tome_tiny_patch16_224.*.safetensors), offline
     **shipped_cfgs('tome_tiny_patch16_224', _cfg),
+    **shipped_cfgs('tome_pico_patch4_28', _cfg),
+    'tome_pico_patch4_28.untrained': _cfg(input_size=(3, 28, 28), crop_pct=1.0, interpolation='bilinear'),
     # Tiny configurations for tests.
     'test_tome.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     'test_tome2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
@@ -519,6 +521,14 @@ def tome_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> ToMeVision
     """ToMe on DeiT-Base (768 wide, 12 blocks), r = 13."""
     model_args = _tome_deit_args(embed_dim=768, num_heads=12)
     return _create_tome('tome_base_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def tome_pico_patch4_28(pretrained: bool = False, **kwargs: Any) -> ToMeVisionTransformer:
+    """ToMe on the zoo's 28-px ViT (patch 4: 49 patches; 96 wide, 6 blocks, 3 heads, convolutional
+    stem), r = 4 (49, 45, ..., 29 patches into the blocks)."""
+    model_args = pico_28_args(r=4)
+    return _create_tome('tome_pico_patch4_28', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
