@@ -9,10 +9,18 @@ set -euo pipefail
 RUN=${1:-runs/zoo}
 shift || true
 ONLY=" $* "
-FM=(--data fashion-mnist --mean 0.286 --std 0.353 --val-fraction 0.1 --seed 0 --threads 2)
+THREADS=${THREADS:-2}  # CPU threads per run (THREADS=1 to run two steps side by side on 2 cores)
+FM=(--data fashion-mnist --mean 0.286 --std 0.353 --val-fraction 0.1 --seed 0 --threads "$THREADS")
 source "$(dirname "$0")/common.sh"  # step NAME ARGS...: one resumable dynvit finetune run
 want() { [ "$ONLY" = "  " ] || [[ "$ONLY" == *" $1 "* ]]; }
-run() { local name=$1; shift; want "$name" && step "$name" "$@" || true; }
+CURVES=benchmarks/results/zoo_curves  # each run's log (validation per epoch), kept with the results
+run() {  # run NAME ARGS...: the step if wanted, then its learning curve copied into $CURVES
+  local name=$1; shift
+  want "$name" || return 0
+  step "$name" "$@"
+  [ "$THREADS" = 2 ] || echo -n "THREADS=$THREADS " > "$RUN/$name/threads"  # for the card's command
+  mkdir -p "$CURVES" && cp "$RUN/$name/log.jsonl" "$CURVES/$name.jsonl"
+}
 # 1. dense ResNet-18 at half width (32-64-128-256) on 64-px upscaled images
 EPOCHS=15 run resnet18_dense fbs_resnet18_half "${FM[@]}" --img-size 64 --density 1.0 \
   --model-args '{"in_chans": 1}' \
@@ -40,13 +48,13 @@ EPOCHS=18 run vit_dense dynamicvit_pico_patch4_28 "${FM[@]}" --model-args "$PICO
 VIT_TUNE=(--batch-size 128 --lr 3e-4 --sparse-lr 1e-3 --weight-decay 0.05 --warmup-epochs 0.2
           --sparsity-warmup-epochs 1 --label-smoothing 0.1 --aug-scale 0.8 --no-color-jitter)
 for SPEC in vit_dyn065_6ep:dynamicvit:0.65:6 vit_dyn05_10ep:dynamicvit:0.5:10 \
-            vit_evo50_10ep:evovit:0.5:10 vit_evit07:evit:0.7:3 vit_evit05_8ep:evit:0.5:8; do
+            vit_evo50_8ep:evovit:0.5:8 vit_evit07:evit:0.7:3 vit_evit05_5ep:evit:0.5:5; do
   IFS=: read -r NAME FAMILY KR EP <<< "$SPEC"
   EPOCHS=$EP run "$NAME" "${FAMILY}_pico_patch4_28" "${FM[@]}" --keep-ratio "$KR" \
     --checkpoint "$RUN/vit_dense/best.safetensors" --epochs "$EP" "${VIT_TUNE[@]}"
 done
 # (The shipped EViT 0.7 was fine-tuned from the dense ViT's fp16 file in weights/, and the runs of
-# issue 19 (the 10- and 8-epoch ones, Lite0) from the shipped dense files: this checkout has no
+# issue 19 (DynamicViT 0.5, Evo-ViT 0.5, EViT 0.5, Lite0) from the shipped dense files: this checkout has no
 # fp32 run folders of the dense models; fp16 moved their test accuracy by at most 0.05 points.)
 # ToMe needs no training: the dense ViT's weights with merging on
 for R in 4 8 9; do
@@ -83,7 +91,7 @@ ship() {  # ship RUN_NAME ARCH.TAG [DENSE_NAME]
   [ -f "$src" ] || { echo "$2: no run $src"; return; }
   [ -f "$card" ] && [ "$card" -nt "$src" ] && { echo "$2: shipped"; return; }
   python benchmarks/zoo_ship.py "$src" --tag "${2#*.}" ${3:+--dense "$3"} \
-    --command "bash benchmarks/zoo_fashion_mnist.sh $RUN $1"
+    --command "$(cat "$RUN/$1/threads" 2>/dev/null)bash benchmarks/zoo_fashion_mnist.sh $RUN $1"
 }
 if want ship; then
   DVIT=dynamicvit_pico_patch4_28.fmnist_dense
@@ -92,9 +100,9 @@ if want ship; then
   ship vit_dense $DVIT
   ship vit_dyn065_6ep dynamicvit_pico_patch4_28.fmnist_kr065 $DVIT
   ship vit_dyn05_10ep dynamicvit_pico_patch4_28.fmnist_kr05 $DVIT
-  ship vit_evo50_10ep evovit_pico_patch4_28.fmnist_kr05 $DVIT
+  ship vit_evo50_8ep evovit_pico_patch4_28.fmnist_kr05 $DVIT
   ship vit_evit07 evit_pico_patch4_28.fmnist_kr07 $DVIT
-  ship vit_evit05_8ep evit_pico_patch4_28.fmnist_kr05 $DVIT
+  ship vit_evit05_5ep evit_pico_patch4_28.fmnist_kr05 $DVIT
   for R in 4 8 9; do ship "vit_tome_r$R" "tome_pico_patch4_28.fmnist_r$R" $DVIT; done
   ship lite0_dense4 fbs_efficientnet_lite0.fmnist_dense
   ship lite0_fbs50 fbs_efficientnet_lite0.fmnist_d50 fbs_efficientnet_lite0.fmnist_dense

@@ -2,11 +2,13 @@
 output (nothing typed by hand):
 
     python benchmarks/zoo_report.py [benchmarks/results/zoo_cpu.json] [--readme README.md] [--png docs/zoo_tradeoff.png]
+        [--curves benchmarks/results/zoo_curves --curves-png docs/zoo_curves.png]
 
 The table replaces what lies between the ``<!-- zoo-table -->`` and ``<!-- /zoo-table -->`` lines of
 the README. The picture has one panel per dense model: it and every sparse model measured against
 it (test top-1 over MMACs per image), one line per architecture, and the line 0.5 points under the
-dense model (the zoo's accuracy target). Needs matplotlib (``pip install -e ".[bench]"``).
+dense model (the zoo's accuracy target). The learning curves (validation top-1 per epoch of each
+run log copied into ``benchmarks/results/zoo_curves/<run>.jsonl``) go into a second picture. Needs matplotlib (``pip install -e ".[bench]"``).
 """
 import argparse
 import json
@@ -72,8 +74,38 @@ def plot(rows: Dict[str, dict], png: Path) -> None:
         ax.set_xlabel('MMACs per image (mean over the test set)')
         ax.set_ylabel('Fashion-MNIST test top-1 (%)')
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc='lower right')
+        ax.legend(fontsize=7, loc='best')
     fig.suptitle('dynvit zoo: accuracy vs compute (each sparse model against its dense twin)')
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+
+
+def plot_curves(logs: Path, png: Path) -> None:
+    """Validation top-1 per epoch of every recorded run (``<run>.jsonl``: the trainer's log)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    curves = {}
+    for log in sorted(logs.glob('*.jsonl')):
+        epochs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        curves[log.stem] = ([e['epoch'] for e in epochs], [e['val_top1'] * 100 for e in epochs])
+    # the scale follows where the runs end; an early point far below (a density ramp) sits on the
+    # bottom edge with its value written beside it
+    bottom = min(ys[-1] for _, ys in curves.values()) - 3
+    for run, (xs, ys) in curves.items():
+        line, = ax.plot(xs, [max(y, bottom) for y in ys], marker='.', label=run)
+        for x, y in zip(xs, ys):
+            if y < bottom:
+                ax.annotate(f'{y:.1f}%', (x, bottom), textcoords='offset points', xytext=(4, 4), fontsize=7,
+                            color=line.get_color())
+    ax.set_ylim(bottom=bottom - 0.2)
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('validation top-1 (%), 6,000 held-out training images')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title('dynvit zoo: learning curves (benchmarks/zoo_fashion_mnist.sh)')
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
@@ -84,6 +116,8 @@ def main() -> None:
     ap.add_argument('results', nargs='?', default=str(ROOT / 'benchmarks' / 'results' / 'zoo_cpu.json'))
     ap.add_argument('--readme', default=str(ROOT / 'README.md'))
     ap.add_argument('--png', default=str(ROOT / 'docs' / 'zoo_tradeoff.png'))
+    ap.add_argument('--curves', default=str(ROOT / 'benchmarks' / 'results' / 'zoo_curves'))
+    ap.add_argument('--curves-png', default=str(ROOT / 'docs' / 'zoo_curves.png'))
     args = ap.parse_args()
     rows = json.loads(Path(args.results).read_text())['rows']
     table = markdown_table(rows)
@@ -93,6 +127,9 @@ def main() -> None:
     if args.png:
         plot(rows, Path(args.png))
         print(f'wrote {args.png}')
+    if args.curves_png and Path(args.curves).is_dir():
+        plot_curves(Path(args.curves), Path(args.curves_png))
+        print(f'wrote {args.curves_png}')
 
 
 if __name__ == '__main__':

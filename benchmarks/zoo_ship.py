@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 import dynvit
 from dynvit.data import FashionMNIST, model_transform
 from dynvit.hub.files import read_dynvit_metadata, save_file_atomic
+from dynvit.models._zoo import read_card
 from dynvit.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,17 +57,101 @@ def restamp(src: str, dst: str, half: bool, arch: str) -> None:
     save_file_atomic(tensors, dst, raw)
 
 
+def _sentence(text: str) -> str:
+    """The first sentence of a docstring, on one line."""
+    flat = ' '.join((text or '').split())
+    return flat.split('. ')[0].rstrip('.')
+
+
+def _short(value) -> str:
+    """A setting as JSON with its floats to 4 significant digits (0.4225, not 0.4225000000000001)."""
+    if isinstance(value, float):
+        return f'{value:.4g}'
+    if isinstance(value, (list, tuple)):
+        return '[' + ', '.join(_short(v) for v in value) + ']'
+    return json.dumps(value)
+
+
+def _recipe(tr: dict) -> str:
+    """One line from the card's ``training`` block (TrainConfig as saved with the weights)."""
+    if not tr:
+        return 'not recorded (no training: the weights of its dense model with the sparsity switched on)'
+    parts = [f'{tr["epochs"]} epochs, batch {tr["batch_size"]}, AdamW lr {tr["lr"]:g}'
+             + (f' (keep predictors / gates {tr["sparse_lr"]:g})' if tr.get('sparse_lr') else '')
+             + f', weight decay {tr["weight_decay"]:g}, {tr["warmup_epochs"]:g} warm-up epochs then cosine',
+             f'label smoothing {tr["label_smoothing"]:g}']
+    if tr.get('distill'):
+        how = ', '.join(f'{k} {tr[key]:g}' for k, key in (('weight', 'distill_weight'), ('T', 'distill_temperature'))
+                        if tr.get(key) is not None)
+        parts.append('distilled' + (f' ({how})' if how else ''))
+    if tr.get('sparsity_warmup_epochs'):
+        parts.append(f'sparsity from {tr["sparsity_start"]:g} to the target over {tr["sparsity_warmup_epochs"]:g} epochs')
+    if tr.get('gate_warmup_epochs'):
+        parts.append(f'{tr["gate_warmup_epochs"]:g} epoch(s) training only the gates first')
+    return '; '.join(parts)
+
+
+def card_text(card: dict) -> str:
+    """The card: what the network is, its sparsity, data, accuracy and cost, where it sits against
+    its dense twin (or which zoo models it is the twin of), the recipe, and the JSON the tests read."""
+    import timm
+    from dynvit.models import all_sparsity_args
+    name, args = card['name'], card['model_args']
+    sparsity = ', '.join(f'{k}={_short(v)}' for k, v in sorted(args.items()) if k in all_sparsity_args())
+    c, h, w = card['input_size']
+    lines = [
+        f'- network: {_sentence(timm.models.model_entrypoint(card["architecture"]).__doc__)} '
+        f'(`{card["architecture"]}`); this file: {sparsity or "no sparsity settings"}; input {c} x {h} x {w} '
+        f'(Fashion-MNIST upscaled from 28 px where larger), {args.get("num_classes")} classes',
+        f'- test top-1 {card["test_top1"]:.2%}, top-5 {card["test_top5"]:.2%}',
+        f'- {card["mean_macs"] / 1e6:.2f} MMACs per image, {card["saved_fraction_vs_own_dense"]:.1%} saved vs the '
+        f'same network without sparsification',
+    ]
+    dense = card.get('dense_model')
+    if dense and (ROOT / 'weights' / f'{dense}.md').is_file():
+        d = read_card(ROOT / 'weights' / f'{dense}.safetensors')
+        lines.append(f'- against its dense twin `{dense}` ({d["test_top1"]:.2%}, {d["mean_macs"] / 1e6:.2f} MMACs): '
+                     f'{(card["test_top1"] - d["test_top1"]) * 100:+.2f} points, '
+                     f'{1 - card["mean_macs"] / d["mean_macs"]:.1%} of its MACs saved')
+    elif not dense:
+        twins = sorted(p.name[:-len('.md')] for p in (ROOT / 'weights').glob('*.md')
+                       if f'"dense_model": "{name}"' in p.read_text())
+        if twins:
+            lines.append('- the dense twin of ' + ', '.join(f'`{n}`' for n in twins))
+    lines += [
+        f'- recipe: {_recipe(card.get("training"))}',
+        f'- stored as {card["storage"]}, {card["size_bytes"] / 1e6:.1f} MB, sha256 `{card["sha256"]}`',
+        f'- made by: `{card["command"]}` (seed {card["seed"]}; the script\'s comments give each step\'s start '
+        f'and teacher)',
+    ]
+    return (f'# {name}\n\n{card["dataset"]} (test: all 10,000 images; no test image was used for any choice). '
+            f'Load it offline with `dynvit.create_model("{name}", pretrained=True)`.\n\n' + '\n'.join(lines)
+            + f'\n\n```json\n{json.dumps(card, indent=1)}\n```\n')
+
+
+def recard() -> None:
+    """Re-writes every card's text from its JSON block (the weights and the JSON stay as they are)."""
+    for md in sorted((ROOT / 'weights').glob('*.md')):
+        md.write_text(card_text(read_card(md.with_suffix('.safetensors'))))
+        print(f'wrote {md}')
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('model', help='the run\'s best.safetensors')
-    ap.add_argument('--tag', required=True)
+    ap.add_argument('model', nargs='?', help='the run\'s best.safetensors')
+    ap.add_argument('--tag')
+    ap.add_argument('--recard', action='store_true', help='only re-write every card\'s text from its JSON')
     ap.add_argument('--dense', default=None, help='name (arch.tag) of its dense model in the zoo')
-    ap.add_argument('--command', required=True, help='how the run was made (recorded in the card)')
+    ap.add_argument('--command', help='how the run was made (recorded in the card)')
     ap.add_argument('--arch', default=None,
                     help='store under this registered architecture (the same network under its current name)')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--threads', type=int, default=2)
     args = ap.parse_args()
+    if args.recard:
+        return recard()
+    if not (args.model and args.tag and args.command):
+        ap.error('give the run\'s model file, --tag and --command (or --recard)')
     torch.set_num_threads(args.threads)
     meta = read_dynvit_metadata(args.model)
     arch = args.arch or meta['architecture']
@@ -94,13 +179,7 @@ def main() -> None:
         sha256=hashlib.sha256(out.read_bytes()).hexdigest(), size_bytes=out.stat().st_size,
         training=info['extra'].get('trained_with'), command=args.command, seed=args.seed,
     )
-    text = (f'# {name}\n\n{card["dataset"]} (test: all 10,000 images; no test image was used for any choice). '
-            f'Load it offline with `dynvit.create_model("{name}", pretrained=True)`.\n\n'
-            f'- test top-1 {card["test_top1"]:.2%}, top-5 {card["test_top5"]:.2%}\n'
-            f'- {card["mean_macs"] / 1e6:.2f} MMACs per image, {card["saved_fraction_vs_own_dense"]:.1%} saved vs the '
-            f'same network without sparsification\n- stored as {card["storage"]}, {card["size_bytes"] / 1e6:.1f} MB, '
-            f'sha256 `{card["sha256"]}`\n- made by: `{args.command}` (seed {args.seed})\n\n'
-            f'```json\n{json.dumps(card, indent=1)}\n```\n')
+    text = card_text(card)
     (ROOT / 'weights' / f'{name}.md').write_text(text)
     print(text)
 

@@ -35,7 +35,8 @@ def test_list_json_and_pattern():
     r = cli('list', 'dynamicvit_*', '--json')
     assert r.returncode == 0
     assert json.loads(r.stdout) == ['dynamicvit_256_patch16_224', 'dynamicvit_base_patch16_224',
-                                    'dynamicvit_small_patch16_224', 'dynamicvit_tiny_patch16_224']
+                                    'dynamicvit_pico_patch4_28', 'dynamicvit_small_patch16_224',
+                                    'dynamicvit_tiny_patch16_224']
     # the internal test_* models: with --all, or a pattern naming them
     assert not any(n.startswith('test_') for n in cli('list').stdout.split())
     assert 'test_dynamicvit' in cli('list', '--all').stdout.split()

@@ -10,8 +10,8 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Dict
 
 from safetensors import safe_open

@@ -524,7 +524,6 @@ default_cfgs = generate_default_cfgs({
     'test_dynamicvit.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     'test_dynamicvit2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     # trained by the zoo (weights/)
-    **shipped_cfgs('dynamicvit_tiny_patch16_224', _cfg),
     **shipped_cfgs('dynamicvit_pico_patch4_28', _cfg),
     'dynamicvit_pico_patch4_28.untrained': _cfg(input_size=(3, 28, 28), crop_pct=1.0, interpolation='bilinear'),
 })
@@ -561,7 +560,7 @@ def dynamicvit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> Dyna
 @register_model
 def dynamicvit_pico_patch4_28(pretrained: bool = False, **kwargs: Any) -> DynamicVisionTransformer:
     """DynamicViT on the zoo's 28-px ViT (patch 4: 49 patches; 96 wide, 6 blocks, 3 heads, convolutional
-    stem), pruning before blocks 1, 3, 5 at keep ratio 0.5 (49 -> 24 -> 12 -> 6 patches)."""
+    stem). By default it prunes before blocks 1, 3, 5 at keep ratio 0.5 (49 -> 24 -> 12 -> 6 patches)."""
     model_args = pico_28_args(prune_loc=(1, 3, 5), keep_ratio=0.5)
     return _create_dynamic_vit('dynamicvit_pico_patch4_28', pretrained=pretrained, **dict(model_args, **kwargs))
 

@@ -405,7 +405,6 @@ default_cfgs = generate_default_cfgs({
     'test_evit.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     'test_evit2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     # trained by the zoo (weights/)
-    **shipped_cfgs('evit_tiny_patch16_224', _cfg),
     **shipped_cfgs('evit_pico_patch4_28', _cfg),
     'evit_pico_patch4_28.untrained': _cfg(input_size=(3, 28, 28), crop_pct=1.0, interpolation='bilinear'),
 })
@@ -441,7 +440,7 @@ def evit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> EViT:
 @register_model
 def evit_pico_patch4_28(pretrained: bool = False, **kwargs: Any) -> EViT:
     """EViT on the zoo's 28-px ViT (patch 4: 49 patches; 96 wide, 6 blocks, 3 heads, convolutional
-    stem), keep rate 0.7 with token fusion in blocks 1, 3, 5."""
+    stem). By default keep rate 0.7 with token fusion in blocks 1, 3, 5."""
     model_args = pico_28_args(drop_loc=(1, 3, 5), keep_ratio=0.7, fuse_token=True)
     return _create_evit('evit_pico_patch4_28', pretrained=pretrained, **dict(model_args, **kwargs))
 

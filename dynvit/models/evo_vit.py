@@ -462,7 +462,6 @@ default_cfgs = generate_default_cfgs({
     'test_evovit.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     'test_evovit2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     # trained by the zoo (weights/)
-    **shipped_cfgs('evovit_tiny_patch16_224', _cfg),
     **shipped_cfgs('evovit_pico_patch4_28', _cfg),
     'evovit_pico_patch4_28.untrained': _cfg(input_size=(3, 28, 28), crop_pct=1.0, interpolation='bilinear'),
 })
@@ -506,7 +505,8 @@ def evovit_base_patch16_384(pretrained: bool = False, **kwargs: Any) -> EvoVisio
 @register_model
 def evovit_pico_patch4_28(pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer:
     """Evo-ViT on the zoo's 28-px ViT (patch 4: 49 patches; 96 wide, 6 blocks, 3 heads, convolutional
-    stem, class-token pooling), half of the patches updated fully in blocks 1-5, re-ranked in each."""
+    stem, class-token pooling). By default half of the patches get the full update in blocks 1-5,
+    re-ranked in each."""
     model_args = pico_28_args(select_loc=(1, 2, 3, 4, 5), keep_ratio=0.5)
     return _create_evo_vit('evovit_pico_patch4_28', pretrained=pretrained, **dict(model_args, **kwargs))
 

@@ -200,7 +200,6 @@ default_cfgs = generate_default_cfgs({
     'test_fbs_resnet2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(1, 1),
                                        first_conv='conv1.0'),
     # trained by the zoo (weights/): Fashion-MNIST
-    **shipped_cfgs('fbs_resnet18', _cfg),
     **shipped_cfgs('fbs_resnet18_half', _cfg),
     'fbs_resnet18_half.untrained': _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
 })
@@ -222,8 +221,8 @@ def fbs_resnet34(pretrained: bool = False, **kwargs: Any) -> FBSResNet:
 
 @register_model
 def fbs_resnet18_half(pretrained: bool = False, **kwargs: Any) -> FBSResNet:
-    """FBS ResNet-18 at half width (32-64-128-256 channels, 32-wide stem), density 0.5; the zoo's
-    Fashion-MNIST CNN (64-px inputs)."""
+    """FBS ResNet-18 at half width (32-64-128-256 channels, 32-wide stem), the zoo's Fashion-MNIST
+    CNN (64-px inputs). Density 0.5 by default."""
     model_args = dict(layers=(2, 2, 2, 2), channels=(32, 64, 128, 256), stem_width=32)
     return _create_fbs_resnet('fbs_resnet18_half', pretrained, **dict(model_args, **kwargs))
 

@@ -487,8 +487,7 @@ default_cfgs = generate_default_cfgs({
     'tome_tiny_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_tiny_patch16_224.fb_in1k', license='apache-2.0'),
     'tome_small_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_small_patch16_224.fb_in1k', license='apache-2.0'),
     'tome_base_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_base_patch16_224.fb_in1k', license='apache-2.0'),
-    # the zoo's files (weights/tome_tiny_patch16_224.*.safetensors), offline
-    **shipped_cfgs('tome_tiny_patch16_224', _cfg),
+    # the zoo's files (weights/tome_pico_patch4_28.*.safetensors), offline
     **shipped_cfgs('tome_pico_patch4_28', _cfg),
     'tome_pico_patch4_28.untrained': _cfg(input_size=(3, 28, 28), crop_pct=1.0, interpolation='bilinear'),
     # Tiny configurations for tests.
@@ -526,7 +525,7 @@ def tome_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> ToMeVision
 @register_model
 def tome_pico_patch4_28(pretrained: bool = False, **kwargs: Any) -> ToMeVisionTransformer:
     """ToMe on the zoo's 28-px ViT (patch 4: 49 patches; 96 wide, 6 blocks, 3 heads, convolutional
-    stem), r = 4 (49, 45, ..., 29 patches into the blocks)."""
+    stem). By default r = 4 (49, 45, ..., 29 patches into the blocks)."""
     model_args = pico_28_args(r=4)
     return _create_tome('tome_pico_patch4_28', pretrained=pretrained, **dict(model_args, **kwargs))
 
