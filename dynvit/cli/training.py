@@ -173,14 +173,20 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         if trainer.rank == 0:
             print(f'resuming at epoch {trainer.epoch + 1}/{config.epochs}, step {trainer.step}/'
                   f'{trainer.steps_per_epoch}', flush=True)
+    finished = False
     try:
         trainer.fit()  # Ctrl-C: the step finishes and the state is saved; main() exits 130
+        finished = True
     except KeyboardInterrupt:
         if trainer.rank == 0:
             print(_resume_hint(args), file=sys.stderr, flush=True)
         raise
-    finally:  # under torchrun: gloo's threads left running abort the process at exit (SIGABRT)
+    finally:  # under torchrun: gloo's threads left running abort the process at exit (SIGABRT), and a
+        # process tearing its group down while the other still writes its files closed the connection
+        # under the other's gloo threads (SIGABRT too): every process reaches the end, then the group goes
         if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if finished:
+                torch.distributed.barrier()
             torch.distributed.destroy_process_group()
     if trainer.rank == 0:
         print(f'best validation top-1 {trainer.best_top1:.4f}; model saved to {Path(args.out) / "best.safetensors"}')
