@@ -29,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = {}
-    dense_top1 = {}  # each dense model's test accuracy, measured once
+    dense_metrics = {}  # each dense model's test metrics, measured once
     for path in sorted(WEIGHTS_DIR.glob('*.safetensors')):
         name = path.name[:-len('.safetensors')]
         info = read_card(path)
@@ -51,10 +51,10 @@ def main() -> None:
             row.update(dense_macs=metrics['mean_macs'] / (1 - metrics['saved_fraction']),
                        b1_speedup=b1['dense'] / b1['model'], b32_speedup=b32['dense'] / b32['model'])
         if dense_name:
-            if dense_name not in dense_top1:
-                dense_top1[dense_name] = evaluate(models['dense'], torch.utils.data.DataLoader(
+            if dense_name not in dense_metrics:
+                dense_metrics[dense_name] = evaluate(models['dense'], torch.utils.data.DataLoader(
                     FashionMNIST(None, 'test', model_transform(models['dense'])), batch_size=250), torch.device('cpu'))
-            row.update(dense_top1=dense_top1[dense_name]['top1'], dense_macs=dense_top1[dense_name]['mean_macs'])
+            row.update(dense_top1=dense_metrics[dense_name]['top1'], dense_macs=dense_metrics[dense_name]['mean_macs'])
         rows[name] = row
         versus = (f'vs {dense_name} ({row["dense_top1"]:.2%})' if dense_name else 'vs itself with sparsity off')
         print(f'{name:<45} top-1 {row["test_top1"]:.2%}  {row["mean_macs"] / 1e6:6.2f} MMACs  b1 {row["b1_ms"]:.2f} ms  '

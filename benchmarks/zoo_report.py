@@ -44,11 +44,23 @@ def replace_table(readme: Path, table: str) -> None:
     readme.write_text(pattern.sub(lambda _: f'{START}\n{table}\n{END}', text))
 
 
-def plot(rows: Dict[str, dict], png: Path) -> None:
-    """Accuracy vs MACs, one panel per dense model."""
+def _pyplot():
+    """matplotlib's pyplot, drawing to files only."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, png: Path) -> None:
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+
+
+def plot(rows: Dict[str, dict], png: Path) -> None:
+    """Accuracy vs MACs, one panel per dense model."""
+    plt = _pyplot()
     panels = defaultdict(list)  # dense name -> its sparse models
     for name, r in rows.items():
         if r.get('dense'):
@@ -76,16 +88,12 @@ def plot(rows: Dict[str, dict], png: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc='best')
     fig.suptitle('dynvit zoo: accuracy vs compute (each sparse model against its dense twin)')
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
+    _save(fig, png)
 
 
 def plot_curves(logs: Path, png: Path) -> None:
     """Validation top-1 per epoch of every recorded run (``<run>.jsonl``: the trainer's log)."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     curves = {}
     for log in sorted(logs.glob('*.jsonl')):
@@ -106,9 +114,7 @@ def plot_curves(logs: Path, png: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title('dynvit zoo: learning curves (benchmarks/zoo_fashion_mnist.sh)')
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
+    _save(fig, png)
 
 
 def main() -> None:

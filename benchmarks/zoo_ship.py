@@ -114,8 +114,8 @@ def card_text(card: dict) -> str:
                      f'{(card["test_top1"] - d["test_top1"]) * 100:+.2f} points, '
                      f'{1 - card["mean_macs"] / d["mean_macs"]:.1%} of its MACs saved')
     elif not dense:
-        twins = sorted(p.name[:-len('.md')] for p in (ROOT / 'weights').glob('*.md')
-                       if f'"dense_model": "{name}"' in p.read_text())
+        twins = sorted(p.stem for p in (ROOT / 'weights').glob('*.safetensors')
+                       if read_card(p).get('dense_model') == name)
         if twins:
             lines.append('- the dense twin of ' + ', '.join(f'`{n}`' for n in twins))
     lines += [
