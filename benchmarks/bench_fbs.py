@@ -2,7 +2,7 @@
 
 Every FBS model keeps half of the channels of each gated layer (density 0.5); `dense` is the
 same model at density 1.0, which is timm's model bit for bit. The FBS executions compared:
-`auto` (the default: per block the fastest of the three below, measured on the first batch),
+`auto` (the default: per block the strategy its shapes call for, see `FBSModel.set_sparsity`),
 `grouped` (one grouped convolution per layer, each image with its own gathered weights),
 `loop` (image by image with sliced weights) and `union` (the batch computes the channels any
 of its images kept). At batch 1 all four are the same computation. For ResNet-18 also
@@ -95,9 +95,15 @@ def fbs_models(name: str, density: float, **kwargs) -> dict:
     return models
 
 
-def _strategies(model: nn.Module) -> dict:
-    """What ``execution='auto'`` chose per block at the large batch."""
-    return {blk.block_name: v for blk in model.gated_blocks for k, v in blk._strategy_cache.items() if k[0][0] > 1}
+def _strategies(model: nn.Module, xb: torch.Tensor) -> dict:
+    """What ``execution='auto'`` runs per block on the batch ``xb`` (it decides from each block's input shape)."""
+    chosen = {}
+    hooks = [blk.register_forward_pre_hook(lambda b, args: chosen.__setitem__(b.block_name, b._auto(args[0])))
+             for blk in model.gated_blocks]
+    model(xb)
+    for h in hooks:
+        h.remove()
+    return chosen
 
 
 def compiled(models: dict) -> dict:
@@ -117,23 +123,23 @@ def main() -> None:
         models['static_half'].dense.load_state_dict(models['dense'].state_dict(), strict=False)
         if args.compile:
             models = compiled(models)
-        rows['resnet18'] = compare(models, photos(models['dense'], args.batch), args.rounds, args.runs_b1,
-                                   args.runs_large)
+        xb = photos(models['dense'], args.batch)
+        rows['resnet18'] = compare(models, xb, args.rounds, args.runs_b1, args.runs_large)
         if args.compile:
             print_rows(f'resnet18, compiled: dense vs FBS at density {args.density}, {args.threads} CPU threads, '
                        f'fp32, 224 px real photos, torch {torch.__version__}', rows['resnet18'], args.batch)
             if args.out:
                 save(args.out, 'resnet18 compiled', vars(args), rows)
             return
-        strategies = {'resnet18': _strategies(models['auto'])}
+        strategies = {'resnet18': _strategies(models['auto'], xb)}
         try:
             weights = dict(pretrained=True, pretrained_cfg_overlay=dict(file=dynvit.models.lite0_package_weights()))
         except ImportError:
             weights = {}
         models = fbs_models('fbs_efficientnet_lite0', args.density, **weights)
-        rows['efficientnet_lite0'] = compare(models, photos(models['dense'], args.batch), args.rounds,
-                                             args.runs_b1, args.runs_large)
-        strategies['efficientnet_lite0'] = _strategies(models['auto'])
+        xb = photos(models['dense'], args.batch)
+        rows['efficientnet_lite0'] = compare(models, xb, args.rounds, args.runs_b1, args.runs_large)
+        strategies['efficientnet_lite0'] = _strategies(models['auto'], xb)
     title = (f'dense vs FBS at density {args.density}, {args.threads} CPU threads, fp32, 224 px real photos, '
              f'torch {torch.__version__}, timm {timm.__version__}')
     for name, r in rows.items():

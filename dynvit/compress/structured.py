@@ -187,7 +187,6 @@ def shrink_basic_block(block: BasicBlock, keep: Sequence[int]) -> BasicBlock:
         _slice_linear(block.gate1.fc, out_idx=idx)
     if isinstance(getattr(block, 'gate2', None), ChannelGate):
         _slice_linear(block.gate2.fc, in_idx=idx)
-    block.__dict__.pop('_strategy_cache', None)  # FBS 'auto' timings were for the old shapes
     return block
 
 

@@ -5,7 +5,6 @@ arXiv:1810.05331. The gate itself and the sliced convolutions are in
 ``dynvit.layers.channel_gate``; each family (``fbs_resnet``, ``fbs_efficientnet``) subclasses
 timm's block, mixes in ``GatedBlock`` and writes its masked and skipped computations.
 """
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -26,11 +25,6 @@ from ._base import DynamicAux, DynamicModel
 from ._helpers import check_image_batch, check_state_dict, first_conv_keys, is_scalar
 
 EXECUTIONS = ('auto', 'grouped', 'loop', 'union', 'mask')
-
-
-def _sync(x: torch.Tensor) -> None:
-    if x.is_cuda:
-        torch.cuda.synchronize(x.device)
 
 
 @dataclass
@@ -133,6 +127,11 @@ def relu_cap(act: nn.Module) -> Optional[float]:
     return 6.0 if isinstance(act, nn.ReLU6) else None
 
 
+def out_pixels(x: torch.Tensor, conv: nn.Conv2d) -> int:
+    """Output pixels of ``conv`` on ``x`` ``[B, C, H, W]`` (padded to keep the size at stride 1)."""
+    return -(-x.shape[-2] // conv.stride[0]) * -(-x.shape[-1] // conv.stride[1])
+
+
 def input_column_norms(weight: torch.Tensor, out_scale: torch.Tensor) -> torch.Tensor:
     """``[C_in]`` norm of each input channel's weights ``[C_out, C_in, kh, kw]`` with the output
     channels scaled by the BatchNorm after the convolution: how strongly the next layer reads it."""
@@ -174,7 +173,7 @@ class GatedBlock:
             given = [None if trace is None else trace.given(self.gate_offset + j) for j in range(len(gates))]
             out, indices, saliency, computed = self._masked(x, given)
         else:
-            strategy = self.execution if B > 1 and self.execution != 'auto' else self._fastest(x)
+            strategy = self.execution if B > 1 and self.execution != 'auto' else self._auto(x)
             out, indices, saliency, computed = self._strategies()[strategy](x)
         if trace is not None:
             kept = torch.tensor([[g.out_channels if i is None else i.shape[1] for g, i in zip(gates, indices)]])
@@ -197,31 +196,22 @@ class GatedBlock:
         return (torch.cat([p[0] for p in parts]), [torch.cat([p[1][j] for p in parts]) for j in range(n)],
                 [torch.cat([p[2][j] for p in parts]) for j in range(n)], None)
 
-    def _fastest(self, x: torch.Tensor) -> str:
-        """The strategy that ran this block fastest on inputs of this shape.
+    def _auto(self, x: torch.Tensor) -> str:
+        """What ``execution='auto'`` runs for this batch, from its shape and device alone.
 
-        Measured on the first batch of each shape and density (a few runs of each, like
-        ``torch.backends.cudnn.benchmark``) and remembered. At batch 1 all are the same computation.
-        Compiled or exported, 'auto' is 'grouped' (static shapes; timing cannot run in a graph).
+        No timing and nothing read from the data, so every run computes the same numbers (the
+        strategies round differently) and nothing waits for the device. Batch 1, a compiled or
+        exported graph, or any device but the CPU: 'grouped' (static shapes, no host sync). On the
+        CPU at batch > 1: the block's own rule, ``_cpu_batch_strategy`` (measured per block in
+        ``benchmarks/bench_fbs.py``).
         """
-        if x.shape[0] == 1 or tracing():
+        if x.shape[0] == 1 or tracing() or x.device.type != 'cpu':
             return 'grouped'
-        cache = self.__dict__.setdefault('_strategy_cache', {})
-        key = (tuple(x.shape), x.dtype, x.device, self.density)
-        if key not in cache:
-            times = {}
-            for name, fn in self._strategies().items():
-                fn(x)  # warm-up: kernel selection for the new shapes
-                runs = []
-                for _ in range(3):
-                    _sync(x)
-                    t0 = time.perf_counter()
-                    fn(x)
-                    _sync(x)
-                    runs.append(time.perf_counter() - t0)
-                times[name] = min(runs)
-            cache[key] = min(times, key=times.get)
-        return cache[key]
+        return self._cpu_batch_strategy(x)
+
+    def _cpu_batch_strategy(self, x: torch.Tensor) -> str:
+        """The strategy for a CPU batch of more than one image (default 'grouped')."""
+        return 'grouped'
 
     def _gate_importance(self, tensor: TensorGetter) -> List[torch.Tensor]:
         raise NotImplementedError
@@ -327,9 +317,11 @@ class FBSModel(DynamicModel):
                 of its images kept, the others' outputs zeroed (computes more than each image
                 needs, reads each weight once);
                 'mask': dense convolutions times the gate (the training computation);
-                'auto' (default): per block, the fastest of grouped, loop and union, measured
-                on the first batch of each shape. At batch 1 grouped, loop and union are the
-                same computation. Training always masks.
+                'auto' (default): 'grouped', except on the CPU at batch > 1, where each block
+                runs what measured fastest for its shapes (ResNet blocks with outputs of 64 pixels
+                or fewer 'union', MBConv blocks with outputs of 56 x 56 or more 'loop'): decided
+                from the shapes, so every run gives the same numbers. At batch 1 grouped, loop
+                and union are the same computation. Training always masks.
         """
         d = self._density if density is None else check_density(density)
         if execution is not None and execution not in EXECUTIONS:

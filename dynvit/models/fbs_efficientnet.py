@@ -44,6 +44,7 @@ from ._fbs import (
     check_gated_convs,
     fbs_checkpoint_filter,
     input_column_norms,
+    out_pixels,
     relu_cap,
 )
 from ._zoo import shipped_cfgs
@@ -118,6 +119,12 @@ class FBSInvertedResidual(GatedBlock, InvertedResidual):
         if self.has_skip:
             y = y + x
         return y, [idx], [s], [u.numel()]
+
+    def _cpu_batch_strategy(self, x: torch.Tensor) -> str:
+        # 'loop' on the large early maps (EfficientNet-Lite0's first gated blocks at 224 px: 56 x 56
+        # outputs or more), where each image's depthwise work is large enough to run alone
+        # (benchmarks/bench_fbs.py, per block)
+        return 'loop' if out_pixels(x, self.conv_dw) >= 56 * 56 else 'grouped'
 
     def _gate_importance(self, tensor: TensorGetter) -> List[torch.Tensor]:
         # an expansion channel: its mean activation after the depthwise conv, times how strongly

@@ -42,6 +42,7 @@ from ._fbs import (
     check_gated_convs,
     fbs_checkpoint_filter,
     input_column_norms,
+    out_pixels,
     relu_cap,
 )
 from ._helpers import build_dynamic_model, run_block
@@ -109,6 +110,12 @@ class FBSBasicBlock(GatedBlock, BasicBlock):
         y = y * masked_saliency(s2, idx2).index_select(1, u2)[:, :, None, None]
         shortcut = x if self.downsample is None else self.downsample(x)
         return self.act2(shortcut.index_add(1, u2, y)), [idx1, idx2], [s1, s2], [u1.numel(), u2.numel()]
+
+    def _cpu_batch_strategy(self, x: torch.Tensor) -> str:
+        # 'union' where each gathered per-image 3x3 weight would serve 64 output pixels or fewer
+        # (ResNet-18's layer 4 at 224 px): there gathering every image's weights costs more than
+        # computing the batch's union once (benchmarks/bench_fbs.py, per block)
+        return 'union' if out_pixels(x, self.conv1) <= 64 else 'grouped'
 
     def _gate_importance(self, tensor: TensorGetter) -> List[torch.Tensor]:
         # conv1 channel: mean activation times how strongly conv2 (with bn2) reads it;

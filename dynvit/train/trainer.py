@@ -200,7 +200,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
             torch.tensor(float(len(y)), device=device, dtype=torch.float64),
             (top[:, 0] == y).sum().double(),
             (top == y[:, None]).any(1).sum().double(),
-            F.cross_entropy(logits.float(), y, reduction='sum').double(),
+            F.cross_entropy(logits.double(), y, reduction='sum'),  # float64: no summation-order rounding
             aux.macs.double().sum().to(device),
             torch.tensor(float(aux.dense_macs) * len(y), device=device, dtype=torch.float64),
             aux.keep_rate.sum().to(device),
