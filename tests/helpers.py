@@ -89,3 +89,15 @@ def randomize_batch_norms(model, seed=0):
 def stages(model):
     """Number of selection stages of a token-sparse model."""
     return len(model.keep_ratio)
+
+
+def run_cli(capsys, *args):
+    """``dynvit ARGS`` in this process (no interpreter to start: tests that are not about start-up
+    or signals): its exit code and what it printed, as ``subprocess.run`` gives them."""
+    from types import SimpleNamespace
+
+    from dynvit.cli import main
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code or 0, stdout=out.out, stderr=out.err)

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo as dynamo
+from PIL import Image
 
 import dynvit
 from dynvit.cli import main
 from dynvit.export import compile_model, load_onnx, to_onnx
 from helpers import randomize_batch_norms
+from numerics import assert_matches, assert_rounding_close, rounding_tolerance
 
 FAMILIES = ['test_dynamicvit', 'test_evovit2', 'test_tome2', 'test_evit', 'test_fbs_resnet']  # one test model per family (compiling takes time)
 
@@ -45,7 +47,7 @@ def test_compiles_as_one_graph_without_recompiling(name):
     with torch.no_grad():
         for batch in (2, 3, 5, 3):
             x = _images(model, batch)
-            torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=1e-5)
+            assert_rounding_close(model, compiled(x), model(x))  # the graph may fuse or reorder
         logits, aux = compiled(x, return_aux=True)
         _, eager_aux = model(x, return_aux=True)
     assert torch.equal(aux.macs, eager_aux.macs) and torch.equal(aux.kept, eager_aux.kept)
@@ -83,9 +85,10 @@ def test_onnx_runtime_reproduces_the_pytorch_outputs(name, dynamic, tmp_path):
         logits, aux = onnx_model(x, return_aux=True)
         with torch.no_grad():
             ref, ref_aux = model(x, return_aux=True)
-        torch.testing.assert_close(logits, ref, rtol=0, atol=1e-4)
-        assert torch.equal(aux.macs, ref_aux.macs) and torch.equal(aux.kept, ref_aux.kept)
-        assert all(torch.equal(a, b) for a, b in zip(aux.kept_masks, ref_aux.kept_masks))
+        # ONNX Runtime's kernels round differently: logits up to rounding, decisions exact unless one sat at a tie
+        masks = [(a, b) for a, b in zip(aux.kept_masks, ref_aux.kept_masks)]
+        assert_matches(model, x, logits, ref, f'{name} in ONNX Runtime', [(aux.macs, ref_aux.macs), (aux.kept, ref_aux.kept),
+                                                                          *masks])
         assert aux.dense_macs == ref_aux.dense_macs and aux.kept_of == ref_aux.kept_of
 
 
@@ -109,7 +112,11 @@ def test_export_then_predict_and_bench_the_file(tmp_path, capsys):
         results.append(json.loads(stdout)['predictions'][0])
     a, b = results
     assert a['topk'][0]['label'] == b['topk'][0]['label'] == 'Bag'
-    assert abs(a['topk'][0]['prob'] - b['topk'][0]['prob']) < 1e-4
+    # probabilities move by at most half of what rounding moves the logits
+    model = dynvit.create_model('dynamicvit_pico_patch4_28.fmnist_kr05', pretrained=True).eval()
+    with torch.no_grad():
+        logits = model(dynvit.data.model_transform(model)(Image.open(image))[None])
+    assert abs(a['topk'][0]['prob'] - b['topk'][0]['prob']) <= rounding_tolerance(model, logits) / 2
     assert (a['kept'], a['macs'], a['dense_macs']) == (b['kept'], b['macs'], b['dense_macs'])
     code, stdout, _ = run('bench', str(out), '--batch-size', '2', '--runs', '2', '--rounds', '1', '--json')
     assert code == 0 and json.loads(stdout)['backend'] == 'onnxruntime'

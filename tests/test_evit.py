@@ -24,6 +24,7 @@ from dynvit.runtime import count_flops
 from dynvit.train import Trainer, TrainConfig
 
 from helpers import dense_twin, images, make_spec
+from numerics import assert_matches, assert_rounding_close, gradient_tolerance, rounding_tolerance, tolerance
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'official'
 
@@ -57,28 +58,37 @@ def _load_official(name):
     return model, t, meta
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize('name', ['evit_tiny_a_sep', 'evit_tiny_a'])
 def test_matches_official_eval_output_and_intermediates(name):
-    """Both fixtures (the plain one has class-attention gaps of 3e-8 at the boundary) give the
-    official logits, scores, kept indices (local and original) and fused weights."""
+    """Both fixtures give the official logits, scores, kept and fused tokens (local and original
+    indices) and fused weights; in the plain one class-attention scores at the keep boundary differ
+    by 3e-8, so an image whose decision rounds the other way is reported instead."""
     model, t, meta = _load_official(name)
     with torch.no_grad():
         out, aux = model(t['input'], return_aux=True)
-    assert (out - t['output']).abs().max() < 1e-5
     assert aux.tokens_per_block[0].tolist() == meta['tokens_into_each_block_attention_incl_cls']
     assert aux.mlp_tokens[0].tolist() == meta['tokens_into_each_block_mlp_incl_cls']
+    decisions, fused = [], []
     for s, stage in enumerate(meta['pruning_stages']):
         keep = t[f'aux.stage{s}.keep_idx_local']
         assert keep.shape[1] == stage['num_keep'] == model.num_keep(s, stage['num_non_cls_in'])
-        torch.testing.assert_close(aux.scores[s], t[f'aux.stage{s}.cls_attn'], rtol=0, atol=1e-6)
-        assert torch.equal(aux.keep_index[s], keep)
-        assert torch.equal(aux.token_index[s][:, :keep.shape[1]], t[f'aux.stage{s}.keep_idx_orig_patch'])
         assert (aux.token_index[s][:, -1] == -1).all()  # the fused token, last
         dropped = torch.ones_like(aux.scores[s], dtype=torch.bool).scatter(1, aux.keep_index[s], False)
-        fused_idx = dropped.nonzero()[:, 1].view(keep.shape[0], -1)
-        assert torch.equal(fused_idx, t[f'aux.stage{s}.fused_idx_local'])
-        torch.testing.assert_close(aux.scores[s].gather(1, fused_idx), t[f'aux.stage{s}.fused_weight'],
-                                   rtol=0, atol=1e-6)
+        fused.append(dropped.nonzero()[:, 1].view(keep.shape[0], -1))
+        decisions += [(aux.keep_index[s].sort(1).values, keep.sort(1).values),
+                      (aux.token_index[s][:, :keep.shape[1]].sort(1).values,
+                       t[f'aux.stage{s}.keep_idx_orig_patch'].sort(1).values),
+                      (fused[s], t[f'aux.stage{s}.fused_idx_local'])]
+    compared = assert_matches(model, t['input'], out, t['output'], name, decisions)
+    assert name.endswith('_a') or compared.all()
+    for s in range(len(meta['pruning_stages'])):  # on the images whose decisions agree
+        scores = t[f'aux.stage{s}.cls_attn'][compared]
+        assert_rounding_close(model, aux.scores[s][compared], scores)
+        if name.endswith('_sep'):  # the topk order too, where scores stand apart (in the plain file they may not)
+            assert torch.equal(aux.keep_index[s], t[f'aux.stage{s}.keep_idx_local'])
+        assert_rounding_close(model, aux.scores[s].gather(1, fused[s])[compared],
+                              t[f'aux.stage{s}.fused_weight'][compared])
 
 
 # ---- a plain reference ----
@@ -128,11 +138,11 @@ def test_outputs_and_gradients_match_the_plain_reference(spec, fuse):
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     ref, gap = reference(model, x)
-    assert gap > 1e-6, 'class-attention ties at the keep boundary: pick another seed'
-    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert gap > rounding_tolerance(model, torch.ones(())), 'class-attention ties at the keep boundary: pick another seed'
+    assert_rounding_close(model, ours, ref)
     ref.square().sum().backward()
     for n, p in model.named_parameters():
-        torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
+        torch.testing.assert_close(grads[n], p.grad, rtol=0, atol=gradient_tolerance(model, p.grad), msg=n)
         assert grads[n].abs().sum() > 0, f'{n} gets no gradient'
 
 
@@ -160,12 +170,11 @@ def test_batch_equals_single_images(spec):
     with torch.no_grad():
         batch, aux = model(x, return_aux=True)
         assert not torch.equal(aux.token_of[0][0], aux.token_of[0][1])  # images choose their own tokens
-        for b in range(4):
-            single, aux1 = model(x[b:b + 1], return_aux=True)
-            torch.testing.assert_close(single, batch[b:b + 1], rtol=1e-5, atol=1e-5)
-            for idx, idx1 in zip(aux.token_index, aux1.token_index):
-                assert torch.equal(idx[b:b + 1], idx1)
-            assert torch.equal(aux.macs[b:b + 1], aux1.macs)
+        singles = [model(x[b:b + 1], return_aux=True) for b in range(4)]
+    # a batch rounds differently from one image: logits up to rounding, decisions exact unless at a tie
+    assert_matches(model, x, torch.cat([one for one, _ in singles]), batch, 'single images',
+                   [(torch.cat([a.macs for _, a in singles]), aux.macs)] +
+                   [(torch.cat([a.token_index[s] for _, a in singles]), idx) for s, idx in enumerate(aux.token_index)])
 
 
 @pytest.mark.parametrize('name,kwargs', [('test_evit', dict()), ('test_evit2', dict()),
@@ -268,7 +277,7 @@ def test_gradient_checkpointing_any_image_size_and_bf16():
         model(x).logsumexp(1).sum().backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        assert torch.equal(a, b)  # checkpointing recomputes the same forward with the same kernels
     model = dynvit.create_model('test_evit', dynamic_img_size=True).eval()
     with torch.no_grad():
         _, aux = model(images(2, 48), return_aux=True)
@@ -388,7 +397,8 @@ def test_training_with_keep_rate_warmup_and_distillation_lowers_the_loss():
     loss, parts = model.training_objective(dynvit.losses.ObjectiveConfig())(logits, aux, target, teacher_logits=teacher)
     kl = (teacher.softmax(1) * (teacher.log_softmax(1) - logits.log_softmax(1))).sum(1).mean()
     assert set(parts) == {'ce', 'kl'}  # cross-entropy + 0.5 KL(teacher || student), nothing on the keep rate
-    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, target) + 0.5 * kl)
+    expected = torch.nn.functional.cross_entropy(logits, target) + 0.5 * kl
+    torch.testing.assert_close(loss, expected, rtol=0, atol=tolerance(4, expected))  # softmax, log, sums
 
 
 def test_command_line_predict_and_info(tmp_path):
@@ -403,4 +413,4 @@ def test_command_line_predict_and_info(tmp_path):
         assert main(['info', 'test_evit', '--keep-ratio', '0.5', '--json']) in (0, None)
     info = json.loads(out.getvalue())
     assert info['sparsity'] == dict(drop_loc=[1, 2], keep_ratio=[0.5, 0.5], fuse_token=True)
-    assert info['sparse_gmacs'] * 1e9 == pytest.approx(pred['macs'], rel=1e-3)
+    assert info['sparse_gmacs'] * 1e9 == pytest.approx(pred['macs'], rel=1e-12)  # the same count, in GMACs

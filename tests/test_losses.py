@@ -8,6 +8,13 @@ import dynvit
 from dynvit.train import DynamicViTLoss, EvoViTLoss, distillation_kl, ratio_loss, token_distillation_loss
 
 from helpers import images, make
+from numerics import tolerance
+
+
+def _close(a, b):
+    """Equal up to the rounding of about eight float32 operations (softmax, log, products, sums, means)
+    written in another order."""
+    return bool(((a - b).abs() <= tolerance(8, b)).all())
 
 
 def test_ratio_loss_plain():
@@ -15,7 +22,7 @@ def test_ratio_loss_plain():
     ratios = (0.5, 0.25)
     # stage 0: images keep 0.5 and 1.0 -> (0^2 + 0.5^2) / 2; stage 1: 0.25 and 0 -> (0 + 0.25^2) / 2
     expected = ((0.0 + 0.25) / 2 + (0.0 + 0.0625) / 2) / 2
-    assert math.isclose(ratio_loss(decisions, ratios).item(), expected, rel_tol=1e-6)
+    assert math.isclose(ratio_loss(decisions, ratios).item(), expected, rel_tol=tolerance(4))
     with pytest.raises(ValueError, match='2 decision stages but 3 keep ratios'):
         ratio_loss(decisions, (0.5, 0.25, 0.1))
 
@@ -25,8 +32,8 @@ def test_distillation_kl_plain():
     for temp in (1.0, 2.5):
         p_t = torch.softmax(t / temp, -1)
         plain = (p_t * (p_t.log() - torch.log_softmax(s / temp, -1))).sum(-1).mean() * temp ** 2
-        assert torch.allclose(distillation_kl(s, t, temp), plain, atol=1e-6)
-    assert distillation_kl(t, t).abs() < 1e-6
+        assert _close(distillation_kl(s, t, temp), plain)
+    assert distillation_kl(t, t).abs() <= tolerance(8)
     with pytest.raises(ValueError, match='temperature must be positive'):
         distillation_kl(s, t, 0.0)
 
@@ -36,7 +43,7 @@ def test_token_distillation_plain():
     keep = torch.tensor([[1., 0., 1., 0., 0.], [0., 0., 0., 0., 1.]])
     kept = [(0, 0), (0, 2), (1, 4)]
     plain = sum(((s[b, n] - t[b, n]) ** 2).sum() for b, n in kept) / (len(kept) * 3)
-    assert torch.allclose(token_distillation_loss(s, t, keep), plain, atol=1e-6)
+    assert _close(token_distillation_loss(s, t, keep), plain)
     assert token_distillation_loss(s, t, torch.zeros(2, 5)) == 0
     with pytest.raises(ValueError, match='differ in shape'):
         token_distillation_loss(s, t[:, :4], keep)
@@ -55,7 +62,7 @@ def test_dynamicvit_loss_combines_the_terms_with_the_paper_weights():
     ce = torch.nn.functional.cross_entropy(logits, y)
     expected = (ce + 2.0 * ratio_loss(aux.decisions, model.keep_ratio) + 0.5 * distillation_kl(logits, t_logits)
                 + 0.5 * token_distillation_loss(aux.features[:, 1:], t_tokens[:, 1:], aux.decisions[-1]))
-    assert torch.allclose(loss, expected, atol=1e-6)
+    assert _close(loss, expected)
     assert set(parts) == {'ce', 'ratio', 'kl', 'token'}
     loss.backward()
     assert all(p.grad is not None for p in model.score_predictor.parameters())
@@ -82,13 +89,13 @@ def test_evovit_loss_plain():
         return -torch.log_softmax(z, -1)[torch.arange(4), target].mean()
 
     loss, parts = EvoViTLoss()(logits, aux, target)
-    assert torch.allclose(loss, 0.5 * ce(logits) + 0.5 * ce(cls_logits), atol=1e-6)
+    assert _close(loss, 0.5 * ce(logits) + 0.5 * ce(cls_logits))
     assert set(parts) == {'ce', 'ce_cls'}
     loss, parts = EvoViTLoss(cls_weight=0.25, distill_weight=2.0, temperature=3.0)(logits, aux, target, teacher)
     expected = 0.75 * ce(logits) + 0.25 * ce(cls_logits) + 2.0 * distillation_kl(logits, teacher, 3.0)
-    assert torch.allclose(loss, expected, atol=1e-6) and set(parts) == {'ce', 'ce_cls', 'kl'}
+    assert _close(loss, expected) and set(parts) == {'ce', 'ce_cls', 'kl'}
     loss, _ = EvoViTLoss(cls_weight=0.0)(logits, None, target)
-    assert torch.allclose(loss, ce(logits), atol=1e-6)
+    assert _close(loss, ce(logits))
     with pytest.raises(ValueError, match=r'cls_weight must be in \[0, 1\]'):
         EvoViTLoss(cls_weight=1.5)
 
@@ -96,7 +103,7 @@ def test_evovit_loss_plain():
 def test_saliency_l1_plain():
     s = [torch.tensor([[0.0, 2.0], [1.0, 3.0]]), None, torch.tensor([[4.0, 0.0, 2.0]])]
     # gate 0: mean |s| = 1.5; gate 2: 2.0; the gate that was off does not count
-    assert math.isclose(dynvit.train.saliency_l1(s).item(), (1.5 + 2.0) / 2, rel_tol=1e-6)
+    assert math.isclose(dynvit.train.saliency_l1(s).item(), (1.5 + 2.0) / 2, rel_tol=tolerance(4))
     assert dynvit.train.saliency_l1([None, None]).item() == 0.0
 
 
@@ -107,7 +114,7 @@ def test_fbs_loss_plain():
         logits, aux, target, teacher_logits=teacher)
     plain_l1 = (aux.saliency[0].mean() + aux.saliency[1].mean()) / 2
     plain = torch.nn.functional.cross_entropy(logits, target) + 0.2 * plain_l1 + 0.3 * distillation_kl(logits, teacher, 2.0)
-    assert torch.allclose(loss, plain, atol=1e-6)
+    assert _close(loss, plain)
     assert set(parts) == {'ce', 'l1', 'kl'}
     with pytest.raises(ValueError, match='l1_weight'):
         dynvit.train.FBSLoss(l1_weight=-1)

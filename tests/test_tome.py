@@ -15,6 +15,7 @@ from dynvit.models.tome import ToMeVisionTransformer, parse_r
 from dynvit.runtime import count_flops
 
 from helpers import dense_twin, images, make_spec
+from numerics import assert_matches, assert_rounding_close, rounding_tolerance
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'official'
 
@@ -44,6 +45,7 @@ def _official(name):
     return model, tensors, meta
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize('fused', [True, False])
 @pytest.mark.parametrize('name', ['tome_tiny_a', 'tome_tiny_a_sched'])
 def test_matches_official_eval_output(name, fused):
@@ -52,16 +54,15 @@ def test_matches_official_eval_output(name, fused):
         blk.attn.fused_attn = fused
     with torch.no_grad():
         out, aux = model(t['input'], return_aux=True)
-    assert (out - t['output']).abs().max() < 1e-4
     assert aux.tokens_per_block[0].tolist() == meta['tokens_into_each_block_incl_cls']
-    assert torch.equal(aux.size, t['aux.size'][..., 0])
-    assert torch.equal(aux.source, t['aux.source'])
     merged = [i for i, m in enumerate(aux.matches) if m is not None]
     assert merged == sorted(int(k.split('.')[1][5:]) for k in t if k.endswith('.src_idx'))
+    decisions = [(aux.size, t['aux.size'][..., 0]), (aux.source, t['aux.source'])]
     for i in merged:
-        m = aux.matches[i]
-        for ours, theirs in (('unmerged', 'unm_idx'), ('src', 'src_idx'), ('dst', 'dst_idx')):
-            assert torch.equal(getattr(m, ours), t[f'aux.block{i}.{theirs}']), (i, ours)
+        decisions += [(getattr(aux.matches[i], ours), t[f'aux.block{i}.{theirs}'])
+                      for ours, theirs in (('unmerged', 'unm_idx'), ('src', 'src_idx'), ('dst', 'dst_idx'))]
+    # the official logits up to rounding, every merge exactly (the fixtures' matching margins are >= 7e-5)
+    assert assert_matches(model, t['input'], out, t['output'], name, decisions).all()
 
 
 def test_parse_r_follows_the_released_schedules():
@@ -90,10 +91,11 @@ def test_batch_equals_single_images(spec):
     x = images(4)
     with torch.no_grad():
         out, aux = model(x, return_aux=True)
-        for b in range(4):
-            one, aux1 = model(x[b:b + 1], return_aux=True)
-            torch.testing.assert_close(one, out[b:b + 1], rtol=0, atol=1e-5)
-            assert torch.equal(aux1.token_of[0], aux.token_of[b]) and torch.equal(aux1.size[0], aux.size[b])
+        singles = [model(x[b:b + 1], return_aux=True) for b in range(4)]
+    # a batch rounds differently from one image: logits up to rounding, merges exact unless at a tie
+    assert_matches(model, x, torch.cat([one for one, _ in singles]), out, 'single images',
+                   [(torch.cat([a.token_of for _, a in singles]), aux.token_of),
+                    (torch.cat([a.size for _, a in singles]), aux.size)])
     assert aux.tokens_per_block.unique(dim=0).shape[0] == 1  # the same r for every image: a dense batch
 
 
@@ -148,7 +150,7 @@ def test_average_pooling_plain_or_weighted_by_size(weighted):
         feats, aux = model.forward_features(x, return_aux=True)
     P = model.num_prefix_tokens
     w = aux.size[:, P:, None] if weighted else torch.ones_like(aux.size[:, P:, None])
-    torch.testing.assert_close(logits, model.head(model.fc_norm((feats[:, P:] * w).sum(1) / w.sum(1))))
+    assert_rounding_close(model, logits, model.head(model.fc_norm((feats[:, P:] * w).sum(1) / w.sum(1))))
     assert aux.size[:, P:].sum(1).tolist() == [64.0, 64.0]  # registers protected: the patches hold all patches
 
 
@@ -278,7 +280,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model.training_objective(dynvit.losses.ObjectiveConfig())(logits, aux, y)[0].backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
     for n, g in grads[0].items():
-        torch.testing.assert_close(grads[1][n], g, rtol=1e-5, atol=1e-7)
+        assert torch.equal(grads[1][n], g), n  # checkpointing recomputes the same forward with the same kernels
 
 
 def test_dense_timm_checkpoints_load_directly(tmp_path):
@@ -306,7 +308,8 @@ def test_any_image_size_and_bf16_autocast():
     with torch.no_grad():
         with torch.autocast('cpu', dtype=torch.bfloat16):
             low, aux = model(x, return_aux=True)
-        torch.testing.assert_close(low.float(), model(x), rtol=0, atol=0.02)
+        full = model(x)
+        torch.testing.assert_close(low.float(), full, rtol=0, atol=rounding_tolerance(model, full.bfloat16()))
         _, aux = model(torch.randn(2, 3, 48, 40), return_aux=True)
     assert aux.grid == (12, 10) and aux.tokens_per_block[0].tolist() == [121, 113, 113, 105]
     assert aux.token_groups.shape == (2, 120) and aux.kept_masks[0].shape == (2, 120)

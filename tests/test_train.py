@@ -15,6 +15,8 @@ import dynvit
 from dynvit.data import build_datasets
 from dynvit.train import Trainer, TrainConfig, load_training_state
 
+from helpers import run_cli
+from numerics import assert_rounding_close, gradient_tolerance, tolerance
 from test_data import make_folder
 
 FAMILIES = ['test_dynamicvit', 'test_evovit', 'test_tome', 'test_fbs_resnet']
@@ -62,7 +64,7 @@ def test_resume_after_an_interruption_gives_the_same_weights(name, folder, tmp_p
     resumed.fit()
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed.history[-1]['train_loss'] == pytest.approx(straight.history[-1]['train_loss'], rel=1e-6)
+    assert resumed.history == straight.history  # the same computation: exactly
 
 
 def test_an_interrupted_write_leaves_the_previous_checkpoint(folder, tmp_path, monkeypatch):
@@ -180,8 +182,20 @@ def test_two_process_torchrun_matches_one_process(folder, tmp_path):
     assert two.returncode == 0, two.stderr[-2000:]
     from safetensors.torch import load_file
     a, b = (load_file(str(tmp_path / d / 'train_state.safetensors')) for d in ('one', 'two'))
-    diff = max((a[k] - b[k]).abs().max().item() for k in a if k.startswith('model.') and a[k].is_floating_point())
-    assert diff < 1e-4
+    # Two processes sum two half-batch gradients: rounding-level differences, which Adam (invariant to the
+    # gradient's scale) turns into update differences of about lr x that relative rounding per step, plus
+    # the rounding of each updated weight. The key biases are the exception: softmax ignores a shift of
+    # the keys, so their gradient is rounding noise, which Adam normalises into steps of up to about lr.
+    lr, steps = 1e-3, 2 * (27 // 8)  # 27 training images
+    model = dynvit.create_model('test_evovit')
+    for k in a:
+        if k.startswith('model.') and a[k].is_floating_point():
+            diff = (a[k] - b[k]).abs()
+            strict = steps * (lr * gradient_tolerance(model, torch.ones(())) + tolerance(1, a[k].abs().max()))
+            if k.endswith('attn.qkv.bias'):
+                diff, keys = diff.view(3, -1)[[0, 2]], diff.view(3, -1)[1]
+                assert keys.max() <= steps * lr, k
+            assert diff.max() <= strict, k
     # evaluating the exported model from the command line
     r = _cli('eval', str(tmp_path / 'two' / 'best.safetensors'), '--data', str(folder), '--val-fraction', '0.25',
              '--json')
@@ -219,23 +233,23 @@ def test_external_teacher_sees_the_images_it_was_trained_on():
     gray = torch.nn.functional.interpolate(luma, size=(16, 16), mode='bilinear', antialias=True)
     with torch.no_grad():
         expected = teacher((gray - 0.2) / 0.4)
-    torch.testing.assert_close(adapted(student_batch), expected, atol=1e-5, rtol=1e-5)
+    assert_rounding_close(teacher, adapted(student_batch), expected)  # the same pixels, rounded in another order
     adapted.train()
     assert not adapted.model.training and not any(p.requires_grad for p in adapted.parameters())
     with pytest.raises(ValueError, match='channels'):
         ExternalTeacher(dynvit.create_model('test_fbs_resnet', in_chans=3), s_mean, s_std, student_chans=2)
 
 
-def test_cli_finetune_distils_from_an_external_teacher(folder, tmp_path):
+def test_cli_finetune_distils_from_an_external_teacher(folder, tmp_path, capsys):
     teacher = dynvit.create_model('test_fbs_resnet', num_classes=3)
     dynvit.save_model(teacher, str(tmp_path / 'teacher.safetensors'))
     common = ['finetune', 'test_dynamicvit', '--data', str(folder), '--epochs', '1', '--batch-size', '6',
               '--quiet', '--threads', '1', '--keep-ratio', '1.0', '--teacher', str(tmp_path / 'teacher.safetensors')]
-    r = _cli(*common, '--out', str(tmp_path / 'run'))
+    r = run_cli(capsys, *common, '--out', str(tmp_path / 'run'))
     assert r.returncode == 0, r.stderr
     log = [json.loads(line) for line in open(tmp_path / 'run' / 'log.jsonl')]
     assert log[-1]['epoch'] == 1
-    r = _cli(*common, '--out', str(tmp_path / 'run2'), '--no-distill')
+    r = run_cli(capsys, *common, '--out', str(tmp_path / 'run2'), '--no-distill')
     assert r.returncode != 0 and 'contradict' in r.stderr
 
 
@@ -261,16 +275,16 @@ def test_a_gray_student_with_an_rgb_mean_in_its_cfg_gets_a_working_teacher():
     teacher = dynvit.create_model('test_fbs_resnet', in_chans=1, num_classes=3, density=1.0).eval()
     teacher.pretrained_cfg = {**teacher.pretrained_cfg, 'input_size': (1, 32, 32), 'mean': (0.3,), 'std': (0.2,)}
     expected = teacher((torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)[None, None] - 0.3) / 0.2)
-    torch.testing.assert_close(ExternalTeacher(teacher, mean, std, 1)(x), expected, atol=1e-5, rtol=1e-5)
+    assert_rounding_close(teacher, ExternalTeacher(teacher, mean, std, 1)(x), expected)
 
 
-def test_cli_compress_finetune_pruned_and_eval_int8(folder, tmp_path):
+def test_cli_compress_finetune_pruned_and_eval_int8(folder, tmp_path, capsys):
     """The compression workflow from the command line: structured pruning into a file, fine-tuning
     it with weight masks or AutoPrune (pruned weights stay zero in the export), evaluating in INT8."""
     source = dynvit.create_model('test_dynamicvit', num_classes=3)
     dynvit.save_model(source, str(tmp_path / 'src.safetensors'))
     small = str(tmp_path / 'small.safetensors')
-    r = _cli('compress', str(tmp_path / 'src.safetensors'), '--heads', '0.5', '--mlp', '0.5', '--dtype', 'fp16',
+    r = run_cli(capsys, 'compress', str(tmp_path / 'src.safetensors'), '--heads', '0.5', '--mlp', '0.5', '--dtype', 'fp16',
              '--out', small, '--json')
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
@@ -278,19 +292,19 @@ def test_cli_compress_finetune_pruned_and_eval_int8(folder, tmp_path):
         info['before']['mean_macs']
     common = ['finetune', small, '--data', str(folder), '--epochs', '1', '--batch-size', '6', '--quiet',
               '--threads', '1', '--no-distill']
-    r = _cli(*common, '--prune-weights', '0.5', '--out', str(tmp_path / 'masked'))
+    r = run_cli(capsys, *common, '--prune-weights', '0.5', '--out', str(tmp_path / 'masked'))
     assert r.returncode == 0, r.stderr
-    r = _cli(*common, '--autoprune', '5', '--autoprune-lr', '0.5', '--out', str(tmp_path / 'auto'))
+    r = run_cli(capsys, *common, '--autoprune', '5', '--autoprune-lr', '0.5', '--out', str(tmp_path / 'auto'))
     assert r.returncode == 0, r.stderr
     assert 'weight_sparsity' in json.loads(open(tmp_path / 'auto' / 'log.jsonl').readline())
     tuned = dynvit.load_model(str(tmp_path / 'masked' / 'best.safetensors'))
     assert [b.attn.num_heads for b in tuned.blocks] == [max(1, b.attn.num_heads // 2) for b in source.blocks]
     assert dynvit.compress.sparsity(tuned).overall == pytest.approx(0.5, abs=0.01)
-    r = _cli('eval', str(tmp_path / 'masked' / 'best.safetensors'), '--data', str(folder), '--val-fraction', '0.25',
+    r = run_cli(capsys, 'eval', str(tmp_path / 'masked' / 'best.safetensors'), '--data', str(folder), '--val-fraction', '0.25',
              '--json', '--int8')
     assert r.returncode == 0, r.stderr
     assert 0 <= json.loads(r.stdout)['top1'] <= 1
-    r = _cli(*common, '--prune-weights', '0.5', '--autoprune', '5', '--out', str(tmp_path / 'both'))
+    r = run_cli(capsys, *common, '--prune-weights', '0.5', '--autoprune', '5', '--out', str(tmp_path / 'both'))
     assert r.returncode == 1 and 'choose one' in r.stderr
 
 
