@@ -100,7 +100,7 @@ class SparsityReport:
         note = ''
         if self.executed_macs is not None and self.executed_macs != self.mean_macs:
             note = (f'\nthis batch computed {self.executed_macs / 1e9:.3f} GMACs per image: some blocks ran the union '
-                    f'of the images\' kept channels (execution \'union\', or \'auto\' found it faster)')
+                    f'of the images\' kept channels (execution \'union\', or \'auto\' on small maps)')
         return '\n'.join(rows) + '\n(GMACs = 10^9 multiply-accumulates; FLOPs = 2 x MACs)' + note
 
 
