@@ -357,7 +357,5 @@ def test_saved_file_keeps_a_changed_classifier(tmp_path):
     loaded = dynvit.load_model(str(path)).eval()
     assert loaded.num_classes == 4 and loaded.global_pool.pool_type == 'max'
     x = images(2)
-    for m in (model, loaded):  # one kernel choice for both ('auto' times them, and they round differently)
-        m.set_sparsity(execution='mask')
     with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
+        assert torch.equal(loaded(x), model(x))  # 'auto' runs the same strategy for the same shapes

@@ -38,7 +38,7 @@ def test_same_outputs_as_recorded(name):
     prefix = f'{name}/weights/'
     model.load_state_dict({k[len(prefix):]: v for k, v in TENSORS.items() if k.startswith(prefix)})
     if 'execution' in model.sparsity_config():
-        model.set_sparsity(execution='grouped')  # as recorded ('auto' picks a strategy by timing)
+        model.set_sparsity(execution='grouped')  # as recorded (when 'auto' still timed the strategies)
     x = TENSORS[f'{name}/input']
     modes = {'eval': {}, 'threshold': dict(mode='threshold', threshold=0.5)}
     for mode, settings in modes.items():

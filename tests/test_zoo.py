@@ -37,7 +37,7 @@ def test_shipped_weights_match_their_card(path):
     tf = model_transform(model)
     x = torch.stack([tf(Image.fromarray(im)) for im in data['images']])
     if 'execution' in model.sparsity_config():
-        model.set_sparsity(execution='grouped')  # as recorded ('auto' picks a strategy by timing)
+        model.set_sparsity(execution='grouped')  # as recorded (when 'auto' still timed the strategies)
     with torch.no_grad():
         parts = [model(x[i:i + 100], return_aux=True) for i in range(0, len(x), 100)]
     logits, macs = torch.cat([p[0] for p in parts]), torch.cat([p[1].macs for p in parts])
