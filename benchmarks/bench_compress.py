@@ -21,7 +21,7 @@ import dynvit
 from dynvit.compress import quantize_int8, sparsity
 from dynvit.hub import save_pruned
 from dynvit.data import FashionMNIST, model_transform
-from dynvit.models._zoo import WEIGHTS_DIR
+from dynvit.hub.zoo import WEIGHTS_DIR
 from dynvit.runtime import median_latencies
 from dynvit.train import evaluate
 

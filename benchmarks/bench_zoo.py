@@ -15,7 +15,7 @@ import torch
 import dynvit
 from dynvit.models import dense_copy
 from dynvit.data import FashionMNIST, model_transform
-from dynvit.models._zoo import WEIGHTS_DIR, read_card
+from dynvit.hub.zoo import WEIGHTS_DIR, read_card
 from dynvit.runtime import median_latencies
 from dynvit.train import evaluate
 from zoo_report import markdown_table

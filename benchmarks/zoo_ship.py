@@ -5,8 +5,8 @@
 
 Stores the weights in fp16 when the test top-1 does not change by more than 0.05 points (else
 fp32), evaluates the shipped file on all 10,000 Fashion-MNIST test images and on the fixed
-500-image sample in ``tests/fixtures`` (which the tests re-check), and writes the card with a
-JSON block the tests compare with the file.
+500-image sample in ``tests/fixtures`` (which the tests re-check), writes the card with a
+JSON block the tests compare with the file, and the zoo's index ``weights/zoo.json``.
 """
 import argparse
 import hashlib
@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 import dynvit
 from dynvit.data import FashionMNIST, model_transform
 from dynvit.hub.files import read_dynvit_metadata, save_file_atomic
-from dynvit.models._zoo import read_card
+from dynvit.hub.zoo import read_card, write_index
 from dynvit.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,6 +182,7 @@ def main() -> None:
     text = card_text(card)
     (ROOT / 'weights' / f'{name}.md').write_text(text)
     print(text)
+    print(f'index: {write_index()}')
 
 
 if __name__ == '__main__':

@@ -1,14 +1,14 @@
 """Deployment: ONNX export of a dynvit model (and loading the file into ONNX Runtime), and
 ``torch.compile`` of its inference path.
 
-The exported graph is the model's fixed-shape inference path: DynamicViT top-k (gathered
-tokens), Evo-ViT, FBS at a fixed density (each image's kept channels gathered into a grouped
+The exported graph is the model's fixed-shape inference path: a fixed number of tokens or
+channels per image (top-k gathered tokens, each image's kept channels gathered into a grouped
 convolution). Besides the logits it outputs what the aux reports per image (MACs, kept units
 per stage, which units were kept), so ``dynvit predict FILE.onnx`` shows the same as on the
 PyTorch model. The file's metadata carries the architecture, the model and sparsity
-arguments and the data config. Not exportable: DynamicViT's threshold mode (each image keeps
-another number of tokens: data-dependent shapes) and FBS's 'union' execution (the batch's
-union of channels has a data-dependent size); ``to_onnx`` refuses them with the reason.
+arguments and the data config. Not exportable: settings with data-dependent shapes (a threshold
+mode where each image keeps another number of tokens, a batch's union of channels); ``to_onnx``
+refuses them with the reason the model gives (``static_graph_problem``).
 """
 import contextlib
 import json
@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .hub.files import _data_cfg, atomic_write
 from .models import DynamicModel
-from .models._helpers import model_input_size
+from .models import model_input_size
 
 __all__ = ['CompiledModel', 'OnnxModel', 'compile_model', 'load_onnx', 'to_onnx']
 
@@ -239,12 +239,12 @@ class CompiledModel(nn.Module):
 
 def compile_model(model: nn.Module, dynamic_batch: bool = True, **kwargs: Any) -> CompiledModel:
     """``torch.compile`` of the model's inference path, whole-graph (``fullgraph=True``: no graph
-    breaks, so no host syncs): DynamicViT top-k, Evo-ViT and FBS at a fixed density.
+    breaks, so no host syncs) at settings with static shapes.
 
     ``dynamic_batch`` marks the batch dimension of every input dynamic, so a new batch size does
     not recompile (batch 1 gets its own graph: torch specialises sizes 0 and 1); token and
-    channel counts stay static. Threshold mode and FBS 'union' execution have data-dependent
-    shapes and are refused; FBS 'auto' runs as 'grouped' when compiled.
+    channel counts stay static. Settings with data-dependent shapes are refused with the reason
+    the model gives (``static_graph_problem``).
 
     Args:
         model: A dynvit model in eval mode.

@@ -50,10 +50,10 @@ class Prediction:
         stage_masks: Per stage (``kept``'s entries), which units the image kept: ViTs, the patches
             (row-major over ``grid``); CNNs, each gated layer's channels. Not in ``to_json``.
         grid: ViTs: the patch grid ``(rows, cols)``.
-        fused_masks: Models that fuse the patches they do not keep into a token (EViT): per stage,
+        fused_masks: Models that fuse the patches they do not keep into a token: per stage,
             the patches inside it (the others not in ``stage_masks`` were dropped); else empty.
             Not in ``to_json``.
-        token_groups: Models that merge patches (ToMe): per patch (row-major over ``grid``), the
+        token_groups: Models that merge patches: per patch (row-major over ``grid``), the
             output token it ended in (equal values: one merged group); else None. In ``to_json``
             as ``token_groups`` (N small ints per image).
         input: The model's input image, de-normalised to [0, 1] ``[C, H, W]`` (for pictures; it may

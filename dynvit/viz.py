@@ -1,16 +1,18 @@
 """Pictures of what a dynamic model kept, drawn with PIL (no plotting library needed).
 
-Token-sparse ViTs: the model's input, then one panel per pruning stage in which the patches that
-stage did not keep are dimmed, tinted purple and hatched, so that they stand out on dark, light and
-grey photos alike (as in the DynamicViT paper's figure, arXiv:2106.02034, Fig. 5); for Evo-ViT
-the marked patches are those that only got the representative token's update. Models that fuse
-the patches they do not keep into one token (EViT, ``Prediction.fused_masks``) show those
-tinted orange without hatching, and the dropped ones (EViT without ``fuse_token``) as above.
-Models that merge patches (ToMe, ``Prediction.token_groups``) show, instead of stage panels, one
+What a picture shows is the family's (``FamilySpec.picture``, ``Prediction.picture``):
+
+'stages': the model's input, then one panel per stage in which the patches that stage did not keep
+are dimmed, tinted purple and hatched, so that they stand out on dark, light and grey photos alike
+(as token-pruning papers draw them); the words of the panel titles are the family's
+(``Prediction.stage_label``: a family whose other patches get a cheap update, not dropped, says so).
+Models that fuse the patches they do not keep into one token (``Prediction.fused_masks``) show
+those tinted orange without hatching, and the dropped ones as above.
+'groups': models that merge patches (``Prediction.token_groups``) show, instead of stage panels, one
 panel of the final tokens: each patch filled with the mean colour of the input pixels of the
 patches merged with it, a thin line (dark on light tokens, light on dark ones) between
-different tokens, as in the ToMe paper's figures (arXiv:2210.09461). Channel-gated
-CNNs (FBS): the input and a map of the channels each gated layer kept for that image, one row per
+different tokens, as token-merging papers draw them.
+'channels': channel-gated CNNs show the input and a map of the channels each gated layer kept for that image, one row per
 gated layer (the first on top); a row's channels, whatever their number, are stretched or
 squeezed to the map's width, so a pixel that covers several channels has the shade of the
 fraction of them kept. Each grid starts with a header: the title, wrapped to the picture's width,

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).parent))
 import dynvit  # noqa: E402
 from dynvit.data import model_transform  # noqa: E402
-from dynvit.models._zoo import WEIGHTS_DIR  # noqa: E402
+from dynvit.hub.zoo import WEIGHTS_DIR  # noqa: E402
 from helpers import randomize_batch_norms  # noqa: E402
 
 OUT = Path(__file__).parent / 'fixtures' / 'reference_outputs.safetensors'

@@ -1,18 +1,17 @@
-"""The shape of the package: arrows point one way, no import cycles, nothing outside ``models/``
-asks which family it holds, every family implements the protocol, and the command line starts
-without torch."""
+"""The shape of the package: arrows point one way, no import cycles, no module imports another
+package's private modules, no file names a family but the family's own, every family is declared
+once (its spec) and implements the protocol, and the command line starts without torch."""
 import ast
-import io
+import re
 import subprocess
 import sys
-import tokenize
 from pathlib import Path
 
 import pytest
 import torch
 
 import dynvit
-from dynvit.families import KNOBS
+from dynvit.families import all_specs
 from dynvit.losses import DistilledLoss
 from dynvit.models import DynamicAux, DynamicModel
 from helpers import images
@@ -21,8 +20,6 @@ PACKAGE = Path(dynvit.__file__).parent
 # lower layers first: a package may import only from packages before it (and itself)
 LAYERS = [('families', 'runtime'), ('layers', 'losses'), ('models',), ('data', 'compress'), ('hub',),
           ('train', 'predict', 'export'), ('viz',), ('cli',)]
-FAMILY_NAMES = {'DynamicVisionTransformer', 'EvoVisionTransformer', 'EViT', 'ToMeVisionTransformer', 'FBSResNet',
-                'FBSEfficientNet', 'DynamicViTAux', 'EvoViTAux', 'EViTAux', 'ToMeAux', 'FBSAux'}
 
 
 def _module_name(path: Path) -> str:
@@ -88,15 +85,48 @@ def test_no_import_cycles():
     assert not cycles, cycles
 
 
-def test_no_code_outside_models_names_a_family_class():
+def _own_modules(spec):
+    """A family's own modules: its spec, its model modules and its layers."""
+    return {f'dynvit.families.{m}' for m in MODULES_OF_FAMILIES.get(spec.name, ())} | set(spec.models) | set(spec.layers)
+
+
+MODULES_OF_FAMILIES = {}
+for _m in MODULES:
+    if _m.startswith('dynvit.families.'):
+        _spec = getattr(__import__(_m, fromlist=['SPEC']), 'SPEC', None)
+        if _spec is not None:
+            MODULES_OF_FAMILIES.setdefault(_spec.name, []).append(_m.rsplit('.', 1)[1])
+
+
+def _names_of(spec):
+    """What names a family in code or text: its name, its public names, its architectures' prefixes."""
+    return {spec.name, *spec.exports, *spec.arch_prefixes}
+
+
+def test_no_file_names_a_family_but_its_own():
+    """Generic code never asks which family it holds, and no family names another (their specs say what
+    the rest of the package needs: the loading code, the command line and the checkpoint filters read
+    them): every name of a family (its name, class and function names, architecture prefixes) occurs
+    only in that family's own modules (spec, models, layers)."""
     found = []
-    for name, path in MODULES.items():
-        if name.startswith('dynvit.models'):
-            continue
-        tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
-        found += [f'{path.relative_to(PACKAGE.parent)}:{t.start[0]} {t.string}' for t in tokens
-                  if t.type == tokenize.NAME and t.string in FAMILY_NAMES]
-    assert not found, found
+    for spec in all_specs():
+        own = _own_modules(spec)
+        pattern = re.compile(r'(?<![\w-])(' + '|'.join(re.escape(n) for n in sorted(_names_of(spec), key=len, reverse=True))
+                             + r')')
+        for module, path in MODULES.items():
+            if module in own:
+                continue
+            for i, line in enumerate(path.read_text().splitlines(), 1):
+                for m in pattern.finditer(line):
+                    found.append(f'{path.relative_to(PACKAGE.parent)}:{i} {m.group(1)}')
+    assert not found, '\n'.join(found)
+
+
+def test_no_module_imports_another_packages_private_modules():
+    """Packages use each other's public names (``dynvit.__main__`` is the command line's own entry)."""
+    wrong = [(m, t) for m, targets in GRAPH.items() for t in targets if _top(t) != _top(m) and m != 'dynvit.__main__'
+             and any(part.startswith('_') and part != '__init__' for part in t.split('.')[2:])]
+    assert not wrong, wrong
 
 
 def test_the_command_line_starts_without_torch():
@@ -114,16 +144,27 @@ def _families():
     while todo:
         cls = todo.pop()
         todo += cls.__subclasses__()
-        if cls.__dict__.get('family'):
+        if cls.__dict__.get('spec'):
             out.append(cls)
     return out
 
 
-def test_every_family_has_its_knob_described():
+def test_every_family_is_declared_by_its_spec():
+    """Each family class takes its name, knob and words from its spec, every spec has its classes,
+    and every registered architecture belongs to a family by its prefix (or is a test model of one)."""
     families = _families()
-    assert {c.family for c in families} == set(KNOBS)
+    specs = {s.name: s for s in all_specs()}
+    assert {c.family for c in families} == set(specs)
     for cls in families:
-        assert (cls.sparsity_knob, cls.sparsity_meaning) == KNOBS[cls.family]
+        spec = specs[cls.family]
+        assert cls.spec is spec and (cls.sparsity_knob, cls.sparsity_meaning, cls.kept_unit) == \
+            (spec.knob, spec.meaning, spec.kept_unit)
+        assert cls.__module__ in spec.models
+        assert all(hasattr(dynvit, name) for name in spec.exports)
+    for name in dynvit.list_models():
+        model_cls = type(dynvit.create_model(name)) if name.startswith('test_') else None
+        owner = dynvit.families.spec_of_arch(name)
+        assert owner is not None or (model_cls is not None and model_cls.spec is not None), name
 
 
 @pytest.mark.parametrize('name', dynvit.list_models('test_*'))

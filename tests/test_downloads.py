@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 import dynvit
 from dynvit.hub import PretrainedWeightsError, pretrained_info
 from dynvit.hub.downloads import offline_reason, share_link_cache_path
-from dynvit.models._zoo import WEIGHTS_DIR, read_card
+from dynvit.hub.zoo import WEIGHTS_DIR, read_card
 
 DEAD_PROXY = 'http://127.0.0.1:9'  # the discard port: nothing listens, the connection is refused at once
 

@@ -47,12 +47,11 @@ def _bands(rows):
 
 
 def test_header_wraps_inside_the_picture_with_clean_numbers():
-    from dynvit.cli._common import setting_text
     from dynvit.cli.models import _title
-    assert setting_text([0.65, 0.65 ** 2, 0.65 ** 3]) == '0.65 / 0.4225 / 0.274625'  # 0.65 ** 2 = 0.42250000000000004
     model, preds = _predict('test_dynamicvit', [('a.png', _noise(0)), ('b.png', _noise(1))], keep_ratio=0.65)
+    assert model.level_text() == '0.65/0.4225/0.2746'  # 0.65 ** 2 = 0.42250000000000004
     title = _title(argparse.Namespace(model='dynamicvit_a_rather_long_model_name_patch16_224.some_tag'), model)
-    assert 'keep_ratio 0.65 / 0.4225 / 0.274625' in title and '0000' not in title
+    assert 'keep_ratio 0.65/0.4225/0.2746' in title and '0000' not in title
     size = 48
     grid = viz.prediction_grid(preds, size=size, title=title)
     px = viz._text_px(size)

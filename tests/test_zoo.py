@@ -10,7 +10,7 @@ from PIL import Image
 
 import dynvit
 from dynvit.data import model_transform
-from dynvit.models._zoo import RENAMED, WEIGHTS_DIR, read_card
+from dynvit.hub.zoo import WEIGHTS_DIR, read_card, renamed
 from safetensors.torch import load_file
 
 from numerics import assert_matches
@@ -49,9 +49,9 @@ def test_shipped_weights_match_their_card(path):
     assert_matches(model, x, logits, reference[f'{name}/logits'], name, [(macs, reference[f'{name}/macs'])])
 
 
-@pytest.mark.parametrize('old', sorted(RENAMED))
+@pytest.mark.parametrize('old', sorted(renamed()))
 def test_old_zoo_names_load_their_renamed_files_with_a_warning(old):
-    new = RENAMED[old]
+    new = renamed()[old]
     assert (WEIGHTS_DIR / f'{new}.safetensors').is_file() and not (WEIGHTS_DIR / f'{old}.safetensors').exists()
     with pytest.warns(FutureWarning, match=f"'{old}' is the zoo's old name of '{new}'"):
         model = dynvit.create_model(old, pretrained=True)

@@ -4,7 +4,9 @@ Nothing here imports torch at module level: ``dynvit --help`` must stay fast.
 """
 import argparse
 import sys
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from ..families import FamilySpec, all_specs, knob_options
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_IMAGES_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -80,16 +82,6 @@ def report_skipped_count(command: str, folder: str, skipped) -> None:
               f'{shown}', file=sys.stderr)
 
 
-def setting_text(value: Any) -> str:
-    """A setting as people write it: numbers to 6 significant digits, without float noise (0.4225,
-    not 0.42250000000000004), a sequence as ``a / b / c``."""
-    if isinstance(value, (list, tuple)):
-        return ' / '.join(setting_text(v) for v in value)
-    if isinstance(value, float):
-        return f'{value:.6g}'
-    return str(value)
-
-
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1 (a bad value is a usage error, exit code 2)."""
     try:
@@ -126,7 +118,7 @@ def probability(text: str) -> float:
 
 def merge_counts(text: str) -> Union[int, List[int], Tuple[int, float]]:
     """An argparse type: tokens merged per block, ``R`` (every block), ``R1,R2,...`` (one per
-    block) or ``R:INFLECT`` (the released ToMe schedule, e.g. ``16:-1``); bad syntax or a
+    block) or ``R:INFLECT`` (a released schedule's shape, e.g. ``16:-1``); bad syntax or a
     negative count is bad usage (exit 2)."""
     count, _, inflect = text.partition(':')
     try:
@@ -154,3 +146,54 @@ def maybe_int8(model, args: argparse.Namespace):
         return model
     from ..compress import quantize_int8
     return quantize_int8(model)
+
+
+# ---- the sparsity knob: one flag per knob of the families (``dynvit.families``) ----
+
+_FLAG_TYPES = {'fraction': fraction, 'counts': merge_counts}
+
+
+def knob_args(p: argparse.ArgumentParser, target: bool = False) -> None:
+    """One flag per knob of the families (``--keep-ratio``, ...), each saying what one value means
+    for each family that takes it (``target``: the knob of a training run)."""
+    for option in knob_options():
+        p.add_argument(option.flag, type=_FLAG_TYPES[option.flag_type], default=None, help=option.help(target),
+                       **({'metavar': 'R'} if option.flag_type == 'counts' else {}))
+
+
+def knob_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """``{knob: value}`` of the knob flags given (``knob_args``); flags not given are left out."""
+    values = {option.knob: getattr(args, option.dest, None) for option in knob_options()}
+    return {knob: v for knob, v in values.items() if v is not None}
+
+
+def apply_sparsity(model, knobs: Dict[str, Any], threshold: Optional[float] = None) -> None:
+    """Sets the model's sparsity knob from the knob flags (``knobs``, from ``knob_settings``), or its
+    threshold mode (``--threshold``); a flag the model has no setting for is named with the one it
+    takes. Every command sets the knob this way, after building the model."""
+    flag = {option.knob: option.flag for option in knob_options()}
+    own = getattr(model, 'sparsity_knob', None)  # None: a plain timm model
+    wrong = [knob for knob in knobs if knob != own]
+    if wrong:
+        if own is None:
+            raise ValueError(f'{type(model).__name__} is not a dynvit model: it has no sparsity settings')
+        raise ValueError(f'{flag[wrong[0]]} is not a setting of {model.family} models ({type(model).__name__}); '
+                         f'they take {flag.get(own, own)} ({model.sparsity_meaning})')
+    if own in knobs:
+        model.set_sparsity(**{own: knobs[own]})
+    if threshold is not None:
+        if own is None or 'threshold' not in model.sparsity_settings():
+            raise ValueError(f'--threshold is for models with a threshold mode (keep the tokens whose keep probability '
+                             f'reaches it); {type(model).__name__} has no threshold mode')
+        model.set_sparsity(threshold=threshold, mode='threshold')
+
+
+def example_family(kept_unit: str) -> FamilySpec:
+    """The first family whose models keep ``kept_unit`` ('patches', 'channels'): help texts show
+    its example model (``spec.example``, a zoo model, offline) with its knob's flag and value."""
+    return next(s for s in all_specs() if s.kept_unit == kept_unit and s.example)
+
+
+def knob_example(spec: FamilySpec) -> str:
+    """``'MODEL --flag VALUE'`` of a family's example."""
+    return f'{spec.example} {spec.flag} {spec.example_value}'

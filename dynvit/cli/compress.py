@@ -4,13 +4,14 @@ import json
 import os
 from pathlib import Path
 
-from ._common import EXIT_OK, load_model_arg
+from ._common import EXIT_OK, example_family, load_model_arg
 
+_TOKENS, _CHANNELS = example_family('patches'), example_family('channels')
 EXAMPLES = (
     'examples:\n'
-    '  dynvit compress dynamicvit_pico_patch4_28.fmnist_kr05 --heads 0.34 --mlp 0.5 --out small.safetensors\n'
+    f'  dynvit compress {_TOKENS.example} --heads 0.34 --mlp 0.5 --out small.safetensors\n'
     '  dynvit finetune small.safetensors --data fashion-mnist --epochs 2 --out runs/small   # recover accuracy\n'
-    '  dynvit compress fbs_resnet18_half.fmnist_d50 --channels 0.25 --dtype fp16 --out r18.safetensors\n'
+    f'  dynvit compress {_CHANNELS.example} --channels 0.25 --dtype fp16 --out cnn.safetensors\n'
     '  dynvit eval small.safetensors --data fashion-mnist --split test --int8'
 )
 
@@ -25,7 +26,7 @@ def _fraction(text: str) -> float:
 def _summary(model) -> dict:
     import torch
     from ..compress import sparsity
-    from ..models._helpers import model_input_size
+    from ..models import model_input_size
     from ..runtime import profile
     x = torch.zeros(1, *model_input_size(model))
     _, report = profile(model, x)

@@ -4,12 +4,12 @@ import re
 from pathlib import Path
 from typing import List
 
+from ..families import spec_of_arch
 from ._common import EXIT_OK, EXIT_SOME_IMAGES_FAILED, positive_int, report_skipped
 from .models import kept_text
 
 SAMPLES = Path(__file__).resolve().parents[1] / 'samples'
 EXAMPLES = 'examples:\n  dynvit demo\n  dynvit demo --out /tmp/demo.png --threads 1\n  dynvit demo --images my_shirts/'
-_FAMILY_ORDER = ('dynamicvit', 'evovit', 'fbs_resnet', 'fbs_efficientnet')
 
 
 def _true_label(path: str, classes: List[str]) -> str:
@@ -21,34 +21,25 @@ def _true_label(path: str, classes: List[str]) -> str:
     return '?'
 
 
-def _sparsity_text(model) -> str:
-    """'keep ratio 0.5 / 0.25 / 0.125 per stage', 'density 0.5 (channels computed per gated layer)'
-    or 'r 8' (the knob's setting as the model states it)."""
-    knob = model.sparsity_knob.replace('_', ' ')
-    value = model.sparsity_config()[model.sparsity_knob]
-    if isinstance(value, (list, tuple)):
-        return f'{knob} ' + ' / '.join(f'{v:.3g}' for v in value) + ' per stage'
-    if model.kept_unit == 'channels':
-        return f'{knob} {value:g} ({model.kept_unit} computed per gated layer)'
-    return f'{knob} {value:g}'
-
-
 def _zoo_models() -> List[str]:
-    from ..models._zoo import WEIGHTS_DIR, read_card
-    names = []
-    for path in sorted(WEIGHTS_DIR.glob('*.safetensors')):
-        if read_card(path).get('saved_fraction_vs_own_dense', 0) > 0:  # the sparse ones
-            names.append(path.name[:-len('.safetensors')])
+    """The zoo's sparse models, its families' order first."""
+    from ..hub.zoo import WEIGHTS_DIR, read_card, zoo_models
+    names = [n for n in zoo_models() if read_card(n).get('saved_fraction_vs_own_dense', 0) > 0]
     if not names:
         raise FileNotFoundError(f'no sparse zoo weights in {WEIGHTS_DIR}; install dynvit from the repository '
                                 f'(pip install -e .) or set DYNVIT_WEIGHTS to the weights/ folder')
-    return sorted(names, key=lambda n: (next((i for i, f in enumerate(_FAMILY_ORDER) if n.startswith(f)), 9), n))
+
+    def order(name: str):
+        spec = spec_of_arch(name)
+        return (spec.order if spec else 1_000, name)
+
+    return sorted(names, key=order)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
-    from ..models._zoo import WEIGHTS_DIR, read_card
+    from ..hub.zoo import read_card
     from ..predict import gather_images, predict_images
     from ..viz import prediction_grid
     from ..hub import create_model
@@ -62,11 +53,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f'no network.\n')
     sections = []
     for name in _zoo_models():
-        card = read_card(WEIGHTS_DIR / f'{name}.safetensors')
+        card = read_card(name)
         model = create_model(name, pretrained=True).eval()
         preds = predict_images(model, images, topk=1)
         classes = list(model.pretrained_cfg.get('label_names') or [])
-        print(f'{name}: {_sparsity_text(model)}; card: test top-1 {card["test_top1"]:.2%}, '
+        print(f'{name}: {model.sparsity_text()}; card: test top-1 {card["test_top1"]:.2%}, '
               f'{card["mean_macs"] / 1e6:.1f} MMACs/image')
         unit = 'kept'
         print(f'  {"image":<34}{"true":<13}{"predicted":<13}{"p":>5}  {unit:<30}{"MMACs":>7}{"saved":>7}')
@@ -82,7 +73,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f'  {right}/{known} correct; {mean_saved:.1%} of the dense MACs saved on average\n' if known else
               f'  {mean_saved:.1%} of the dense MACs saved on average\n')
         sections.append(prediction_grid(preds[:args.per_model], size=args.size,
-                                        title=f'{name}: {_sparsity_text(model)}'))
+                                        title=f'{name}: {model.sparsity_text()}'))
     picture = Image.new('RGB', (max(s.width for s in sections), sum(s.height for s in sections)), 'white')
     y = 0
     for s in sections:
@@ -97,7 +88,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_parsers(add) -> None:
-    p = add('demo', 'Run the zoo\'s sparse models (DynamicViT, Evo-ViT, FBS) on bundled Fashion-MNIST images: '
+    p = add('demo', 'Run the zoo\'s sparse models (token and channel sparsity) on bundled Fashion-MNIST images: '
                     'predictions, kept tokens / channels and MACs saved per image, and a picture.', EXAMPLES)
     p.add_argument('--out', default='dynvit_demo.png', help='where to write the picture')
     p.add_argument('--images', nargs='+', default=None, help='image files or folders instead of the bundled ones')

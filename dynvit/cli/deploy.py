@@ -2,16 +2,25 @@
 its sparsity, data config and per-image report outputs."""
 import argparse
 
-from ._common import EXIT_OK, load_model_arg, positive_int
-from .models import apply_sparsity, knob_args, knob_settings
+from ._common import (
+    EXIT_OK,
+    apply_sparsity,
+    example_family,
+    knob_args,
+    knob_example,
+    knob_settings,
+    load_model_arg,
+    positive_int,
+)
 
+_TOKENS, _CHANNELS = example_family('patches'), example_family('channels')
 EXAMPLES = (
     'examples:\n'
-    '  dynvit export dynamicvit_pico_patch4_28.fmnist_kr05 dyvit.onnx --dynamic-batch\n'
-    '  dynvit export evovit_pico_patch4_28.fmnist_kr05 evo.onnx --keep-ratio 0.4 --batch-size 8\n'
-    '  dynvit export fbs_resnet18_half.fmnist_d50 fbs.onnx --density 0.3 --batch-size 1\n'
-    '  dynvit predict dyvit.onnx shirt.png         # ONNX Runtime, with kept tokens and MACs per image\n'
-    '  dynvit bench dynamicvit_pico_patch4_28.fmnist_kr05 --ort --compare-dense'
+    f'  dynvit export {_TOKENS.example} model.onnx --dynamic-batch\n'
+    f'  dynvit export {knob_example(_TOKENS)} model.onnx --batch-size 8\n'
+    f'  dynvit export {knob_example(_CHANNELS)} gated.onnx --batch-size 1\n'
+    '  dynvit predict model.onnx shirt.png         # ONNX Runtime, with kept tokens and MACs per image\n'
+    f'  dynvit bench {_TOKENS.example} --ort --compare-dense'
 )
 
 
@@ -37,14 +46,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def add_parsers(add) -> None:
     """Adds ``export``."""
-    p = add('export', 'Export a model to ONNX (its fixed-shape inference path: DynamicViT top-k, Evo-ViT, FBS at a '
-                      'fixed density) with its sparsity and data config in the metadata.', EXAMPLES)
+    p = add('export', 'Export a model to ONNX (its fixed-shape inference path: a fixed number of tokens or channels '
+                      'per image) with its sparsity and data config in the metadata.', EXAMPLES)
     p.add_argument('model', help='arch.tag, arch, or a dynvit .safetensors file')
     p.add_argument('out', help='the .onnx file to write')
     p.add_argument('--checkpoint', default=None, help='weights for MODEL (a dynvit, timm or DeiT file)')
     knob_args(p)
     p.add_argument('--batch-size', type=positive_int, default=None, help='a fixed batch size (default 1)')
     p.add_argument('--dynamic-batch', action='store_true',
-                   help='any batch size (token-sparse ViTs; FBS graphs need a fixed one)')
+                   help='any batch size (token models; channel-gated graphs need a fixed one)')
     p.add_argument('--opset', type=positive_int, default=None, help='ONNX opset (default: the exporter\'s)')
     p.set_defaults(func=_cmd_export)

@@ -6,96 +6,55 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..families import knob_help
+from ..families import knob_options
 from ._common import (
     EXIT_OK,
     EXIT_SOME_IMAGES_FAILED,
-    fraction,
+    apply_sparsity,
+    example_family,
     int8_arg,
+    knob_args,
+    knob_example,
+    knob_settings,
     load_model_arg,
     maybe_int8,
-    merge_counts,
     positive_int,
     probability,
     report_skipped,
-    setting_text,
     untrained_parts,
 )
 
+_TOKENS, _CHANNELS = example_family('patches'), example_family('channels')
+_ARCH = _TOKENS.example.split('.')[0]
 EXAMPLES = {
     'list': 'with --pretrained, where the weights are: shipped (in the package: offline), cached (downloaded\n'
             'before: offline) or download (fetched on first use); then the zoo card\'s test accuracy and MACs,\n'
             'or what the weights are. The internal test_* models (tiny, for the tests) are listed with --all\n'
             'or a pattern naming them.\n\n'
-            'examples:\n  dynvit list\n  dynvit list "dynamicvit_*" --pretrained\n  dynvit list fmnist --pretrained\n'
+            f'examples:\n  dynvit list\n  dynvit list "{_TOKENS.arch_prefixes[0]}*" --pretrained\n'
+            '  dynvit list fmnist --pretrained\n'
             '  dynvit list --pretrained --json\n  dynvit list test_              # the internal test models',
-    'info': 'examples:\n  dynvit info dynamicvit_small_patch16_224\n  dynvit info fbs_resnet18_half.fmnist_d50\n'
-            '  dynvit info dynamicvit_pico_patch4_28.fmnist_kr05 --keep-ratio 0.4 --json\n'
-            '  dynvit info fbs_resnet18 --density 0.5\n'
-            '  dynvit info tome_small_patch16_224 --merge-r 8',
-    'predict': 'examples:\n  dynvit predict dynamicvit_pico_patch4_28.fmnist_kr05 shirt.png boot.jpg\n'
-               '  dynvit predict fbs_resnet18_half.fmnist_d50 photos/ --density 0.3 --topk 3 --json\n'
-               '  dynvit predict runs/fm/best.safetensors a.png --keep-ratio 0.4 --viz kept.png\n'
-               '  dynvit predict dynamicvit_pico_patch4_28.fmnist_kr05 photos/ --threshold 0.5\n'
-               '  dynvit predict tome_small_patch16_224.deit_in1k photo.jpg --merge-r 16:-1\n'
+    'info': f'examples:\n  dynvit info {_ARCH}\n  dynvit info {_CHANNELS.example}\n'
+            + ''.join(f'  dynvit info {knob_example(o.families[0])}\n' for o in knob_options())
+            + f'  dynvit info {_TOKENS.example} --json',
+    'predict': f'examples:\n  dynvit predict {_TOKENS.example} shirt.png boot.jpg\n'
+               f'  dynvit predict {knob_example(_CHANNELS)} photos/ --topk 3 --json\n'
+               f'  dynvit predict runs/fm/best.safetensors a.png {_TOKENS.flag} {_TOKENS.example_value} --viz kept.png\n'
+               '  dynvit predict MODEL photos/ --threshold 0.5   # a model with a threshold mode\n'
                'exit codes: 0 all images predicted, 1 error (model, arguments), 2 usage, '
                '3 some images could not be read (the others were predicted)',
-    'viz': 'examples:\n  dynvit viz dynamicvit_pico_patch4_28.fmnist_kr05 photos/ --out grid.png\n'
-           '  dynvit viz fbs_resnet18_half.fmnist_d50 a.png b.png --density 0.3 --out channels.png --size 96',
-    'convert': 'examples:\n  dynvit convert dynamicvit-deit-s-0.7.pth dyvit_s.safetensors '
-               '--model dynamicvit_small_patch16_224.official_r07_in1k\n'
-               '  dynvit convert evo_deit_small.pth evo_s.safetensors --model evovit_small_patch16_224.official_in1k\n'
-               '  dynvit predict dyvit_s.safetensors photo.jpg',
-    'bench': 'examples:\n  dynvit bench dynamicvit_pico_patch4_28.fmnist_kr05 --compare-dense\n'
-             '  dynvit bench fbs_resnet18_half.fmnist_d50 --batch-size 1 32 --threads 2 --json\n'
-             '  dynvit bench dynamicvit_small_patch16_224 --keep-ratio 0.5 --batch-size 1 --compare-dense',
+    'viz': f'examples:\n  dynvit viz {_TOKENS.example} photos/ --out grid.png\n'
+           f'  dynvit viz {knob_example(_CHANNELS)} a.png b.png --out channels.png --size 96',
+    'convert': 'examples:\n  dynvit list official --pretrained     # the tags of the official checkpoints\n'
+               '  dynvit convert official.pth model.safetensors --model ARCH.TAG\n'
+               '  dynvit predict model.safetensors photo.jpg',
+    'bench': f'examples:\n  dynvit bench {_TOKENS.example} --compare-dense\n'
+             f'  dynvit bench {_CHANNELS.example} --batch-size 1 32 --threads 2 --json\n'
+             f'  dynvit bench {_ARCH} {_TOKENS.flag} {_TOKENS.example_value} --batch-size 1 --compare-dense',
 }
 
 
 # ---- loading a model to run ----
-
-# the knob (``set_sparsity`` keyword) each flag sets
-KNOB_FLAGS = {'keep_ratio': '--keep-ratio', 'density': '--density', 'r': '--merge-r'}
-
-
-def knob_settings(args: argparse.Namespace) -> Dict[str, Any]:
-    """``{knob: value}`` of the knob flags given (``knob_args``); flags not given are left out."""
-    values = {knob: getattr(args, flag[2:].replace('-', '_'), None) for knob, flag in KNOB_FLAGS.items()}
-    return {knob: v for knob, v in values.items() if v is not None}
-
-
-def apply_sparsity(model, knobs: Dict[str, Any], threshold: Optional[float] = None) -> None:
-    """Sets the model's sparsity knob from ``--keep-ratio`` / ``--density`` / ``--merge-r``
-    (``knobs``, from ``knob_settings``), or its threshold mode (``--threshold``); a flag the model
-    has no setting for is named with the one it takes."""
-    own = getattr(model, 'sparsity_knob', None)  # None: a plain timm model
-    wrong = [knob for knob in knobs if knob != own]
-    if wrong:
-        if own is None:
-            raise ValueError(f'{type(model).__name__} is not a dynvit model: it has no sparsity settings')
-        raise ValueError(f'{KNOB_FLAGS[wrong[0]]} is not a setting of {model.family} models ({type(model).__name__}); '
-                         f'they take {KNOB_FLAGS.get(own, own)} ({model.sparsity_meaning})')
-    if own in knobs:
-        model.set_sparsity(**{own: knobs[own]})
-    if threshold is not None:
-        if own is None or 'threshold' not in model.sparsity_settings():
-            raise ValueError(f'--threshold is for models with a threshold mode (DynamicViT: keep the tokens whose '
-                             f'keep probability reaches it); {type(model).__name__} has no threshold mode')
-        model.set_sparsity(threshold=threshold, mode='threshold')
-
-
-def knob_args(p: argparse.ArgumentParser, target: bool = False) -> None:
-    """``--keep-ratio``, ``--density`` and ``--merge-r`` (``target``: of a training run), with what
-    one value means for each family."""
-    what = 'the target ' if target else ''
-    p.add_argument('--keep-ratio', type=fraction, default=None,
-                   help=f'token-sparse ViTs, {what}keep ratio; what one value means: ' + knob_help('keep_ratio'))
-    p.add_argument('--density', type=fraction, default=None,
-                   help=f'channel-gated CNNs, {what}density: ' + knob_help('density'))
-    p.add_argument('--merge-r', type=merge_counts, default=None, metavar='R',
-                   help=f'token-merging ViTs, {what}tokens merged per block: R, R1,R2,... (per block) or R:INFLECT '
-                        f'(the released schedule, 16:-1 decreasing); ' + knob_help('r'))
-
 
 def _sparsity_args(p: argparse.ArgumentParser, threshold: bool = True) -> None:
     p.add_argument('--checkpoint', default=None, help='weights for MODEL (a dynvit, timm or DeiT file)')
@@ -103,7 +62,8 @@ def _sparsity_args(p: argparse.ArgumentParser, threshold: bool = True) -> None:
     knob_args(p)
     if threshold:
         p.add_argument('--threshold', type=probability, default=None,
-                       help='DynamicViT: keep the tokens whose keep probability reaches T (count varies per image)')
+                       help='models with a threshold mode: keep the tokens whose keep probability reaches T (the '
+                            'count varies per image)')
     p.add_argument('--threads', type=int, default=0, help='CPU threads (default: torch\'s)')
     int8_arg(p)
 
@@ -115,11 +75,12 @@ def _model(args: argparse.Namespace):
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model.endswith('.onnx'):
-        given = [f for f in ('checkpoint', 'pretrained', 'keep_ratio', 'density', 'merge_r', 'threshold', 'int8',
-                             'compile') if getattr(args, f, None) is not None and getattr(args, f) is not False]
+        flags = ('checkpoint', 'pretrained', *(o.dest for o in knob_options()), 'threshold', 'int8', 'compile')
+        given = [f for f in flags if getattr(args, f, None) is not None and getattr(args, f) is not False]
         if given:
+            settings = ' / '.join(f'{o.flag} VALUE' for o in knob_options())
             raise ValueError(f'an ONNX file runs as it was exported; --{given[0].replace("_", "-")} does not apply '
-                             f'(export again: dynvit export MODEL OUT.onnx --keep-ratio R / --density D)')
+                             f'(export again with its settings: dynvit export MODEL OUT.onnx {settings})')
         from ..export import load_onnx
         return load_onnx(args.model, args.threads)
     model = load_model_arg(args.model, args.checkpoint, args.pretrained).eval()
@@ -182,7 +143,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import torch
     from timm.models import get_pretrained_cfg
     from ..hub import create_model, model_and_file
-    from ..models._helpers import model_input_size
+    from ..models import model_input_size
     from ..runtime import profile
     # the numbers need no weights: a file, or a tag with a local file (the zoo), is loaded for its
     # stored configuration; other names are built without downloading anything
@@ -273,12 +234,8 @@ def _write_picture(preds, path: str, size: int, title: str) -> None:
 
 
 def _title(args: argparse.Namespace, model) -> str:
-    """The picture's title: 'MODEL: keep_ratio 0.65 / 0.4225 / 0.274625' (the threshold instead in
-    threshold mode)."""
-    config = model.sparsity_config()
-    knob = 'threshold' if config.get('mode') == 'threshold' else model.sparsity_knob
-    shown = {k: v for k, v in config.items() if k in (knob, 'mode') and v is not None}
-    return f'{args.model}: ' + ', '.join(f'{k} {setting_text(v)}' for k, v in shown.items())
+    """The picture's title: 'MODEL: keep_ratio 0.65/0.4225/0.2746' (``model.sparsity_text()``)."""
+    return f'{args.model}: {model.sparsity_text()}'
 
 
 def _prediction_text(pred) -> str:
@@ -323,7 +280,7 @@ def _cmd_viz(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
-    from ..models._helpers import model_input_size
+    from ..models import model_input_size
     from ..runtime import median_latencies
     if args.compile and args.ort:
         raise ValueError('--compile and --ort are two backends; choose one')
@@ -378,7 +335,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if 'num_classes' in kwargs:  # the checkpoint's own head size: keep its classifier (timm drops a mismatching one)
         overlay['num_classes'] = kwargs['num_classes']
     model = create_model(args.model, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
-    for prefix, what in model.checkpoint_drops.items():
+    for prefix, what in model.foreign_parts().items():
         if any(k.startswith(prefix) for k in raw):
             raise ValueError(f'{args.input} holds {what} ({prefix}*), which {type(model).__name__} would drop: '
                              f'convert it with the architecture it was trained as')
@@ -397,7 +354,7 @@ def add_parsers(add) -> None:
     """Adds ``list``, ``info``, ``predict``, ``viz`` and ``bench``; ``add(name, help, examples)`` makes a subparser."""
     p = add('list', 'List the registered dynvit models, or the arch.tag names that have weights (--pretrained).',
             EXAMPLES['list'])
-    p.add_argument('pattern', nargs='?', help='wildcard filter, e.g. "dynamicvit_*"; a plain word matches anywhere '
+    p.add_argument('pattern', nargs='?', help='wildcard filter, e.g. "*_patch16_224"; a plain word matches anywhere '
                                               'in the name (fmnist)')
     p.add_argument('--pretrained', action='store_true', help='list arch.tag names that have weights, with where '
                                                              'they are and what they are')
@@ -440,12 +397,12 @@ def add_parsers(add) -> None:
     p.add_argument('--batch-size', type=positive_int, default=16, help='images per forward')
     p.set_defaults(func=_cmd_viz)
 
-    p = add('convert', 'Convert a checkpoint (official DynamicViT / Evo-ViT .pth, timm, DeiT) once into a '
+    p = add('convert', 'Convert a checkpoint (an official .pth of a method\'s authors, timm, DeiT) once into a '
                        'self-describing dynvit .safetensors file (no pickled code is run).', EXAMPLES['convert'])
     p.add_argument('input', help='the checkpoint (.pth / .bin / .safetensors; ckpt["model"] is unwrapped)')
     p.add_argument('output', help='the .safetensors file to write')
-    p.add_argument('--model', required=True, help='arch.tag it belongs to, e.g. dynamicvit_small_patch16_224.'
-                                                   'official_r07_in1k (the tag brings its sparsity settings)')
+    p.add_argument('--model', required=True, help='arch.tag it belongs to, an official tag (dynvit list official '
+                                                   '--pretrained): the tag brings its sparsity settings')
     p.add_argument('--model-args', default=None, help='JSON constructor arguments overriding the tag\'s (e.g. '
                                                       'num_classes of a checkpoint fine-tuned on other classes)')
     p.set_defaults(func=_cmd_convert)

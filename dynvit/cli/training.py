@@ -5,46 +5,56 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ._common import EXIT_OK, fraction, int8_arg, maybe_int8, positive_int, report_skipped_count
-from .models import apply_sparsity, knob_args, knob_settings
+from ._common import (
+    EXIT_OK,
+    apply_sparsity,
+    example_family,
+    fraction,
+    int8_arg,
+    knob_args,
+    knob_example,
+    knob_settings,
+    maybe_int8,
+    positive_int,
+    report_skipped_count,
+)
 
+_TOKENS, _CHANNELS = example_family('patches'), example_family('channels')
 EXAMPLES = {
     'finetune': 'examples:\n'
-                '  dynvit finetune dynamicvit_small_patch16_224 --data path/to/images --checkpoint deit_small.pth '
-                '--out runs/dyvit\n'
-                '  dynvit finetune dynamicvit_small_patch16_224 --data fashion-mnist '
-                '--model-args \'{"img_size": 28, "patch_size": 4, "in_chans": 1}\' --epochs 5 --out runs/fm\n'
-                '  dynvit finetune fbs_resnet18 --data path/to/images --density 0.5 --gate-warmup-epochs 1 --out runs/fbs\n'
-                '  dynvit finetune dynamicvit_tiny_patch16_224 --data fashion-mnist --model-args \'{"img_size": 28, '
-                '"patch_size": 4, "in_chans": 1, "stem": "conv"}\' --keep-ratio 1.0 '
-                '--teacher fbs_resnet18_half.fmnist_dense '
-                '--out runs/vit\n'
-                '  torchrun --nproc_per_node 2 -m dynvit finetune evovit_pico_patch4_28.fmnist_kr05 --data fashion-mnist '
+                f'  dynvit finetune {_TOKENS.example} --data path/to/images --epochs 3 --out runs/mine\n'
+                f'  dynvit finetune {knob_example(_TOKENS)} --data fashion-mnist --epochs 5 --out runs/fm\n'
+                f'  dynvit finetune {knob_example(_CHANNELS)} --data path/to/images --gate-warmup-epochs 1 '
+                '--out runs/gates\n'
+                '  dynvit finetune ARCH --data path/to/images --checkpoint deit_small.pth --out runs/deit   # a dense '
+                'checkpoint as the backbone\n'
+                f'  dynvit finetune {_TOKENS.example} --data fashion-mnist --teacher {_CHANNELS.example} --out runs/kd\n'
+                f'  torchrun --nproc_per_node 2 -m dynvit finetune {_TOKENS.example} --data fashion-mnist '
                 '--out runs/ddp\n'
-                '  dynvit finetune dynamicvit_small_patch16_224 --data path/to/images --checkpoint deit_small.pth '
-                '--out runs/dyvit --resume   # the same command again, continued',
+                f'  dynvit finetune {_TOKENS.example} --data path/to/images --epochs 3 --out runs/mine --resume   '
+                '# the same command again, continued',
     'eval': 'examples:\n  dynvit eval runs/fm/best.safetensors --data fashion-mnist\n'
-            '  dynvit eval fbs_resnet18_half.fmnist_d50 --data fashion-mnist --split test\n'
-            '  dynvit eval dynamicvit_small_patch16_224 --checkpoint m.safetensors --data path/to/images --json',
+            f'  dynvit eval {_CHANNELS.example} --data fashion-mnist --split test\n'
+            f'  dynvit eval {knob_example(_TOKENS)} --data fashion-mnist --split test --json',
 }
 
 
-def _model_for_data(args: argparse.Namespace, num_classes: Optional[int], **sparsity):
-    """The model named (or the dynvit file given) with ``--model-args``, the sparsity targets and
-    ``num_classes``, and where its weights came from (``resolve_model``'s source); ``--checkpoint``
-    (or the file) provides the weights, the head reset the timm way when the classes differ; an
-    ``arch.tag`` starts from its pretrained weights, a bare arch from scratch."""
+def _model_for_data(args: argparse.Namespace, num_classes: Optional[int]):
+    """The model named (or the dynvit file given) with ``--model-args`` and ``num_classes``, its
+    sparsity set by the knob flags, and where its weights came from (``resolve_model``'s source);
+    ``--checkpoint`` (or the file) provides the weights, the head reset the timm way when the
+    classes differ; an ``arch.tag`` starts from its pretrained weights, a bare arch from scratch."""
     import torch
     from ..hub import resolve_model
-    from ..models._helpers import model_input_size
+    from ..models import model_input_size
     torch.manual_seed(args.seed)  # fresh parameters (heads, predictors, gates) start the same in every process
     kwargs = json.loads(args.model_args) if args.model_args else {}
     if not isinstance(kwargs, dict):
         raise ValueError(f'--model-args must be a JSON object, got {args.model_args!r}')
-    kwargs.update({k: v for k, v in sparsity.items() if v is not None})
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
     model, source = resolve_model(args.model, args.checkpoint, **kwargs)
+    apply_sparsity(model, knob_settings(args))  # the knob flags: the target of a run, the setting scored
     for key in ('mean', 'std'):
         value = getattr(args, key, None)
         if value:
@@ -62,7 +72,7 @@ def _external_teacher(args: argparse.Namespace, student):
     student's batches."""
     from ..data import model_norm
     from ..hub import create_model, model_and_file
-    from ..models._helpers import model_input_size
+    from ..models import model_input_size
     from ..train import ExternalTeacher
     if args.no_distill:
         raise ValueError('--teacher and --no-distill contradict each other')
@@ -142,7 +152,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if not args.resume and (Path(args.out) / 'train_state.safetensors').exists():
         raise FileExistsError(f'{args.out} already holds a run; pass --resume to continue it or choose another --out')
-    model, source = _model_for_data(args, _num_classes(args), **knob_settings(args))
+    model, source = _model_for_data(args, _num_classes(args))
     if args.init_gates:
         model.init_sparse_modules()
     _compress_for_training(args, model)
@@ -200,7 +210,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = _model_for_data(args, None)[0].eval()
-    apply_sparsity(model, knob_settings(args))  # --keep-ratio / --density / --merge-r: score another setting
     model = maybe_int8(model, args)
     _, val, classes = build_datasets(args.data, model, args.data_root, args.val_fraction, args.seed, augment=False,
                                      split=args.split)
@@ -257,10 +266,12 @@ def add_parsers(add) -> None:
     p.add_argument('--label-smoothing', type=float, default=0.0, help='cross-entropy label smoothing')
     p.add_argument('--sparsity-start', type=fraction, default=1.0, help='keep ratio / density the schedule starts at')
     p.add_argument('--sparsity-warmup-epochs', type=float, default=0.0, help='epochs to reach the target sparsity')
-    p.add_argument('--gate-warmup-epochs', type=int, default=0, help='FBS: epochs training only the gates')
+    p.add_argument('--gate-warmup-epochs', type=int, default=0,
+                   help='models with learned selection: epochs training only the keep predictors / gates')
     p.add_argument('--init-gates', action='store_true',
-                   help='FBS: start the gates as magnitude pruning of the loaded weights (as for a dense '
-                        'checkpoint without gates), e.g. from a dynvit FBS file trained at density 1')
+                   help='start the sparse modules from the loaded weights without data where the family can '
+                        '(channel gates: magnitude pruning, as for a dense checkpoint without gates), e.g. from a '
+                        'file trained with sparsity off')
     p.add_argument('--prune-weights', type=float, default=0.0, metavar='FRACTION',
                    help='magnitude-prune this fraction of the block weights first; the masks hold through the run')
     p.add_argument('--prune-scope', default='global', choices=['global', 'layer'],
@@ -268,7 +279,7 @@ def add_parsers(add) -> None:
     p.add_argument('--autoprune', type=float, default=0.0, metavar='WEIGHT',
                    help='AutoPrune the block weights: trained scores with this regulariser weight (e.g. 5)')
     p.add_argument('--autoprune-lr', type=float, default=1e-2, help='learning rate of the AutoPrune scores')
-    p.add_argument('--l1-weight', type=float, default=1e-3, help='FBS: L1 on the saliencies')
+    p.add_argument('--l1-weight', type=float, default=1e-3, help='channel gates: L1 on their saliencies')
     p.add_argument('--no-distill', action='store_true', help='no distillation from the dense teacher')
     p.add_argument('--distill-weight', type=float, default=0.5, help='weight of the soft-target KL term')
     p.add_argument('--distill-temperature', type=float, default=1.0, help='its temperature T (scaled by T^2)')

@@ -10,6 +10,7 @@
 """
 from .autoprune import apply_autoprune, autoprune_layers, autoprune_penalty, finalize_autoprune, step_ste
 from .quantize import int8_layers, is_quantized, quantize_int8
+from ._masks import detach_masked_weights
 from ._select import GROUPS, masked_layers, prunable_layers
 from .magnitude import SparsityStats, magnitude_prune, remove_masks, sparsity
 from .saving import apply_structure, pruned_structure
@@ -31,7 +32,7 @@ from .structured import (
 __all__ = [
     'apply_autoprune', 'autoprune_layers', 'autoprune_penalty', 'finalize_autoprune', 'step_ste',
     'int8_layers', 'is_quantized', 'quantize_int8',
-    'GROUPS', 'IterativePruner', 'SparsityStats', 'apply_structure', 'attention_blocks', 'basic_blocks', 'channel_scores',
+    'GROUPS', 'IterativePruner', 'detach_masked_weights', 'SparsityStats', 'apply_structure', 'attention_blocks', 'basic_blocks', 'channel_scores',
     'cubic_sparsity', 'head_scores', 'magnitude_prune', 'masked_layers', 'mlp_unit_scores',
     'prunable_layers', 'prune_attention_heads', 'prune_block_channels', 'prune_mlp_units', 'pruned_structure',
     'remove_masks', 'shrink_attention', 'shrink_basic_block', 'shrink_mlp', 'sparsity',

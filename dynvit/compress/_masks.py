@@ -1,10 +1,10 @@
-"""Pruning masks where layers are not called: FBS blocks and keep predictors read their layers'
-weights in functional code (sliced, BatchNorm folded, cached by tensor identity), so torch's
-per-layer hooks would not refresh a masked ``weight`` there. A pre-hook on such owners
-recomputes the masked weights of the layers inside and drops the FBS caches whenever the
-trained values or the masks changed; a forward hook leaves ``weight`` without autograd history
-after each pass, so a pruned model can be deep-copied (EMA, ``dense_copy``), which plain
-``torch.nn.utils.prune`` refuses.
+"""Pruning masks where layers are not called: some modules read their layers' weights in
+functional code (gated blocks slicing BatchNorm-folded weights, keep predictors on packed
+tokens; ``dynvit.layers.weight_reads``), so torch's per-layer hooks would not refresh a masked
+``weight`` there. A pre-hook on such owners recomputes the masked weights of the layers inside
+and drops the caches derived from the old ones whenever the trained values or the masks
+changed; a forward hook leaves ``weight`` without autograd history after each pass, so a pruned
+model can be deep-copied (EMA, ``dense_copy``), which plain ``torch.nn.utils.prune`` refuses.
 
 The mask of a layer is whatever its pruning hook (a ``torch.nn.utils.prune`` method) applies:
 a fixed ``weight_mask`` (magnitude pruning) or one computed from trained scores (AutoPrune).
@@ -15,23 +15,14 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 
-from ..layers.keep_predictor import KeepPredictor
-from ..models._fbs import GatedBlock
-
-_FBS_CACHES = ('_fbs_folded', '_fbs_transposed')
-
-
-def _drop_fbs_caches(module: nn.Module) -> None:
-    """Drops the FBS inference caches derived from a layer's weight (folded, transposed)."""
-    for cache in _FBS_CACHES:
-        module.__dict__.pop(cache, None)
+from ..layers import drop_weight_caches, reads_layer_weights
 
 
 def _forget_masked_weight(module: nn.Module) -> None:
     """After a layer's masks or tensors changed: the next refresh recomputes its masked weight,
-    and the FBS caches of the old one go."""
+    and the caches derived from the old one go."""
     module.__dict__.pop('_prune_refresh_keys', None)
-    _drop_fbs_caches(module)
+    drop_weight_caches(module)
 
 
 def _pruning_hooks(module: nn.Module) -> List[prune.BasePruningMethod]:
@@ -47,7 +38,7 @@ def current_mask(module: nn.Module, name: str = 'weight') -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# keeping masked weights current where layers are not called (FBS inference, keep predictors)
+# keeping masked weights current where layers are not called (functional code)
 # ---------------------------------------------------------------------------------------------
 
 def _hook_for(module: nn.Module, name: str) -> prune.BasePruningMethod:
@@ -69,7 +60,7 @@ def _refresh(module: nn.Module) -> None:
 
     With autograd the product is always recomputed (it must be part of this pass's graph).
     Without, only when the trained values, the mask, the device/dtype or the inference mode
-    changed since the last product; then the FBS caches keyed on the old tensor are dropped
+    changed since the last product; then the caches keyed on the old tensor are dropped
     (a new tensor can reuse a freed address, which would fool their ``data_ptr`` key).
     """
     keys = module.__dict__.setdefault('_prune_refresh_keys', {})
@@ -84,11 +75,11 @@ def _refresh(module: nn.Module) -> None:
                 continue
         setattr(module, name, hook.apply_mask(module))
         keys[name] = key
-        _drop_fbs_caches(module)
+        drop_weight_caches(module)
 
 
 @torch.no_grad()
-def _detach_masked_weights(model: nn.Module) -> None:
+def detach_masked_weights(model: nn.Module) -> None:
     """Recomputes every masked ``weight`` without autograd. After a training forward ``weight`` is
     a non-leaf tensor, which ``copy.deepcopy`` refuses (a torch.nn.utils.prune limitation)."""
     for m in model.modules():
@@ -117,7 +108,7 @@ def _detach_hook(module: nn.Module, args: Any, output: Any) -> None:
 
 def _functional_owners(model: nn.Module) -> List[nn.Module]:
     """Modules whose forward reads the weights of their layers directly (functional code)."""
-    return [m for m in model.modules() if isinstance(m, (GatedBlock, KeepPredictor))]
+    return [m for m in model.modules() if reads_layer_weights(m)]
 
 
 def _set_hook(hooks: Dict[int, Any], fn: Callable[..., None], register: Callable[[Any], Any], wanted: bool) -> None:

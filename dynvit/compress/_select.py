@@ -49,8 +49,8 @@ def prunable_layers(model: nn.Module, include: Include = None, exclude: Include 
     """The ``nn.Linear`` / ``nn.Conv2d`` layers that magnitude pruning acts on, by name.
 
     By default (``include=None`` or ``'default'``) every such layer except the classifier(s)
-    (``head``, ``head_cls``, ``fc``, ...), the patch embedding, the DynamicViT keep predictors
-    (``score_predictor.*``) and the FBS gates (``*.gate1.fc`` ...): for a ViT the linears of the
+    (``head``, ``head_cls``, ``fc``, ...), the patch embedding and the model's sparse modules
+    (keep predictors, channel gates: ``sparse_modules()``): for a ViT the linears of the
     transformer blocks, for a CNN its convolutions.
 
     Args:

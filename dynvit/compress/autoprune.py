@@ -16,7 +16,7 @@ sparsity.
 
 Scores start at ``init`` (all weights kept). ``finalize_autoprune`` bakes the masks into the
 weights. The layers use the ``torch.nn.utils.prune`` hook protocol, so everything that works
-with magnitude pruning (FBS functional inference, keep predictors, ``sparsity``, EMA copies,
+with magnitude pruning (layers read in functional code, ``sparsity``, EMA copies,
 ``remove_masks``) works here too.
 """
 from typing import Dict

@@ -8,10 +8,10 @@ accumulation (fbgemm / oneDNN on x86, qnnpack on ARM).
 
 It composes with the dynamic models: the token-dropping ViTs call their qkv, projection, MLP
 and classifier layers as modules on whatever tokens they kept, so the gathered tokens go
-through the INT8 layers. Layers that other code reads as raw weights stay float: the DynamicViT
-keep predictors (which decide what to drop, from the weights directly) and the FBS gates; FBS
+through the INT8 layers. Layers that other code reads as raw weights stay float: the sparse
+modules (keep predictors and channel gates, which decide what to drop); channel-gated
 convolutions are sliced per image in functional code and stay float too (only the classifier
-of an FBS CNN is INT8).
+of a channel-gated CNN is INT8).
 
 Reduced-precision *storage* (fp16 / bf16 files) is ``dynvit.save_model(..., dtype='fp16')``.
 """
@@ -41,7 +41,7 @@ def int8_layers(model: nn.Module, include: Include = None, exclude: Include = No
     special = prunable_layers(model, _KEEP_FLOAT)
     clash = sorted(set(layers) & set(special))
     if clash:
-        raise ValueError(f'{clash[0]} is read as raw weights by the model (keep predictor or FBS gate) and cannot '
+        raise ValueError(f'{clash[0]} is read as raw weights by the model (a keep predictor or channel gate) and cannot '
                          f'be INT8; leave the predictor and gate groups out of include')
     return {n: m for n, m in layers.items() if type(m) is nn.Linear}
 

@@ -9,9 +9,8 @@ import torch.nn as nn
 from timm.layers import Attention, Mlp
 from timm.models.resnet import BasicBlock
 
-from ..layers.channel_gate import ChannelGate
-from ..layers.token_ops import is_timm_attention
-from ._masks import _drop_fbs_caches, _pruning_hooks
+from ..layers import drop_weight_caches, is_timm_attention
+from ._masks import _pruning_hooks
 
 __all__ = [
     'attention_blocks', 'basic_blocks', 'head_scores', 'mlp_unit_scores', 'channel_scores', 'shrink_attention',
@@ -70,7 +69,7 @@ def _slice_conv(conv: nn.Conv2d, out_idx: Optional[torch.Tensor] = None,
     if conv.groups != 1:
         raise ValueError(f'cannot slice a grouped convolution (groups={conv.groups})')
     conv.out_channels, conv.in_channels = _slice_weight(conv, out_idx, in_idx)
-    _drop_fbs_caches(conv)
+    drop_weight_caches(conv)
 
 
 def _slice_batch_norm(bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
@@ -109,7 +108,7 @@ def _check_mlp(mlp: nn.Module, where: str = 'mlp') -> None:
 
 def _check_basic_block(block: nn.Module, where: str = 'block') -> None:
     if not isinstance(block, BasicBlock):
-        raise ValueError(f'{where}: channel pruning supports timm BasicBlock / FBSBasicBlock, got '
+        raise ValueError(f'{where}: channel pruning supports timm BasicBlock (and blocks built on it), got '
                          f'{type(block).__name__}')
     if not isinstance(block.aa, nn.Identity):
         raise ValueError(f'{where}: anti-aliasing (aa_layer) after conv1 is not supported')
@@ -169,10 +168,9 @@ def shrink_basic_block(block: BasicBlock, keep: Sequence[int]) -> BasicBlock:
     """Keeps the channels ``keep`` between ``conv1`` and ``conv2`` of a ResNet basic block, in place.
 
     ``conv1`` keeps those output channels, ``bn1`` those channels, ``conv2`` those input
-    channels. In an ``FBSBasicBlock`` the gate of ``conv1`` (``gate1``, one output per conv1
-    channel) keeps those outputs and the gate of ``conv2`` (``gate2``, which reads conv1's
-    pooled output) those inputs; the density then applies to the remaining channels. The
-    block output (``conv2``'s channels, added to the shortcut) is unchanged.
+    channels. A block with modules of its own on those channels (channel gates) shrinks them in
+    its ``keep_hidden_channels(keep)``. The block output (``conv2``'s channels, added to the
+    shortcut) is unchanged.
 
     Returns:
         ``block``.
@@ -183,10 +181,8 @@ def shrink_basic_block(block: BasicBlock, keep: Sequence[int]) -> BasicBlock:
     _slice_conv(block.conv1, out_idx=idx)
     _slice_batch_norm(block.bn1, idx)
     _slice_conv(block.conv2, in_idx=idx)
-    if isinstance(getattr(block, 'gate1', None), ChannelGate):
-        _slice_linear(block.gate1.fc, out_idx=idx)
-    if isinstance(getattr(block, 'gate2', None), ChannelGate):
-        _slice_linear(block.gate2.fc, in_idx=idx)
+    if hasattr(block, 'keep_hidden_channels'):
+        block.keep_hidden_channels(idx)
     return block
 
 
@@ -203,11 +199,11 @@ def attention_blocks(model: nn.Module) -> List[nn.Module]:
 
 
 def basic_blocks(model: nn.Module) -> List[BasicBlock]:
-    """The ResNet basic blocks (``FBSBasicBlock`` included), in model order."""
+    """The ResNet basic blocks (subclasses included), in model order."""
     blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
     if not blocks:
         raise ValueError(f'{type(model).__name__} has no ResNet BasicBlock; channel pruning supports basic-block '
-                         f'ResNets (FBS ResNet, timm resnet18/34)')
+                         f'ResNets (timm resnet18/34 and the models built on them)')
     return blocks
 
 
@@ -326,12 +322,12 @@ def prune_attention_heads(
 ) -> List[Optional[torch.Tensor]]:
     """Removes the attention heads with the smallest weight norms (``head_scores``) from a ViT.
 
-    Works on DynamicViT, Evo-ViT and timm ``VisionTransformer`` blocks; the attention code of
-    all of them reads ``num_heads`` / ``head_dim`` from the module. At least one head stays in
+    Works on timm ``VisionTransformer`` blocks and the token families' (theirs are timm's); the
+    attention code of all of them reads ``num_heads`` / ``head_dim`` from the module. At least one head stays in
     every block. Create the optimizer afterwards: the pruned layers get new parameters.
 
-    Note: Evo-ViT ranks tokens by the class attention averaged over heads, so removing a head
-    changes the ranking, while zeroing its weights would leave it voting with a uniform row.
+    Note: a family that ranks tokens by the class attention averaged over heads ranks them
+    differently after, while zeroing a head's weights would leave it voting with a uniform row.
 
     Args:
         model: The ViT (modified in place).
@@ -386,10 +382,10 @@ def prune_block_channels(
         round_to: int = 1,
 ) -> List[Optional[torch.Tensor]]:
     """Removes the inner channels (conv1 outputs = conv2 inputs) with the smallest weight norms
-    (``channel_scores``) from every basic block of a ResNet (FBS ResNet or timm's).
+    (``channel_scores``) from every basic block of a ResNet (timm's or one built on it).
 
-    FBS gates shrink with them (see ``shrink_basic_block``), and at inference the gates then
-    keep ``ceil(density * C')`` of the ``C'`` remaining channels. The block outputs, which
+    A block's own modules on those channels (channel gates) shrink with them (see
+    ``shrink_basic_block``); a gate then keeps its density of the remaining channels. The block outputs, which
     the residual connections tie together across blocks, are not pruned.
 
     Args:

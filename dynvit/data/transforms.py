@@ -12,7 +12,7 @@ from timm.data.constants import DEFAULT_CROP_PCT
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from ..models._helpers import model_input_size
+from ..models import model_input_size
 
 __all__ = ['model_decode_size', 'model_norm', 'model_transform', 'SeededAugmentation']
 

@@ -6,8 +6,8 @@ from typing import Any, Dict, Optional
 
 from timm.models import get_pretrained_cfg
 
-from ..models._zoo import read_card
 from .downloads import cached_weights, download_source
+from .zoo import read_card
 
 __all__ = ['pretrained_info']
 

@@ -11,9 +11,7 @@ import torch.nn as nn
 from timm.models import get_pretrained_cfg, model_entrypoint, parse_model_name, split_model_name_tag
 
 from ..compress.saving import STRUCTURE_KEY, apply_structure
-from ..models import all_sparsity_args
-from ..models._helpers import model_input_size
-from ..models._zoo import TAG_ARGS, current_name
+from ..models import all_sparsity_args, model_input_size
 from .downloads import (
     PretrainedWeightsError,
     cached_weights,
@@ -23,6 +21,7 @@ from .downloads import (
     offline_reason,
 )
 from .files import load_checkpoint, mark_untrained, read_dynvit_metadata, read_state_dict
+from .zoo import current_name
 
 
 def _is_dynvit(arch: str) -> bool:
@@ -33,7 +32,7 @@ def list_models(filter: Union[str, List[str]] = '', pretrained: bool = False, **
     """Names of dynvit's registered models, as ``timm.list_models`` gives them.
 
     Args:
-        filter: Wildcard pattern(s), e.g. ``'dynamicvit_*'``.
+        filter: Wildcard pattern(s), e.g. ``'*_patch16_224'``.
         pretrained: List ``arch.tag`` names that have pretrained weight configs.
         **kwargs: Passed to ``timm.list_models``.
     """
@@ -56,7 +55,7 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
     ``checkpoint_path=``) is self-describing: the model arguments stored in it (sparsity
     configuration, number of classes, ...) are used unless given here. ``checkpoint_path``
     goes through the model's ``checkpoint_filter_fn`` (unlike in timm), so a dense ViT
-    checkpoint loads into a DynamicViT backbone there too.
+    checkpoint loads into a dynvit model's backbone there too.
 
     Downloaded weights (``hf_hub_id`` / ``url``) are fetched by timm as usual when the network is
     there. Without it (or with ``HF_HUB_OFFLINE=1``) a copy in the caches loads, and with none
@@ -94,7 +93,7 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
         meta = read_dynvit_metadata(f)
         if meta is not None:
             stored = meta['model_args']
-            if meta.get('architecture') != arch:  # e.g. a dense DynamicViT file as an Evo-ViT backbone
+            if meta.get('architecture') != arch:  # e.g. a dense file of another family as a backbone
                 foreign = (f, meta.get('architecture'))
                 sparsity_args = all_sparsity_args()
                 stored = {k: v for k, v in stored.items() if k not in sparsity_args}
@@ -103,8 +102,6 @@ def create_model(model_name: str, pretrained: bool = False, **kwargs: Any) -> nn
                 overlay = {**meta['pretrained_cfg'], **overlay}
                 file_meta = meta
             structure = (meta.get('extra') or {}).get(STRUCTURE_KEY) or structure
-    # what an official tag was trained with: its files do not store it (last resort, after the file's own)
-    kwargs = {**TAG_ARGS.get(model_name, {}), **kwargs}
     if pretrained and overlay.get('file'):
         # read and validate the file here; timm then loads the tensors (classifier reset,
         # input-channel adaptation and our checkpoint filter included)

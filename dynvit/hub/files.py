@@ -14,12 +14,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from timm.models._helpers import clean_state_dict
 
-from ..compress._masks import _detach_masked_weights
-from ..compress._select import masked_layers
-from ..compress.magnitude import remove_masks, sparsity
-from ..compress.quantize import is_quantized
-from ..compress.saving import STRUCTURE_KEY, pruned_structure
-from ..models._helpers import adapt_input_channels, check_state_dict, model_input_size
+from ..compress import detach_masked_weights, is_quantized, masked_layers, pruned_structure, remove_masks, sparsity
+from ..compress.saving import STRUCTURE_KEY
+from ..models import adapt_input_channels, check_state_dict, model_input_size
 
 FORMAT = 'dynvit'
 UNTRAINED_KEY = 'untrained_sparse'  # metadata: why the file's sparse modules are untrained (absent: trained)
@@ -71,7 +68,7 @@ def save_model(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = No
         raise ValueError(f'dtype must be float32, float16 or bfloat16, got {dtype}')
     if not hasattr(model, 'sparsity_config'):
         raise TypeError(f'{type(model).__name__} is not a dynvit model; save its state_dict with safetensors directly')
-    if not hasattr(model, 'model_args'):  # e.g. ToMe applied in place to a timm model (dynvit.apply)
+    if not hasattr(model, 'model_args'):  # e.g. a method applied in place to a timm model (dynvit.apply)
         raise TypeError(f'this {type(model).__name__} was converted from a built model, so its constructor arguments '
                         f'are unknown: create it by name (dynvit.create_model) and load the weights, or save its '
                         f'state_dict with safetensors')
@@ -128,7 +125,7 @@ def save_pruned(model: nn.Module, path: str, extra: Optional[Dict[str, Any]] = N
     """
     target = model
     if masked_layers(model):
-        _detach_masked_weights(model)  # in case a layer ran outside a hooked forward: deepcopy needs leaves
+        detach_masked_weights(model)  # in case a layer ran outside a hooked forward: deepcopy needs leaves
         target = remove_masks(copy.deepcopy(model))
     meta = dict(extra or {})
     try:
@@ -200,7 +197,7 @@ def read_state_dict(path: str, use_ema: bool = True) -> Dict[str, torch.Tensor]:
 def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
     """Loads weights from ``path`` into ``model`` through its family's ``checkpoint_filter_fn``.
 
-    Accepts what ``read_state_dict`` accepts; a dense timm ViT checkpoint fills a DynamicViT
+    Accepts what ``read_state_dict`` accepts; a dense timm ViT checkpoint fills a dynvit ViT's
     backbone. Mismatching keys raise a ValueError.
     """
     state_dict = read_state_dict(path)

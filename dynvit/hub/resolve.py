@@ -4,9 +4,9 @@ from typing import Any, Optional, Tuple
 
 import torch.nn as nn
 
-from ..models._zoo import current_name
 from .factory import create_model
 from .files import read_dynvit_metadata
+from .zoo import current_name
 
 __all__ = ['MODEL_FILE_SUFFIXES', 'model_and_file', 'resolve_model']
 

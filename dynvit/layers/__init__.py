@@ -34,3 +34,4 @@ from .token_ops import (
     residual_block_forward,
     unpack_tokens,
 )
+from .weight_reads import cache_name, drop_weight_caches, reads_layer_weights

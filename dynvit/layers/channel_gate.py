@@ -28,6 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers.conv2d_same import Conv2dSame, conv2d_same
 
+from .weight_reads import cache_name
+
 __all__ = [
     'ChannelGate', 'importance_bias', 'gaussian_relu_mean', 'gaussian_abs_mean', 'num_kept', 'select_channels',
     'masked_saliency', 'check_sliceable_conv', 'check_batch_norm',
@@ -64,6 +66,20 @@ class ChannelGate(nn.Module):
     @property
     def out_channels(self) -> int:
         return self.fc.out_features
+
+    @torch.no_grad()
+    def keep_channels(self, outputs: Optional[torch.Tensor] = None, inputs: Optional[torch.Tensor] = None) -> None:
+        """Keeps the gated channels ``outputs`` (rows) and the pooled inputs ``inputs`` (columns), in
+        place: the gate of a convolution whose channels were cut out (structured pruning)."""
+        w, b = self.fc.weight, self.fc.bias
+        if outputs is not None:
+            outputs = outputs.to(w.device)
+            w, b = w.index_select(0, outputs), b.index_select(0, outputs)
+        if inputs is not None:
+            w = w.index_select(1, inputs.to(w.device))
+        self.fc.weight = nn.Parameter(w.clone(), requires_grad=self.fc.weight.requires_grad)
+        self.fc.bias = nn.Parameter(b.clone(), requires_grad=self.fc.bias.requires_grad)
+        self.fc.out_features, self.fc.in_features = w.shape
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         """``[B, C_in]`` pooled input -> ``[B, C_out]`` saliency (>= 0)."""
@@ -184,13 +200,13 @@ def folded_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> Tuple[torch.Tensor, torch.
         key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
     except RuntimeError:  # inference tensors have no version counter: do not cache
         key = None
-    cached = conv.__dict__.get('_fbs_folded')
+    cached = conv.__dict__.get(cache_name('folded'))
     if key is not None and cached is not None and cached[0] == (key, bn.eps):
         return cached[1], cached[2]
     scale, shift = bn_affine(bn)
     weight = (conv.weight * scale.reshape(-1, 1, 1, 1)).contiguous()
     if key is not None:
-        conv.__dict__['_fbs_folded'] = ((key, bn.eps), weight, shift)
+        conv.__dict__[cache_name('folded')] = ((key, bn.eps), weight, shift)
     return weight, shift
 
 
@@ -201,7 +217,7 @@ def _gather_rows(owner: nn.Module, src: torch.Tensor, rows: torch.Tensor) -> tor
     graph plans its own buffers.)"""
     if torch.is_grad_enabled() or tracing():
         return src.index_select(0, rows)
-    buffers = owner.__dict__.setdefault('_fbs_gather_buffers', {})
+    buffers = owner.__dict__.setdefault('_gather_buffers', {})
     key = (threading.get_ident(), src.dtype, src.device)
     buf = buffers.get(key)
     if buf is None or buf.is_inference() != torch.is_inference_mode_enabled():
@@ -322,9 +338,9 @@ def _transposed(owner: nn.Module, w: torch.Tensor) -> torch.Tensor:
         key = (w.data_ptr(), w._version, w.shape, w.dtype, w.device)
     except RuntimeError:  # inference tensors have no version counter
         return w.t().contiguous()
-    cached = owner.__dict__.get('_fbs_transposed')
+    cached = owner.__dict__.get(cache_name('transposed'))
     if cached is None or cached[0] != key:
-        cached = owner.__dict__['_fbs_transposed'] = (key, w.t().contiguous())
+        cached = owner.__dict__[cache_name('transposed')] = (key, w.t().contiguous())
     return cached[1]
 
 

@@ -25,6 +25,8 @@ class KeepPredictor(nn.Module):
         dim: Token embedding width C.
     """
 
+    reads_layer_weights = True  # forward_packed reads its layers' weights (dynvit.layers.weight_reads)
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dim = dim

@@ -1,9 +1,9 @@
 """Applying a dynamic method to a model that is already built (e.g. any timm ViT), keeping its weights.
 
 A family that can do this registers itself with ``register_method``; ``dynvit.apply(model,
-method=..., **settings)`` dispatches to it. ToMe (``'tome'``) is training-free, so this is how
-it is used in practice: ``dynvit.apply(timm.create_model('deit_small_patch16_224',
-pretrained=True), 'tome', r=13)``. EViT (``'evit'``) runs on DeiT weights at a modest loss.
+method=..., **settings)`` dispatches to it (``list_methods()`` names them). A training-free
+method is used this way in practice, e.g. ``dynvit.apply(timm.create_model('deit_small_patch16_224',
+pretrained=True), METHOD, **settings)``.
 """
 from typing import Any, Callable, Dict, List
 
@@ -29,15 +29,14 @@ def apply(model: nn.Module, method: str, **settings: Any) -> nn.Module:
 
     Args:
         model: The model (e.g. a timm ``VisionTransformer``).
-        method: A name from ``list_methods()`` (e.g. ``'tome'``).
-        **settings: The method's sparsity settings (ToMe: ``r``, ``inflect``, ``prop_attn``;
-            EViT: ``keep_ratio``, ``drop_loc``, ``fuse_token``).
+        method: A name from ``list_methods()``.
+        **settings: The method's sparsity settings (its ``set_sparsity`` keywords).
 
     Returns:
         The dynvit model; use the returned object: ``model(x, return_aux=True)`` gives the
-        per-image report, ``model.set_sparsity(...)`` changes the settings. ToMe converts in place
-        (the same object, its class swapped, as the released code does); EViT builds a new model
-        with a copy of the weights (``model`` is left as it was) that saves like any dynvit model.
+        per-image report, ``model.set_sparsity(...)`` changes the settings. A method converts in
+        place (the same object, its class swapped) or builds a new model with a copy of the
+        weights (``model`` left as it was); each method's function says which.
 
     Raises:
         ValueError: The method is unknown or cannot handle this model (the message says why).

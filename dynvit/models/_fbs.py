@@ -20,8 +20,9 @@ from ..layers.channel_gate import (
     select_channels,
     tracing,
 )
-from ..losses import FBSLoss, ObjectiveConfig
-from ._base import DynamicAux, DynamicModel
+from ..losses import DistilledLoss, ObjectiveConfig
+from ..families.fbs import SPEC
+from ._base import DynamicAux, DynamicModel, setting
 from ._helpers import check_image_batch, check_state_dict, first_conv_keys, is_scalar
 
 EXECUTIONS = ('auto', 'grouped', 'loop', 'union', 'mask')
@@ -80,6 +81,72 @@ class FBSAux(DynamicAux):
             else:
                 out.append(torch.zeros(B, c, dtype=torch.bool, device=idx.device).scatter_(1, idx, True))
         return out
+
+
+# ---- the objective ----
+
+def saliency_l1(saliency: Sequence[Optional[torch.Tensor]]) -> torch.Tensor:
+    """Mean absolute saliency: per gate the batch mean of ``mean_c |s_c|``, averaged over the gates
+    that were on (0 when none was).
+
+    Args:
+        saliency: Per gate ``[B, C]`` saliencies (``FBSAux.saliency``); None for gates that were off.
+    """
+    terms = [s.abs().mean() for s in saliency if s is not None]
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).mean()
+
+
+class FBSLoss(DistilledLoss):
+    """The FBS training objective: ``ce(logits) + l1_weight * saliency_l1(aux.saliency)
+    + distill_weight * kl(logits, teacher_logits)``.
+
+    The paper sums the saliencies' absolute values; here they are averaged per channel and
+    over the gates, so the weight does not depend on the network's width or depth.
+
+    Args:
+        base_criterion: Classification loss (default cross-entropy).
+        l1_weight: Weight of the saliency L1 term.
+        distill_weight: Weight of ``distillation_kl`` (used when teacher logits are given).
+        temperature: Softening temperature of the distillation.
+    """
+
+    def __init__(
+            self,
+            base_criterion: Optional[nn.Module] = None,
+            l1_weight: float = 1e-3,
+            distill_weight: float = 0.5,
+            temperature: float = 1.0,
+    ) -> None:
+        if l1_weight < 0:
+            raise ValueError(f'l1_weight must be >= 0, got {l1_weight}')
+        super().__init__(base_criterion, distill_weight, temperature)
+        self.l1_weight = l1_weight
+
+    def forward(
+            self,
+            logits: torch.Tensor,
+            aux: 'FBSAux',
+            target: torch.Tensor,
+            teacher_logits: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Computes the loss.
+
+        Args:
+            logits: ``[B, K]``.
+            aux: The ``FBSAux`` of the forward (``return_aux=True``).
+            target: Class indices ``[B]`` (or soft targets for a soft criterion).
+            teacher_logits: Teacher logits ``[B, K]``.
+
+        Returns:
+            The total loss and its detached parts by name.
+        """
+        if not hasattr(aux, 'saliency'):
+            raise ValueError('FBSLoss needs the FBSAux of the forward: call model(x, return_aux=True)')
+        parts = {'ce': self.base_criterion(logits, target), 'l1': saliency_l1(aux.saliency).to(logits)}
+        total = parts['ce'] + self.l1_weight * parts['l1']
+        return self._with_distillation(total, parts, logits, teacher_logits)
 
 
 class GateTrace:
@@ -154,6 +221,7 @@ class GatedBlock:
     ``gate_offset`` and ``block_name``.
     """
     _gate_names: Tuple[str, ...] = ()
+    reads_layer_weights = True  # sliced, BatchNorm-folded weights (dynvit.layers.weight_reads)
     density: float = 1.0
     execution: str = 'auto'
     gate_offset: int = 0
@@ -262,16 +330,22 @@ class FBSModel(DynamicModel):
     ``forward_features(x, decisions, return_aux)`` between ``_start_trace`` and ``_end_trace``.
     The pass records the shapes each block computed; the MACs are counted from them after it.
     """
-    family = 'FBS'
+    spec = SPEC
     sparsity_args = ('density', 'execution')
-    kept_unit = 'channels'
-    sparse_label = 'channel gates'
-    stage_label = 'kept channels per gated layer'
-    per_block_label = 'of channels'
-    total_label = 'gated channels'
-    kept_style = 'runs'
-    onnx_batch_fixed = ('the kept channels of each image run as one grouped convolution whose group count is '
-                        'the batch size, a constant of an ONNX Conv')
+
+    density = setting('density', 'Fraction of each gated layer\'s channels kept (1.0: gates off, the dense timm model).')
+    execution = setting('execution', """How inference runs each gated block on a batch:
+        'grouped': one grouped convolution per layer, each image a group with its own gathered
+        weights (only its kept channels);
+        'loop': image by image, each with its sliced weights;
+        'union': the batch as a group of images: one convolution on the channels any of its images
+        kept, the others' outputs zeroed (computes more than each image needs, reads each weight once);
+        'mask': dense convolutions times the gate (the training computation);
+        'auto' (default): 'grouped', except on the CPU at batch > 1, where each block runs what
+        measured fastest for its shapes (ResNet blocks with outputs of 64 pixels or fewer 'union',
+        MBConv blocks with outputs of 56 x 56 or more 'loop'): decided from the shapes, so every run
+        gives the same numbers. At batch 1 grouped, loop and union are the same computation.
+        Training always masks.""")
 
     def _init_fbs(self, density: float, execution: str) -> None:
         self.gated_blocks: List[GatedBlock] = []
@@ -282,59 +356,19 @@ class FBSModel(DynamicModel):
                 offset += len(m.gates())
                 self.gated_blocks.append(m)
         self.num_gates = offset
-        self._density, self._execution = 1.0, 'auto'
-        self.set_sparsity(density=density, execution=execution)
+        self._update_sparsity(dict(density=density, execution=execution))
 
     # ---- sparsity settings (changeable on a built model) ----
-    @property
-    def density(self) -> float:
-        """Fraction of each gated layer's channels kept (1.0: gates off, the dense timm model)."""
-        return self._density
-
-    @density.setter
-    def density(self, value: float) -> None:
-        self.set_sparsity(density=value)
-
-    @property
-    def execution(self) -> str:
-        """How inference runs the kept channels: 'auto', 'grouped', 'loop' or 'mask'."""
-        return self._execution
-
-    @execution.setter
-    def execution(self, value: str) -> None:
-        self.set_sparsity(execution=value)
-
-    def set_sparsity(self, density: Optional[float] = None, execution: Optional[str] = None) -> 'FBSModel':
-        """Changes the settings given (others stay); returns the model. Nothing changes if one is invalid.
-
-        Args:
-            density: Fraction of channels each gate keeps, in (0, 1]; 1.0 switches the gates off.
-            execution: How inference runs each gated block on a batch:
-                'grouped': one grouped convolution per layer, each image a group with its own
-                gathered weights (only its kept channels);
-                'loop': image by image, each with its sliced weights;
-                'union': the batch as a group of images: one convolution on the channels any
-                of its images kept, the others' outputs zeroed (computes more than each image
-                needs, reads each weight once);
-                'mask': dense convolutions times the gate (the training computation);
-                'auto' (default): 'grouped', except on the CPU at batch > 1, where each block
-                runs what measured fastest for its shapes (ResNet blocks with outputs of 64 pixels
-                or fewer 'union', MBConv blocks with outputs of 56 x 56 or more 'loop'): decided
-                from the shapes, so every run gives the same numbers. At batch 1 grouped, loop
-                and union are the same computation. Training always masks.
-        """
-        d = self._density if density is None else check_density(density)
-        if execution is not None and execution not in EXECUTIONS:
+    def _checked_sparsity(self, current: Dict[str, Any], given: Dict[str, Any]) -> Dict[str, Any]:
+        density = check_density(given['density']) if 'density' in given else current['density']
+        execution = given.get('execution', current.get('execution'))
+        if execution not in EXECUTIONS:
             raise ValueError(f'execution must be one of {EXECUTIONS}, got {execution!r}')
-        e = self._execution if execution is None else execution
-        self._density, self._execution = d, e
-        for blk in self.gated_blocks:
-            blk.density, blk.execution = d, e
-        return self
+        return dict(density=density, execution=execution)
 
-    def sparsity_config(self) -> Dict[str, Any]:
-        """The current settings as plain values (stored with saved weights)."""
-        return dict(density=self.density, execution=self.execution)
+    def _sparsity_changed(self) -> None:
+        for blk in self.gated_blocks:
+            blk.density, blk.execution = self.density, self.execution
 
     def init_gates(self, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
         """Starts every gate as static magnitude pruning: zero weights, biases ranked by channel

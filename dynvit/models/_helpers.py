@@ -1,6 +1,6 @@
 """Checks, forward steps and checkpoint helpers shared by the model families."""
 import numbers
-from typing import Any, Callable, Dict, Iterable, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -10,6 +10,7 @@ from timm.models import build_model_with_cfg
 from timm.models._manipulate import adapt_input_conv, checkpoint
 
 from ..layers import ConvPatchEmbed
+from ._tags import with_tag_args
 
 
 def is_scalar(value: Any) -> bool:
@@ -122,9 +123,13 @@ def model_input_size(model: nn.Module) -> Tuple[int, int, int]:
 
 
 def build_dynamic_model(model_cls: type, variant: str, pretrained: bool, filter_fn: Callable[..., Any],
-                        no_features_why: str, **kwargs: Any) -> nn.Module:
-    """timm's ``build_model_with_cfg`` with the family's checkpoint filter; ``features_only``
-    (timm's feature-extraction wrapper) is refused with ``no_features_why``."""
+                        no_features_why: str, model_args: Optional[Dict[str, Any]], **kwargs: Any) -> nn.Module:
+    """timm's ``build_model_with_cfg`` with the family's checkpoint filter, the variant's
+    ``model_args`` under its pretrained tag's arguments under the caller's ``kwargs``
+    (``with_tag_args``; None: ``kwargs`` are complete); ``features_only`` (timm's
+    feature-extraction wrapper) is refused with ``no_features_why``."""
+    if model_args is not None:
+        kwargs = with_tag_args(variant, model_args, pretrained, kwargs)
     if kwargs.get('features_only'):
         raise ValueError(f'features_only is not supported: {no_features_why}')
     return build_model_with_cfg(model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, **kwargs)

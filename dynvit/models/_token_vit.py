@@ -1,11 +1,11 @@
-"""What the token-sparse ViT families share: a timm ``VisionTransformer`` that selects patch tokens
-per image at a few stages, counts its MACs from the tokens each block saw, pools only the tokens
-it kept, and refuses what a reduced token set cannot do (attention pooling, timm's
+"""What the token-reducing ViT families share: a timm ``VisionTransformer`` whose blocks compute
+fewer tokens per image, counting its MACs from the tokens each block saw, pooling only the tokens
+that are left, and refusing what a reduced token set cannot do (attention pooling, timm's
 ``forward_intermediates`` on the full grid, external attention masks).
 
-A family subclasses ``TokenSparseViT`` and writes its selection rule and its token pass
-``_forward_tokens(x, want_aux, **kwargs) -> (features, aux or None)``; its aux subclasses
-``TokenAux``. See DynamicViT (``dynamic_vit.py``), Evo-ViT (``evo_vit.py``) and EViT (``evit.py``).
+A family subclasses ``TokenSparseViT`` (or ``StagedTokenViT``, ``_staged.py``, when it selects at
+a few stages by keep ratios) and writes its token pass ``_forward_tokens(x, want_aux, **kwargs) ->
+(features, aux or None)``; its aux subclasses ``TokenAux``.
 """
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
@@ -16,9 +16,10 @@ from timm.models.vision_transformer import VisionTransformer
 
 from ..runtime.macs import dense_vit_macs, vit_macs
 from ._base import DynamicAux, DynamicModel
-from ._helpers import build_dynamic_model, embed_tokens, is_scalar, run_block, vit_embed_layer, with_stem_cfg
+from ._helpers import build_dynamic_model, embed_tokens, run_block, vit_embed_layer, with_stem_cfg
+from ._tags import with_tag_args
 
-__all__ = ['TokenAux', 'TokenSparseViT', 'block_indices', 'per_stage_ratio', 'pico_28_args']
+__all__ = ['TokenAux', 'TokenSparseViT', 'build_token_vit', 'pico_28_args']
 
 
 @dataclass(kw_only=True)
@@ -71,7 +72,7 @@ class TokenAux(DynamicAux):
     @property
     def mlp_tokens_per_block(self) -> Optional[torch.Tensor]:
         """``[B, depth]`` tokens each block's MLP computed where blocks reduce their tokens between
-        attention and MLP (ToMe); None: the tokens entering the block."""
+        attention and MLP; None: the tokens entering the block."""
         return None
 
     @property
@@ -81,42 +82,6 @@ class TokenAux(DynamicAux):
         if kept.shape[1] == 0:
             return kept.new_ones(kept.shape[0], dtype=torch.float64)
         return kept[:, -1].double() / self.num_patches
-
-
-def per_stage_ratio(
-        value: Union[float, Sequence[float]],
-        num_stages: int,
-        stages: str,
-        meaning: str,
-) -> Tuple[float, ...]:
-    """Per-stage keep ratios: a float is the same at every stage, a sequence gives one per stage.
-
-    Args:
-        value: The ``keep_ratio`` given.
-        num_stages: Stages of the model.
-        stages: What the stages are, for messages ('selections (select_loc)').
-        meaning: What a ratio is, for messages ('the fraction of patches ...').
-    """
-    ratios = (float(value),) * num_stages if is_scalar(value) else tuple(float(r) for r in value)
-    if len(ratios) != num_stages:
-        raise ValueError(f'keep_ratio has {len(ratios)} values for {num_stages} {stages}')
-    if any(not 0.0 < r <= 1.0 for r in ratios):
-        raise ValueError(f'keep_ratio is {meaning} and must be in (0, 1], got {list(ratios)}')
-    return ratios
-
-
-def block_indices(value: Sequence[int], name: str, lowest: int, depth: int, why: str = '') -> Tuple[int, ...]:
-    """Checks increasing block indices in ``[lowest, depth)`` given as argument ``name``; ``why``
-    (e.g. ' (the ranking needs ...)') follows the range in the message."""
-    try:
-        if isinstance(value, (str, bytes)) or any(isinstance(i, bool) or int(i) != i for i in value):
-            raise TypeError
-        loc = tuple(int(i) for i in value)
-    except (TypeError, ValueError):
-        raise ValueError(f'{name} must be a sequence of block indices, got {value!r}') from None
-    if not loc or list(loc) != sorted(set(loc)) or not lowest <= loc[0] <= loc[-1] < depth:
-        raise ValueError(f'{name} must be increasing block indices in [{lowest}, {depth}){why}, got {list(loc)}')
-    return loc
 
 
 class TokenSparseViT(DynamicModel, VisionTransformer):
@@ -132,11 +97,6 @@ class TokenSparseViT(DynamicModel, VisionTransformer):
     Class attributes:
         attn_layer: The attention class the blocks get unless ``attn_layer`` is given (None: timm's).
     """
-    sparsity_knob = 'keep_ratio'
-    kept_unit = 'patches'
-    stage_label = 'kept patch tokens per stage'
-    per_block_label = 'tokens per block'
-    total_label = 'patches'
     attn_layer: ClassVar[Optional[type]] = None
 
     def __init__(self, *, stem: str = 'patch', family_args: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
@@ -148,15 +108,6 @@ class TokenSparseViT(DynamicModel, VisionTransformer):
         layers = {'attn_layer': self.attn_layer} if self.attn_layer is not None else {}
         super().__init__(**{**layers, 'embed_layer': vit_embed_layer(stem), **kwargs})
         self.model_args = {**backbone, **(family_args or {}), **({'stem': stem} if stem != 'patch' else {})}
-
-    # ---- settings ----
-    def num_keep(self, stage: int, num_patches: int) -> int:
-        """Patches kept in ``stage``: ``int(N * keep_ratio[stage])``, at least 1."""
-        return max(1, int(num_patches * self.keep_ratio[stage]))
-
-    def is_dense(self) -> bool:
-        """Whether the model computes every token (keep ratio 1.0 everywhere)."""
-        return all(r >= 1.0 for r in self.keep_ratio)
 
     # ---- forward ----
     def _forward_tokens(self, x: torch.Tensor, want_aux: bool, **kwargs: Any) -> Tuple[torch.Tensor, Optional[TokenAux]]:
@@ -201,7 +152,7 @@ class TokenSparseViT(DynamicModel, VisionTransformer):
             attn_mask: Not supported (tokens are selected per image); must be None.
             is_causal: Not supported; must be False.
             return_aux: Also return the aux of this pass (with its MACs).
-            **kwargs: The family's own options (e.g. DynamicViT's fixed ``decisions``).
+            **kwargs: The family's own options (e.g. fixed ``decisions``).
 
         Returns:
             Normalised tokens ``[B, L, C]`` (which ones: see the family); with ``return_aux`` also the aux.
@@ -287,9 +238,12 @@ def pico_28_args(**kwargs: Any) -> Dict[str, Any]:
     return dict(img_size=28, patch_size=4, embed_dim=96, depth=6, num_heads=3, stem='conv', **kwargs)
 
 
-def build_token_vit(model_cls: type, variant: str, pretrained: bool, filter_fn: Any, **kwargs: Any) -> nn.Module:
-    """timm's ``build_model_with_cfg`` for a token-sparse family (a convolutional stem's first
-    conv named in the pretrained cfg; ``features_only`` refused)."""
+def build_token_vit(model_cls: type, variant: str, model_args: Dict[str, Any], pretrained: bool, filter_fn: Any,
+                    **kwargs: Any) -> nn.Module:
+    """timm's ``build_model_with_cfg`` for a token family (``build_dynamic_model``: the variant's
+    ``model_args``, its tag's, the caller's; a convolutional stem's first conv named in the
+    pretrained cfg; ``features_only`` refused)."""
+    kwargs = with_tag_args(variant, model_args, pretrained, kwargs)
     return build_dynamic_model(model_cls, variant, pretrained, filter_fn,
-                               f'{model_cls.family} selects tokens and has no full feature grid',
+                               f'{model_cls.family} selects tokens and has no full feature grid', None,
                                **with_stem_cfg(kwargs))

@@ -35,12 +35,16 @@ from ..layers import (
     policy_bias,
     unpack_tokens,
 )
-from ..losses import DynamicViTLoss, ObjectiveConfig
+from ..losses import DistilledLoss, ObjectiveConfig, distillation_kl
 from ._helpers import check_state_dict, fill_missing, first_conv_keys, is_scalar, vit_cfg
-from ._token_vit import TokenAux, TokenSparseViT, build_token_vit, pico_28_args
-from ._zoo import register_tag_args, shipped_cfgs
+from ..families.dynamic_vit import SPEC
+from ._base import setting
+from ._staged import StagedTokenViT
+from ._token_vit import TokenAux, build_token_vit, pico_28_args
+from ._tags import register_tag_args, zoo_cfgs
 
-__all__ = ['DynamicVisionTransformer', 'DynamicViTAux']
+__all__ = ['DynamicVisionTransformer', 'DynamicViTAux', 'DynamicViTLoss', 'ratio_loss', 'resolve_keep_ratio',
+           'token_distillation_loss']
 
 Mode = Literal['topk', 'threshold']
 TokenOrder = Literal['position', 'score']
@@ -86,18 +90,17 @@ def resolve_keep_ratio(keep_ratio: Union[float, Sequence[float]], num_stages: in
         base = float(keep_ratio)
         if not 0.0 < base <= 1.0:
             raise ValueError(f'keep_ratio must be in (0, 1], got {keep_ratio}')
-        ratios = tuple(base ** (s + 1) for s in range(num_stages))
-    else:
-        ratios = tuple(float(r) for r in keep_ratio)
-        if len(ratios) != num_stages:
-            raise ValueError(f'keep_ratio has {len(ratios)} values for {num_stages} prune locations')
-        bad = [r for r in ratios if not 0.0 < r <= 1.0]
-        if bad:
-            raise ValueError(f'keep ratios must be in (0, 1], got {list(ratios)}')
-        if any(b > a for a, b in zip(ratios, ratios[1:])):
-            raise ValueError(
-                f'keep ratios are fractions of the original patches and decisions are cumulative, '
-                f'so they must not increase from stage to stage; got {list(ratios)}')
+        return tuple(base ** (s + 1) for s in range(num_stages))
+    ratios = tuple(float(r) for r in keep_ratio)
+    if len(ratios) != num_stages:
+        raise ValueError(f'keep_ratio has {len(ratios)} values for {num_stages} prune locations')
+    bad = [r for r in ratios if not 0.0 < r <= 1.0]
+    if bad:
+        raise ValueError(f'keep ratios must be in (0, 1], got {list(ratios)}')
+    if any(b > a for a, b in zip(ratios, ratios[1:])):
+        raise ValueError(
+            f'keep ratios are fractions of the original patches and decisions are cumulative, '
+            f'so they must not increase from stage to stage; got {list(ratios)}')
     return ratios
 
 
@@ -110,11 +113,128 @@ def _resolve_threshold(threshold: Union[float, Sequence[float]], num_stages: int
     return values
 
 
-class DynamicVisionTransformer(TokenSparseViT):
+# ---- the objective ----
+
+def ratio_loss(decisions: Sequence[torch.Tensor], keep_ratios: Sequence[float]) -> torch.Tensor:
+    """Mean over stages of the squared gap between each image's kept fraction and the target.
+
+    Args:
+        decisions: Per stage ``[B, N]`` keep decisions over the original patches.
+        keep_ratios: Target fraction of the original patches per stage.
+
+    Returns:
+        Scalar ``mean_s mean_b (mean_n d[s][b, n] - keep_ratios[s])^2``.
+    """
+    if len(decisions) != len(keep_ratios):
+        raise ValueError(f'{len(decisions)} decision stages but {len(keep_ratios)} keep ratios')
+    terms = [((d.mean(dim=1) - r) ** 2).mean() for d, r in zip(decisions, keep_ratios)]
+    return torch.stack(terms).mean()
+
+
+def token_distillation_loss(
+        student_tokens: torch.Tensor,
+        teacher_tokens: torch.Tensor,
+        keep: torch.Tensor,
+) -> torch.Tensor:
+    """Mean squared error between student and teacher tokens at the positions the student kept.
+
+    Args:
+        student_tokens: ``[B, N, C]`` final student patch tokens in original positions.
+        teacher_tokens: ``[B, N, C]`` the dense teacher's final patch tokens.
+        keep: ``[B, N]`` final keep decisions (> 0.5 = kept).
+
+    Returns:
+        Scalar MSE over kept tokens and channels (0 when nothing is kept).
+    """
+    if student_tokens.shape != teacher_tokens.shape:
+        raise ValueError(f'student tokens {tuple(student_tokens.shape)} and teacher tokens '
+                         f'{tuple(teacher_tokens.shape)} differ in shape')
+    mask = keep.detach() > 0.5
+    if not bool(mask.any()):
+        return student_tokens.sum() * 0.0
+    return (student_tokens[mask] - teacher_tokens.detach()[mask]).pow(2).mean()
+
+
+class DynamicViTLoss(DistilledLoss):
+    """The DynamicViT training objective.
+
+    ``loss = ce + ratio_weight * ratio + distill_weight * kl + token_weight * token_mse``;
+    the distillation terms are skipped when no teacher output is given.
+
+    Args:
+        keep_ratios: Target kept fraction of the original patches per stage; None (default):
+            the ratios the forward ran with (``aux.keep_ratio``), so a sparsity schedule that
+            moves the model's keep ratio moves the target with it.
+        base_criterion: Classification loss (default cross-entropy; pass e.g. timm's
+            ``SoftTargetCrossEntropy`` for mixup targets).
+        ratio_weight: Weight of ``ratio_loss``.
+        distill_weight: Weight of ``distillation_kl`` on the logits.
+        token_weight: Weight of ``token_distillation_loss``.
+        temperature: Softening temperature of the logit distillation.
+    """
+
+    def __init__(
+            self,
+            keep_ratios: Optional[Sequence[float]] = None,
+            base_criterion: Optional[nn.Module] = None,
+            ratio_weight: float = 2.0,
+            distill_weight: float = 0.5,
+            token_weight: float = 0.5,
+            temperature: float = 1.0,
+    ) -> None:
+        super().__init__(base_criterion, distill_weight, temperature)
+        self.keep_ratios = None if keep_ratios is None else tuple(float(r) for r in keep_ratios)
+        self.ratio_weight = ratio_weight
+        self.token_weight = token_weight
+
+    def wants_teacher_tokens(self, aux: 'DynamicViTAux') -> bool:
+        """The tokens are compared in place, so only a masked (training-mode) pass uses them; at
+        keep ratio 1.0 (the start of a schedule) the model trains dense, without token targets."""
+        return self.token_weight > 0 and aux.execution == 'masked'
+
+    def forward(
+            self,
+            logits: torch.Tensor,
+            aux: 'DynamicViTAux',
+            target: torch.Tensor,
+            teacher_logits: Optional[torch.Tensor] = None,
+            teacher_tokens: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Computes the loss.
+
+        Args:
+            logits: Student logits ``[B, K]``.
+            aux: The student's ``DynamicViTAux`` from a training-mode forward.
+            target: Class indices ``[B]`` (or soft targets for a soft criterion).
+            teacher_logits: Dense teacher logits ``[B, K]``.
+            teacher_tokens: Dense teacher's final normalised tokens ``[B, L_t, C]``; its last
+                N tokens are the patches.
+
+        Returns:
+            The total loss and its detached parts by name.
+        """
+        ratios = aux.keep_ratio if self.keep_ratios is None else self.keep_ratios
+        parts = {'ce': self.base_criterion(logits, target), 'ratio': ratio_loss(aux.decisions, ratios)}
+        total = parts['ce'] + self.ratio_weight * parts['ratio']
+        if teacher_logits is not None:
+            parts['kl'] = distillation_kl(logits, teacher_logits, self.temperature)
+            total = total + self.distill_weight * parts['kl']
+        if teacher_tokens is not None:
+            if aux.execution != 'masked':
+                raise ValueError('token distillation needs the training-mode (masked) forward, '
+                                 'where tokens stay in their original positions')
+            n = aux.num_patches
+            parts['token'] = token_distillation_loss(aux.features[:, -n:], teacher_tokens[:, -n:], aux.decisions[-1])
+            total = total + self.token_weight * parts['token']
+        return total, {k: v.detach() for k, v in parts.items()}
+
+
+class DynamicVisionTransformer(StagedTokenViT):
     """timm ``VisionTransformer`` with DynamicViT token sparsification.
 
     Args:
-        prune_loc: Indices of the blocks before which tokens are pruned.
+        prune_loc: Indices of the blocks before which tokens are pruned (one keep predictor
+            each, so fixed once built).
         keep_ratio: Fraction of the original patches kept after each stage: a float rho means
             (rho, rho^2, rho^3, ...), a sequence gives one value per stage.
         mode: Inference selection, ``'topk'`` (fixed count per stage) or ``'threshold'``.
@@ -124,10 +244,16 @@ class DynamicVisionTransformer(TokenSparseViT):
         **kwargs: ``stem`` ('patch' or 'conv', see ``TokenSparseViT``) and timm's
             ``VisionTransformer`` arguments.
     """
-    family = 'DynamicViT'
-    sparse_label = 'keep predictors'
+    spec = SPEC
     sparsity_args = ('prune_loc', 'keep_ratio', 'mode', 'threshold', 'token_order')
+    fixed_settings = ('prune_loc',)
+    loc_arg = 'prune_loc'
     attn_layer = PolicyAttention
+
+    prune_loc = setting('prune_loc', 'Blocks before which tokens are pruned (fixed: one keep predictor each).')
+    mode = setting('mode', "Inference selection: 'topk' or 'threshold'.")
+    threshold = setting('threshold', 'Per-stage keep-probability threshold of threshold mode.')
+    token_order = setting('token_order', "Order of kept tokens in top-k mode: 'position' or 'score'.")
 
     def __init__(
             self,
@@ -139,93 +265,44 @@ class DynamicVisionTransformer(TokenSparseViT):
             token_order: TokenOrder = 'position',
             **kwargs: Any,
     ) -> None:
-        prune_loc = tuple(int(i) for i in prune_loc)
-        super().__init__(family_args={'prune_loc': list(prune_loc)}, **kwargs)
-        depth = len(self.blocks)
-        if not prune_loc or list(prune_loc) != sorted(set(prune_loc)) or not 0 <= prune_loc[0] <= prune_loc[-1] < depth:
-            raise ValueError(f'prune_loc must be increasing block indices in [0, {depth}), got {list(prune_loc)}')
-        self.prune_loc = prune_loc
-        self._stage_of_block = {b: s for s, b in enumerate(prune_loc)}
-        self.score_predictor = nn.ModuleList([KeepPredictor(self.embed_dim) for _ in prune_loc])
+        super().__init__(family_args={'prune_loc': [int(i) for i in prune_loc]}, **kwargs)
+        self._update_sparsity(dict(prune_loc=prune_loc, keep_ratio=keep_ratio, mode=mode, threshold=threshold,
+                                   token_order=token_order))
+        self.score_predictor = nn.ModuleList([KeepPredictor(self.embed_dim) for _ in self.prune_loc])
         for predictor in self.score_predictor:
             predictor.apply(init_weights_vit_timm)
-        self.keep_ratio = keep_ratio
-        self.mode = mode
-        self.threshold = threshold
-        self.token_order = token_order
 
     # ---- sparsity settings (changeable on a built model) ----
-    @property
-    def keep_ratio(self) -> Tuple[float, ...]:
-        """Per-stage fraction of the original patches kept."""
-        return self._keep_ratio
+    def _stage_ratios(self, value: Union[float, Sequence[float]], num_stages: int) -> Tuple[float, ...]:
+        """A float rho: (rho, rho^2, ...), decisions being cumulative; a sequence must not increase."""
+        return resolve_keep_ratio(value, num_stages)
 
-    @keep_ratio.setter
-    def keep_ratio(self, value: Union[float, Sequence[float]]) -> None:
-        self._keep_ratio = resolve_keep_ratio(value, len(self.prune_loc))
-
-    @property
-    def threshold(self) -> Tuple[float, ...]:
-        """Per-stage keep-probability threshold of threshold mode."""
-        return self._threshold
-
-    @threshold.setter
-    def threshold(self, value: Union[float, Sequence[float]]) -> None:
-        self._threshold = _resolve_threshold(value, len(self.prune_loc))
-
-    @property
-    def mode(self) -> str:
-        """Inference selection: ``'topk'`` or ``'threshold'``."""
-        return self._mode
-
-    @mode.setter
-    def mode(self, value: Mode) -> None:
-        if value not in ('topk', 'threshold'):
-            raise ValueError(f"mode must be 'topk' or 'threshold', got {value!r}")
-        if value == 'threshold':
+    def _checked_family_settings(self, settings: Dict[str, Any], given: Dict[str, Any]) -> Dict[str, Any]:
+        num_stages = len(settings['prune_loc'])
+        settings['threshold'] = _resolve_threshold(given.get('threshold', settings.get('threshold')), num_stages)
+        mode = given.get('mode', settings.get('mode'))
+        if mode not in ('topk', 'threshold'):
+            raise ValueError(f"mode must be 'topk' or 'threshold', got {mode!r}")
+        if mode == 'threshold':
             bad = [i for i, b in enumerate(self.blocks) if not is_packable(b)]
             if bad:
                 raise ValueError(f'threshold mode packs images and needs timm Block blocks; blocks {bad} are '
                                  f'{type(self.blocks[bad[0]]).__name__}')
-        self._mode = value
-
-    @property
-    def token_order(self) -> str:
-        """Order of kept tokens in top-k mode: ``'position'`` or ``'score'``."""
-        return self._token_order
-
-    @token_order.setter
-    def token_order(self, value: TokenOrder) -> None:
-        if value not in ('position', 'score'):
-            raise ValueError(f"token_order must be 'position' or 'score', got {value!r}")
-        self._token_order = value
-
-    def set_sparsity(
-            self,
-            keep_ratio: Union[None, float, Sequence[float]] = None,
-            mode: Optional[Mode] = None,
-            threshold: Union[None, float, Sequence[float]] = None,
-            token_order: Optional[TokenOrder] = None,
-    ) -> 'DynamicVisionTransformer':
-        """Changes the sparsity settings given (others stay); returns the model."""
-        if keep_ratio is not None:
-            self.keep_ratio = keep_ratio
-        if threshold is not None:
-            self.threshold = threshold
-        if mode is not None:
-            self.mode = mode
-        if token_order is not None:
-            self.token_order = token_order
-        return self
-
-    def sparsity_settings(self) -> Tuple[str, ...]:
-        return 'keep_ratio', 'mode', 'threshold', 'token_order'
+        order = given.get('token_order', settings.get('token_order'))
+        if order not in ('position', 'score'):
+            raise ValueError(f"token_order must be 'position' or 'score', got {order!r}")
+        return {**settings, 'mode': mode, 'token_order': order}
 
     def dense_settings(self) -> Dict[str, Any]:
         return dict(keep_ratio=1.0, mode='topk')  # threshold mode would still drop tokens
 
     def is_dense(self) -> bool:
         return super().is_dense() and self.mode == 'topk'
+
+    def sparsity_text(self) -> str:
+        if self.mode == 'threshold':
+            return f'threshold {self.level_text(self.threshold)} (mode threshold)'
+        return super().sparsity_text()
 
     def static_graph_problem(self) -> Optional[str]:
         if self.mode == 'threshold':
@@ -239,16 +316,6 @@ class DynamicVisionTransformer(TokenSparseViT):
 
     def sparse_modules(self) -> List[nn.Module]:
         return list(self.score_predictor)
-
-    def sparsity_config(self) -> Dict[str, Any]:
-        """The current sparsity settings as plain values (stored with saved weights)."""
-        return dict(
-            prune_loc=list(self.prune_loc),
-            keep_ratio=list(self.keep_ratio),
-            mode=self.mode,
-            threshold=list(self.threshold),
-            token_order=self.token_order,
-        )
 
     @torch.no_grad()
     def calibrate_threshold(
@@ -298,7 +365,7 @@ class DynamicVisionTransformer(TokenSparseViT):
         bias = None
         aux = _new_aux(x, len(self.blocks), len(self.prune_loc), N, 'masked', self.keep_ratio)
         for i, block in enumerate(self.blocks):
-            s = self._stage_of_block.get(i)
+            s = self.stage_of_block(i)
             if s is not None:
                 prev = policy
                 log_probs = self.score_predictor[s](x[:, P:], prev)  # [B, N, 2]
@@ -326,7 +393,7 @@ class DynamicVisionTransformer(TokenSparseViT):
         decisions, keep_probs = [], []
         tokens_per_block, predictor_tokens = [], [0] * len(self.prune_loc)  # the same for every image
         for i, block in enumerate(self.blocks):
-            s = self._stage_of_block.get(i)
+            s = self.stage_of_block(i)
             if s is not None:
                 n_cur, k = x.shape[1] - P, min(self.num_keep(s, N), x.shape[1] - P)
                 if k < n_cur:
@@ -371,7 +438,7 @@ class DynamicVisionTransformer(TokenSparseViT):
         lengths = None
         aux = _new_aux(x, len(self.blocks), len(self.prune_loc), N, 'packed', self.keep_ratio)
         for i, block in enumerate(self.blocks):
-            s = self._stage_of_block.get(i)
+            s = self.stage_of_block(i)
             if s is not None:
                 if lengths is None:
                     x = x.reshape(1, B * L, C)
@@ -486,8 +553,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: DynamicVisi
     return state_dict
 
 
-def _create_dynamic_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> DynamicVisionTransformer:
-    return build_token_vit(DynamicVisionTransformer, variant, pretrained, checkpoint_filter_fn, **kwargs)
+def _create_dynamic_vit(variant: str, model_args: Dict[str, Any], pretrained: bool = False,
+                        **kwargs: Any) -> DynamicVisionTransformer:
+    return build_token_vit(DynamicVisionTransformer, variant, model_args, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
@@ -524,7 +592,7 @@ default_cfgs = generate_default_cfgs({
     'test_dynamicvit.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     'test_dynamicvit2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     # trained by the zoo (weights/)
-    **shipped_cfgs('dynamicvit_pico_patch4_28', _cfg),
+    **zoo_cfgs('dynamicvit_pico_patch4_28', _cfg),
     'dynamicvit_pico_patch4_28.untrained': _cfg(input_size=(3, 28, 28), crop_pct=1.0, interpolation='bilinear'),
 })
 
@@ -533,28 +601,28 @@ default_cfgs = generate_default_cfgs({
 def dynamicvit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> DynamicVisionTransformer:
     """DynamicViT on DeiT-Tiny (192 wide, 12 blocks), pruning before blocks 3, 6, 9."""
     model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, prune_loc=(3, 6, 9), keep_ratio=0.7)
-    return _create_dynamic_vit('dynamicvit_tiny_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_dynamic_vit('dynamicvit_tiny_patch16_224', model_args, pretrained, **kwargs)
 
 
 @register_model
 def dynamicvit_256_patch16_224(pretrained: bool = False, **kwargs: Any) -> DynamicVisionTransformer:
     """DynamicViT on the DynamicViT paper's DeiT-256 (256 wide, 4 heads, 12 blocks), pruning before blocks 3, 6, 9."""
     model_args = dict(patch_size=16, embed_dim=256, depth=12, num_heads=4, prune_loc=(3, 6, 9), keep_ratio=0.7)
-    return _create_dynamic_vit('dynamicvit_256_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_dynamic_vit('dynamicvit_256_patch16_224', model_args, pretrained, **kwargs)
 
 
 @register_model
 def dynamicvit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> DynamicVisionTransformer:
     """DynamicViT on DeiT-Small (384 wide, 12 blocks), pruning before blocks 3, 6, 9."""
     model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, prune_loc=(3, 6, 9), keep_ratio=0.7)
-    return _create_dynamic_vit('dynamicvit_small_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_dynamic_vit('dynamicvit_small_patch16_224', model_args, pretrained, **kwargs)
 
 
 @register_model
 def dynamicvit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> DynamicVisionTransformer:
     """DynamicViT on DeiT-Base (768 wide, 12 blocks), pruning before blocks 3, 6, 9."""
     model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, prune_loc=(3, 6, 9), keep_ratio=0.7)
-    return _create_dynamic_vit('dynamicvit_base_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_dynamic_vit('dynamicvit_base_patch16_224', model_args, pretrained, **kwargs)
 
 
 @register_model
@@ -562,7 +630,7 @@ def dynamicvit_pico_patch4_28(pretrained: bool = False, **kwargs: Any) -> Dynami
     """DynamicViT on the zoo's 28-px ViT (patch 4: 49 patches; 96 wide, 6 blocks, 3 heads, convolutional
     stem). By default it prunes before blocks 1, 3, 5 at keep ratio 0.5 (49 -> 24 -> 12 -> 6 patches)."""
     model_args = pico_28_args(prune_loc=(1, 3, 5), keep_ratio=0.5)
-    return _create_dynamic_vit('dynamicvit_pico_patch4_28', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_dynamic_vit('dynamicvit_pico_patch4_28', model_args, pretrained, **kwargs)
 
 
 @register_model
@@ -571,7 +639,7 @@ def test_dynamicvit(pretrained: bool = False, **kwargs: Any) -> DynamicVisionTra
     model_args = dict(
         img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2,
         prune_loc=(1, 2, 3), keep_ratio=0.7)
-    return _create_dynamic_vit('test_dynamicvit', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_dynamic_vit('test_dynamicvit', model_args, pretrained, **kwargs)
 
 
 @register_model
@@ -582,4 +650,4 @@ def test_dynamicvit2(pretrained: bool = False, **kwargs: Any) -> DynamicVisionTr
         img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2,
         class_token=False, reg_tokens=1, global_pool='avg', no_embed_class=True, init_values=1e-5,
         qk_norm=True, prune_loc=(1, 3), keep_ratio=0.6)
-    return _create_dynamic_vit('test_dynamicvit2', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_dynamic_vit('test_dynamicvit2', model_args, pretrained, **kwargs)

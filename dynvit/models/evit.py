@@ -43,10 +43,12 @@ from ..layers import ConvPatchEmbed, block_forward_keep_attentive, is_packable, 
 from ..losses import ClassificationLoss, ObjectiveConfig
 from ._apply import register_method
 from ..runtime.macs import vit_macs
-from ._base import DynamicModel
 from ._helpers import check_state_dict, first_conv_keys, run_block, vit_cfg
-from ._token_vit import TokenAux, TokenSparseViT, block_indices, build_token_vit, per_stage_ratio, pico_28_args
-from ._zoo import register_tag_args, shipped_cfgs
+from ..families.evit import SPEC
+from ._base import DynamicModel, setting
+from ._staged import StagedTokenViT
+from ._token_vit import TokenAux, build_token_vit, pico_28_args
+from ._tags import register_tag_args, zoo_cfgs
 
 __all__ = ['EViT', 'EViTAux', 'evit_from_vit', 'default_drop_loc']
 
@@ -168,16 +170,12 @@ class _Trace:
     def aux(self, **kwargs: Any) -> 'EViTAux':
         """The ``EViTAux`` of the pass (``kwargs``: its other fields)."""
         B, device = self.owner.shape[0], self.owner.device
-
-        def per_image(values: List[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long, device=device).expand(B, -1)
-
-        return EViTAux(**self.stages, tokens_per_block=per_image(self.blocks['attn']),
-                       mlp_tokens=per_image(self.blocks['mlp']), cls_attention_keys=per_image(self.blocks['row']),
-                       fused_inputs=per_image(self.blocks['fused']), **kwargs)
+        per_block = {key: DynamicModel._per_image(values, B, device) for key, values in self.blocks.items()}
+        return EViTAux(**self.stages, tokens_per_block=per_block['attn'], mlp_tokens=per_block['mlp'],
+                       cls_attention_keys=per_block['row'], fused_inputs=per_block['fused'], **kwargs)
 
 
-class EViT(TokenSparseViT):
+class EViT(StagedTokenViT):
     """timm ``VisionTransformer`` with EViT token reorganisation.
 
     Args:
@@ -189,10 +187,14 @@ class EViT(TokenSparseViT):
         **kwargs: ``stem`` ('patch' or 'conv', see ``TokenSparseViT``) and timm's
             ``VisionTransformer`` arguments (it needs a class token).
     """
-    family = 'EViT'
+    spec = SPEC
     sparsity_args = ('drop_loc', 'keep_ratio', 'fuse_token')
-    stage_label = 'patches kept as tokens / stage'
-    checkpoint_drops = {'score_predictor.': 'DynamicViT keep predictors'}  # a DynamicViT file gives its backbone
+    loc_arg = 'drop_loc'
+    stages_what = 'pruning blocks (drop_loc)'
+    ratio_meaning = 'the fraction of its tokens a pruning block keeps'
+
+    drop_loc = setting('drop_loc', 'Blocks that keep the attentive tokens.')
+    fuse_token = setting('fuse_token', 'Whether the inattentive tokens are fused into one (else dropped).')
 
     def __init__(
             self,
@@ -213,71 +215,15 @@ class EViT(TokenSparseViT):
                              f'blocks {bad} are {type(b).__name__} with {type(getattr(b, "attn", None)).__name__}')
         if keep_ratio is None or fuse_token is None:
             raise ValueError('keep_ratio and fuse_token cannot be None')
-        self._drop_loc: Tuple[int, ...] = ()
-        self._keep_ratio: Tuple[float, ...] = ()
-        self.set_sparsity(drop_loc=default_drop_loc(len(self.blocks)) if drop_loc is None else drop_loc,
-                          keep_ratio=keep_ratio, fuse_token=fuse_token)
+        self._update_sparsity(dict(drop_loc=default_drop_loc(len(self.blocks)) if drop_loc is None else drop_loc,
+                                   keep_ratio=keep_ratio, fuse_token=fuse_token))
 
     # ---- sparsity settings (changeable on a built model) ----
-    @property
-    def drop_loc(self) -> Tuple[int, ...]:
-        """Blocks that keep the attentive tokens."""
-        return self._drop_loc
-
-    @drop_loc.setter
-    def drop_loc(self, value: Sequence[int]) -> None:
-        self.set_sparsity(drop_loc=value)
-
-    @property
-    def keep_ratio(self) -> Tuple[float, ...]:
-        """Per pruning block, the fraction of its non-class tokens kept."""
-        return self._keep_ratio
-
-    @keep_ratio.setter
-    def keep_ratio(self, value: Union[float, Sequence[float]]) -> None:
-        self.set_sparsity(keep_ratio=value)
-
-    @property
-    def fuse_token(self) -> bool:
-        """Whether the inattentive tokens are fused into one (else dropped)."""
-        return self._fuse_token
-
-    @fuse_token.setter
-    def fuse_token(self, value: bool) -> None:
-        self.set_sparsity(fuse_token=value)
-
-    def set_sparsity(
-            self,
-            keep_ratio: Union[None, float, Sequence[float]] = None,
-            drop_loc: Optional[Sequence[int]] = None,
-            fuse_token: Optional[bool] = None,
-    ) -> 'EViT':
-        """Changes the settings given (others stay); returns the model. Nothing changes if one is invalid.
-
-        A new ``drop_loc`` with another number of blocks keeps a single keep ratio for all of
-        them; per-block ratios must then be given with it.
-        """
-        loc = self._drop_loc if drop_loc is None else block_indices(drop_loc, 'drop_loc', 0, len(self.blocks))
-        if keep_ratio is not None:
-            ratios = _resolve_keep_ratio(keep_ratio, len(loc))
-        elif len(self._keep_ratio) == len(loc):
-            ratios = self._keep_ratio
-        elif len(set(self._keep_ratio)) == 1:
-            ratios = (self._keep_ratio[0],) * len(loc)
-        else:
-            raise ValueError(f'the model has per-block keep ratios {list(self._keep_ratio)}; give keep_ratio with '
-                             f'the new drop_loc {list(loc)}')
-        if fuse_token is not None and not isinstance(fuse_token, bool):
-            raise ValueError(f'fuse_token must be True or False, got {fuse_token!r}')
-        self._drop_loc, self._keep_ratio = loc, ratios
-        self._stage_of_block = {b: s for s, b in enumerate(loc)}
-        if fuse_token is not None:
-            self._fuse_token = fuse_token
-        return self
-
-    def sparsity_config(self) -> Dict[str, Any]:
-        """The current settings as plain values (stored with saved weights)."""
-        return dict(drop_loc=list(self.drop_loc), keep_ratio=list(self.keep_ratio), fuse_token=self.fuse_token)
+    def _checked_family_settings(self, settings: Dict[str, Any], given: Dict[str, Any]) -> Dict[str, Any]:
+        fuse = given.get('fuse_token', settings.get('fuse_token'))
+        if not isinstance(fuse, bool):
+            raise ValueError(f'fuse_token must be True or False, got {fuse!r}')
+        return {**settings, 'fuse_token': fuse}
 
     def num_keep(self, stage: int, num_tokens: int) -> int:
         """Tokens kept by pruning block ``stage`` of its ``num_tokens`` non-prefix tokens:
@@ -305,7 +251,7 @@ class EViT(TokenSparseViT):
         N = x.shape[1] - P
         trace = _Trace(x, P, want_aux)
         for i, block in enumerate(self.blocks):
-            s = self._stage_of_block.get(i)
+            s = self.stage_of_block(i)
             n = x.shape[1] - P
             k = n if s is None else min(n, self.num_keep(s, n))
             tokens_in = x.shape[1]
@@ -336,28 +282,23 @@ class EViT(TokenSparseViT):
         return macs
 
 
-def _resolve_keep_ratio(keep_ratio: Union[float, Sequence[float]], num_blocks: int) -> Tuple[float, ...]:
-    """A float is the same fraction in every pruning block; a sequence gives one per block."""
-    return per_stage_ratio(keep_ratio, num_blocks, 'pruning blocks (drop_loc)',
-                           'the fraction of its tokens a pruning block keeps')
-
-
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EViT) -> Dict[str, torch.Tensor]:
     """Maps an EViT checkpoint (ours or the released code's, whose keys are timm's), a dense
-    timm/DeiT ViT checkpoint or a DynamicViT one (its backbone) onto ``model``.
+    timm/DeiT ViT checkpoint or another family's (its backbone) onto ``model``.
 
     Key layouts that fit none of these raise a ValueError naming the keys.
     """
     state_dict = state_dict.get('model', state_dict)  # the released training scripts save ckpt['model']
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(tuple(model.checkpoint_drops))}
+    state_dict = model._drop_foreign_parts(state_dict)  # another family's file: its backbone
     state_dict = vit_checkpoint_filter_fn(state_dict, model)
     # timm drops a classifier of another size and adapts the input channels after this filter
     check_state_dict(state_dict, model, ignore=('head.',), any_shape=first_conv_keys(model))
     return state_dict
 
 
-def _create_evit(variant: str, pretrained: bool = False, **kwargs: Any) -> EViT:
-    return build_token_vit(EViT, variant, pretrained, checkpoint_filter_fn, **kwargs)
+def _create_evit(variant: str, model_args: Dict[str, Any], pretrained: bool = False,
+                 **kwargs: Any) -> EViT:
+    return build_token_vit(EViT, variant, model_args, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
@@ -405,7 +346,7 @@ default_cfgs = generate_default_cfgs({
     'test_evit.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     'test_evit2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     # trained by the zoo (weights/)
-    **shipped_cfgs('evit_pico_patch4_28', _cfg),
+    **zoo_cfgs('evit_pico_patch4_28', _cfg),
     'evit_pico_patch4_28.untrained': _cfg(input_size=(3, 28, 28), crop_pct=1.0, interpolation='bilinear'),
 })
 
@@ -420,21 +361,21 @@ def _evit_deit_args(embed_dim: int, num_heads: int) -> Dict[str, Any]:
 def evit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> EViT:
     """EViT on DeiT-Tiny (192 wide, 12 blocks), keep rate 0.7 in blocks 3, 6, 9."""
     model_args = _evit_deit_args(embed_dim=192, num_heads=3)
-    return _create_evit('evit_tiny_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_evit('evit_tiny_patch16_224', model_args, pretrained, **kwargs)
 
 
 @register_model
 def evit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> EViT:
     """EViT on DeiT-Small (384 wide, 12 blocks), keep rate 0.7 in blocks 3, 6, 9."""
     model_args = _evit_deit_args(embed_dim=384, num_heads=6)
-    return _create_evit('evit_small_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_evit('evit_small_patch16_224', model_args, pretrained, **kwargs)
 
 
 @register_model
 def evit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> EViT:
     """EViT on DeiT-Base (768 wide, 12 blocks), keep rate 0.7 in blocks 3, 6, 9."""
     model_args = _evit_deit_args(embed_dim=768, num_heads=12)
-    return _create_evit('evit_base_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_evit('evit_base_patch16_224', model_args, pretrained, **kwargs)
 
 
 @register_model
@@ -442,7 +383,7 @@ def evit_pico_patch4_28(pretrained: bool = False, **kwargs: Any) -> EViT:
     """EViT on the zoo's 28-px ViT (patch 4: 49 patches; 96 wide, 6 blocks, 3 heads, convolutional
     stem). By default keep rate 0.7 with token fusion in blocks 1, 3, 5."""
     model_args = pico_28_args(drop_loc=(1, 3, 5), keep_ratio=0.7, fuse_token=True)
-    return _create_evit('evit_pico_patch4_28', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_evit('evit_pico_patch4_28', model_args, pretrained, **kwargs)
 
 
 @register_model
@@ -451,7 +392,7 @@ def test_evit(pretrained: bool = False, **kwargs: Any) -> EViT:
     fusion in blocks 1 and 2 at keep rate 0.7."""
     model_args = dict(img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2,
                       drop_loc=(1, 2), keep_ratio=0.7)
-    return _create_evit('test_evit', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_evit('test_evit', model_args, pretrained, **kwargs)
 
 
 @register_model
@@ -462,7 +403,7 @@ def test_evit2(pretrained: bool = False, **kwargs: Any) -> EViT:
     model_args = dict(img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2,
                       reg_tokens=1, no_embed_class=True, init_values=1e-5, qk_norm=True, stem='conv',
                       global_pool='avg', drop_loc=(0, 2), keep_ratio=(0.6, 0.5), fuse_token=False)
-    return _create_evit('test_evit2', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_evit('test_evit2', model_args, pretrained, **kwargs)
 
 
 # ---- an already built timm ViT ----
@@ -550,7 +491,7 @@ def evit_from_vit(
     args = _vit_args(model)
     arch = {192: 'evit_tiny_patch16_224', 384: 'evit_small_patch16_224'}.get(model.embed_dim, 'evit_base_patch16_224')
     drop_loc = default_drop_loc(args['depth']) if drop_loc is None else drop_loc
-    evit = _create_evit(arch, **args, keep_ratio=keep_ratio, drop_loc=drop_loc, fuse_token=fuse_token)
+    evit = _create_evit(arch, {}, **args, keep_ratio=keep_ratio, drop_loc=drop_loc, fuse_token=fuse_token)
     for part in ('patch_embed', 'pos_drop', 'patch_drop', 'norm_pre', 'blocks', 'norm', 'fc_norm', 'head_drop', 'head'):
         if repr(getattr(evit, part)) != repr(getattr(model, part)):
             raise ValueError(f'cannot rebuild this {type(model).__name__} as EViT: its {part} differs from what the '

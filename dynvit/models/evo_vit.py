@@ -36,12 +36,15 @@ from ..layers import (
     merge_slow_fast,
     split_slow_fast,
 )
-from ..losses import EvoViTLoss, ObjectiveConfig
+from ..losses import DistilledLoss, ObjectiveConfig
 from ._helpers import check_state_dict, first_conv_keys, is_scalar, run_block, vit_cfg
-from ._token_vit import TokenAux, TokenSparseViT, block_indices, build_token_vit, per_stage_ratio, pico_28_args
-from ._zoo import register_tag_args, shipped_cfgs
+from ..families.evo_vit import SPEC
+from ._base import setting
+from ._staged import StagedTokenViT
+from ._token_vit import TokenAux, build_token_vit, pico_28_args
+from ._tags import register_tag_args, zoo_cfgs
 
-__all__ = ['EvoVisionTransformer', 'EvoViTAux']
+__all__ = ['EvoVisionTransformer', 'EvoViTAux', 'EvoViTLoss']
 
 
 @dataclass
@@ -81,17 +84,65 @@ class EvoViTAux(TokenAux):
         return self.informative
 
 
-def _resolve_keep_ratio(keep_ratio: Union[float, Sequence[float]], num_stages: int) -> Tuple[float, ...]:
-    """A float is the same fraction in every stage; a sequence gives one per stage."""
-    return per_stage_ratio(keep_ratio, num_stages, 'selections (select_loc)',
-                           'the fraction of patches given the full update')
+# ---- the objective ----
+
+class EvoViTLoss(DistilledLoss):
+    """The Evo-ViT training objective.
+
+    ``loss = (1 - cls_weight) * ce(logits) + cls_weight * ce(aux.cls_logits)
+    + distill_weight * kl(logits, teacher_logits)``; the distillation term is skipped when no
+    teacher output is given.
+
+    Args:
+        base_criterion: Classification loss (default cross-entropy).
+        cls_weight: Share of the class-token head in the classification loss, in [0, 1]
+            (0.5 in the paper; 0 for a model without ``aux_head``).
+        distill_weight: Weight of ``distillation_kl`` on the main head's logits.
+        temperature: Softening temperature of the distillation.
+    """
+
+    def __init__(
+            self,
+            base_criterion: Optional[nn.Module] = None,
+            cls_weight: float = 0.5,
+            distill_weight: float = 0.5,
+            temperature: float = 1.0,
+    ) -> None:
+        if not 0.0 <= cls_weight <= 1.0:
+            raise ValueError(f'cls_weight must be in [0, 1], got {cls_weight}')
+        super().__init__(base_criterion, distill_weight, temperature)
+        self.cls_weight = cls_weight
+
+    def forward(
+            self,
+            logits: torch.Tensor,
+            aux: Optional['EvoViTAux'],
+            target: torch.Tensor,
+            teacher_logits: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Computes the loss.
+
+        Args:
+            logits: The main head's logits ``[B, K]``.
+            aux: The ``EvoViTAux`` of a training-mode forward (carries the class-token head's logits).
+            target: Class indices ``[B]`` (or soft targets for a soft criterion).
+            teacher_logits: Teacher logits ``[B, K]``.
+
+        Returns:
+            The total loss and its detached parts by name.
+        """
+        parts = {'ce': self.base_criterion(logits, target)}
+        total = (1.0 - self.cls_weight) * parts['ce']
+        if self.cls_weight > 0:
+            if getattr(aux, 'cls_logits', None) is None:
+                raise ValueError('the class-token head loss needs aux.cls_logits: run the model in training mode '
+                                 'with return_aux=True (and aux_head=True), or set cls_weight=0')
+            parts['ce_cls'] = self.base_criterion(aux.cls_logits, target)
+            total = total + self.cls_weight * parts['ce_cls']
+        return self._with_distillation(total, parts, logits, teacher_logits)
 
 
-def _check_select_loc(value: Sequence[int], depth: int) -> Tuple[int, ...]:
-    return block_indices(value, 'select_loc', 1, depth, ' (the ranking needs the class attention of an earlier block)')
-
-
-class EvoVisionTransformer(TokenSparseViT):
+class EvoVisionTransformer(StagedTokenViT):
     """timm ``VisionTransformer`` with Evo-ViT slow-fast token evolution.
 
     Args:
@@ -110,10 +161,18 @@ class EvoVisionTransformer(TokenSparseViT):
         **kwargs: ``stem`` ('patch' or 'conv', see ``TokenSparseViT``) and timm's
             ``VisionTransformer`` arguments (it needs a class token).
     """
-    family = 'Evo-ViT'
+    spec = SPEC
     sparsity_args = ('select_loc', 'keep_ratio', 'tradeoff', 'representative_token', 'aux_head')
-    stage_label = 'fully updated patches / stage'
-    checkpoint_drops = {'score_predictor.': 'DynamicViT keep predictors'}  # a DynamicViT file gives its backbone
+    loc_arg = 'select_loc'
+    loc_lowest = 1
+    loc_why = ' (the ranking needs the class attention of an earlier block)'
+    stages_what = 'selections (select_loc)'
+    ratio_meaning = 'the fraction of patches given the full update'
+
+    select_loc = setting('select_loc', 'Blocks before which the patches are re-ranked.')
+    tradeoff = setting('tradeoff', "Weight of the current block's class attention in the moving average.")
+    representative_token = setting('representative_token',
+                                   'Whether placeholders are updated through a representative token.')
 
     def __init__(
             self,
@@ -140,12 +199,10 @@ class EvoVisionTransformer(TokenSparseViT):
             final_norm = self.fc_norm if isinstance(self.norm, nn.Identity) else self.norm
             self.norm_cls = copy.deepcopy(final_norm)
             self.head_cls = self._new_cls_head()
-        self._select_loc: Tuple[int, ...] = ()
-        self._keep_ratio: Tuple[float, ...] = ()
         if select_loc is None or keep_ratio is None or tradeoff is None or representative_token is None:
             raise ValueError('select_loc, keep_ratio, tradeoff and representative_token cannot be None')
-        self.set_sparsity(select_loc=select_loc, keep_ratio=keep_ratio, tradeoff=tradeoff,
-                          representative_token=representative_token)
+        self._update_sparsity(dict(select_loc=select_loc, keep_ratio=keep_ratio, tradeoff=tradeoff,
+                                   representative_token=representative_token))
 
     def _new_cls_head(self) -> nn.Module:
         if self.num_classes <= 0:
@@ -163,85 +220,14 @@ class EvoVisionTransformer(TokenSparseViT):
             self.head_cls.train(self.training)
 
     # ---- sparsity settings (changeable on a built model) ----
-    @property
-    def select_loc(self) -> Tuple[int, ...]:
-        """Blocks before which the patches are re-ranked."""
-        return self._select_loc
-
-    @select_loc.setter
-    def select_loc(self, value: Sequence[int]) -> None:
-        self.set_sparsity(select_loc=value)
-
-    @property
-    def keep_ratio(self) -> Tuple[float, ...]:
-        """Per-stage fraction of the patches given the full update."""
-        return self._keep_ratio
-
-    @keep_ratio.setter
-    def keep_ratio(self, value: Union[float, Sequence[float]]) -> None:
-        self.set_sparsity(keep_ratio=value)
-
-    @property
-    def tradeoff(self) -> float:
-        """Weight of the current block's class attention in the moving average."""
-        return self._tradeoff
-
-    @tradeoff.setter
-    def tradeoff(self, value: float) -> None:
-        self.set_sparsity(tradeoff=value)
-
-    @property
-    def representative_token(self) -> bool:
-        """Whether placeholders are updated through a representative token."""
-        return self._representative_token
-
-    @representative_token.setter
-    def representative_token(self, value: bool) -> None:
-        self.set_sparsity(representative_token=value)
-
-    def set_sparsity(
-            self,
-            keep_ratio: Union[None, float, Sequence[float]] = None,
-            select_loc: Optional[Sequence[int]] = None,
-            tradeoff: Optional[float] = None,
-            representative_token: Optional[bool] = None,
-    ) -> 'EvoVisionTransformer':
-        """Changes the settings given (others stay); returns the model. Nothing changes if one is invalid.
-
-        A new ``select_loc`` with another number of stages keeps a single keep ratio for all
-        of them; per-stage ratios must then be given with it.
-        """
-        loc = self._select_loc if select_loc is None else _check_select_loc(select_loc, len(self.blocks))
-        if keep_ratio is not None:
-            ratios = _resolve_keep_ratio(keep_ratio, len(loc))
-        elif len(self._keep_ratio) == len(loc):
-            ratios = self._keep_ratio
-        elif len(set(self._keep_ratio)) == 1:
-            ratios = (self._keep_ratio[0],) * len(loc)
-        else:
-            raise ValueError(f'the model has per-stage keep ratios {list(self._keep_ratio)}; give keep_ratio with '
-                             f'the new select_loc {list(loc)}')
-        if tradeoff is not None and (isinstance(tradeoff, bool) or not is_scalar(tradeoff)
-                                     or not 0.0 < float(tradeoff) <= 1.0):
+    def _checked_family_settings(self, settings: Dict[str, Any], given: Dict[str, Any]) -> Dict[str, Any]:
+        tradeoff = given.get('tradeoff', settings.get('tradeoff'))
+        if isinstance(tradeoff, bool) or not is_scalar(tradeoff) or not 0.0 < float(tradeoff) <= 1.0:
             raise ValueError(f'tradeoff must be a number in (0, 1], got {tradeoff!r}')
-        if representative_token is not None and not isinstance(representative_token, bool):
-            raise ValueError(f'representative_token must be True or False, got {representative_token!r}')
-        self._select_loc, self._keep_ratio = loc, ratios
-        self._stage_of_block = {b: s for s, b in enumerate(loc)}
-        if tradeoff is not None:
-            self._tradeoff = float(tradeoff)
-        if representative_token is not None:
-            self._representative_token = representative_token
-        return self
-
-    def sparsity_config(self) -> Dict[str, Any]:
-        """The current settings as plain values (stored with saved weights)."""
-        return dict(
-            select_loc=list(self.select_loc),
-            keep_ratio=list(self.keep_ratio),
-            tradeoff=self.tradeoff,
-            representative_token=self.representative_token,
-        )
+        representative = given.get('representative_token', settings.get('representative_token'))
+        if not isinstance(representative, bool):
+            raise ValueError(f'representative_token must be True or False, got {representative!r}')
+        return {**settings, 'tradeoff': float(tradeoff), 'representative_token': representative}
 
     def training_objective(self, config: ObjectiveConfig) -> EvoViTLoss:
         """Half of the cross-entropy on each head (none on a missing class-token head), logit distillation."""
@@ -275,7 +261,7 @@ class EvoVisionTransformer(TokenSparseViT):
         full = x  # all tokens in original positions as of the current stage's start
         informative = rep = None  # the current stage's informative patch indices [B, k] and representative token
         for i, block in enumerate(self.blocks):
-            s = self._stage_of_block.get(i)
+            s = self.stage_of_block(i)
             if s is not None:
                 if informative is not None:
                     x = merge_slow_fast(full, x, P, informative, rep)
@@ -303,16 +289,13 @@ class EvoVisionTransformer(TokenSparseViT):
         if not want_aux:
             return x, None
 
-        def per_image(values: List[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long, device=x.device).expand(B, -1)
-
         aux = EvoViTAux(
             informative=[x.new_ones(B, N) if idx is None else x.new_zeros(B, N).scatter_(1, idx, 1.0)
                          for idx in informative_index],
             scores=[x.new_zeros(B, N) if sc is None else sc for sc in scores],
-            tokens_per_block=per_image(tokens),
-            cls_attention_keys=per_image(row_keys),
-            averaged_placeholders=per_image(averaged),
+            tokens_per_block=self._per_image(tokens, B, x.device),
+            cls_attention_keys=self._per_image(row_keys, B, x.device),
+            averaged_placeholders=self._per_image(averaged, B, x.device),
             num_patches=N,
             features=x,
             cls_token=cls_token,
@@ -385,7 +368,7 @@ def _from_official_layout(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torc
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EvoVisionTransformer) -> Dict[str, torch.Tensor]:
     """Maps an Evo-ViT checkpoint (ours or the released DeiT code's), a dense timm/DeiT ViT
-    checkpoint or a DynamicViT one (its backbone) onto ``model``.
+    checkpoint or another family's (its backbone) onto ``model``.
 
     A dense checkpoint's final norm and head also initialise the class-token head, and its
     final norm the pooled-feature norm (``fc_norm``) when the model pools patches. Key layouts
@@ -394,8 +377,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EvoVisionTr
     state_dict = state_dict.get('model', state_dict)
     if any(k.startswith('qks.') for k in state_dict):
         state_dict = _from_official_layout(state_dict)
-    # a DynamicViT checkpoint is a dense backbone plus keep predictors, which Evo-ViT has no use for
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(tuple(model.checkpoint_drops))}
+    state_dict = model._drop_foreign_parts(state_dict)  # another family's file: its backbone
     state_dict = vit_checkpoint_filter_fn(state_dict, model)
     own = model.state_dict()
     # the checkpoint's final norm sits before pooling (norm) or after it (fc_norm); put it where the model has it
@@ -417,8 +399,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EvoVisionTr
     return state_dict
 
 
-def _create_evo_vit(variant: str, pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer:
-    return build_token_vit(EvoVisionTransformer, variant, pretrained, checkpoint_filter_fn, **kwargs)
+def _create_evo_vit(variant: str, model_args: Dict[str, Any], pretrained: bool = False,
+                    **kwargs: Any) -> EvoVisionTransformer:
+    return build_token_vit(EvoVisionTransformer, variant, model_args, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
@@ -462,7 +445,7 @@ default_cfgs = generate_default_cfgs({
     'test_evovit.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     'test_evovit2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
     # trained by the zoo (weights/)
-    **shipped_cfgs('evovit_pico_patch4_28', _cfg),
+    **zoo_cfgs('evovit_pico_patch4_28', _cfg),
     'evovit_pico_patch4_28.untrained': _cfg(input_size=(3, 28, 28), crop_pct=1.0, interpolation='bilinear'),
 })
 
@@ -478,28 +461,28 @@ def _evo_deit_args(embed_dim: int, num_heads: int) -> Dict[str, Any]:
 def evovit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer:
     """Evo-ViT on DeiT-Tiny (192 wide, 12 blocks)."""
     model_args = _evo_deit_args(embed_dim=192, num_heads=3)
-    return _create_evo_vit('evovit_tiny_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_evo_vit('evovit_tiny_patch16_224', model_args, pretrained, **kwargs)
 
 
 @register_model
 def evovit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer:
     """Evo-ViT on DeiT-Small (384 wide, 12 blocks)."""
     model_args = _evo_deit_args(embed_dim=384, num_heads=6)
-    return _create_evo_vit('evovit_small_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_evo_vit('evovit_small_patch16_224', model_args, pretrained, **kwargs)
 
 
 @register_model
 def evovit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer:
     """Evo-ViT on DeiT-Base (768 wide, 12 blocks)."""
     model_args = _evo_deit_args(embed_dim=768, num_heads=12)
-    return _create_evo_vit('evovit_base_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_evo_vit('evovit_base_patch16_224', model_args, pretrained, **kwargs)
 
 
 @register_model
 def evovit_base_patch16_384(pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer:
     """Evo-ViT on DeiT-Base at 384 px (576 patches)."""
     model_args = dict(_evo_deit_args(embed_dim=768, num_heads=12), img_size=384)
-    return _create_evo_vit('evovit_base_patch16_384', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_evo_vit('evovit_base_patch16_384', model_args, pretrained, **kwargs)
 
 
 @register_model
@@ -508,7 +491,7 @@ def evovit_pico_patch4_28(pretrained: bool = False, **kwargs: Any) -> EvoVisionT
     stem, class-token pooling). By default half of the patches get the full update in blocks 1-5,
     re-ranked in each."""
     model_args = pico_28_args(select_loc=(1, 2, 3, 4, 5), keep_ratio=0.5)
-    return _create_evo_vit('evovit_pico_patch4_28', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_evo_vit('evovit_pico_patch4_28', model_args, pretrained, **kwargs)
 
 
 @register_model
@@ -518,7 +501,7 @@ def test_evovit(pretrained: bool = False, **kwargs: Any) -> EvoVisionTransformer
     model_args = dict(
         img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2, global_pool='avg',
         select_loc=(2, 3), keep_ratio=0.5)
-    return _create_evo_vit('test_evovit', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_evo_vit('test_evovit', model_args, pretrained, **kwargs)
 
 
 @register_model
@@ -529,4 +512,4 @@ def test_evovit2(pretrained: bool = False, **kwargs: Any) -> EvoVisionTransforme
         img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2,
         reg_tokens=1, no_embed_class=True, init_values=1e-5, qk_norm=True, stem='conv',
         select_loc=(1, 2, 3), keep_ratio=(0.5, 0.4, 0.3), tradeoff=0.7)
-    return _create_evo_vit('test_evovit2', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_evo_vit('test_evovit2', model_args, pretrained, **kwargs)

@@ -47,7 +47,7 @@ from ._fbs import (
     out_pixels,
     relu_cap,
 )
-from ._zoo import shipped_cfgs
+from ._tags import with_tag_args, zoo_cfgs
 from ._helpers import build_dynamic_model, first_conv_keys, run_block
 
 __all__ = ['FBSInvertedResidual', 'FBSEfficientNet', 'lite0_package_weights']
@@ -255,12 +255,13 @@ def lite_kwargs(arch_def: List[List[str]], channel_multiplier: float = 1.0, dept
     )
 
 
-def _create_fbs_effnet(variant: str, arch_def: List[List[str]], pretrained: bool = False,
-                       **kwargs: Any) -> FBSEfficientNet:
+def _create_fbs_effnet(variant: str, arch_def: List[List[str]], model_args: Dict[str, Any],
+                       pretrained: bool = False, **kwargs: Any) -> FBSEfficientNet:
+    kwargs = with_tag_args(variant, model_args, pretrained, kwargs)
     user_args = {k: v for k, v in kwargs.items()
                  if k not in ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'density', 'execution')}
     model = build_dynamic_model(FBSEfficientNet, variant, pretrained, checkpoint_filter_fn,
-                                'FBS blocks compute a different channel subset per image',
+                                'FBS blocks compute a different channel subset per image', None,
                                 **lite_kwargs(arch_def, **kwargs))
     model.model_args = user_args  # the variant function rebuilds the rest
     return model
@@ -295,18 +296,18 @@ default_cfgs = generate_default_cfgs({
                                                'untrained (fine-tune first)',)),
     'test_fbs_efficientnet.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(1, 1)),
     # trained by the zoo (weights/)
-    **shipped_cfgs('fbs_efficientnet_lite0', _cfg),
+    **zoo_cfgs('fbs_efficientnet_lite0', _cfg),
 })
 
 
 @register_model
 def fbs_efficientnet_lite0(pretrained: bool = False, **kwargs: Any) -> FBSEfficientNet:
     """FBS EfficientNet-Lite0 (timm ``tf_efficientnet_lite0`` geometry: TF 'same' padding, BN eps 1e-3), density 0.5."""
-    return _create_fbs_effnet('fbs_efficientnet_lite0', LITE_ARCH, pretrained, **kwargs)
+    return _create_fbs_effnet('fbs_efficientnet_lite0', LITE_ARCH, {}, pretrained, **kwargs)
 
 
 @register_model
 def test_fbs_efficientnet(pretrained: bool = False, **kwargs: Any) -> FBSEfficientNet:
     """Tiny FBS EfficientNet-Lite for tests: 32 px, a ds block and three MBConv stages (3x3 and 5x5)."""
     model_args = dict(num_features=64, stem_size=8, num_classes=10)
-    return _create_fbs_effnet('test_fbs_efficientnet', TEST_ARCH, pretrained, **dict(model_args, **kwargs))
+    return _create_fbs_effnet('test_fbs_efficientnet', TEST_ARCH, model_args, pretrained, **kwargs)

@@ -32,7 +32,7 @@ from ..layers.channel_gate import (
     sliced_conv,
 )
 from ..runtime.macs import conv2d_macs, conv_macs, linear_macs
-from ._zoo import shipped_cfgs
+from ._tags import zoo_cfgs
 from ._fbs import (
     FBSAux,
     FBSModel,
@@ -111,6 +111,13 @@ class FBSBasicBlock(GatedBlock, BasicBlock):
         shortcut = x if self.downsample is None else self.downsample(x)
         return self.act2(shortcut.index_add(1, u2, y)), [idx1, idx2], [s1, s2], [u1.numel(), u2.numel()]
 
+    def keep_hidden_channels(self, keep: torch.Tensor) -> None:
+        """Structured pruning kept the channels ``keep`` between ``conv1`` and ``conv2``: gate 1
+        (one output per ``conv1`` channel) keeps those outputs, gate 2 (which reads ``conv1``'s
+        pooled output) those inputs; the density then applies to the remaining channels."""
+        self.gate1.keep_channels(outputs=keep)
+        self.gate2.keep_channels(inputs=keep)
+
     def _cpu_batch_strategy(self, x: torch.Tensor) -> str:
         # 'union' where each gathered per-image 3x3 weight would serve 64 output pixels or fewer
         # (ResNet-18's layer 4 at 224 px): there gathering every image's weights costs more than
@@ -179,9 +186,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: FBSResNet) 
     return fbs_checkpoint_filter(state_dict, model, classifier='fc.')
 
 
-def _create_fbs_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> FBSResNet:
+def _create_fbs_resnet(variant: str, model_args: Dict[str, Any], pretrained: bool = False,
+                       **kwargs: Any) -> FBSResNet:
     return build_dynamic_model(FBSResNet, variant, pretrained, checkpoint_filter_fn,
-                               'FBS blocks compute a different channel subset per image', **kwargs)
+                               'FBS blocks compute a different channel subset per image', model_args, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
@@ -207,7 +215,7 @@ default_cfgs = generate_default_cfgs({
     'test_fbs_resnet2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(1, 1),
                                        first_conv='conv1.0'),
     # trained by the zoo (weights/): Fashion-MNIST
-    **shipped_cfgs('fbs_resnet18_half', _cfg),
+    **zoo_cfgs('fbs_resnet18_half', _cfg),
     'fbs_resnet18_half.untrained': _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
 })
 
@@ -216,14 +224,14 @@ default_cfgs = generate_default_cfgs({
 def fbs_resnet18(pretrained: bool = False, **kwargs: Any) -> FBSResNet:
     """FBS ResNet-18 (basic blocks 2-2-2-2), density 0.5."""
     model_args = dict(layers=(2, 2, 2, 2))
-    return _create_fbs_resnet('fbs_resnet18', pretrained, **dict(model_args, **kwargs))
+    return _create_fbs_resnet('fbs_resnet18', model_args, pretrained, **kwargs)
 
 
 @register_model
 def fbs_resnet34(pretrained: bool = False, **kwargs: Any) -> FBSResNet:
     """FBS ResNet-34 (basic blocks 3-4-6-3), density 0.5."""
     model_args = dict(layers=(3, 4, 6, 3))
-    return _create_fbs_resnet('fbs_resnet34', pretrained, **dict(model_args, **kwargs))
+    return _create_fbs_resnet('fbs_resnet34', model_args, pretrained, **kwargs)
 
 
 @register_model
@@ -231,7 +239,7 @@ def fbs_resnet18_half(pretrained: bool = False, **kwargs: Any) -> FBSResNet:
     """FBS ResNet-18 at half width (32-64-128-256 channels, 32-wide stem), the zoo's Fashion-MNIST
     CNN (64-px inputs). Density 0.5 by default."""
     model_args = dict(layers=(2, 2, 2, 2), channels=(32, 64, 128, 256), stem_width=32)
-    return _create_fbs_resnet('fbs_resnet18_half', pretrained, **dict(model_args, **kwargs))
+    return _create_fbs_resnet('fbs_resnet18_half', model_args, pretrained, **kwargs)
 
 
 @register_model
@@ -239,7 +247,7 @@ def test_fbs_resnet(pretrained: bool = False, **kwargs: Any) -> FBSResNet:
     """Tiny FBS ResNet for tests: 8-16-32-64 channels, one block per stage, 32 px."""
     model_args = dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_width=8, num_classes=10,
                       zero_init_last=False)
-    return _create_fbs_resnet('test_fbs_resnet', pretrained, **dict(model_args, **kwargs))
+    return _create_fbs_resnet('test_fbs_resnet', model_args, pretrained, **kwargs)
 
 
 @register_model
@@ -248,4 +256,4 @@ def test_fbs_resnet2(pretrained: bool = False, **kwargs: Any) -> FBSResNet:
     density 0.3."""
     model_args = dict(layers=(2, 1, 1, 1), channels=(8, 16, 24, 32), stem_width=8, stem_type='deep',
                       avg_down=True, num_classes=10, zero_init_last=False, density=0.3)
-    return _create_fbs_resnet('test_fbs_resnet2', pretrained, **dict(model_args, **kwargs))
+    return _create_fbs_resnet('test_fbs_resnet2', model_args, pretrained, **kwargs)

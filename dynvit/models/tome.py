@@ -51,8 +51,10 @@ from ..layers import (
 )
 from ..losses import ClassificationLoss, ObjectiveConfig
 from ._helpers import check_state_dict, first_conv_keys, is_scalar, run_block, vit_cfg
+from ..families.tome import SPEC
+from ._base import setting
 from ._token_vit import TokenAux, TokenSparseViT, build_token_vit, pico_28_args
-from ._zoo import shipped_cfgs
+from ._tags import zoo_cfgs
 from ._apply import register_method
 
 __all__ = ['ToMeAux', 'ToMeVisionTransformer', 'apply_tome', 'parse_r']
@@ -201,11 +203,15 @@ class ToMeVisionTransformer(TokenSparseViT):
         **kwargs: ``stem`` ('patch' or 'conv', see ``TokenSparseViT``) and timm's
             ``VisionTransformer`` arguments.
     """
-    family = 'ToMe'
+    spec = SPEC
     sparsity_args = ('r', 'inflect', 'prop_attn', 'protect_registers', 'weighted_pool')
-    stage_label = 'patch tokens after each merging block'
-    checkpoint_drops = {'score_predictor.': 'DynamicViT keep predictors',
-                        'head_cls.': "Evo-ViT's class-token head", 'norm_cls.': "Evo-ViT's class-token norm"}
+
+    r = setting('r', 'Tokens each block merges away: an int, or one per block.')
+    inflect = setting('inflect', 'Shape of the schedule of an int ``r`` (0: constant).')
+    prop_attn = setting('prop_attn', 'Whether ``log(size)`` of the keys is added to the attention logits.')
+    protect_registers = setting('protect_registers', 'Whether register tokens are kept out of merging like the '
+                                                     'class token.')
+    weighted_pool = setting('weighted_pool', 'Whether patch pooling weighs each output token by its size.')
 
     def __init__(
             self,
@@ -224,50 +230,11 @@ class ToMeVisionTransformer(TokenSparseViT):
 
     def _init_merging(self, **settings: Any) -> None:
         """The settings' state (also what ``apply_tome`` gives a plain timm model)."""
-        self._r: Union[int, List[int]] = 0
-        self._inflect = 0.0
-        self._r_per_block: Tuple[int, ...] = (0,) * len(self.blocks)
-        self._switches = dict(prop_attn=True, protect_registers=False, weighted_pool=False)
-        self.set_sparsity(**settings)
+        defaults = dict(r=0, inflect=None, prop_attn=True, protect_registers=False, weighted_pool=False)
+        self._sparsity = {}
+        self._update_sparsity({**defaults, **settings})
 
     # ---- sparsity settings (changeable on a built model) ----
-    @property
-    def r(self) -> Union[int, List[int]]:
-        """Tokens each block merges away: an int, or one per block."""
-        return self._r
-
-    @r.setter
-    def r(self, value: RSetting) -> None:
-        self.set_sparsity(r=value)
-
-    @property
-    def inflect(self) -> float:
-        """Shape of the schedule of an int ``r`` (0: constant)."""
-        return self._inflect
-
-    @inflect.setter
-    def inflect(self, value: float) -> None:
-        self.set_sparsity(inflect=value)
-
-    @property
-    def prop_attn(self) -> bool:
-        """Whether ``log(size)`` of the keys is added to the attention logits."""
-        return self._switches['prop_attn']
-
-    @prop_attn.setter
-    def prop_attn(self, value: bool) -> None:
-        self.set_sparsity(prop_attn=value)
-
-    @property
-    def protect_registers(self) -> bool:
-        """Whether register tokens are kept out of merging like the class token."""
-        return self._switches['protect_registers']
-
-    @property
-    def weighted_pool(self) -> bool:
-        """Whether patch pooling weighs each output token by its size."""
-        return self._switches['weighted_pool']
-
     @property
     def num_protected(self) -> int:
         """Leading tokens never merged: the class token, and the registers with ``protect_registers``."""
@@ -280,49 +247,32 @@ class ToMeVisionTransformer(TokenSparseViT):
         """Tokens each block is asked to merge (each merges at most half of its unprotected tokens)."""
         return self._r_per_block
 
-    def set_sparsity(
-            self,
-            r: Optional[RSetting] = None,
-            inflect: Optional[float] = None,
-            prop_attn: Optional[bool] = None,
-            protect_registers: Optional[bool] = None,
-            weighted_pool: Optional[bool] = None,
-    ) -> 'ToMeVisionTransformer':
-        """Changes the settings given (others stay); returns the model. Nothing changes if one is invalid.
-
-        A per-block list (or the tuple ``(r, inflect)``) replaces ``inflect``; a new int ``r``
-        keeps the current ``inflect`` unless it is given.
-        """
-        r, inflect = _split_r(r, inflect)
-        new_r = self._r if r is None else r
+    def _checked_sparsity(self, current: Dict[str, Any], given: Dict[str, Any]) -> Dict[str, Any]:
+        """A per-block list (or the tuple ``(r, inflect)``) replaces ``inflect``; a new int ``r``
+        keeps the current ``inflect`` unless it is given."""
+        r, inflect = _split_r(given.get('r'), given.get('inflect'))
+        new_r = current.get('r', 0) if r is None else r
         if inflect is None:
-            inflect = self._inflect if is_scalar(new_r) else 0.0
+            inflect = current.get('inflect', 0.0) if is_scalar(new_r) else 0.0
         per_block = parse_r(new_r, len(self.blocks), inflect)
-        switches = dict(prop_attn=prop_attn, protect_registers=protect_registers, weighted_pool=weighted_pool)
-        for name, value in switches.items():
-            if value is not None and not isinstance(value, bool):
+        switches = {}
+        for name in ('prop_attn', 'protect_registers', 'weighted_pool'):
+            value = given.get(name, current.get(name))
+            if not isinstance(value, bool):
                 raise ValueError(f'{name} must be True or False, got {value!r}')
-        switches = {**self._switches, **{k: v for k, v in switches.items() if v is not None}}
+            switches[name] = value
         protected = self.num_prefix_tokens if switches['protect_registers'] else int(self.cls_token is not None)
         limit = max_merge(self.patch_embed.num_patches + self.num_prefix_tokens, protected)
         if max(per_block, default=0) > limit:
             raise ValueError(f'r={max(per_block)} is too large: a block merges at most half of its unprotected '
                              f'tokens, {limit} of the {self.patch_embed.num_patches} patches; use r <= {limit}')
-        self._r = int(new_r) if is_scalar(new_r) else list(per_block)
-        self._inflect = float(inflect)
-        self._r_per_block = per_block
-        self._switches = switches
-        return self
+        return dict(r=int(new_r) if is_scalar(new_r) else list(per_block), inflect=float(inflect), **switches)
 
-    def sparsity_config(self) -> Dict[str, Any]:
-        """The current settings as plain values (stored with saved weights)."""
-        return dict(r=self.r if isinstance(self.r, int) else list(self.r), inflect=self.inflect, **self._switches)
+    def _sparsity_changed(self) -> None:
+        self._r_per_block = parse_r(self.r, len(self.blocks), self.inflect)
 
     def dense_settings(self) -> Dict[str, Any]:
         return dict(r=0)
-
-    def is_dense(self) -> bool:
-        return not any(self.r_per_block)
 
     @property
     def sparsity_level(self) -> Tuple[float, ...]:
@@ -333,18 +283,16 @@ class ToMeVisionTransformer(TokenSparseViT):
         values = self.r_per_block if len(set(self.r_per_block)) > 1 else self.r_per_block[:1]
         return tuple(1.0 - v / n for v in values)
 
-    def set_sparsity_level(self, level: Sequence[float]) -> 'ToMeVisionTransformer':
-        """Sets ``r = round((1 - level) * N)`` (one value for every block, or one per block)."""
-        r = self._r_of_level(level)
-        return self.set_sparsity(r=r[0], inflect=0.0) if len(r) == 1 else self.set_sparsity(r=r)
-
-    def level_text(self, level: Optional[Sequence[float]] = None) -> str:
-        """r at ``level`` (default: the current one), '8' or '12/8/4/0' per block."""
-        return '/'.join(str(v) for v in self._r_of_level(self.sparsity_level if level is None else level))
-
-    def _r_of_level(self, level: Sequence[float]) -> List[int]:
+    def _knob_of_level(self, level: Sequence[float]) -> Union[int, List[int]]:
+        """``r = round((1 - level) * N)``: one int, or one per block."""
         n = self.patch_embed.num_patches
-        return [int(round((1.0 - float(v)) * n)) for v in level]
+        r = [int(round((1.0 - float(v)) * n)) for v in level]
+        return r[0] if len(r) == 1 else r
+
+    def set_sparsity_level(self, level: Sequence[float]) -> 'ToMeVisionTransformer':
+        """Sets ``r`` at ``level`` (one value for every block, the schedule flat, or one per block)."""
+        r = self._knob_of_level(level)
+        return self.set_sparsity(r=r, inflect=0.0 if isinstance(r, int) else None)
 
     def training_objective(self, config: ObjectiveConfig) -> ClassificationLoss:
         """Cross-entropy and logit distillation: merging has nothing of its own to train."""
@@ -392,13 +340,10 @@ class ToMeVisionTransformer(TokenSparseViT):
         if not track:
             return x, None
 
-        def per_image(values: List[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long, device=x.device).expand(B, -1)
-
         weights = x.new_ones(B, x.shape[1]) if size is None else size[..., 0]
         aux = ToMeAux(
-            tokens_per_block=per_image(tokens),
-            merged_per_block=per_image(merged),
+            tokens_per_block=self._per_image(tokens, B, x.device),
+            merged_per_block=self._per_image(merged, B, x.device),
             size=weights,
             token_of=token_of,
             unmerged=unmerged,
@@ -455,6 +400,7 @@ def apply_tome(model: nn.Module, r: RSetting = 8, **settings: Any) -> ToMeVision
         model._init_merging(r=r, **settings)
     except Exception:
         model.__class__ = VisionTransformer
+        model.__dict__.pop('_sparsity', None)
         raise
     return model
 
@@ -466,15 +412,16 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: ToMeVisionT
     """Maps a dense timm/DeiT ViT checkpoint (ToMe adds no parameters), or the backbone of
     another token family's, onto ``model``; key layouts that fit none raise a ValueError naming the keys."""
     state_dict = state_dict.get('model', state_dict)
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(tuple(model.checkpoint_drops))}
+    state_dict = model._drop_foreign_parts(state_dict)  # another family's file: its backbone
     state_dict = vit_checkpoint_filter_fn(state_dict, model)
     # timm drops a classifier of another size and adapts the input channels after this filter
     check_state_dict(state_dict, model, ignore=('head.',), any_shape=first_conv_keys(model))
     return state_dict
 
 
-def _create_tome(variant: str, pretrained: bool = False, **kwargs: Any) -> ToMeVisionTransformer:
-    return build_token_vit(ToMeVisionTransformer, variant, pretrained, checkpoint_filter_fn, **kwargs)
+def _create_tome(variant: str, model_args: Dict[str, Any], pretrained: bool = False,
+                 **kwargs: Any) -> ToMeVisionTransformer:
+    return build_token_vit(ToMeVisionTransformer, variant, model_args, pretrained, checkpoint_filter_fn, **kwargs)
 
 
 def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
@@ -488,7 +435,7 @@ default_cfgs = generate_default_cfgs({
     'tome_small_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_small_patch16_224.fb_in1k', license='apache-2.0'),
     'tome_base_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_base_patch16_224.fb_in1k', license='apache-2.0'),
     # the zoo's files (weights/tome_pico_patch4_28.*.safetensors), offline
-    **shipped_cfgs('tome_pico_patch4_28', _cfg),
+    **zoo_cfgs('tome_pico_patch4_28', _cfg),
     'tome_pico_patch4_28.untrained': _cfg(input_size=(3, 28, 28), crop_pct=1.0, interpolation='bilinear'),
     # Tiny configurations for tests.
     'test_tome.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
@@ -505,21 +452,21 @@ def _tome_deit_args(embed_dim: int, num_heads: int) -> Dict[str, Any]:
 def tome_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> ToMeVisionTransformer:
     """ToMe on DeiT-Tiny (192 wide, 12 blocks), r = 13."""
     model_args = _tome_deit_args(embed_dim=192, num_heads=3)
-    return _create_tome('tome_tiny_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_tome('tome_tiny_patch16_224', model_args, pretrained, **kwargs)
 
 
 @register_model
 def tome_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> ToMeVisionTransformer:
     """ToMe on DeiT-Small (384 wide, 12 blocks), r = 13."""
     model_args = _tome_deit_args(embed_dim=384, num_heads=6)
-    return _create_tome('tome_small_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_tome('tome_small_patch16_224', model_args, pretrained, **kwargs)
 
 
 @register_model
 def tome_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> ToMeVisionTransformer:
     """ToMe on DeiT-Base (768 wide, 12 blocks), r = 13."""
     model_args = _tome_deit_args(embed_dim=768, num_heads=12)
-    return _create_tome('tome_base_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_tome('tome_base_patch16_224', model_args, pretrained, **kwargs)
 
 
 @register_model
@@ -527,7 +474,7 @@ def tome_pico_patch4_28(pretrained: bool = False, **kwargs: Any) -> ToMeVisionTr
     """ToMe on the zoo's 28-px ViT (patch 4: 49 patches; 96 wide, 6 blocks, 3 heads, convolutional
     stem). By default r = 4 (49, 45, ..., 29 patches into the blocks)."""
     model_args = pico_28_args(r=4)
-    return _create_tome('tome_pico_patch4_28', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_tome('tome_pico_patch4_28', model_args, pretrained, **kwargs)
 
 
 @register_model
@@ -535,7 +482,7 @@ def test_tome(pretrained: bool = False, **kwargs: Any) -> ToMeVisionTransformer:
     """Tiny ToMe for tests: 32 px, patch 4 (64 patches), 32 wide, 4 blocks, class token, r = 8
     (65, 57, 49, 41 tokens into the blocks)."""
     model_args = dict(img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2, r=8)
-    return _create_tome('test_tome', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_tome('test_tome', model_args, pretrained, **kwargs)
 
 
 @register_model
@@ -546,4 +493,4 @@ def test_tome2(pretrained: bool = False, **kwargs: Any) -> ToMeVisionTransformer
         img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2,
         reg_tokens=1, global_pool='avg', init_values=1e-5, qk_norm=True, stem='conv',
         r=6, inflect=-0.5, prop_attn=False)
-    return _create_tome('test_tome2', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_tome('test_tome2', model_args, pretrained, **kwargs)

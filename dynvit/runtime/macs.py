@@ -41,7 +41,7 @@ def attention_macs(attn: nn.Module, num_tokens: IntOrTensor) -> IntOrTensor:
 
 def block_macs(block: nn.Module, num_tokens: IntOrTensor, mlp_tokens: Optional[IntOrTensor] = None) -> IntOrTensor:
     """MACs of a timm transformer block on ``num_tokens`` tokens; ``mlp_tokens``: tokens its MLP
-    computed when the block reduced them between attention and MLP (ToMe), else ``num_tokens``."""
+    computed when the block reduced them between attention and MLP (merging), else ``num_tokens``."""
     macs = linear_macs(block) * num_tokens + attention_macs(block.attn, num_tokens)
     if mlp_tokens is None:
         return macs

@@ -1,17 +1,13 @@
-"""Training: the fine-tuning loop and its checkpoints (the families' losses are in ``dynvit.losses``,
-re-exported here)."""
-from ..losses import (
-    ClassificationLoss,
-    DistilledLoss,
-    DynamicViTLoss,
-    EvoViTLoss,
-    FBSLoss,
-    ObjectiveConfig,
-    distillation_kl,
-    ratio_loss,
-    saliency_l1,
-    token_distillation_loss,
-)
+"""Training: the fine-tuning loop and its checkpoints, and the objectives' shared parts (each family's
+objective lives with its model; ``dynvit.train.<Loss>`` finds it there too)."""
+from typing import Any
+
+from ..losses import ClassificationLoss, DistilledLoss, ObjectiveConfig, distillation_kl
 from .checkpoint import load_training_state, save_training_state
 from .teacher import ExternalTeacher
 from .trainer import EpochBatchSampler, TrainConfig, Trainer, evaluate
+
+
+def __getattr__(name: str) -> Any:
+    from .. import models
+    return getattr(models, name)

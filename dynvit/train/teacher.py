@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from timm.data import resolve_data_config
 
 from ..data.transforms import model_norm
-from ..models._helpers import model_input_size
+from ..models import model_input_size
 
 __all__ = ['ExternalTeacher']
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ..compress.autoprune import SCORES_SUFFIX, autoprune_layers, autoprune_penalty
 from ..compress.magnitude import sparsity as weight_sparsity
-from ..compress._select import masked_layers
+from ..compress import masked_layers
 from ..data.transforms import SeededAugmentation
 from ..hub import save_pruned
 from ..losses import ObjectiveConfig
@@ -64,7 +64,7 @@ class TrainConfig:
         distill: Distil from the dense teacher (a frozen copy of the starting model with sparsity off).
         distill_weight: Weight of the soft-target KL term (Hinton et al., arXiv:1503.02531).
         distill_temperature: Its softening temperature T (the term is scaled by T^2).
-        l1_weight: FBS: weight of the L1 term on the saliencies.
+        l1_weight: Channel gates: weight of the L1 term on their saliencies.
         autoprune_weight: AutoPrune: weight of the regulariser on the scores (the kept fraction of
             the scored weights); needs ``dynvit.compress.apply_autoprune`` on the model first.
         autoprune_lr: AutoPrune: learning rate of the scores (no weight decay on them).
