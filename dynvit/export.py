@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .hub.files import _data_cfg, atomic_write
+from .families import spec_of
 from .models import DynamicModel
 from .models import model_input_size
 
@@ -178,6 +179,8 @@ class OnnxModel(nn.Module):
         self.pretrained_cfg = dict(self.info['pretrained_cfg'], architecture=self.info['architecture'])
         self.num_classes = int(self.pretrained_cfg['num_classes'])
         self.family, self.kept_unit = self.info['family'], self.info['kept_unit']
+        spec = spec_of(self.family)  # how its pictures and reports show what it kept
+        self.picture, self.not_kept = spec.picture, spec.not_kept
         self.sparsity_knob = self.info['sparsity_knob']
         self.path = str(path)
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['ObjectiveConfig', 'DistilledLoss', 'ClassificationLoss', 'distillation_kl']
+__all__ = ['ObjectiveConfig', 'DistilledLoss', 'ClassificationLoss', 'check_weight', 'distillation_kl']
 
 
 @dataclass
@@ -39,6 +39,14 @@ class ObjectiveConfig:
     def distillation(self) -> Dict[str, Any]:
         """``distill_weight`` and ``temperature`` keyword arguments of a ``DistilledLoss``."""
         return dict(distill_weight=self.distill_weight, temperature=self.distill_temperature)
+
+
+def check_weight(name: str, value: float, low: float = 0.0, high: float = float('inf')) -> float:
+    """``value`` of a loss weight ``name`` when it is in ``[low, high]``, else a ValueError naming it."""
+    if not low <= value <= high:
+        bound = f'>= {low:g}' if high == float('inf') else f'in [{low:g}, {high:g}]'
+        raise ValueError(f'{name} must be {bound}, got {value}')
+    return value
 
 
 def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

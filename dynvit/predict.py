@@ -56,6 +56,9 @@ class Prediction:
         token_groups: Models that merge patches: per patch (row-major over ``grid``), the
             output token it ended in (equal values: one merged group); else None. In ``to_json``
             as ``token_groups`` (N small ints per image).
+        picture: How pictures show what the image kept (the family's ``FamilySpec.picture``:
+            'stages', 'groups' or 'channels').
+        not_kept: What a patch a stage did not keep became, in words (the family's, for legends).
         input: The model's input image, de-normalised to [0, 1] ``[C, H, W]`` (for pictures; it may
             be scaled down, or None when not kept: see ``iter_predictions``).
     """
@@ -69,6 +72,8 @@ class Prediction:
     grid: Optional[Tuple[int, int]] = None
     fused_masks: List[List[bool]] = field(default_factory=list)
     token_groups: Optional[List[int]] = None
+    picture: str = 'stages'
+    not_kept: str = ''
     input: Optional[torch.Tensor] = field(default=None, repr=False)
 
     @property
@@ -233,6 +238,7 @@ def iter_predictions(model: nn.Module, images: Iterable[Tuple[str, Image.Image]]
     """
     transform = model_transform(model)
     names = class_names(model)
+    picture, not_kept = getattr(model, 'picture', 'stages'), getattr(model, 'not_kept', '')
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in model_norm(model))
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device  # an ONNX Runtime model has none
@@ -266,7 +272,7 @@ def iter_predictions(model: nn.Module, images: Iterable[Tuple[str, Image.Image]]
                     stage_masks=[m[b].tolist() for m in masks], grid=aux.grid,
                     fused_masks=[m[b].tolist() for m in fused],
                     token_groups=None if groups is None else groups[b].tolist(),
-                    input=None if pixels is None else pixels[b])
+                    picture=picture, not_kept=not_kept, input=None if pixels is None else pixels[b])
 
 
 def _picture_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,

@@ -321,12 +321,14 @@ def _panels(pred: Prediction, size: int) -> Tuple[List[Image.Image], List[str]]:
     """The panels of one image and their titles."""
     image = _to_pil(pred.input, size)
     panels, titles = [image], ['input']
-    if pred.is_cnn:
+    if pred.picture == 'channels':
         if not pred.stage_masks:
             raise ValueError(f'{pred.source}: the prediction has no channel masks to draw')
         panels.append(_channel_map(pred.stage_masks, 3 * size, max(size, 3 * len(pred.stage_masks))))
         titles.append(f'{sum(pred.kept)}/{sum(pred.total)} channels kept')
-    elif pred.token_groups is not None:
+    elif pred.picture == 'groups':
+        if pred.token_groups is None:
+            raise ValueError(f'{pred.source}: the prediction has no token groups to draw')
         panels.append(_groups_panel(image, pred.token_groups, pred.grid))
         titles.append(f'{pred.num_tokens}/{len(pred.token_groups)} tokens')
     else:
@@ -376,19 +378,19 @@ def _legend(preds: Sequence[Prediction], px: int) -> List[Tuple[Swatch, str]]:
     """The legend's items, ``(swatch or None, text)``, for the kinds of pictures in ``preds``."""
     box, items = max(8, px - 2), []
     grey = Image.new('RGB', (box, box), _SWATCH_GREY)
-    staged = [p for p in preds if not p.is_cnn and p.token_groups is None]  # drawn with stage panels
+    staged = [p for p in preds if p.picture == 'stages']
     if staged:
         items.append((grey, 'kept patch'))
         if any(p.fused_masks and any(map(any, p.fused_masks)) for p in staged):
             items.append((_fused_look(grey), 'patch fused into one token by the panel\'s stage'))
-        if any(_drops(p) for p in staged):
-            items.append((_dropped_look(grey), 'patch dropped by the panel\'s stage'))
-    merged = [p for p in preds if not p.is_cnn and p.token_groups is not None]
+        for words in dict.fromkeys(p.not_kept or "patch dropped by the panel's stage" for p in staged if _drops(p)):
+            items.append((_dropped_look(grey), words))
+    merged = [p for p in preds if p.picture == 'groups']
     if merged:
         patches = _span([len(p.token_groups) for p in merged])
         items += [(_groups_swatch(box), 'merged token: its patches in their mean colour, a line between tokens'),
                   (None, f'n/{patches} tokens: the tokens left of {patches} patches')]
-    cnn = [p for p in preds if p.is_cnn]
+    cnn = [p for p in preds if p.picture == 'channels']
     if cnn:
         span = _span([c for p in cnn for c in p.total])
         items += [(Image.new('RGB', (box, box), _KEPT), 'kept channel'),

@@ -86,16 +86,8 @@ def test_no_import_cycles():
 
 
 def _own_modules(spec):
-    """A family's own modules: its spec, its model modules and its layers."""
-    return {f'dynvit.families.{m}' for m in MODULES_OF_FAMILIES.get(spec.name, ())} | set(spec.models) | set(spec.layers)
-
-
-MODULES_OF_FAMILIES = {}
-for _m in MODULES:
-    if _m.startswith('dynvit.families.'):
-        _spec = getattr(__import__(_m, fromlist=['SPEC']), 'SPEC', None)
-        if _spec is not None:
-            MODULES_OF_FAMILIES.setdefault(_spec.name, []).append(_m.rsplit('.', 1)[1])
+    """A family's own modules: its model modules and its layers (its spec is a data file)."""
+    return set(spec.models) | set(spec.layers)
 
 
 def _names_of(spec):
@@ -107,7 +99,7 @@ def test_no_file_names_a_family_but_its_own():
     """Generic code never asks which family it holds, and no family names another (their specs say what
     the rest of the package needs: the loading code, the command line and the checkpoint filters read
     them): every name of a family (its name, class and function names, architecture prefixes) occurs
-    only in that family's own modules (spec, models, layers)."""
+    only in that family's own modules (models, layers) and spec."""
     found = []
     for spec in all_specs():
         own = _own_modules(spec)

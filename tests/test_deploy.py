@@ -122,3 +122,16 @@ def test_export_then_predict_and_bench_the_file(tmp_path, capsys):
     assert code == 0 and json.loads(stdout)['backend'] == 'onnxruntime'
     code, _, stderr = run('predict', str(out), image, '--keep-ratio', '0.3')
     assert code == 1 and 'an ONNX file runs as it was exported; --keep-ratio does not apply' in stderr
+
+
+@pytest.mark.parametrize('name', ['test_dynamicvit', 'test_fbs_resnet'])  # one mechanism for every family
+def test_settings_are_read_inside_a_whole_graph_and_a_change_recompiles(name):
+    """The sparsity settings (``setting`` attributes over one dict) are read in the graph without a
+    break, and changing one on the built model is seen by the compiled one (a guard, then a new graph)."""
+    model = _model(name)
+    compiled = torch.compile(model, backend='eager', fullgraph=True, dynamic=False)
+    x = _images(model, 2)
+    with torch.no_grad():
+        assert_rounding_close(model, compiled(x), model(x))
+        model.set_sparsity_level([0.9 * v for v in model.sparsity_level])
+        assert_rounding_close(model, compiled(x), model(x))

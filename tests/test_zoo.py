@@ -69,3 +69,27 @@ def test_zoo_names_tell_the_geometry():
             card = read_card(WEIGHTS_DIR / f'{name}.safetensors')
             size = card['input_size'][-1]
             assert arch.endswith(f'_{size}') or arch.startswith('fbs_'), name  # ViTs name their input size
+
+
+def test_timm_and_dynvit_create_model_build_the_same_model_for_every_tag():
+    """Both front doors apply a tag's arguments (an official checkpoint's settings, a zoo file's): every
+    registered tag whose weights are local gives the same logits through ``timm.create_model`` and
+    ``dynvit.create_model``; the others (weights to download) the same constructor and sparsity arguments."""
+    import timm
+    from timm.models import get_pretrained_cfg
+    local, remote = [], []
+    for name in dynvit.list_models(pretrained=True):
+        file = get_pretrained_cfg(name).file
+        (local if file and Path(file).is_file() else remote).append(name)
+    assert len(local) == len(FILES) and remote
+    for name in local:
+        ours, theirs = (f(name, pretrained=True).eval() for f in (dynvit.create_model, timm.create_model))
+        assert theirs.model_args == ours.model_args and theirs.sparsity_config() == ours.sparsity_config(), name
+        x = torch.randn(2, *dynvit.model_input_size(ours), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            assert torch.equal(theirs(x), ours(x)), name
+    with torch.device('meta'):  # no weights to download, no memory: the arguments say what is built
+        for name in remote:
+            ours, theirs = dynvit.create_model(name), timm.create_model(name)
+            assert type(theirs) is type(ours) and theirs.model_args == ours.model_args, name
+            assert theirs.sparsity_config() == ours.sparsity_config(), name

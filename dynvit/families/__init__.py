@@ -1,21 +1,22 @@
 """What each dynamic family is, declared once and readable without importing torch.
 
-Every module of this package declares one family as ``SPEC``, a ``FamilySpec``: its name, the
-modules that hold its models, its sparsity knob with the command-line flag that sets it and what
-one value means, the words reports use, the checkpoint parts that are its own, the picture that
-shows what it kept. The families are found by listing this package, so a new method adds its
-spec here and names no other family anywhere: the model classes take their labels from their
-spec, the command line builds its knob flags and help texts from all specs (without torch, so
-``dynvit --help`` stays fast), the demo orders its models by them, and the checkpoint filters
-drop the parts of other families' files through ``foreign_parts``.
+Every ``<family>.json`` file of this package declares one family (a ``FamilySpec``, its fields
+by name): its name and paper, the modules that hold its models, its sparsity knob with the
+command-line flag that sets it and what one value means, the words reports use, the checkpoint
+parts that are its own, the picture that shows what it kept. The families are found by listing
+this package, so a new method adds its file here and names no other family anywhere: the model
+classes take their labels from their spec, the command line builds its knob flags, help texts
+and examples from all specs (without torch, so ``dynvit --help`` stays fast), the demo orders its
+models by them, and the checkpoint filters drop the parts of other families' files through
+``foreign_parts``.
 """
-import importlib
-import pkgutil
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ['FamilySpec', 'KnobOption', 'all_specs', 'exported_names', 'foreign_parts', 'knob_options', 'spec_of',
-           'spec_of_arch']
+__all__ = ['FamilySpec', 'KnobOption', 'all_specs', 'exported_names', 'foreign_parts', 'knob_options', 'read_spec',
+           'spec_of', 'spec_of_arch']
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class FamilySpec:
     """One dynamic family.
 
     Attributes:
+        about: One line: the method and its paper.
+        paper_ids: The paper's identifier ('arXiv:...'), in the models' pretrained cfgs.
+        paper_name: The paper's title, in the same.
         name: Its name in messages ('MyMethod').
         models: Its model modules (importing them registers its architectures in timm).
         layers: The modules of ``dynvit.layers`` that are its own building blocks.
@@ -43,13 +47,17 @@ class FamilySpec:
         sparse_label: What its sparse modules are ('keep predictors'); '' when it selects by a rule.
         own_parts: ``{checkpoint key prefix: what it holds}`` of the modules it adds to a dense
             backbone: another family's filter drops them, taking the backbone.
-        picture: How pictures show what an image kept: 'stages' (a panel per stage, dropped
-            patches greyed, fused ones tinted), 'groups' (merged patches in their group's colour)
-            or 'channels' (a map of each gated layer's channels).
+        picture: How pictures show what an image kept: 'stages' (a panel per stage, the patches
+            it did not keep marked, fused ones tinted), 'groups' (merged patches in their group's
+            colour) or 'channels' (a map of each gated layer's channels).
+        not_kept: What a patch a stage did not keep became, for the legends of 'stages' pictures.
         onnx_batch_fixed: Why an ONNX graph of the family needs a fixed batch size ('' if not).
         example: A model of the family for help texts (a zoo tag, offline), and
         example_value: a value of its knob to show with it.
     """
+    about: str
+    paper_ids: str
+    paper_name: str
     name: str
     models: Tuple[str, ...]
     layers: Tuple[str, ...]
@@ -69,16 +77,27 @@ class FamilySpec:
     kept_style: str = 'stages'
     own_parts: Dict[str, str] = field(default_factory=dict)
     picture: str = 'stages'
+    not_kept: str = "patch dropped by the panel's stage"
     onnx_batch_fixed: str = ''
     example: str = ''
     example_value: str = ''
 
 
+def read_spec(path: Path) -> FamilySpec:
+    """The ``FamilySpec`` a family's JSON file declares (lists become tuples)."""
+    data: Dict[str, Any] = json.loads(path.read_text())
+    known = {f.name for f in fields(FamilySpec)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f'{path.name}: unknown spec fields {unknown}; a FamilySpec has {sorted(known)}')
+    return FamilySpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
 def all_specs() -> Tuple[FamilySpec, ...]:
-    """Every family's spec, in ``order``."""
+    """Every family's spec (the ``*.json`` files of this package), in ``order``."""
     global _SPECS
     if _SPECS is None:
-        found = [importlib.import_module(f'{__name__}.{m.name}').SPEC for m in pkgutil.iter_modules(__path__)]
+        found = [read_spec(p) for p in sorted(Path(__file__).parent.glob('*.json'))]
         _SPECS = tuple(sorted(found, key=lambda s: (s.order, s.name)))
     return _SPECS
 

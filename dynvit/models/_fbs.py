@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import torch
 import torch.nn as nn
 
+from ..families import spec_of
 from ..layers.channel_gate import (
     ChannelGate,
     check_batch_norm,
@@ -20,8 +21,7 @@ from ..layers.channel_gate import (
     select_channels,
     tracing,
 )
-from ..losses import DistilledLoss, ObjectiveConfig
-from ..families.fbs import SPEC
+from ..losses import DistilledLoss, ObjectiveConfig, check_weight
 from ._base import DynamicAux, DynamicModel, setting
 from ._helpers import check_image_batch, check_state_dict, first_conv_keys, is_scalar
 
@@ -119,10 +119,8 @@ class FBSLoss(DistilledLoss):
             distill_weight: float = 0.5,
             temperature: float = 1.0,
     ) -> None:
-        if l1_weight < 0:
-            raise ValueError(f'l1_weight must be >= 0, got {l1_weight}')
+        self.l1_weight = check_weight('l1_weight', l1_weight)
         super().__init__(base_criterion, distill_weight, temperature)
-        self.l1_weight = l1_weight
 
     def forward(
             self,
@@ -330,7 +328,7 @@ class FBSModel(DynamicModel):
     ``forward_features(x, decisions, return_aux)`` between ``_start_trace`` and ``_end_trace``.
     The pass records the shapes each block computed; the MACs are counted from them after it.
     """
-    spec = SPEC
+    spec = spec_of('FBS')
     sparsity_args = ('density', 'execution')
 
     density = setting('density', 'Fraction of each gated layer\'s channels kept (1.0: gates off, the dense timm model).')

@@ -45,8 +45,10 @@ def check_image_batch(x: torch.Tensor, in_chans: int, img_size: Union[None, Sequ
             f'the model with img_size={tuple(x.shape[-2:])} or dynamic_img_size=True')
 
 
-def vit_cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
-    """Pretrained cfg of a DeiT-style ViT: 224 px ImageNet defaults, overridden by ``kwargs``."""
+def vit_cfg(url: str = '', spec: Any = None, **kwargs: Any) -> Dict[str, Any]:
+    """Pretrained cfg of a DeiT-style ViT: 224 px ImageNet defaults, the paper of the family's
+    ``spec`` (a ``FamilySpec``), overridden by ``kwargs``."""
+    paper = {} if spec is None else {'paper_ids': spec.paper_ids, 'paper_name': spec.paper_name}
     return {
         'url': url,
         'num_classes': 1000,
@@ -59,6 +61,7 @@ def vit_cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
         'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj',
         'classifier': 'head',
+        **paper,
         **kwargs,
     }
 

@@ -8,7 +8,7 @@ a few stages by keep ratios) and writes its token pass ``_forward_tokens(x, want
 (features, aux or None)``; its aux subclasses ``TokenAux``.
 """
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -17,9 +17,9 @@ from timm.models.vision_transformer import VisionTransformer
 from ..runtime.macs import dense_vit_macs, vit_macs
 from ._base import DynamicAux, DynamicModel
 from ._helpers import build_dynamic_model, embed_tokens, run_block, vit_embed_layer, with_stem_cfg
-from ._tags import with_tag_args
+from ._tags import with_tag_args, zoo_cfgs
 
-__all__ = ['TokenAux', 'TokenSparseViT', 'build_token_vit', 'pico_28_args']
+__all__ = ['TokenAux', 'TokenSparseViT', 'build_token_vit', 'deit_cfgs', 'pico_28_args', 'pico_cfgs', 'tiny_test_cfgs']
 
 
 @dataclass(kw_only=True)
@@ -231,6 +231,26 @@ class TokenSparseViT(DynamicModel, VisionTransformer):
         return dense_vit_macs(self, aux.num_patches)
 
 
+def deit_cfgs(prefix: str, make_cfg: Callable[..., Dict[str, Any]], *notes: str) -> Dict[str, Dict[str, Any]]:
+    """The ``<prefix>_{tiny,small,base}_patch16_224.deit_in1k`` cfgs: timm's DeiT ImageNet-1k weights
+    as the backbone (``notes``: what they give the family)."""
+    return {f'{prefix}_{size}_patch16_224.deit_in1k': make_cfg(hf_hub_id=f'timm/deit_{size}_patch16_224.fb_in1k',
+                                                              license='apache-2.0', notes=notes or None)
+            for size in ('tiny', 'small', 'base')}
+
+
+def tiny_test_cfgs(names: Sequence[str], make_cfg: Callable[..., Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """The cfgs of the tiny ``test_*`` variants: 32 px, 10 classes, no weights."""
+    return {f'{name}.untrained': make_cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3)
+            for name in names}
+
+
+def pico_cfgs(arch: str, make_cfg: Callable[..., Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """The cfgs of a ``*_pico_patch4_28`` architecture: the zoo's files of it, then ``untrained``."""
+    return {**zoo_cfgs(arch, make_cfg),
+            f'{arch}.untrained': make_cfg(input_size=(3, 28, 28), crop_pct=1.0, interpolation='bilinear')}
+
+
 def pico_28_args(**kwargs: Any) -> Dict[str, Any]:
     """The zoo's small-image ViT (the ``*_pico_patch4_28`` variants): 28 px, patch 4 (7 x 7 = 49
     patches), 96 wide, 6 blocks, 3 heads, MLP ratio 4, class token, convolutional stem
@@ -238,7 +258,7 @@ def pico_28_args(**kwargs: Any) -> Dict[str, Any]:
     return dict(img_size=28, patch_size=4, embed_dim=96, depth=6, num_heads=3, stem='conv', **kwargs)
 
 
-def build_token_vit(model_cls: type, variant: str, model_args: Dict[str, Any], pretrained: bool, filter_fn: Any,
+def build_token_vit(model_cls: type, filter_fn: Any, variant: str, model_args: Dict[str, Any], pretrained: bool = False,
                     **kwargs: Any) -> nn.Module:
     """timm's ``build_model_with_cfg`` for a token family (``build_dynamic_model``: the variant's
     ``model_args``, its tag's, the caller's; a convolutional stem's first conv named in the

@@ -18,6 +18,7 @@ Three executions of the same decisions:
 ``keep_ratio``, ``mode`` and ``threshold`` are plain attributes: change them on a built model.
 """
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn, init_weights_vit_timm
 
+from ..families import spec_of
 from ..layers import (
     KeepPredictor,
     PolicyAttention,
@@ -37,11 +39,10 @@ from ..layers import (
 )
 from ..losses import DistilledLoss, ObjectiveConfig, distillation_kl
 from ._helpers import check_state_dict, fill_missing, first_conv_keys, is_scalar, vit_cfg
-from ..families.dynamic_vit import SPEC
 from ._base import setting
 from ._staged import StagedTokenViT
-from ._token_vit import TokenAux, build_token_vit, pico_28_args
-from ._tags import register_tag_args, zoo_cfgs
+from ._token_vit import TokenAux, build_token_vit, deit_cfgs, pico_28_args, pico_cfgs, tiny_test_cfgs
+from ._tags import register_tag_args
 
 __all__ = ['DynamicVisionTransformer', 'DynamicViTAux', 'DynamicViTLoss', 'ratio_loss', 'resolve_keep_ratio',
            'token_distillation_loss']
@@ -244,7 +245,7 @@ class DynamicVisionTransformer(StagedTokenViT):
         **kwargs: ``stem`` ('patch' or 'conv', see ``TokenSparseViT``) and timm's
             ``VisionTransformer`` arguments.
     """
-    spec = SPEC
+    spec = spec_of('DynamicViT')
     sparsity_args = ('prune_loc', 'keep_ratio', 'mode', 'threshold', 'token_order')
     fixed_settings = ('prune_loc',)
     loc_arg = 'prune_loc'
@@ -553,14 +554,11 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: DynamicVisi
     return state_dict
 
 
-def _create_dynamic_vit(variant: str, model_args: Dict[str, Any], pretrained: bool = False,
-                        **kwargs: Any) -> DynamicVisionTransformer:
-    return build_token_vit(DynamicVisionTransformer, variant, model_args, pretrained, checkpoint_filter_fn, **kwargs)
+# _create_*(variant, model_args, pretrained, **kwargs): the variant built with its family's checkpoint filter
+_create_dynamic_vit = partial(build_token_vit, DynamicVisionTransformer, checkpoint_filter_fn)
 
 
-def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
-    return vit_cfg(url, classifier='head', paper_ids='arXiv:2106.02034',
-                   paper_name='DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsification', **kwargs)
+_cfg = partial(vit_cfg, spec=DynamicVisionTransformer.spec, classifier='head')
 
 
 # The released DeiT checkpoints (README model zoo of raoyongming/DynamicViT; download links as given there,
@@ -584,16 +582,9 @@ _DEIT_NOTE = 'timm\'s DeiT ImageNet-1k weights as the backbone; keep predictors 
 
 default_cfgs = generate_default_cfgs({
     **{f'{arch}.official_r07_in1k': _official_cfg(url) for arch, url in _OFFICIAL.items()},
-    # Backbone from timm's DeiT ImageNet-1k weights; keep predictors untrained.
-    **{f'dynamicvit_{size}_patch16_224.deit_in1k': _cfg(hf_hub_id=f'timm/deit_{size}_patch16_224.fb_in1k',
-                                                       license='apache-2.0', notes=(_DEIT_NOTE,))
-       for size in ('tiny', 'small', 'base')},
-    # Tiny configurations for tests.
-    'test_dynamicvit.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
-    'test_dynamicvit2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
-    # trained by the zoo (weights/)
-    **zoo_cfgs('dynamicvit_pico_patch4_28', _cfg),
-    'dynamicvit_pico_patch4_28.untrained': _cfg(input_size=(3, 28, 28), crop_pct=1.0, interpolation='bilinear'),
+    **deit_cfgs('dynamicvit', _cfg, _DEIT_NOTE),  # DeiT's backbone; keep predictors untrained
+    **tiny_test_cfgs(('test_dynamicvit', 'test_dynamicvit2'), _cfg),
+    **pico_cfgs('dynamicvit_pico_patch4_28', _cfg),  # trained by the zoo (weights/)
 })
 
 

@@ -31,6 +31,7 @@ model. ``evit_from_vit`` turns a built timm ``VisionTransformer`` into an EViT w
 """
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -39,16 +40,16 @@ from timm.layers import LayerScale, PatchDropout
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn as vit_checkpoint_filter_fn
 
+from ..families import spec_of
 from ..layers import ConvPatchEmbed, block_forward_keep_attentive, is_packable, is_timm_attention
 from ..losses import ClassificationLoss, ObjectiveConfig
 from ._apply import register_method
 from ..runtime.macs import vit_macs
 from ._helpers import check_state_dict, first_conv_keys, run_block, vit_cfg
-from ..families.evit import SPEC
 from ._base import DynamicModel, setting
 from ._staged import StagedTokenViT
-from ._token_vit import TokenAux, build_token_vit, pico_28_args
-from ._tags import register_tag_args, zoo_cfgs
+from ._token_vit import TokenAux, build_token_vit, deit_cfgs, pico_28_args, pico_cfgs, tiny_test_cfgs
+from ._tags import register_tag_args
 
 __all__ = ['EViT', 'EViTAux', 'evit_from_vit', 'default_drop_loc']
 
@@ -187,7 +188,7 @@ class EViT(StagedTokenViT):
         **kwargs: ``stem`` ('patch' or 'conv', see ``TokenSparseViT``) and timm's
             ``VisionTransformer`` arguments (it needs a class token).
     """
-    spec = SPEC
+    spec = spec_of('EViT')
     sparsity_args = ('drop_loc', 'keep_ratio', 'fuse_token')
     loc_arg = 'drop_loc'
     stages_what = 'pruning blocks (drop_loc)'
@@ -296,15 +297,11 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EViT) -> Di
     return state_dict
 
 
-def _create_evit(variant: str, model_args: Dict[str, Any], pretrained: bool = False,
-                 **kwargs: Any) -> EViT:
-    return build_token_vit(EViT, variant, model_args, pretrained, checkpoint_filter_fn, **kwargs)
+# _create_*(variant, model_args, pretrained, **kwargs): the variant built with its family's checkpoint filter
+_create_evit = partial(build_token_vit, EViT, checkpoint_filter_fn)
 
 
-def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
-    return vit_cfg(url, classifier='head', paper_ids='arXiv:2202.07800',
-                   paper_name='Not All Patches are What You Need: Expediting Vision Transformers via Token '
-                              'Reorganizations', **kwargs)
+_cfg = partial(vit_cfg, spec=EViT.spec, classifier='head')
 
 
 # The released DeiT-S checkpoints (README of youweiliang/evit; Google Drive links as given there, in their
@@ -339,15 +336,9 @@ default_cfgs = generate_default_cfgs({
        for (fuse, keep), file_id in _OFFICIAL.items()},
     # timm's DeiT ImageNet-1k weights: EViT needs no new parameters, so these run as they are (at a
     # modest loss) and EViT fine-tunes from them.
-    'evit_tiny_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_tiny_patch16_224.fb_in1k', license='apache-2.0'),
-    'evit_small_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_small_patch16_224.fb_in1k', license='apache-2.0'),
-    'evit_base_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_base_patch16_224.fb_in1k', license='apache-2.0'),
-    # Tiny configurations for tests.
-    'test_evit.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
-    'test_evit2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
-    # trained by the zoo (weights/)
-    **zoo_cfgs('evit_pico_patch4_28', _cfg),
-    'evit_pico_patch4_28.untrained': _cfg(input_size=(3, 28, 28), crop_pct=1.0, interpolation='bilinear'),
+    **deit_cfgs('evit', _cfg),
+    **tiny_test_cfgs(('test_evit', 'test_evit2'), _cfg),
+    **pico_cfgs('evit_pico_patch4_28', _cfg),  # trained by the zoo (weights/)
 })
 
 

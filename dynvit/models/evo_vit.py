@@ -22,6 +22,7 @@ differentiable where they should be (the importance itself is not).
 import copy
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -29,6 +30,7 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn, init_weights_vit_timm
 
+from ..families import spec_of
 from ..layers import (
     block_forward_with_cls_attention,
     is_packable,
@@ -36,13 +38,12 @@ from ..layers import (
     merge_slow_fast,
     split_slow_fast,
 )
-from ..losses import DistilledLoss, ObjectiveConfig
+from ..losses import DistilledLoss, ObjectiveConfig, check_weight
 from ._helpers import check_state_dict, first_conv_keys, is_scalar, run_block, vit_cfg
-from ..families.evo_vit import SPEC
 from ._base import setting
 from ._staged import StagedTokenViT
-from ._token_vit import TokenAux, build_token_vit, pico_28_args
-from ._tags import register_tag_args, zoo_cfgs
+from ._token_vit import TokenAux, build_token_vit, deit_cfgs, pico_28_args, pico_cfgs, tiny_test_cfgs
+from ._tags import register_tag_args
 
 __all__ = ['EvoVisionTransformer', 'EvoViTAux', 'EvoViTLoss']
 
@@ -108,10 +109,8 @@ class EvoViTLoss(DistilledLoss):
             distill_weight: float = 0.5,
             temperature: float = 1.0,
     ) -> None:
-        if not 0.0 <= cls_weight <= 1.0:
-            raise ValueError(f'cls_weight must be in [0, 1], got {cls_weight}')
+        self.cls_weight = check_weight('cls_weight', cls_weight, 0.0, 1.0)
         super().__init__(base_criterion, distill_weight, temperature)
-        self.cls_weight = cls_weight
 
     def forward(
             self,
@@ -161,7 +160,7 @@ class EvoVisionTransformer(StagedTokenViT):
         **kwargs: ``stem`` ('patch' or 'conv', see ``TokenSparseViT``) and timm's
             ``VisionTransformer`` arguments (it needs a class token).
     """
-    spec = SPEC
+    spec = spec_of('Evo-ViT')
     sparsity_args = ('select_loc', 'keep_ratio', 'tradeoff', 'representative_token', 'aux_head')
     loc_arg = 'select_loc'
     loc_lowest = 1
@@ -399,14 +398,11 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EvoVisionTr
     return state_dict
 
 
-def _create_evo_vit(variant: str, model_args: Dict[str, Any], pretrained: bool = False,
-                    **kwargs: Any) -> EvoVisionTransformer:
-    return build_token_vit(EvoVisionTransformer, variant, model_args, pretrained, checkpoint_filter_fn, **kwargs)
+# _create_*(variant, model_args, pretrained, **kwargs): the variant built with its family's checkpoint filter
+_create_evo_vit = partial(build_token_vit, EvoVisionTransformer, checkpoint_filter_fn)
 
 
-def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
-    return vit_cfg(url, classifier=('head', 'head_cls'), paper_ids='arXiv:2108.01390',
-                   paper_name='Evo-ViT: Slow-Fast Token Evolution for Dynamic Vision Transformer', **kwargs)
+_cfg = partial(vit_cfg, spec=EvoVisionTransformer.spec, classifier=('head', 'head_cls'))
 
 
 # The released DeiT checkpoints (README of YifanXu74/Evo-ViT; Google Drive links as given there, in their
@@ -437,16 +433,9 @@ _DEIT_NOTE = 'timm\'s DeiT ImageNet-1k weights (backbone and both heads), to fin
 
 default_cfgs = generate_default_cfgs({
     **{f'{arch}.official_in1k': _official_cfg(arch) for arch in _OFFICIAL},
-    # Backbone (and both heads) from timm's DeiT ImageNet-1k weights; Evo-ViT fine-tunes from these.
-    **{f'evovit_{size}_patch16_224.deit_in1k': _cfg(hf_hub_id=f'timm/deit_{size}_patch16_224.fb_in1k',
-                                                   license='apache-2.0', notes=(_DEIT_NOTE,))
-       for size in ('tiny', 'small', 'base')},
-    # Tiny configurations for tests.
-    'test_evovit.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
-    'test_evovit2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
-    # trained by the zoo (weights/)
-    **zoo_cfgs('evovit_pico_patch4_28', _cfg),
-    'evovit_pico_patch4_28.untrained': _cfg(input_size=(3, 28, 28), crop_pct=1.0, interpolation='bilinear'),
+    **deit_cfgs('evovit', _cfg, _DEIT_NOTE),  # the backbone and both heads; Evo-ViT fine-tunes from these
+    **tiny_test_cfgs(('test_evovit', 'test_evovit2'), _cfg),
+    **pico_cfgs('evovit_pico_patch4_28', _cfg),  # trained by the zoo (weights/)
 })
 
 

@@ -33,6 +33,7 @@ followed where it and the paper differ:
   so it differs from the dense model even at r = 0 on such ViTs; here r = 0 is the dense model.
 """
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -40,6 +41,7 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn as vit_checkpoint_filter_fn
 
+from ..families import spec_of
 from ..layers import (
     TokenMatch,
     is_packable,
@@ -51,10 +53,8 @@ from ..layers import (
 )
 from ..losses import ClassificationLoss, ObjectiveConfig
 from ._helpers import check_state_dict, first_conv_keys, is_scalar, run_block, vit_cfg
-from ..families.tome import SPEC
 from ._base import setting
-from ._token_vit import TokenAux, TokenSparseViT, build_token_vit, pico_28_args
-from ._tags import zoo_cfgs
+from ._token_vit import TokenAux, TokenSparseViT, build_token_vit, deit_cfgs, pico_28_args, pico_cfgs, tiny_test_cfgs
 from ._apply import register_method
 
 __all__ = ['ToMeAux', 'ToMeVisionTransformer', 'apply_tome', 'parse_r']
@@ -203,7 +203,7 @@ class ToMeVisionTransformer(TokenSparseViT):
         **kwargs: ``stem`` ('patch' or 'conv', see ``TokenSparseViT``) and timm's
             ``VisionTransformer`` arguments.
     """
-    spec = SPEC
+    spec = spec_of('ToMe')
     sparsity_args = ('r', 'inflect', 'prop_attn', 'protect_registers', 'weighted_pool')
 
     r = setting('r', 'Tokens each block merges away: an int, or one per block.')
@@ -419,27 +419,17 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: ToMeVisionT
     return state_dict
 
 
-def _create_tome(variant: str, model_args: Dict[str, Any], pretrained: bool = False,
-                 **kwargs: Any) -> ToMeVisionTransformer:
-    return build_token_vit(ToMeVisionTransformer, variant, model_args, pretrained, checkpoint_filter_fn, **kwargs)
+# _create_*(variant, model_args, pretrained, **kwargs): the variant built with its family's checkpoint filter
+_create_tome = partial(build_token_vit, ToMeVisionTransformer, checkpoint_filter_fn)
 
 
-def _cfg(url: str = '', **kwargs: Any) -> Dict[str, Any]:
-    return vit_cfg(url, classifier='head', paper_ids='arXiv:2210.09461',
-                   paper_name='Token Merging: Your ViT But Faster', **kwargs)
+_cfg = partial(vit_cfg, spec=ToMeVisionTransformer.spec, classifier='head')
 
 
 default_cfgs = generate_default_cfgs({
-    # timm's DeiT ImageNet-1k weights, merged off the shelf (ToMe needs no training)
-    'tome_tiny_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_tiny_patch16_224.fb_in1k', license='apache-2.0'),
-    'tome_small_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_small_patch16_224.fb_in1k', license='apache-2.0'),
-    'tome_base_patch16_224.deit_in1k': _cfg(hf_hub_id='timm/deit_base_patch16_224.fb_in1k', license='apache-2.0'),
-    # the zoo's files (weights/tome_pico_patch4_28.*.safetensors), offline
-    **zoo_cfgs('tome_pico_patch4_28', _cfg),
-    'tome_pico_patch4_28.untrained': _cfg(input_size=(3, 28, 28), crop_pct=1.0, interpolation='bilinear'),
-    # Tiny configurations for tests.
-    'test_tome.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
-    'test_tome2.untrained': _cfg(num_classes=10, input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3),
+    **deit_cfgs('tome', _cfg),  # timm's DeiT ImageNet-1k weights, merged off the shelf (ToMe needs no training)
+    **pico_cfgs('tome_pico_patch4_28', _cfg),  # the zoo's files, offline
+    **tiny_test_cfgs(('test_tome', 'test_tome2'), _cfg),
 })
 
 
