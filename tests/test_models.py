@@ -146,13 +146,20 @@ def test_safetensors_roundtrip(name, tmp_path):
         torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
 
 
-def test_timm_create_model_works_after_importing_the_models():
-    import timm
-
-    import dynvit.models  # noqa: F401  (registers the architectures; `import dynvit` alone is lazy)
-    model = timm.create_model('test_dynamicvit')
-    assert isinstance(model, dynvit.DynamicVisionTransformer)
-    assert isinstance(timm.create_model('fbs_resnet18'), dynvit.FBSResNet)
+@pytest.mark.parametrize('order', ['dynvit first', 'timm first'])
+def test_importing_dynvit_registers_its_models_in_timm(order):
+    """Like a timm plugin: after ``import dynvit`` (before or after timm), ``timm.create_model`` knows every
+    dynvit architecture; ``import dynvit`` alone imports neither torch nor timm."""
+    import subprocess
+    import sys
+    first, second = ('dynvit', 'timm') if order == 'dynvit first' else ('timm', 'dynvit')
+    code = (f'import sys\nimport {first}\n'
+            + ('assert "torch" not in sys.modules\n' if first == 'dynvit' else '')
+            + f'import {second}\nimport dynvit, timm\n'
+            'assert set(dynvit.list_models()) <= set(timm.list_models())\n'
+            'print(type(timm.create_model("test_dynamicvit")).__name__)')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == 'DynamicVisionTransformer', r.stderr
 
 
 def _without_sparse_modules(model):
