@@ -28,6 +28,7 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 EPS = torch.finfo(torch.float32).eps  # 1.19e-7: one float32 rounding, relative
+SENTINEL = 1e30  # values beyond it are set, not computed (a lead that ranks prefix tokens first)
 
 
 class NearTieWarning(UserWarning):
@@ -97,7 +98,8 @@ class _Margins(TorchDispatchMode):
         self.sorted = {}  # id of a sort's index output -> (that tensor, the input, its sorted values, dim)
 
     def _record(self, x: torch.Tensor, gaps: torch.Tensor) -> None:
-        size = x.detach().abs().nan_to_num(posinf=0.0)  # the finite values set the rounding scale
+        size = x.detach().abs().nan_to_num(posinf=0.0)  # the computed values set the rounding scale:
+        size = size.masked_fill(size > SENTINEL, 0.0)  # not inf, nor the huge leads that rank tokens first
         scale = EPS * self.depth * size.flatten(1).amax(1).clamp_min(torch.finfo(torch.float32).tiny).double()
         gaps = gaps.double().nan_to_num(nan=float('inf'))  # two -inf (masked) entries: no decision between them
         per_row = gaps.reshape(x.shape[0], -1).amin(1) / scale  # [rows]
@@ -163,17 +165,22 @@ def assert_matches(model: nn.Module, x: torch.Tensor, out: torch.Tensor, recorde
         ``[B]`` bool: the images compared.
     """
     tol = rounding_tolerance(model, recorded)
-    off = (out.detach().float() - recorded.float()).abs().flatten(1).amax(1) > tol
-    for ours, theirs in discrete:
-        off |= (torch.as_tensor(ours) != torch.as_tensor(theirs)).reshape(len(off), -1).any(1)
+    diff = (out.detach().float() - recorded.float()).abs().flatten(1).amax(1)  # [B]
+    off = diff > tol
+    which = [(torch.as_tensor(ours) != torch.as_tensor(theirs)).reshape(len(off), -1).any(1)
+             for ours, theirs in discrete]  # per discrete output, [B]
+    for changed in which:
+        off |= changed
     compared = torch.ones_like(off)
     if off.any():
         idx = off.nonzero()[:, 0]
         near = decision_margins(model, x[idx], **kwargs) < 1.0
-        worst = (out.detach().float() - recorded.float()).abs().flatten(1).amax(1)[idx]
+        worst = diff[idx]
         unexplained = idx[~near].tolist()
-        assert not unexplained, (f'{what}: images {unexplained} differ from the recording by up to '
-                                 f'{worst[~near].max():.3g} (rounding explains {tol:.3g}) with no decision near a tie')
+        outputs = [i for i, changed in enumerate(which) if changed[idx[~near]].any()]
+        assert not unexplained, (f'{what}: images {unexplained} differ from the recording (outputs by up to '
+                                 f'{worst[~near].max():.3g}, rounding explains {tol:.3g}; discrete outputs {outputs} '
+                                 f'differ) with no decision near a tie')
         compared[idx] = False
         warnings.warn(NearTieWarning(f'{what}: images {idx.tolist()} not compared: a decision sat within rounding '
                                      f'of its threshold (they differ by up to {worst.max():.3g})'))

@@ -9,6 +9,8 @@ sample. ``tests/test_reference_outputs.py`` and ``tests/test_zoo.py`` compare ag
     python tests/record_reference_outputs.py
 
 It re-records everything from the current code: run it only when outputs are meant to change.
+``--macs`` re-records only the per-image MACs, keeping the recorded logits and kept counts: for a
+change in what a computation executes (and counts), not in what it computes.
 """
 import json
 import sys
@@ -71,6 +73,8 @@ def zoo_input(model: torch.nn.Module, data) -> torch.Tensor:
 
 
 def main() -> None:
+    if '--macs' in sys.argv:
+        return record_macs()
     tensors, names = {}, {'test': [], 'zoo': []}
     for name in dynvit.list_models('test_*'):
         model = test_model(name)
@@ -100,6 +104,34 @@ def main() -> None:
     meta = dict(models=json.dumps(names), torch=torch.__version__, timm=__import__('timm').__version__)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(OUT), metadata=meta)
     print(f'{OUT}: {len(names["test"])} test models, {len(names["zoo"])} zoo models')
+
+
+def record_macs() -> None:
+    """Re-records the MACs entries of the existing file from the current code (nothing else)."""
+    from safetensors import safe_open
+    with safe_open(str(OUT), framework='pt') as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    names = json.loads(meta['models'])
+    changed = []
+    for name in names['test']:
+        model = test_model(name)
+        model.load_state_dict({k[len(f'{name}/weights/'):]: v for k, v in tensors.items()
+                               if k.startswith(f'{name}/weights/')})
+        for mode, settings in {'eval': {}, 'threshold': dict(mode='threshold', threshold=0.5)}.items():
+            if f'{name}/{mode}/macs' in tensors:
+                model.set_sparsity(**settings)
+                macs = run(model, tensors[f'{name}/input'])[1]
+                changed += [f'{name}/{mode}'] if not torch.equal(macs, tensors[f'{name}/{mode}/macs']) else []
+                tensors[f'{name}/{mode}/macs'] = macs
+    data = np.load(SAMPLE)
+    for name in names['zoo']:
+        model = zoo_model(name)
+        x = zoo_input(model, data)
+        macs = torch.cat([run(model, x[i:i + 100])[1] for i in range(0, len(x), 100)])
+        changed += [name] if not torch.equal(macs, tensors[f'{name}/macs']) else []
+        tensors[f'{name}/macs'] = macs
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(OUT), metadata=meta)
+    print(f'{OUT}: MACs re-recorded; changed: {", ".join(changed) or "none"}')
 
 
 if __name__ == '__main__':

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers.conv2d_same import Conv2dSame, conv2d_same
 
-from .weight_reads import cache_name
+from .weight_reads import cache_name, tracing
 
 __all__ = [
     'ChannelGate', 'importance_bias', 'gaussian_relu_mean', 'gaussian_abs_mean', 'num_kept', 'select_channels',
@@ -177,12 +177,6 @@ def bn_affine(bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
     if bn.bias is not None:
         shift = shift + bn.bias
     return scale, shift
-
-
-def tracing() -> bool:
-    """Whether torch.compile or an export is tracing the code: then no Python-side caches (they
-    key on tensor identities and would break the graph); the compiler keeps its own."""
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 def folded_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:

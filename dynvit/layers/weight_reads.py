@@ -7,9 +7,10 @@ backs (pruning masks, ``dynvit.compress``) then refreshes them before such a mod
 derived from a layer's weight are cached on the layer under names starting with ``CACHE_PREFIX``
 (``cache_name``); ``drop_weight_caches`` forgets them when the weight changes.
 """
+import torch
 import torch.nn as nn
 
-__all__ = ['CACHE_PREFIX', 'cache_name', 'drop_weight_caches', 'reads_layer_weights']
+__all__ = ['CACHE_PREFIX', 'cache_name', 'drop_weight_caches', 'reads_layer_weights', 'tracing']
 
 CACHE_PREFIX = '_weight_cache_'
 
@@ -28,3 +29,9 @@ def drop_weight_caches(module: nn.Module) -> None:
 def reads_layer_weights(module: nn.Module) -> bool:
     """Whether ``module``'s forward reads the weights of its layers without calling them."""
     return bool(getattr(module, 'reads_layer_weights', False))
+
+
+def tracing() -> bool:
+    """Whether torch.compile or an export is tracing the code: then no Python-side caches (they
+    key on tensor identities and would break the graph); the compiler keeps its own."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()

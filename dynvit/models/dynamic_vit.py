@@ -64,7 +64,8 @@ class DynamicViTAux(TokenAux):
         keep_probs: Per stage ``[B, N]`` keep probability from the predictor (0 where the patch
             was already dropped or the stage was skipped).
         tokens_per_block: ``[B, depth]`` tokens entering each block, prefix tokens included.
-        predictor_tokens: ``[B, stages]`` patch tokens each predictor scored (0 if skipped).
+        predictor_tokens: ``[B, stages]`` tokens each predictor scored (0 if skipped): the patches,
+            and in the gathered execution the prefix tokens too (scored with them, ranked first).
         num_patches: N.
         token_index: ``[B, L]`` original token index (prefix tokens first) of each returned
             token in top-k mode; None when the tokens are in original positions.
@@ -240,8 +241,8 @@ class DynamicVisionTransformer(StagedTokenViT):
             (rho, rho^2, rho^3, ...), a sequence gives one value per stage.
         mode: Inference selection, ``'topk'`` (fixed count per stage) or ``'threshold'``.
         threshold: Keep probability a token needs in threshold mode (float or one per stage).
-        token_order: Order of the kept tokens in top-k mode, ``'position'`` (raster order) or
-            ``'score'`` (descending score, as the released DynamicViT code does).
+        token_order: Order of the kept tokens in top-k mode, ``'score'`` (descending score, as the
+            released DynamicViT code does; one kernel fewer per stage) or ``'position'`` (raster order).
         **kwargs: ``stem`` ('patch' or 'conv', see ``TokenSparseViT``) and timm's
             ``VisionTransformer`` arguments.
     """
@@ -263,7 +264,7 @@ class DynamicVisionTransformer(StagedTokenViT):
             keep_ratio: Union[float, Sequence[float]] = 0.7,
             mode: Mode = 'topk',
             threshold: Union[float, Sequence[float]] = 0.5,
-            token_order: TokenOrder = 'position',
+            token_order: TokenOrder = 'score',
             **kwargs: Any,
     ) -> None:
         super().__init__(family_args={'prune_loc': [int(i) for i in prune_loc]}, **kwargs)
@@ -390,7 +391,7 @@ class DynamicVisionTransformer(StagedTokenViT):
         B, L, _ = x.shape
         P = self.num_prefix_tokens
         N = L - P
-        index = torch.arange(N, device=x.device).expand(B, N)  # original positions of current patches
+        index = torch.arange(L, device=x.device).expand(B, L) if want_aux else None  # original index of each token
         decisions, keep_probs = [], []
         tokens_per_block, predictor_tokens = [], [0] * len(self.prune_loc)  # the same for every image
         for i, block in enumerate(self.blocks):
@@ -398,32 +399,33 @@ class DynamicVisionTransformer(StagedTokenViT):
             if s is not None:
                 n_cur, k = x.shape[1] - P, min(self.num_keep(s, N), x.shape[1] - P)
                 if k < n_cur:
-                    score = self.score_predictor[s](x[:, P:])[..., 0]  # [B, n_cur] keep log-prob
-                    top = score.topk(k, dim=1, sorted=self.token_order == 'score').indices
+                    # [B, P + n_cur]: the keep predictor's ranking of the patches, the prefix tokens above all
+                    score = self.score_predictor[s].keep_scores(x, P)
+                    top = score.topk(P + k, dim=1, sorted=self.token_order == 'score').indices  # prefix first
                     if self.token_order == 'position':
                         top = top.sort(dim=1).values
-                    x = torch.cat([x[:, :P], gather_tokens(x[:, P:], top)], dim=1)
-                    if want_aux:
-                        keep_probs.append(x.new_zeros(B, N).scatter_(1, index, score.exp().to(x.dtype)))
+                    x = gather_tokens(x, top)
+                    if want_aux:  # the keep probability is the sigmoid of the score
+                        probs = score[:, P:].sigmoid().to(x.dtype)
+                        keep_probs.append(x.new_zeros(B, N).scatter_(1, index[:, P:] - P, probs))
                         index = index.gather(1, top)
-                    predictor_tokens[s] = n_cur
+                    predictor_tokens[s] = P + n_cur
                 elif want_aux:
                     keep_probs.append(x.new_zeros(B, N))
                 if want_aux:
-                    decisions.append(x.new_zeros(B, N).scatter_(1, index, 1.0))
+                    decisions.append(x.new_zeros(B, N).scatter_(1, index[:, P:] - P, 1.0))
             tokens_per_block.append(x.shape[1])
             x = self._block(block, x)
         x = self.norm(x)
         if not want_aux:
             return x, None
-        prefix = torch.arange(P, device=x.device).expand(B, P)
         return x, DynamicViTAux(
             decisions=decisions,
             keep_probs=keep_probs,
             tokens_per_block=torch.tensor(tokens_per_block, device=x.device).expand(B, -1),
             predictor_tokens=torch.tensor(predictor_tokens, device=x.device).expand(B, -1),
             num_patches=N,
-            token_index=torch.cat([prefix, index + P], dim=1),
+            token_index=index,
             features=x,
             execution='gathered',
             keep_ratio=self.keep_ratio,
@@ -506,11 +508,11 @@ class DynamicVisionTransformer(StagedTokenViT):
 
     # ---- MACs ----
     def _selection_macs(self, aux: DynamicViTAux) -> torch.Tensor:
-        """The keep predictors on the tokens each scored."""
-        macs = 0
+        """The keep predictors on the tokens each scored (the gathered path's last layer is one wide)."""
+        macs, outputs = 0, 1 if aux.execution == 'gathered' else 2
         for s, predictor in enumerate(self.score_predictor):
             tokens = aux.predictor_tokens[:, s].long()
-            macs = macs + predictor.macs(tokens, (tokens > 0).long())
+            macs = macs + predictor.macs(tokens, (tokens > 0).long(), outputs)
         return macs
 
 

@@ -253,7 +253,10 @@ class EvoVisionTransformer(StagedTokenViT):
         keeps = [min(self.num_keep(s, N), N) for s in range(len(loc))]
         # the ranking before select_loc[s] reads the class attention of blocks select_loc[0] - 1 on
         # (earlier ones are overwritten with t = 1); without a ranking no attention row is needed
-        last_read = max((b for b, k in zip(loc, keeps) if k < N), default=0)
+        last_read = 0  # the last ranking block (loc increases); a plain loop: older dynamo rejects max(default=)
+        for b, k in zip(loc, keeps):
+            if k < N:
+                last_read = b
         tokens, row_keys, averaged = [], [], []  # per block, per block, per stage: the same for every image
         informative_index, scores = [], []
         score = None  # [B, N] importance, no gradient
