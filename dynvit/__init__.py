@@ -48,6 +48,12 @@ def __dir__() -> List[str]:
     return sorted(set(globals()) | set(__all__))
 
 
+def _importing_dynvit() -> bool:
+    """Whether a module of this package is being imported right now (it imported timm itself)."""
+    return any(getattr(getattr(m, '__spec__', None), '_initializing', False)
+               for name, m in list(sys.modules.items()) if name.startswith(f'{__name__}.'))
+
+
 class _RegisterWithTimm(importlib.abc.MetaPathFinder):
     """Registers dynvit's architectures once timm has been imported (like a timm plugin), without
     importing torch before anything asks for timm."""
@@ -62,7 +68,8 @@ class _RegisterWithTimm(importlib.abc.MetaPathFinder):
 
             def exec_module(module: Any) -> None:
                 run(module)
-                importlib.import_module(f'{__name__}.models')
+                if not _importing_dynvit():  # else that import goes on, and registers when it needs to
+                    importlib.import_module(f'{__name__}.models')
 
             spec.loader.exec_module = exec_module
         return spec

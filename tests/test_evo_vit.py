@@ -118,7 +118,7 @@ def test_placeholders_receive_exactly_the_representative_residual():
     order = torch.stack([torch.randperm(N) for _ in range(B)])
     informative, placeholders = order[:, :k], order[:, k:]
     weights = torch.rand(B, N)
-    compact, rep = split_slow_fast(x, P, informative, placeholders, weights)
+    compact, rep = split_slow_fast(x, P, informative, weights)
     assert compact.shape == (B, P + k + 1, C)
     for b in range(B):  # representative = importance-weighted mean of the placeholders
         w = weights[b, placeholders[b]]
@@ -133,7 +133,7 @@ def test_placeholders_receive_exactly_the_representative_residual():
         expected = x[b, P + placeholders[b]] + residual[b]
         torch.testing.assert_close(merged[b, P + placeholders[b]], expected, rtol=0, atol=tolerance(2, expected))
     # the released code's behaviour: placeholders untouched
-    compact, rep = split_slow_fast(x, P, informative, placeholders, None)
+    compact, rep = split_slow_fast(x, P, informative, None)
     assert rep is None and compact.shape == (B, P + k, C)
     merged = merge_slow_fast(x, torch.randn_like(compact), P, informative, None)
     for b in range(B):

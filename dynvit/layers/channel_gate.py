@@ -67,6 +67,15 @@ class ChannelGate(nn.Module):
     def out_channels(self) -> int:
         return self.fc.out_features
 
+    def forward_kept(self, pooled: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The saliency ``[B, C_out]`` from the pooled values ``[B, k]`` of the input channels ``idx``
+        ``[B, k]`` only (the others are 0): one batched product with those columns of the weight
+        (inference: the transposed weight is cached, its rows gathered into a reused buffer)."""
+        B, k = idx.shape
+        w = self.fc.weight
+        rows = _gather_rows(self.fc, _transposed(self.fc, w), idx.flatten()).view(B, k, w.shape[0])  # [B, k, C_out]
+        return F.relu(torch.baddbmm(self.fc.bias.view(1, 1, -1), pooled.unsqueeze(1), rows)).squeeze(1)
+
     @torch.no_grad()
     def keep_channels(self, outputs: Optional[torch.Tensor] = None, inputs: Optional[torch.Tensor] = None) -> None:
         """Keeps the gated channels ``outputs`` (rows) and the pooled inputs ``inputs`` (columns), in
@@ -128,10 +137,10 @@ def num_kept(density: float, channels: int) -> int:
     return max(1, min(channels, math.ceil(density * channels - 1e-6)))
 
 
-def select_channels(saliency: torch.Tensor, k: int) -> torch.Tensor:
-    """Winner-take-all: the ``k`` most salient channels of each image, ascending ``[B, k]`` int64."""
-    # ascending channel order: the weight gathers then read memory front to back
-    return saliency.detach().topk(k, dim=1, sorted=False).indices.sort(dim=1).values
+def select_channels(saliency: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Winner-take-all: the ``k`` most salient channels of each image, most salient first: their
+    saliencies ``[B, k]`` (the boost; with gradient) and indices ``[B, k]`` int64, one top-k."""
+    return saliency.topk(k, dim=1)
 
 
 def masked_saliency(saliency: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -258,7 +267,7 @@ def sliced_weight(
             return w.expand(batch, *w.shape).flatten(0, 1), b
         return _gather_rows(conv, w.reshape(c_out, -1), out_idx.flatten()).view(-1, c_in, kh, kw), b
     out = out_idx if out_idx is not None else torch.arange(c_out, device=w.device).expand(batch, c_out)
-    flat = (out[:, :, None] * c_in + in_idx[:, None, :]).flatten()  # [B * k_out * k_in]
+    flat = torch.add(in_idx[:, None, :], out[:, :, None], alpha=c_in).flatten()  # out * c_in + in: [B * k_out * k_in]
     return _gather_rows(conv, w.reshape(c_out * c_in, kh * kw), flat).view(-1, in_idx.shape[1], kh, kw), b
 
 

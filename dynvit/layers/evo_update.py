@@ -51,28 +51,31 @@ def block_forward_with_cls_attention(block: Block, x: torch.Tensor) -> Tuple[tor
     return x, rows[0]
 
 
-def representative_token(placeholders: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The importance-weighted mean of the placeholder tokens.
+def representative_token(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The weighted mean of ``tokens`` (the placeholders: the others weigh 0).
 
     Args:
-        placeholders: ``[B, M, C]``.
-        weights: Non-negative importance ``[B, M]``; an image whose weights are all zero gets
-            the plain mean.
+        tokens: ``[B, M, C]``.
+        weights: Non-negative importance ``[B, M]``. Every weight gets the smallest normal float
+            added, which changes no weight above 1e-30 and gives an image whose weights are all
+            zero the plain mean (no division by zero, no branch).
 
     Returns:
         ``[B, 1, C]``.
     """
-    total = weights.sum(dim=1, keepdim=True)
-    w = torch.where(total > 0, weights / total.clamp_min(torch.finfo(weights.dtype).tiny),
-                    torch.full_like(weights, 1.0 / weights.shape[1]))
-    return w.to(placeholders.dtype).unsqueeze(1) @ placeholders  # [B, 1, M] @ [B, M, C]
+    return _weighted_mean(tokens, weights + torch.finfo(weights.dtype).tiny)
+
+
+def _weighted_mean(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_j w_j tokens_j / sum_j w_j``: ``[B, 1, C]`` (the weights must not all be 0)."""
+    w = weights.unsqueeze(1)  # [B, 1, M]
+    return (w.to(tokens.dtype) @ tokens) / w.sum(dim=2, keepdim=True).to(tokens.dtype)
 
 
 def split_slow_fast(
         x: torch.Tensor,
         num_prefix: int,
         informative: torch.Tensor,
-        placeholders: torch.Tensor,
         weights: Optional[torch.Tensor],
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The tokens a stage computes: prefix tokens, informative patches, representative token.
@@ -80,19 +83,21 @@ def split_slow_fast(
     Args:
         x: All tokens ``[B, P + N, C]``, prefix tokens first, patches in original positions.
         num_prefix: P (class and register tokens).
-        informative: Patch indices given the full update ``[B, k]``.
-        placeholders: The other patch indices ``[B, N - k]``.
-        weights: Importance of every patch ``[B, N]``, or None for no representative token
-            (the released DeiT code's behaviour).
+        informative: Patch indices given the full update ``[B, k]``; the others are the placeholders.
+        weights: Positive importance of every patch ``[B, N]`` (the model's moving average
+            starts at the class attention plus the smallest normal float, so it is), or None for
+            no representative token (the released DeiT code's behaviour).
 
     Returns:
-        ``[B, P + k (+ 1), C]`` and the representative token ``[B, 1, C]`` (None without one).
+        ``[B, P + k (+ 1), C]`` and the representative token ``[B, 1, C]`` (None without one):
+        the placeholders' weighted mean, one product over all the patches with the informative
+        ones weighing 0 (no gather of the placeholders).
     """
     patches = x[:, num_prefix:]
     parts = [x[:, :num_prefix], gather_tokens(patches, informative)]
     rep = None
-    if weights is not None and placeholders.shape[1] > 0:
-        rep = representative_token(gather_tokens(patches, placeholders), weights.gather(1, placeholders))
+    if weights is not None and informative.shape[1] < patches.shape[1]:
+        rep = _weighted_mean(patches, weights.scatter(1, informative, 0.0))
         parts.append(rep)
     return torch.cat(parts, dim=1), rep
 

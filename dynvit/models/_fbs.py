@@ -245,7 +245,8 @@ class GatedBlock:
             kept = torch.tensor([[g.out_channels if i is None else i.shape[1] for g, i in zip(gates, indices)]])
             kept = kept.expand(B, -1)
             for j in range(len(gates)):
-                trace.indices[self.gate_offset + j] = indices[j]
+                # the report lists each image's kept channels ascending (the computation takes them by saliency)
+                trace.indices[self.gate_offset + j] = None if indices[j] is None else indices[j].sort(dim=1).values
                 trace.saliency[self.gate_offset + j] = saliency[j]
                 trace.kept[self.gate_offset + j] = kept[:, j]
             trace.block_hw[self.block_name] = (tuple(x.shape[-2:]), tuple(out.shape[-2:]))
@@ -291,7 +292,7 @@ class GatedBlock:
         """Saliency ``[B, C]`` and kept channels ``[B, k]`` (``given`` ones if not None)."""
         s = gate(pooled)
         if given is None:
-            return s, select_channels(s, k)
+            return s, select_channels(s.detach(), k)[1]
         given = torch.as_tensor(given, device=s.device, dtype=torch.long)
         if given.ndim != 2 or given.shape[0] != s.shape[0] or given.numel() and (
                 given.min() < 0 or given.max() >= s.shape[1]):

@@ -259,7 +259,8 @@ class EvoVisionTransformer(StagedTokenViT):
                 last_read = b
         tokens, row_keys, averaged = [], [], []  # per block, per block, per stage: the same for every image
         informative_index, scores = [], []
-        score = None  # [B, N] importance, no gradient
+        score = None  # [B, N] importance (no gradient), as of the current stage's start
+        seen = None  # [B, k] the informative patches' importance during a stage (their moving average)
         full = x  # all tokens in original positions as of the current stage's start
         informative = rep = None  # the current stage's informative patch indices [B, k] and representative token
         for i, block in enumerate(self.blocks):
@@ -267,12 +268,14 @@ class EvoVisionTransformer(StagedTokenViT):
             if s is not None:
                 if informative is not None:
                     x = merge_slow_fast(full, x, P, informative, rep)
-                full, informative, rep = x, None, None
+                    if seen is not None:  # the stage updated its informative patches' importance
+                        score = score.scatter(1, informative, seen)
+                full, informative, rep, seen = x, None, None, None
                 if keeps[s] < N:
-                    order = score.argsort(dim=1, descending=True)
-                    informative, placeholders = order[:, :keeps[s]], order[:, keeps[s]:]
-                    x, rep = split_slow_fast(full, P, informative, placeholders,
-                                             score if self.representative_token else None)
+                    informative = score.topk(keeps[s], dim=1).indices  # [B, k], the most important first
+                    x, rep = split_slow_fast(full, P, informative, score if self.representative_token else None)
+                    if i < last_read:  # this stage reads attention rows: the placeholders' importance stays
+                        seen = score.gather(1, informative)
                 averaged.append(N - keeps[s] if rep is not None else 0)
                 informative_index.append(informative)
                 scores.append(score)
@@ -280,7 +283,13 @@ class EvoVisionTransformer(StagedTokenViT):
             if loc[0] - 1 <= i < last_read:
                 x, row = run_block(self, block_forward_with_cls_attention, block, x)
                 row_keys.append(x.shape[1])
-                score = self._update_score(score, row, i, P, informative)
+                # the moving average (1 - t) * old + t * row (one kernel: torch.lerp); t = 1 before the first selection
+                if score is None or i < loc[0]:
+                    score = row[:, P:] + torch.finfo(row.dtype).tiny  # positive: every placeholder set weighs > 0
+                elif seen is None:
+                    score = torch.lerp(score, row[:, P:P + N], self.tradeoff)
+                else:
+                    seen = torch.lerp(seen, row[:, P:P + seen.shape[1]], self.tradeoff)
             else:
                 x = run_block(self, block, x)
                 row_keys.append(0)
@@ -306,25 +315,6 @@ class EvoVisionTransformer(StagedTokenViT):
         )
         return x, aux
 
-    def _update_score(
-            self,
-            score: Optional[torch.Tensor],
-            row: torch.Tensor,
-            block: int,
-            num_prefix: int,
-            informative: Optional[torch.Tensor],
-    ) -> torch.Tensor:
-        """Moving average of the class attention; in a slow-fast stage only the informative
-        patches were seen, the placeholders keep their importance."""
-        if block < self.select_loc[0] or score is None:
-            return row[:, num_prefix:].clone()  # t = 1 before the first selection
-        t = self.tradeoff
-        if informative is None:
-            return (1 - t) * score + t * row[:, num_prefix:num_prefix + score.shape[1]]
-        k = informative.shape[1]
-        seen = (1 - t) * score.gather(1, informative) + t * row[:, num_prefix:num_prefix + k]
-        return score.scatter(1, informative, seen)
-
     def _extra_outputs(self, aux: EvoViTAux) -> None:
         """The class-token head's logits, in training mode (for its half of the loss)."""
         if self.training and self.head_cls is not None:
@@ -332,8 +322,9 @@ class EvoVisionTransformer(StagedTokenViT):
 
     # ---- MACs ----
     def _selection_macs(self, aux: EvoViTAux) -> torch.Tensor:
-        """The class-attention rows (q_cls K^T) and the representative tokens' weighted means."""
-        macs = aux.averaged_placeholders.sum(dim=1) * self.embed_dim
+        """The class-attention rows (q_cls K^T) and the representative tokens' weighted means (each
+        one product over all N patches, the informative ones weighing 0)."""
+        macs = (aux.averaged_placeholders > 0).sum(dim=1) * aux.num_patches * self.embed_dim
         for i, block in enumerate(self.blocks):
             macs = macs + aux.cls_attention_keys[:, i] * (block.attn.num_heads * block.attn.head_dim)
         return macs

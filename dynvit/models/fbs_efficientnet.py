@@ -31,6 +31,7 @@ from ..layers.channel_gate import (
     folded_conv_bn,
     gaussian_relu_mean,
     masked_saliency,
+    select_channels,
     shared_conv,
     sliced_conv,
 )
@@ -91,12 +92,13 @@ class FBSInvertedResidual(GatedBlock, InvertedResidual):
     def _skipped(self, x: torch.Tensor):
         B = x.shape[0]
         (k,) = self.num_keep()
-        s, idx = self._decide(self.gate, x.mean((2, 3)), k)
+        s = self.gate(x.mean((2, 3)))
+        v, idx = select_channels(s, k)  # [B, k] saliency (the boost) and channels, most salient first
         w, b = folded_conv_bn(self.conv_pw, self.bn1)
         h = _act(self.bn1, sliced_conv(self.conv_pw, x, B, idx, weight=w, bias=b))  # [1, B * k, H, W]
         w, b = folded_conv_bn(self.conv_dw, self.bn2)
         h = _act(self.bn2, sliced_conv(self.conv_dw, h, B, idx, idx, weight=w, bias=b))
-        h = h * s.gather(1, idx).reshape(1, -1, 1, 1)  # boost
+        h = h * v.reshape(1, -1, 1, 1)  # boost
         w, b = folded_conv_bn(self.conv_pwl, self.bn3)
         y = sliced_conv(self.conv_pwl, h, B, in_idx=idx, weight=w, bias=b)  # [1, B * C_out, H', W']
         y = _act(self.bn3, y.reshape(B, -1, *y.shape[-2:]))

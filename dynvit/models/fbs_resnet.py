@@ -27,7 +27,7 @@ from ..layers.channel_gate import (
     gaussian_abs_mean,
     gaussian_relu_mean,
     masked_saliency,
-    scatter_pooled,
+    select_channels,
     shared_conv,
     sliced_conv,
 )
@@ -76,21 +76,23 @@ class FBSBasicBlock(GatedBlock, BasicBlock):
         return self.act2(y + shortcut), [idx1, idx2], [s1, s2], None
 
     def _skipped(self, x: torch.Tensor):
+        # the channels are taken most salient first (one top-k, whose values are the boost)
         B = x.shape[0]
         k1, k2 = self.num_keep()
-        s1, idx1 = self._decide(self.gate1, x.mean((2, 3)), k1)
+        s1 = self.gate1(x.mean((2, 3)))
+        v1, idx1 = select_channels(s1, k1)  # [B, k1] saliency (the boost) and channels
         w, b = folded_conv_bn(self.conv1, self.bn1)
         h = self.act1(sliced_conv(self.conv1, x, B, idx1, weight=w, bias=b))  # [1, B * k1, H, W]
-        h = h * s1.gather(1, idx1).reshape(1, -1, 1, 1)  # boost
-        pooled = scatter_pooled(h.mean((2, 3)).reshape(B, k1), idx1, self.gate2.in_channels)
-        s2, idx2 = self._decide(self.gate2, pooled, k2)
+        h = h * v1.reshape(1, -1, 1, 1)  # boost
+        s2 = self.gate2.forward_kept(h.mean((2, 3)).reshape(B, k1), idx1)  # gate 2 reads only conv1's kept channels
+        v2, idx2 = select_channels(s2, k2)
         w, b = folded_conv_bn(self.conv2, self.bn2)
         y = sliced_conv(self.conv2, h, B, idx2, idx1, weight=w, bias=b)  # [1, B * k2, H, W]
-        y = y * s2.gather(1, idx2).reshape(1, -1, 1, 1)
+        y = y * v2.reshape(1, -1, 1, 1)
         shortcut = x if self.downsample is None else self.downsample(x)
         C = shortcut.shape[1]
         # suppressed conv2 channels add nothing to the shortcut: add rows b * C + idx2[b] of '(b c) (h w)'
-        rows = idx2[0] if B == 1 else (idx2 + torch.arange(B, device=x.device)[:, None] * C).flatten()
+        rows = idx2[0] if B == 1 else torch.add(idx2, torch.arange(B, device=x.device)[:, None], alpha=C).flatten()
         out = shortcut.reshape(B * C, -1).index_add(0, rows, y.reshape(B * k2, -1)).view_as(shortcut)
         return self.act2(out), [idx1, idx2], [s1, s2], None
 
@@ -136,8 +138,8 @@ class FBSBasicBlock(GatedBlock, BasicBlock):
         macs = conv2d_macs(self.conv1, out_hw, out_channels=k1) + conv2d_macs(self.conv2, out_hw, k1, k2)
         if self.downsample is not None:
             macs = macs + conv_macs(self.downsample, int(out_hw[0]) * int(out_hw[1]))
-        if kept is not None:
-            macs = macs + linear_macs(self.gate1) + linear_macs(self.gate2)
+        if kept is not None:  # gate 2 reads conv1's kept channels only
+            macs = macs + linear_macs(self.gate1) + k1 * self.gate2.out_channels
         return macs
 
 
