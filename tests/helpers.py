@@ -91,13 +91,21 @@ def stages(model):
     return len(model.keep_ratio)
 
 
-def run_cli(capsys, *args):
-    """``dynvit ARGS`` in this process (no interpreter to start: tests that are not about start-up
-    or signals): its exit code and what it printed, as ``subprocess.run`` gives them."""
-    from types import SimpleNamespace
+def run_cli(*args):
+    """``dynvit ARGS`` in this process (no interpreter to start: tests that are not about start-up,
+    the environment, memory or signals): its exit code and what it printed, as ``subprocess.run``
+    gives them; the process's thread count is restored after a ``--threads``."""
+    import contextlib
+    import io
+    import subprocess
 
     from dynvit.cli import main
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return SimpleNamespace(returncode=code or 0, stdout=out.out, stderr=out.err)
+    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+        finally:
+            torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(args, code or 0, out.getvalue(), err.getvalue())

@@ -1,7 +1,5 @@
-"""The command line as a user runs it (a subprocess; the argument and error checks in-process,
-``cli``, where a second torch start-up would only cost time)."""
-import contextlib
-import io
+"""The command line as a user runs it: in this process (``cli``) where a second torch start-up would
+only cost time, in a new interpreter where start-up, the environment or memory is tested."""
 import json
 import os
 import subprocess
@@ -14,21 +12,7 @@ from PIL import Image
 
 from dynvit.data import FASHION_MNIST_CLASSES
 
-
-def run(*args):
-    return subprocess.run([sys.executable, '-m', 'dynvit', *args], capture_output=True, text=True, timeout=300)
-
-
-def cli(*args):
-    """``dynvit ARGS`` through ``dynvit.cli.main`` in this process: exit code, stdout and stderr."""
-    from dynvit.cli import main
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(args))
-        except SystemExit as e:  # argparse's usage errors
-            code = e.code
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+from helpers import run_cli as cli
 
 
 def test_list_json_and_pattern():
@@ -89,9 +73,9 @@ def test_unknown_model_is_a_one_line_error():
 
 def test_help_has_examples():
     for cmd in ('list', 'info', 'predict', 'viz', 'bench', 'demo', 'finetune', 'eval', 'compress'):
-        r = run(cmd, '--help')
+        r = cli(cmd, '--help')
         assert r.returncode == 0 and 'examples:' in r.stdout
-    r = run('predict')  # missing arguments: argparse's usage error
+    r = cli('predict')  # missing arguments: argparse's usage error
     assert r.returncode == 2 and 'usage:' in r.stderr
 
 
@@ -114,7 +98,7 @@ def photos(tmp_path_factory):
 
 
 def test_predict_reads_what_users_have_and_names_the_corrupt_file(photos):
-    r = run('predict', 'fbs_resnet18_half.fmnist_d50', str(photos), '--topk', '3', '--json', '--threads', '1')
+    r = cli('predict', 'fbs_resnet18_half.fmnist_d50', str(photos), '--topk', '3', '--json', '--threads', '1')
     assert r.returncode == 3, r.stderr  # some images failed, the others were predicted
     out = json.loads(r.stdout)
     assert [p['image'].rsplit('/', 1)[-1] for p in out['predictions']] == [
@@ -130,7 +114,7 @@ def test_predict_reads_what_users_have_and_names_the_corrupt_file(photos):
         assert p['topk'][0]['label'] in FASHION_MNIST_CLASSES
         assert p['macs'] < p['dense_macs'] and 0.5 < p['saved_fraction'] < 0.6
         assert sum(p['kept']) * 2 == sum(p['out_of'])  # density 0.5
-    r = run('predict', 'fbs_resnet18_half.fmnist_d50', str(photos / 'b_gray.jpg'), '--density', '0.25', '--threads', '1')
+    r = cli('predict', 'fbs_resnet18_half.fmnist_d50', str(photos / 'b_gray.jpg'), '--density', '0.25', '--threads', '1')
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].endswith('b_gray.jpg') and 'saved' in lines[2]
@@ -166,7 +150,7 @@ def test_predict_options_that_do_not_fit_the_model_are_named(photos, tmp_path):
 def test_empty_and_mislabelled_files_are_named_once(tmp_path):
     (tmp_path / 'empty.png').write_bytes(b'')
     (tmp_path / 'text.jpg').write_text('a text file named .jpg')
-    r = run('predict', 'test_dynamicvit', str(tmp_path / 'empty.png'), str(tmp_path / 'text.jpg'))
+    r = cli('predict', 'test_dynamicvit', str(tmp_path / 'empty.png'), str(tmp_path / 'text.jpg'))
     assert r.returncode == 1 and 'none of the given paths is a readable image' in r.stderr
     assert f'skipped {tmp_path / "empty.png"}: empty file\n' in r.stderr
     assert f'skipped {tmp_path / "text.jpg"}: not an image file' in r.stderr
@@ -174,7 +158,7 @@ def test_empty_and_mislabelled_files_are_named_once(tmp_path):
 
 
 def test_predict_threshold_mode_and_picture(photos, tmp_path):
-    r = run('predict', 'test_dynamicvit', str(photos / 'a_rgba.png'), str(photos / 'c_color.webp'),
+    r = cli('predict', 'test_dynamicvit', str(photos / 'a_rgba.png'), str(photos / 'c_color.webp'),
             '--threshold', '0.5', '--viz', str(tmp_path / 'kept.png'), '--json', '--size', '64')
     assert r.returncode == 0, r.stderr
     assert 'random weights' in r.stderr
@@ -186,10 +170,10 @@ def test_predict_threshold_mode_and_picture(photos, tmp_path):
 
 
 def test_viz_and_bench(photos, tmp_path):
-    r = run('viz', 'fbs_resnet18_half.fmnist_d50', str(photos / 'b_gray.jpg'), str(photos / 'e_corrupt.png'),
+    r = cli('viz', 'fbs_resnet18_half.fmnist_d50', str(photos / 'b_gray.jpg'), str(photos / 'e_corrupt.png'),
             '--out', str(tmp_path / 'grid.png'))
     assert r.returncode == 3 and '1 image(s) drawn' in r.stdout and (tmp_path / 'grid.png').is_file()
-    r = run('bench', 'test_dynamicvit', '--batch-size', '1', '2', '--runs', '2', '--rounds', '1', '--compare-dense',
+    r = cli('bench', 'test_dynamicvit', '--batch-size', '1', '2', '--runs', '2', '--rounds', '1', '--compare-dense',
             '--json', '--threads', '1')
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)['rows']
@@ -198,14 +182,14 @@ def test_viz_and_bench(photos, tmp_path):
 
 
 def test_demo_runs_the_zoo_offline(tmp_path):
-    r = run('demo', '--out', str(tmp_path / 'demo.png'), '--threads', '1')
+    r = cli('demo', '--out', str(tmp_path / 'demo.png'), '--threads', '1')
     assert r.returncode == 0, r.stderr
     assert 'fbs_resnet18_half.fmnist_d50' in r.stdout and 'correct' in r.stdout
     assert str(tmp_path / 'demo.png') in r.stdout and Image.open(tmp_path / 'demo.png').width > 100
 
 
 def test_list_pretrained_shows_where_the_weights_are():
-    r = run('list', '--pretrained')
+    r = cli('list', '--pretrained')
     assert r.returncode == 0, r.stderr
     rows = {line.split()[0]: line.split(None, 2)[1:] for line in r.stdout.splitlines()}
     assert rows['fbs_resnet18_half.fmnist_d50'][0] == 'shipped'

@@ -10,6 +10,8 @@ from PIL import Image
 import dynvit
 from dynvit.data import FashionMNIST, SeededAugmentation, build_datasets, image_folder, model_transform, read_idx
 
+from helpers import run_cli
+
 
 def write_idx(path, array, gz=True):
     codes = {np.uint8: 0x08}
@@ -135,10 +137,8 @@ def test_folder_gifs_are_images_and_other_files_are_named(tmp_path):
     train, val, classes = image_folder(str(root), val_fraction=0.25)
     assert len(train) + len(val) == 9  # the GIF is an image
     assert [p.rsplit('/', 1)[-1] for p in dynvit.data.skipped_files(train, val)] == ['._0.png', 'notes.txt']
-    import subprocess
-    import sys
-    r = subprocess.run([sys.executable, '-m', 'dynvit', 'eval', 'test_dynamicvit', '--data', str(root),
-                        '--val-fraction', '0.25', '--model-args', '{"num_classes": 2}', '--json'], capture_output=True, text=True, timeout=300)
+    r = run_cli('eval', 'test_dynamicvit', '--data', root, '--val-fraction', '0.25',
+                '--model-args', '{"num_classes": 2}', '--json')
     assert r.returncode == 0, r.stderr
     assert '2 file(s) in' in r.stderr and 'are not images dynvit reads and are skipped: ' in r.stderr
     assert 'notes.txt' in r.stderr

@@ -2,8 +2,6 @@
 no recompiles), and ONNX export run by ONNX Runtime with the PyTorch outputs."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +10,8 @@ import torch._dynamo as dynamo
 from PIL import Image
 
 import dynvit
-from dynvit.cli import main
 from dynvit.export import compile_model, load_onnx, to_onnx
-from helpers import randomize_batch_norms
+from helpers import randomize_batch_norms, run_cli
 from numerics import assert_matches, assert_rounding_close, rounding_tolerance
 
 FAMILIES = ['test_dynamicvit', 'test_evovit2', 'test_tome2', 'test_evit', 'test_fbs_resnet']  # one test model per family (compiling takes time)
@@ -38,6 +35,7 @@ def _images(model, batch):
     return torch.randn(batch, *model.pretrained_cfg['input_size'])
 
 
+@pytest.mark.lowest_torch
 @pytest.mark.parametrize('name', FAMILIES)
 def test_compiles_as_one_graph_without_recompiling(name):
     model = _model(name)
@@ -67,7 +65,8 @@ def test_data_dependent_settings_are_refused_with_the_reason():
         to_onnx(_model('test_fbs_resnet'), 'never.onnx', dynamic_batch=True)
 
 
-@pytest.mark.parametrize('name, dynamic', [('test_dynamicvit', True), ('test_evovit2', False), ('test_tome2', True), ('test_evit', True),
+@pytest.mark.lowest_torch
+@pytest.mark.parametrize('name, dynamic', [('test_dynamicvit', True), ('test_evovit2', False), ('test_tome2', False), ('test_evit', True),
                                            ('test_fbs_resnet', False)])
 def test_onnx_runtime_reproduces_the_pytorch_outputs(name, dynamic, tmp_path):
     model = _model(name)
@@ -92,18 +91,16 @@ def test_onnx_runtime_reproduces_the_pytorch_outputs(name, dynamic, tmp_path):
         assert aux.dense_macs == ref_aux.dense_macs and aux.kept_of == ref_aux.kept_of
 
 
-def test_export_then_predict_and_bench_the_file(tmp_path, capsys):
+def test_export_then_predict_and_bench_the_file(tmp_path):
     out = tmp_path / 'kr05.onnx'
-    r = subprocess.run([sys.executable, '-m', 'dynvit', 'export', 'dynamicvit_pico_patch4_28.fmnist_kr05', str(out),
-                        '--dynamic-batch'], capture_output=True, text=True, timeout=300)
+    r = run_cli('export', 'dynamicvit_pico_patch4_28.fmnist_kr05', out, '--dynamic-batch')
     assert r.returncode == 0, r.stderr
     assert 'batch any' in r.stdout and '"keep_ratio": [0.5, 0.25, 0.125]' in r.stdout
     image = str(Path(dynvit.__file__).parent / 'samples' / 'fmnist_test0018_bag.png')
 
     def run(*args):
-        code = main(list(args))
-        out_err = capsys.readouterr()
-        return code, out_err.out, out_err.err
+        r = run_cli(*args)
+        return r.returncode, r.stdout, r.stderr
 
     results = []
     for model in (str(out), 'dynamicvit_pico_patch4_28.fmnist_kr05'):
@@ -124,6 +121,7 @@ def test_export_then_predict_and_bench_the_file(tmp_path, capsys):
     assert code == 1 and 'an ONNX file runs as it was exported; --keep-ratio does not apply' in stderr
 
 
+@pytest.mark.lowest_torch
 @pytest.mark.parametrize('name', ['test_dynamicvit', 'test_fbs_resnet'])  # one mechanism for every family
 def test_settings_are_read_inside_a_whole_graph_and_a_change_recompiles(name):
     """The sparsity settings (``setting`` attributes over one dict) are read in the graph without a
@@ -135,3 +133,38 @@ def test_settings_are_read_inside_a_whole_graph_and_a_change_recompiles(name):
         assert_rounding_close(model, compiled(x), model(x))
         model.set_sparsity_level([0.9 * v for v in model.sparsity_level])
         assert_rounding_close(model, compiled(x), model(x))
+
+
+# ATen ops whose result the host must read before going on: a GPU stalls on them and a CUDA graph
+# cannot capture them (``.item()`` / ``int(t)`` / ``.tolist()`` are ``_local_scalar_dense``)
+HOST_SYNCS = {'_local_scalar_dense', 'nonzero', '_unique2', 'unique_dim', 'unique_consecutive', 'masked_select',
+              'repeat_interleave', 'bincount', 'equal', 'is_nonzero'}
+
+
+@pytest.mark.lowest_torch
+@pytest.mark.parametrize('name', FAMILIES + ['test_fbs_efficientnet'])
+def test_the_inference_path_never_waits_for_the_host(name):
+    """Capture safety, checked on the CPU op by op: at a fixed setting the forward (with and without
+    the aux, batch 1 and 3) runs no op whose result the host must read. Channel gating runs as it does
+    on a GPU: 'auto' there is 'grouped' (on the CPU small maps may take 'union', which reads the batch's
+    union of channels)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Syncs(TorchDispatchMode):
+        found = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in HOST_SYNCS:
+                self.found.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    model = _model(name)
+    if 'execution' in model.sparsity_settings():
+        assert all(blk._auto(torch.empty(3, 1, 4, 4, device='meta')) == 'grouped' for blk in model.gated_blocks)
+        model.set_sparsity(execution='grouped')
+    for batch in (1, 3):
+        x = _images(model, batch)
+        with torch.no_grad(), Syncs() as mode:
+            model(x)
+            model(x, return_aux=True)
+        assert not mode.found, (batch, mode.found)

@@ -1,12 +1,8 @@
 """EViT: the official outputs, a plain per-image reference (outputs and gradients), the dense limit,
 batch vs single images, MACs against torch's counter, settings, checkpoints, ``evit_from_vit``,
 training through the trainer, and the command line."""
-import contextlib
-import io
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +14,11 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
 import dynvit
-from dynvit.cli import main
 from dynvit.models import evit
 from dynvit.runtime import count_flops
 from dynvit.train import Trainer, TrainConfig
 
-from helpers import dense_twin, images, make_spec
+from helpers import dense_twin, images, make_spec, run_cli
 from numerics import assert_matches, assert_rounding_close, gradient_tolerance, rounding_tolerance, tolerance
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'official'
@@ -403,14 +398,12 @@ def test_training_with_keep_rate_warmup_and_distillation_lowers_the_loss():
 
 def test_command_line_predict_and_info(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / 'a.png')
-    r = subprocess.run([sys.executable, '-m', 'dynvit', 'predict', 'test_evit', str(tmp_path / 'a.png'),
-                        '--keep-ratio', '0.5', '--json', '--threads', '1'], capture_output=True, text=True, timeout=300)
+    r = run_cli('predict', 'test_evit', tmp_path / 'a.png', '--keep-ratio', '0.5', '--json')
     assert r.returncode == 0, r.stderr
     pred = json.loads(r.stdout)['predictions'][0]
     assert pred['kept'][0] == 32 and pred['out_of'] == [64, 64] and 0 < pred['macs'] < pred['dense_macs']
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(['info', 'test_evit', '--keep-ratio', '0.5', '--json']) in (0, None)
-    info = json.loads(out.getvalue())
+    r = run_cli('info', 'test_evit', '--keep-ratio', '0.5', '--json')
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
     assert info['sparsity'] == dict(drop_loc=[1, 2], keep_ratio=[0.5, 0.5], fuse_token=True)
     assert info['sparse_gmacs'] * 1e9 == pytest.approx(pred['macs'], rel=1e-12)  # the same count, in GMACs

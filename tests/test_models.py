@@ -21,6 +21,8 @@ def _create(name, **kwargs):
         return dynvit.create_model(name, **kwargs)
     if name.startswith('tome_'):  # a block merges at most half of the 16 patches
         kwargs = dict(r=4, **kwargs)
+    if '_base_' in name:  # the same code as the small variants, 12x fewer weights to initialise
+        kwargs = dict(embed_dim=64, num_heads=2, **kwargs)
     return dynvit.create_model(name, **(SMALL if name.endswith(('_224', '_384')) else {}), **kwargs)
 
 
@@ -123,8 +125,7 @@ OTHER_SETTINGS = {
 
 @pytest.mark.parametrize('name', MODELS)
 def test_safetensors_roundtrip(name, tmp_path):
-    narrow = dict(embed_dim=64, num_heads=2) if '_base_' in name else {}  # the same code, a 30x smaller file
-    model = randomize_batch_norms(_create(name, num_classes=7, **narrow)).eval()
+    model = randomize_batch_norms(_create(name, num_classes=7)).eval()
     model.set_sparsity(**OTHER_SETTINGS[type(model)])
     path = tmp_path / 'model.safetensors'
     dynvit.save_model(model, str(path), extra={'note': 'roundtrip'})

@@ -123,13 +123,13 @@ _TINY = {'dynamicvit_tiny_a_sep': ('dynamicvit_small_patch16_224.official_r07_in
 
 
 @pytest.mark.parametrize('fixture', list(_TINY))
-def test_convert_command_then_load_reproduces_the_official_output(fixture, tmp_path, capsys):
+def test_convert_command_then_load_reproduces_the_official_output(fixture, tmp_path):
     """`dynvit convert` with the official tag (its sparsity settings and eval behaviour), then
     create_model(tag, pretrained=True, file=...) offline: the official logits up to rounding."""
     name, args = _TINY[fixture]
     t = _official_pth(fixture, tmp_path / 'official.pth')
     out = tmp_path / 'converted.safetensors'
-    r = run_cli(capsys, 'convert', str(tmp_path / 'official.pth'), str(out), '--model', name,
+    r = run_cli('convert', str(tmp_path / 'official.pth'), str(out), '--model', name,
                 '--model-args', json.dumps(args))
     assert r.returncode == 0, r.stderr
     model = dynvit.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(out))).eval()
@@ -139,9 +139,9 @@ def test_convert_command_then_load_reproduces_the_official_output(fixture, tmp_p
     assert again.sparsity_config() == model.sparsity_config()
 
 
-def test_convert_refuses_a_file_of_another_layout(tmp_path, capsys):
+def test_convert_refuses_a_file_of_another_layout(tmp_path):
     torch.save({'model': {'features.0.weight': torch.zeros(3, 3)}}, tmp_path / 'other.pth')
-    r = run_cli(capsys, 'convert', str(tmp_path / 'other.pth'), str(tmp_path / 'x.safetensors'), '--model',
+    r = run_cli('convert', str(tmp_path / 'other.pth'), str(tmp_path / 'x.safetensors'), '--model',
                 'dynamicvit_small_patch16_224.official_r07_in1k')
     assert r.returncode == 1 and r.stderr.count('\n') == 1 and 'does not match' in r.stderr
     assert not (tmp_path / 'x.safetensors').exists()
@@ -173,12 +173,12 @@ def test_share_link_download_goes_to_the_hub_cache(tmp_path):
         torch.hub.set_dir(old)
 
 
-def test_a_files_stored_arguments_win_over_the_tags_presets(tmp_path, capsys):
+def test_a_files_stored_arguments_win_over_the_tags_presets(tmp_path):
     """A converted file made with other settings than the tag's keeps them when loaded through the tag."""
     name, args = _TINY['dynamicvit_tiny_a_sep']
     _official_pth('dynamicvit_tiny_a_sep', tmp_path / 'official.pth')
     out = tmp_path / 'half.safetensors'
-    r = run_cli(capsys, 'convert', str(tmp_path / 'official.pth'), str(out), '--model', name,
+    r = run_cli('convert', str(tmp_path / 'official.pth'), str(out), '--model', name,
                 '--model-args', json.dumps({**args, 'keep_ratio': 0.5}))
     assert r.returncode == 0, r.stderr
     model = dynvit.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(out)))
@@ -187,6 +187,6 @@ def test_a_files_stored_arguments_win_over_the_tags_presets(tmp_path, capsys):
     # refused: a DynamicViT checkpoint as an Evo-ViT, and an output that is not .safetensors
     for model_name, output, message in (('evovit_small_patch16_224.official_in1k', 'x.safetensors', 'keep predictors'),
                                         (name, 'x.pth', 'must be a .safetensors file')):
-        r = run_cli(capsys, 'convert', str(tmp_path / 'official.pth'), str(tmp_path / output), '--model', model_name,
+        r = run_cli('convert', str(tmp_path / 'official.pth'), str(tmp_path / output), '--model', model_name,
                     '--model-args', json.dumps(args))
         assert r.returncode == 1 and message in r.stderr and not (tmp_path / output).exists()

@@ -1,8 +1,6 @@
 """ToMe: the official outputs, the dense limit, batch vs single images, gradients, MACs against
 torch's FLOP counter, settings and errors, ``dynvit.apply`` on a plain timm ViT, the command line."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ import dynvit
 from dynvit.models.tome import ToMeVisionTransformer, parse_r
 from dynvit.runtime import count_flops
 
-from helpers import dense_twin, images, make_spec
+from helpers import dense_twin, images, make_spec, run_cli
 from numerics import assert_matches, assert_rounding_close, rounding_tolerance
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'official'
@@ -256,13 +254,12 @@ def test_command_line_info_and_predict(tmp_path):
     from PIL import Image
     image = tmp_path / 'a.png'
     Image.new('RGB', (40, 40), (200, 30, 30)).save(image)
-    code = ('import sys\nfrom dynvit.cli import main\n'
-            f'main(["info", "test_tome", "--merge-r", "4", "--json"])\n'
-            f'main(["predict", "test_tome", {str(image)!r}, "--merge-r", "6,4", "--json", "--topk", "2"])\n')
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    info_text, predict_text = out.stdout.split('\n}\n', 1)
-    info, pred = json.loads(info_text + '}'), json.loads(predict_text)
+    r = run_cli('info', 'test_tome', '--merge-r', '4', '--json')
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    r = run_cli('predict', 'test_tome', image, '--merge-r', '6,4', '--json', '--topk', '2')
+    assert r.returncode == 0, r.stderr
+    pred = json.loads(r.stdout)
     assert info['family'] == 'ToMe' and info['sparsity_knob'] == 'r' and info['sparsity']['r'] == 4
     assert 0 < info['saved_fraction'] < 1
     p = pred['predictions'][0]

@@ -175,7 +175,7 @@ def _cli(*args, env=None, module=('-m', 'dynvit')):
 def test_two_process_torchrun_matches_one_process(folder, tmp_path):
     common = ['finetune', 'test_evovit', '--data', str(folder), '--epochs', '2', '--batch-size', '8', '--lr', '1e-3',
               '--no-aug', '--quiet', '--threads', '1']
-    one = _cli(*common, '--out', str(tmp_path / 'one'))
+    one = run_cli(*common, '--out', tmp_path / 'one')
     assert one.returncode == 0, one.stderr
     two = _cli('--nproc_per_node', '2', '-m', 'dynvit', *common, '--out', str(tmp_path / 'two'),
                module=('-m', 'torch.distributed.run'))
@@ -197,7 +197,7 @@ def test_two_process_torchrun_matches_one_process(folder, tmp_path):
                 assert keys.max() <= steps * lr, k
             assert diff.max() <= strict, k
     # evaluating the exported model from the command line
-    r = _cli('eval', str(tmp_path / 'two' / 'best.safetensors'), '--data', str(folder), '--val-fraction', '0.25',
+    r = run_cli('eval', tmp_path / 'two' / 'best.safetensors', '--data', folder, '--val-fraction', '0.25',
              '--json')
     assert r.returncode == 0, r.stderr
     metrics = json.loads(r.stdout)
@@ -240,16 +240,16 @@ def test_external_teacher_sees_the_images_it_was_trained_on():
         ExternalTeacher(dynvit.create_model('test_fbs_resnet', in_chans=3), s_mean, s_std, student_chans=2)
 
 
-def test_cli_finetune_distils_from_an_external_teacher(folder, tmp_path, capsys):
+def test_cli_finetune_distils_from_an_external_teacher(folder, tmp_path):
     teacher = dynvit.create_model('test_fbs_resnet', num_classes=3)
     dynvit.save_model(teacher, str(tmp_path / 'teacher.safetensors'))
     common = ['finetune', 'test_dynamicvit', '--data', str(folder), '--epochs', '1', '--batch-size', '6',
               '--quiet', '--threads', '1', '--keep-ratio', '1.0', '--teacher', str(tmp_path / 'teacher.safetensors')]
-    r = run_cli(capsys, *common, '--out', str(tmp_path / 'run'))
+    r = run_cli(*common, '--out', str(tmp_path / 'run'))
     assert r.returncode == 0, r.stderr
     log = [json.loads(line) for line in open(tmp_path / 'run' / 'log.jsonl')]
     assert log[-1]['epoch'] == 1
-    r = run_cli(capsys, *common, '--out', str(tmp_path / 'run2'), '--no-distill')
+    r = run_cli(*common, '--out', str(tmp_path / 'run2'), '--no-distill')
     assert r.returncode != 0 and 'contradict' in r.stderr
 
 
@@ -278,13 +278,13 @@ def test_a_gray_student_with_an_rgb_mean_in_its_cfg_gets_a_working_teacher():
     assert_rounding_close(teacher, ExternalTeacher(teacher, mean, std, 1)(x), expected)
 
 
-def test_cli_compress_finetune_pruned_and_eval_int8(folder, tmp_path, capsys):
+def test_cli_compress_finetune_pruned_and_eval_int8(folder, tmp_path):
     """The compression workflow from the command line: structured pruning into a file, fine-tuning
     it with weight masks or AutoPrune (pruned weights stay zero in the export), evaluating in INT8."""
     source = dynvit.create_model('test_dynamicvit', num_classes=3)
     dynvit.save_model(source, str(tmp_path / 'src.safetensors'))
     small = str(tmp_path / 'small.safetensors')
-    r = run_cli(capsys, 'compress', str(tmp_path / 'src.safetensors'), '--heads', '0.5', '--mlp', '0.5', '--dtype', 'fp16',
+    r = run_cli('compress', str(tmp_path / 'src.safetensors'), '--heads', '0.5', '--mlp', '0.5', '--dtype', 'fp16',
              '--out', small, '--json')
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
@@ -292,19 +292,19 @@ def test_cli_compress_finetune_pruned_and_eval_int8(folder, tmp_path, capsys):
         info['before']['mean_macs']
     common = ['finetune', small, '--data', str(folder), '--epochs', '1', '--batch-size', '6', '--quiet',
               '--threads', '1', '--no-distill']
-    r = run_cli(capsys, *common, '--prune-weights', '0.5', '--out', str(tmp_path / 'masked'))
+    r = run_cli(*common, '--prune-weights', '0.5', '--out', str(tmp_path / 'masked'))
     assert r.returncode == 0, r.stderr
-    r = run_cli(capsys, *common, '--autoprune', '5', '--autoprune-lr', '0.5', '--out', str(tmp_path / 'auto'))
+    r = run_cli(*common, '--autoprune', '5', '--autoprune-lr', '0.5', '--out', str(tmp_path / 'auto'))
     assert r.returncode == 0, r.stderr
     assert 'weight_sparsity' in json.loads(open(tmp_path / 'auto' / 'log.jsonl').readline())
     tuned = dynvit.load_model(str(tmp_path / 'masked' / 'best.safetensors'))
     assert [b.attn.num_heads for b in tuned.blocks] == [max(1, b.attn.num_heads // 2) for b in source.blocks]
     assert dynvit.compress.sparsity(tuned).overall == pytest.approx(0.5, abs=0.01)
-    r = run_cli(capsys, 'eval', str(tmp_path / 'masked' / 'best.safetensors'), '--data', str(folder), '--val-fraction', '0.25',
+    r = run_cli('eval', str(tmp_path / 'masked' / 'best.safetensors'), '--data', str(folder), '--val-fraction', '0.25',
              '--json', '--int8')
     assert r.returncode == 0, r.stderr
     assert 0 <= json.loads(r.stdout)['top1'] <= 1
-    r = run_cli(capsys, *common, '--prune-weights', '0.5', '--autoprune', '5', '--out', str(tmp_path / 'both'))
+    r = run_cli(*common, '--prune-weights', '0.5', '--autoprune', '5', '--out', str(tmp_path / 'both'))
     assert r.returncode == 1 and 'choose one' in r.stderr
 
 

@@ -19,9 +19,7 @@ FILES = sorted(WEIGHTS_DIR.glob('*.safetensors')) if WEIGHTS_DIR.is_dir() else [
 SAMPLE = Path(__file__).parent / 'fixtures' / 'fashion_mnist_test500.npz'
 REFERENCE = Path(__file__).parent / 'fixtures' / 'reference_outputs.safetensors'  # record_reference_outputs.py
 
-pytestmark = pytest.mark.numerics  # run again under other CPU kernels (README's test command)
-
-
+@pytest.mark.numerics  # run again under other CPU kernels (README's test command)
 @pytest.mark.parametrize('path', FILES, ids=[f.name for f in FILES])
 def test_shipped_weights_match_their_card(path):
     name = path.name[:-len('.safetensors')]
