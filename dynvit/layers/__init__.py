@@ -13,7 +13,7 @@ from .channel_gate import (
 from .conv_stem import ConvPatchEmbed
 from .evo_update import block_forward_with_cls_attention, merge_slow_fast, representative_token, split_slow_fast
 from .keep_predictor import KeepPredictor
-from .token_fusion import block_forward_keep_attentive, fuse_inattentive, keep_attentive
+from .token_fusion import block_forward_keep_attentive, keep_attentive
 from .token_merging import (
     TokenMatch,
     bipartite_soft_matching,

@@ -18,22 +18,6 @@ from .attention import attention_with_class_row
 from .token_ops import attention_residual, gather_tokens, mlp_residual
 
 
-def fuse_inattentive(tokens: torch.Tensor, score: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """The tokens not in ``keep``, summed with their scores as weights.
-
-    Args:
-        tokens: ``[B, n, C]``.
-        score: ``[B, n]`` class attention of the tokens (may carry gradient).
-        keep: ``[B, k]`` indices of the kept tokens (their weight is 0).
-
-    Returns:
-        ``[B, 1, C]``: ``sum_j score[j] * tokens[j]`` over the tokens not kept (one ``[1, n] @ [n, C]``
-        product per image).
-    """
-    weights = score.scatter(1, keep, 0.0)  # [B, n]
-    return weights.to(tokens.dtype).unsqueeze(1) @ tokens
-
-
 def keep_attentive(
         x: torch.Tensor,
         score: torch.Tensor,
@@ -43,23 +27,31 @@ def keep_attentive(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Keeps the ``num_keep`` most attentive non-prefix tokens and fuses (or drops) the rest.
 
+    Fusing ranks all n tokens (one sort, one gather): the first k of that order are kept, the
+    others are summed with their scores as weights in one ``[1, n - k] @ [n - k, C]`` product per
+    image, so no mask of the kept tokens is built.
+
     Args:
         x: Tokens ``[B, P + n, C]``, prefix (class, register) tokens first.
-        score: ``[B, n]`` class attention of the non-prefix tokens.
+        score: ``[B, n]`` class attention of the non-prefix tokens (may carry gradient: it
+            weighs the fused token).
         num_prefix: P (always kept).
         num_keep: k, at most n.
         fuse: Append the fused token of the others (else they are dropped).
 
     Returns:
         ``[B, P + k (+ 1), C]``: prefix tokens, the kept tokens in descending score order, the
-        fused token; and the kept tokens' indices ``[B, k]`` into the n non-prefix tokens.
+        fused token ``sum_j score[j] * x[j]`` over the others; and the kept tokens' indices
+        ``[B, k]`` into the n non-prefix tokens.
     """
-    keep = score.topk(num_keep, dim=1, sorted=True).indices  # [B, k]
     patches = x[:, num_prefix:]
-    parts = [x[:, :num_prefix], gather_tokens(patches, keep)]
-    if fuse:
-        parts.append(fuse_inattentive(patches, score, keep))
-    return torch.cat(parts, dim=1), keep
+    if not fuse:
+        keep = score.topk(num_keep, dim=1, sorted=True).indices  # [B, k]
+        return torch.cat([x[:, :num_prefix], gather_tokens(patches, keep)], dim=1), keep
+    ranked, order = score.sort(dim=1, descending=True)  # [B, n]
+    ordered = gather_tokens(patches, order)  # [B, n, C]
+    fused = ranked[:, None, num_keep:].to(x.dtype) @ ordered[:, num_keep:]  # [B, 1, n - k] @ [B, n - k, C]
+    return torch.cat([x[:, :num_prefix], ordered[:, :num_keep], fused], dim=1), order[:, :num_keep]
 
 
 def block_forward_keep_attentive(

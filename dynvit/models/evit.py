@@ -75,7 +75,7 @@ class EViTAux(TokenAux):
         mlp_tokens: ``[B, depth]`` tokens into each block's MLP (fewer in a pruning block).
         cls_attention_keys: ``[B, depth]`` keys of the class-attention row computed apart in each
             block (0 where the block did not rank).
-        fused_inputs: ``[B, depth]`` tokens weighed into a fused token in each block (0: none).
+        fused_inputs: ``[B, depth]`` tokens fused into one in each block (the n - k not kept; 0: none).
         num_patches: N.
     """
     token_of: List[torch.Tensor]
@@ -261,7 +261,7 @@ class EViT(StagedTokenViT):
             else:
                 x, keep, score = self._block(block, x), None, None
             ranked = keep is not None
-            trace.block(tokens_in, x.shape[1], P + n if ranked else 0, n if ranked and self.fuse_token else 0)
+            trace.block(tokens_in, x.shape[1], P + n if ranked else 0, n - k if ranked and self.fuse_token else 0)
             if s is not None:
                 trace.stage(keep, score, n, self.fuse_token)
         x = self.norm(x)
