@@ -91,8 +91,12 @@ class ChannelGate(nn.Module):
         self.fc.out_features, self.fc.in_features = w.shape
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        """``[B, C_in]`` pooled input -> ``[B, C_out]`` saliency (>= 0)."""
-        return F.relu(self.fc(pooled))
+        """``[B, C_in]`` pooled input -> ``[B, C_out]`` saliency (>= 0). Without autograd the product
+        and the ReLU are one op (``aten._addmm_activation``: the same addmm and ReLU on the CPU,
+        one cuBLASLt call with a ReLU epilogue on a GPU)."""
+        if torch.is_grad_enabled() or pooled.ndim != 2:
+            return F.relu(self.fc(pooled))
+        return torch._addmm_activation(self.fc.bias, pooled, self.fc.weight.t())
 
 
 def importance_bias(importance: torch.Tensor, spread: float = 0.1) -> torch.Tensor:
@@ -211,6 +215,22 @@ def folded_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> Tuple[torch.Tensor, torch.
     if key is not None:
         conv.__dict__[cache_name('folded')] = ((key, bn.eps), weight, shift)
     return weight, shift
+
+
+def folded_shortcut(downsample: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """A residual shortcut at inference: ``x`` itself, or ``downsample(x)`` with a trailing
+    ``Conv2d`` + ``BatchNorm2d`` run as one convolution (``folded_conv_bn``; what precedes them,
+    e.g. ResNet-D's average pool, runs as it is). Any other downsample runs unchanged."""
+    if downsample is None:
+        return x
+    if not (isinstance(downsample, nn.Sequential) and len(downsample) >= 2 and type(downsample[-2]) is nn.Conv2d
+            and type(downsample[-1]) is nn.BatchNorm2d and not downsample[-1].training):
+        return downsample(x)
+    for module in list(downsample)[:-2]:
+        x = module(x)
+    conv = downsample[-2]
+    w, b = folded_conv_bn(conv, downsample[-1])
+    return _run_conv(conv, x, w, b, conv.groups)
 
 
 def _gather_rows(owner: nn.Module, src: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

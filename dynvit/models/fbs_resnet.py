@@ -7,7 +7,7 @@ In each ``BasicBlock`` gate 1 picks the output channels of ``conv1`` from the bl
 gate 2 those of ``conv2`` from ``conv1``'s (gated) output. At inference ``conv1`` computes
 only its kept channels, ``conv2`` reads only those and computes only its own kept channels,
 and these are added into the shortcut (a suppressed ``conv2`` channel adds nothing). The
-stem, the downsample shortcuts and the classifier stay dense. At density 0.5 ``conv1``
+stem, the downsample shortcuts (their BatchNorm folded at inference) and the classifier stay dense. At density 0.5 ``conv1``
 costs half and ``conv2`` a quarter of its dense MACs.
 
 ``density=1.0`` switches the gates off: the model is then timm's ResNet, bit for bit.
@@ -24,6 +24,7 @@ from ..layers.channel_gate import (
     ChannelGate,
     channel_union,
     folded_conv_bn,
+    folded_shortcut,
     gaussian_abs_mean,
     gaussian_relu_mean,
     masked_saliency,
@@ -89,7 +90,7 @@ class FBSBasicBlock(GatedBlock, BasicBlock):
         w, b = folded_conv_bn(self.conv2, self.bn2)
         y = sliced_conv(self.conv2, h, B, idx2, idx1, weight=w, bias=b)  # [1, B * k2, H, W]
         y = y * v2.reshape(1, -1, 1, 1)
-        shortcut = x if self.downsample is None else self.downsample(x)
+        shortcut = folded_shortcut(self.downsample, x)
         C = shortcut.shape[1]
         # suppressed conv2 channels add nothing to the shortcut: add rows b * C + idx2[b] of '(b c) (h w)'
         rows = idx2[0] if B == 1 else torch.add(idx2, torch.arange(B, device=x.device)[:, None], alpha=C).flatten()
@@ -110,7 +111,7 @@ class FBSBasicBlock(GatedBlock, BasicBlock):
         w, b = folded_conv_bn(self.conv2, self.bn2)
         y = shared_conv(self.conv2, h, u2, u1, weight=w, bias=b)  # [B, U2, H, W]
         y = y * masked_saliency(s2, idx2).index_select(1, u2)[:, :, None, None]
-        shortcut = x if self.downsample is None else self.downsample(x)
+        shortcut = folded_shortcut(self.downsample, x)
         return self.act2(shortcut.index_add(1, u2, y)), [idx1, idx2], [s1, s2], [u1.numel(), u2.numel()]
 
     def keep_hidden_channels(self, keep: torch.Tensor) -> None:

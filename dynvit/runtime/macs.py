@@ -91,13 +91,19 @@ def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, *
     return sdpa_flop(query_shape, key_shape, value_shape)
 
 
+def _addmm_flop(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    (m, k), n = a_shape, b_shape[1]
+    return 2 * m * k * n  # as torch counts addmm: the products only
+
+
 def count_flops(model: nn.Module, x: torch.Tensor) -> int:
     """FLOPs of ``model(x)`` as counted by ``torch.utils.flop_counter.FlopCounterMode``.
 
-    torch's counter has no formula for the CPU flash-attention kernel, so one is registered
-    here (the same formula torch uses for the CUDA kernels).
+    torch's counter has no formula for the CPU flash-attention kernel nor for the fused
+    product and ReLU (``aten._addmm_activation``, the channel gates at inference), so they are
+    registered here (the formulas torch uses for the CUDA kernels and for ``addmm``).
     """
-    custom = {}
+    custom = {torch.ops.aten._addmm_activation: _addmm_flop}
     if hasattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu'):
         custom[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _sdpa_cpu_flop
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=custom) as counter:
