@@ -1,4 +1,4 @@
-"""The README's deployment tables from bench_deploy.py's recorded results (markdown on stdout).
+"""The deployment tables of docs/deployment.md from bench_deploy.py's recorded results (markdown on stdout).
 
     python benchmarks/deploy_table.py benchmarks/results/deploy_deit_cpu.json
 """

@@ -13,9 +13,10 @@ from typing import Any, List
 
 __version__ = '0.2.0'
 
-_SUBMODULES = ('compress', 'data', 'export', 'hub', 'layers', 'losses', 'models', 'predict', 'runtime', 'train',
-               'viz')
+_SUBMODULES = ('backends', 'compress', 'data', 'export', 'hub', 'layers', 'losses', 'models', 'predict', 'runtime',
+               'train', 'viz')
 _NAMES = {
+    'backends': ('BackendChoice', 'CudaGraphModel', 'choose_backend'),
     'hub': ('create_model', 'list_models', 'load_checkpoint', 'load_model', 'read_dynvit_metadata', 'save_model',
             'save_pruned', 'resolve_model'),
     'models': ('DynamicModel', 'DynamicAux', 'StagedTokenViT', 'TokenSparseViT', 'TokenAux', 'apply', 'dense_copy',

@@ -19,7 +19,7 @@ from helpers import images
 PACKAGE = Path(dynvit.__file__).parent
 # lower layers first: a package may import only from packages before it (and itself)
 LAYERS = [('families', 'runtime'), ('layers', 'losses'), ('models',), ('data', 'compress'), ('hub',),
-          ('train', 'predict', 'export'), ('viz',), ('cli',)]
+          ('train', 'predict', 'export'), ('backends', 'viz'), ('cli',)]
 
 
 def _module_name(path: Path) -> str:

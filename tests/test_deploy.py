@@ -168,3 +168,59 @@ def test_the_inference_path_never_waits_for_the_host(name):
             model(x)
             model(x, return_aux=True)
         assert not mode.found, (batch, mode.found)
+
+
+def test_choose_backend_times_the_model_and_its_dense_twin_and_names_what_failed():
+    """On the CPU: eager and compiled (graph capture only, to keep the test fast) against the dense
+    twin in one interleaved run; a CUDA graph is refused with the reason; the chosen runner
+    computes what the model computes; the MACs are what each image executed."""
+    from dynvit.backends import choose_backend
+    model = _model('test_dynamicvit')
+    with pytest.warns(RuntimeWarning, match='replays CUDA graphs'):
+        choice = choose_backend(model, 2, backends=('eager', 'compiled', 'cuda_graph'), rounds=1, runs=1,
+                                backend='eager')
+    assert set(choice.ms) == set(choice.dense_ms) == {'eager', 'compiled'}
+    assert choice.backend in choice.ms and choice.dense_backend in choice.dense_ms
+    assert choice.failed == {'cuda_graph': 'ValueError: the cuda_graph backend replays CUDA graphs; the model is '
+                                           'on cpu', 'cuda_graph (dense)': 'ValueError: the cuda_graph backend '
+                                           'replays CUDA graphs; the model is on cpu'}
+    assert 0 < choice.macs < choice.dense_macs and 'batch 2:' in str(choice) and 'cuda_graph' in str(choice)
+    x = _images(model, 2)
+    with torch.no_grad():
+        assert_rounding_close(model, choice.model(x), model(x))
+
+
+def test_choose_backend_warns_when_the_sparse_model_is_slower(monkeypatch):
+    import dynvit.backends as backends
+    monkeypatch.setattr(backends, 'median_latencies',
+                        lambda models, x, rounds, runs: {k: 2.0 if k.startswith('sparse') else 1.0 for k in models})
+    with pytest.warns(UserWarning, match=r'slower than its dense twin \(1000.000 ms on eager, 0.50x\): serve the '
+                                         r'dense twin, or a larger batch'):
+        choice = backends.choose_backend(_model('test_fbs_resnet'), 1, backends=('eager',))
+    assert choice.speedup == 0.5
+
+
+def test_cuda_graphs_and_unknown_backends_are_one_line_errors():
+    from dynvit.backends import CudaGraphModel, on_backend
+    model = _model('test_evit')
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'; choose from eager, cuda_graph, compiled"):
+        on_backend(model, 'tensorrt')
+    with pytest.raises(ValueError, match='a CUDA graph runs on a CUDA device; the input is on cpu'):
+        CudaGraphModel(model)(_images(model, 1))
+
+
+def test_gpu_benchmark_runs_its_cpu_path():
+    """``benchmarks/bench_gpu.py --device cpu --quick``: every family, checks, profiles, the table.
+    Eager only, to keep the test fast: compiling every family twice takes a minute on 2 cores
+    (``on_backend``'s compiled path is tested by ``choose_backend``'s test)."""
+    import subprocess
+    import sys
+    root = Path(__file__).parent.parent
+    r = subprocess.run([sys.executable, str(root / 'benchmarks' / 'bench_gpu.py'), '--device', 'cpu', '--quick',
+                        '--backends', 'eager'], capture_output=True, text=True, timeout=600, cwd=root,
+                       env={**os.environ, 'PYTHONPATH': str(root)})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert 'FAIL' not in r.stdout and 'failure' not in r.stdout, r.stdout
+    for label in ('DynamicViT/0.7', 'Evo-ViT/0.5', 'EViT 0.7', 'ToMe r=13', 'FBS d=0.5'):
+        assert f'{label} ' in r.stdout.split('DeiT-S bf16:')[-1] or f'{label}' in r.stdout.split('ResNet-18 bf16:')[-1]
+    assert 'DeiT-S fp32:' in r.stdout and 'ResNet-18 bf16:' in r.stdout

@@ -12,15 +12,19 @@ def median_latencies(models: Dict[str, nn.Module], x: torch.Tensor, rounds: int,
 
     Models take turns round by round so they share the machine's noise; within a round a
     model runs one untimed warm-up and then ``per_round`` timed forwards back to back, as a
-    model serving requests does (its weights stay warm in cache, not evicted by the others).
+    model serving requests does (its weights stay warm in cache, not evicted by the others). On
+    a CUDA device each timed forward ends with a synchronisation (the time is the device's).
     """
     times = {k: [] for k in models}
+    sync = (lambda: torch.cuda.synchronize(x.device)) if x.device.type == 'cuda' else (lambda: None)
     with torch.inference_mode():
         for _ in range(rounds):
             for k, m in models.items():
                 m(x)
+                sync()
                 for _ in range(per_round):
                     t0 = time.perf_counter()
                     m(x)
+                    sync()
                     times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
