@@ -180,7 +180,7 @@ class OnnxModel(nn.Module):
         self.num_classes = int(self.pretrained_cfg['num_classes'])
         self.family, self.kept_unit = self.info['family'], self.info['kept_unit']
         spec = spec_of(self.family)  # how its pictures and reports show what it kept
-        self.picture, self.not_kept = spec.picture, spec.not_kept
+        self.picture, self.kept_patch, self.not_kept = spec.picture, spec.kept_patch, spec.not_kept
         self.sparsity_knob = self.info['sparsity_knob']
         self.path = str(path)
 

@@ -4,8 +4,9 @@ What a picture shows is the family's (``FamilySpec.picture``, ``Prediction.pictu
 
 'stages': the model's input, then one panel per stage in which the patches that stage did not keep
 are dimmed, tinted purple and hatched, so that they stand out on dark, light and grey photos alike
-(as token-pruning papers draw them); the words of the panel titles are the family's
-(``Prediction.stage_label``: a family whose other patches get a cheap update, not dropped, says so).
+(as token-pruning papers draw them); the legend's words for both are the family's
+(``Prediction.kept_patch``, ``Prediction.not_kept``: a family whose other patches get a cheap
+update, not dropped, says so).
 Models that fuse the patches they do not keep into one token (``Prediction.fused_masks``) show
 those tinted orange without hatching, and the dropped ones as above.
 'groups': models that merge patches (``Prediction.token_groups``) show, instead of stage panels, one
@@ -15,16 +16,20 @@ different tokens, as token-merging papers draw them.
 'channels': channel-gated CNNs show the input and a map of the channels each gated layer kept for that image, one row per
 gated layer (the first on top); a row's channels, whatever their number, are stretched or
 squeezed to the map's width, so a pixel that covers several channels has the shade of the
-fraction of them kept. Each grid starts with a header: the title, wrapped to the picture's width,
-and a legend.
+fraction of them kept. Each grid starts with a header: the title, wrapped to the picture's width
+between its phrases (a model's name, a setting such as 'r 8' stay whole), and a legend. Several
+grids (the demo's, one per model) are tiled in rows into one picture about as wide as tall
+(``tiled``).
 
 Text is drawn in DejaVu Sans when the system has it (most Linux systems; see ``_font_file``), which
 covers Latin, Greek, Cyrillic and many symbols; else in PIL's own font (ASCII only). A character
 the font lacks is drawn in a system font that has all the characters of its label when
-fontconfig finds one (e.g. a CJK font for ``café_猫.png``), else as ``?``; a label too long for its
+fontconfig finds one (e.g. a CJK font for ``café_猫.png``), else as ``?``; an image's file name too
+long for its row wraps (after ``_ . -``) rather than being shortened, and a label too long for its
 place is shortened with an ellipsis, never cut by the picture's edge.
 """
 import functools
+import math
 import re
 import subprocess
 import unicodedata
@@ -35,7 +40,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .predict import Prediction
 
-__all__ = ['prediction_row', 'prediction_grid']
+__all__ = ['prediction_row', 'prediction_grid', 'tiled']
 
 _TEXT, _BG = (20, 20, 20), (255, 255, 255)
 _KEPT, _SKIPPED = (46, 110, 180), (222, 222, 222)  # channel map
@@ -43,6 +48,7 @@ _TINT, _HATCH, _TINT_WEIGHT, _HATCH_PITCH = (90, 20, 120), (215, 185, 230), 0.6,
 _FUSED, _FUSED_WEIGHT = (240, 120, 0), 0.6  # fused patches: an orange tint, no hatching
 _LINE_DARK, _LINE_LIGHT = (25, 25, 25), (235, 235, 235)  # lines between merged tokens
 _SWATCH_GREY = (128, 128, 128)
+_RULE = (200, 200, 200)  # the lines between the pictures of ``tiled``
 _GAP = 6  # pixels between and around panels
 _FONT_FILE, _FONT_FAMILY = 'DejaVuSans.ttf', 'DejaVu Sans'
 _NO_CHAR = '\uffff'  # a noncharacter: every font draws it with its "missing glyph" box
@@ -172,34 +178,71 @@ def _shortened(text: str, font: Font, width: int, middle: bool = False) -> str:
     return cut(_longest(lambda n: font.getlength(cut(n)) <= width, len(text) - 1))
 
 
+def _phrases(text: str) -> List[str]:
+    """``text`` cut after each ``:``, ``;`` or ``,`` followed by a space (the space kept with the phrase
+    before it): 'model.tag: r 8, mode topk' -> ['model.tag: ', 'r 8, ', 'mode topk']."""
+    return re.findall(r'\s*\S.*?(?:[:;,]\s+|$)', text)
+
+
 def _wrapped(text: str, font: Font, width: int) -> List[str]:
-    """``text`` in lines no wider than ``width`` pixels, broken after spaces; a word wider than a
-    line (a long model name) is split after its last ``_ . - /`` that fits, else where it must be."""
+    """``text`` in lines no wider than ``width`` pixels. A phrase (``_phrases``: a model's name, a
+    setting such as 'r 8' or 'keep_ratio 0.5/0.25') that fits a line is never broken: it starts the
+    next line when this one has no room for it. A longer phrase is broken after spaces; a word wider
+    than a line (a long model name) is split after its last ``_ . - /`` that fits, else where it must be."""
+    def fits(s: str) -> bool:
+        return font.getlength(s.rstrip()) <= width
+
     lines, line = [], ''
-    for word in re.findall(r'\S+\s*', text):
-        if line and font.getlength(line + word.rstrip()) > width:
+    for phrase in _phrases(text):
+        if fits(line + phrase):
+            line += phrase
+            continue
+        if line.strip() and fits(phrase.lstrip()):
             lines.append(line.rstrip())
-            line = ''
-        while len(word) > 1 and font.getlength(word.rstrip()) > width:
-            n = max(1, _longest(lambda n: font.getlength(word[:n]) <= width, len(word)))
-            n = max(word.rfind(c, 0, n) for c in '_.-/') + 1 or n
-            lines.append(word[:n])
-            word = word[n:]
-        line = (line + word).lstrip()
+            line = phrase.lstrip()
+            continue
+        for word in re.findall(r'\S+\s*', phrase):  # longer than a line: its words flow on from this one
+            if line.strip() and not fits(line + word):
+                lines.append(line.rstrip())
+                line = ''
+            while len(word) > 1 and not fits(word):
+                n = max(1, _longest(lambda n: font.getlength(word[:n]) <= width, len(word)))
+                n = max(word.rfind(c, 0, n) for c in '_.-/') + 1 or n
+                lines.append(word[:n])
+                word = word[n:]
+            line = (line + word).lstrip()
     return lines + ([line.rstrip()] if line.strip() else [])
 
 
-def _name_and_answer(draw: ImageDraw.ImageDraw, xy: Tuple[int, int], name: str, answer: str, px: int,
-                     width: int) -> None:
-    """Draws ``name`` then ``answer`` on one line of ``width`` pixels: the name shortened in the
-    middle to leave the answer whole, down to 40% of the line; then the answer shortened."""
-    name, name_font = _drawable(name, px)
+def _name_and_answer(name: str, answer: str, px: int, width: int) -> List[List[Tuple[str, Font]]]:
+    """An image's file ``name`` and the model's ``answer`` ('Ankle boot 0.91') in lines of ``width``
+    pixels, each line a list of ``(text, font)``: 'name: answer' when it fits a line; else the name
+    wrapped (after spaces, else after its ``_ . - /``: never cut short) with the answer after it
+    or on the next line. A name longer than two lines keeps its first line whole and its end (the
+    extension) after an ellipsis on the second; the answer is shortened only when it is wider
+    than a line itself."""
+    name, name_font = _drawable(name + ':', px)
     answer, answer_font = _drawable(answer, px)
-    room = max(width - answer_font.getlength(answer), 0.4 * width)
-    name = _shortened(name, name_font, int(room), middle=True)
-    draw.text(xy, name, fill=_TEXT, font=name_font)
-    used = round(name_font.getlength(name))
-    draw.text((xy[0] + used, xy[1]), _shortened(answer, answer_font, width - used), fill=_TEXT, font=answer_font)
+    space = name_font.getlength(' ')
+    if name_font.getlength(name) + space + answer_font.getlength(answer) <= width:
+        return [[(name + ' ', name_font), (answer, answer_font)]]
+    lines = _wrapped(name, name_font, width)
+    if len(lines) > 2:  # the first line is where the name starts
+        lines = lines[:1] + [_shortened(name[len(lines[0]):].lstrip(), name_font, width, middle=True)]
+    out = [[(text, name_font)] for text in lines]
+    if name_font.getlength(lines[-1]) + space + answer_font.getlength(answer) <= width:
+        out[-1] = [(lines[-1] + ' ', name_font), (answer, answer_font)]
+    else:
+        out.append([(_shortened(answer, answer_font, width), answer_font)])
+    return out
+
+
+def _draw_segments(draw: ImageDraw.ImageDraw, xy: Tuple[int, int], segments: Sequence[Tuple[str, Font]]) -> None:
+    """Draws the ``(text, font)`` of one line one after the other from ``xy``."""
+    x, y = xy
+    for text, font in segments:
+        draw.text((x, y), text, fill=_TEXT, font=font)
+        x += round(font.getlength(text))
 
 
 def _text_px(size: int) -> int:
@@ -346,7 +389,8 @@ def _row_min_width(px: int) -> int:
 
 def prediction_row(pred: Prediction, size: int = 112) -> Image.Image:
     """One image's picture: input, then the patches kept per stage (ViTs) or the channel map (CNNs),
-    each panel titled; below, the file name with the top class and its probability, and the MACs.
+    each panel titled; below, the file name with the top class and its probability (on more lines
+    when the row is narrow: ``_name_and_answer``), and the MACs.
 
     Args:
         pred: The image's prediction (``dynvit.predict.predict_images``; CNNs need its channel masks).
@@ -357,7 +401,10 @@ def prediction_row(pred: Prediction, size: int = 112) -> Image.Image:
     line = _line_px(px)
     top, height = _title_band(size), max(p.height for p in panels)
     width = max(_row_min_width(px), sum(p.width for p in panels) + _GAP * (len(panels) + 1))
-    row = Image.new('RGB', (width, top + height + 2 * line + 6), _BG)
+    _, label, prob = pred.topk[0]
+    named = _name_and_answer(pred.source.replace('\\', '/').rsplit('/', 1)[-1], f'{label} {prob:.2f}', px,
+                             width - 2 * _GAP)
+    row = Image.new('RGB', (width, top + height + (len(named) + 1) * line + 6), _BG)
     draw = ImageDraw.Draw(row)
     x = _GAP
     for panel, title in zip(panels, titles):
@@ -365,10 +412,9 @@ def prediction_row(pred: Prediction, size: int = 112) -> Image.Image:
         _label(draw, (x, 1), title, px, panel.width)
         x += panel.width + _GAP
     y = top + height + 3
-    _, label, prob = pred.topk[0]
-    _name_and_answer(draw, (_GAP, y), pred.source.replace('\\', '/').rsplit('/', 1)[-1], f': {label} {prob:.2f}',
-                     px, width - 2 * _GAP)
-    _label(draw, (_GAP, y + line), f'{pred.macs / 1e6:.1f} MMACs, {pred.saved_fraction:.0%} saved', px,
+    for i, segments in enumerate(named):
+        _draw_segments(draw, (_GAP, y + i * line), segments)
+    _label(draw, (_GAP, y + len(named) * line), f'{pred.macs / 1e6:.1f} MMACs, {pred.saved_fraction:.0%} saved', px,
            width - 2 * _GAP)
     return row
 
@@ -380,7 +426,8 @@ def _legend(preds: Sequence[Prediction], px: int) -> List[Tuple[Swatch, str]]:
     grey = Image.new('RGB', (box, box), _SWATCH_GREY)
     staged = [p for p in preds if p.picture == 'stages']
     if staged:
-        items.append((grey, 'kept patch'))
+        for words in dict.fromkeys(p.kept_patch or 'kept patch' for p in staged):
+            items.append((grey, words))
         if any(p.fused_masks and any(map(any, p.fused_masks)) for p in staged):
             items.append((_fused_look(grey), 'patch fused into one token by the panel\'s stage'))
         for words in dict.fromkeys(p.not_kept or "patch dropped by the panel's stage" for p in staged if _drops(p)):
@@ -486,3 +533,61 @@ def prediction_grid(preds: Sequence[Prediction], size: int = 112, title: str = '
         grid.paste(r, (0, y))
         y += r.height
     return grid
+
+
+def _balanced_rows(widths: Sequence[int], count: int, gap: int) -> List[List[int]]:
+    """The indices of ``widths`` in order, cut into ``count`` rows (``gap`` pixels between two in a
+    row) so that the widest row is as narrow as it can be."""
+    n = len(widths)
+
+    def span(i: int, j: int) -> int:  # the width of a row of pictures i..j-1
+        return sum(widths[i:j]) + gap * (j - i - 1)
+
+    # best[k][j]: (the widest row, the row starts) of the first j pictures in k rows
+    best = [[(math.inf, [])] * (n + 1) for _ in range(count + 1)]
+    best[0][0] = (0, [])
+    for k in range(1, count + 1):
+        for j in range(k, n + 1):
+            best[k][j] = min(((max(best[k - 1][i][0], span(i, j)), best[k - 1][i][1] + [i])
+                              for i in range(k - 1, j)), key=lambda b: b[0])
+    starts = best[count][n][1] + [n]
+    return [list(range(a, b)) for a, b in zip(starts, starts[1:])]
+
+
+def tiled(pictures: Sequence[Image.Image], aspect: float = 1.0, gap: int = 4 * _GAP) -> Image.Image:
+    """``pictures`` (e.g. one ``prediction_grid`` per model) in rows, in their order left to right and
+    top to bottom, in as many rows as brings the whole nearest to ``aspect`` (width / height: 1 is
+    square), the rows as even in width as the order allows; a thin grey line parts neighbours.
+
+    Args:
+        pictures: The pictures, each drawn whole, at its own size.
+        aspect: The wanted width over height of the result.
+        gap: Pixels between two pictures (the line in its middle).
+    """
+    if not pictures:
+        raise ValueError('no pictures to tile')
+    widths, heights = [p.width for p in pictures], [p.height for p in pictures]
+
+    def layout(count: int) -> Tuple[List[List[int]], int, int]:
+        rows = _balanced_rows(widths, count, gap)
+        width = max(sum(widths[i] for i in r) + gap * (len(r) - 1) for r in rows)
+        height = sum(max(heights[i] for i in r) for r in rows) + gap * (len(rows) - 1)
+        return rows, width, height
+
+    layouts = [layout(count) for count in range(1, len(pictures) + 1)]
+    rows, width, height = min(layouts, key=lambda lay: abs(math.log(lay[1] / lay[2] / aspect)))
+    out = Image.new('RGB', (width, height), _BG)
+    draw = ImageDraw.Draw(out)
+    y = 0
+    for n, r in enumerate(rows):
+        row_height = max(heights[i] for i in r)
+        if n:
+            draw.line((0, y - gap // 2 - 1, width - 1, y - gap // 2 - 1), fill=_RULE)
+        x = 0
+        for k, i in enumerate(r):
+            if k:
+                draw.line((x - gap // 2 - 1, y, x - gap // 2 - 1, y + row_height - 1), fill=_RULE)
+            out.paste(pictures[i], (x, y))
+            x += widths[i] + gap
+        y += row_height + gap
+    return out

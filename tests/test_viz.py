@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import unicodedata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from PIL import Image, ImageFont
 import dynvit
 from dynvit import viz
 from dynvit.predict import predict_images
+from helpers import run_cli
 
 GREY = (128, 128, 128)
 
@@ -237,3 +239,64 @@ def test_fused_patches_are_tinted_apart_from_dropped_ones():
     assert [t.split(' ')[1] for _, t in items[1:]] == ['fused', 'dropped'] and len(items) == 3
     grid = viz.prediction_grid([mixed], size=size)
     assert all(_contains(grid, swatch) for swatch, _ in items)
+
+
+def test_a_family_that_drops_nothing_says_what_its_other_patches_got():
+    """Evo-ViT gives the patches it does not select the cheap update, it drops none: its legend says
+    so in its spec's words (viz asks no family), and both swatches are drawn."""
+    from dynvit.families import spec_of
+    evo = spec_of('Evo-ViT')
+    assert 'cheap update' in evo.not_kept and 'not dropped' in evo.not_kept and evo.kept_patch != 'kept patch'
+    _, (pred,) = _predict('test_evovit', [('x.png', _noise(0))], keep_ratio=0.5)
+    assert (pred.kept_patch, pred.not_kept) == (evo.kept_patch, evo.not_kept)
+    size = 64
+    items = viz._legend([pred], viz._text_px(size))
+    assert [t for _, t in items] == [evo.kept_patch, evo.not_kept]
+    assert all(_contains(viz.prediction_grid([pred], size=size), swatch) for swatch, _ in items)
+
+
+def test_titles_wrap_between_phrases_never_inside_a_setting():
+    font = viz._font(11)
+    title = 'tome_pico_patch4_28.fmnist_r8: r 8'
+    room = font.getlength('tome_pico_patch4_28.fmnist_r8: r')  # 'r' would fit, its '8' not
+    assert viz._wrapped(title, font, room) == ['tome_pico_patch4_28.fmnist_r8:', 'r 8']
+    title = 'dynamicvit_pico_patch4_28.fmnist_kr05: keep_ratio 0.5/0.25/0.125, mode topk'
+    room = font.getlength('dynamicvit_pico_patch4_28.fmnist_kr05: keep_ratio 0.5')
+    assert viz._wrapped(title, font, room) == ['dynamicvit_pico_patch4_28.fmnist_kr05:',
+                                               'keep_ratio 0.5/0.25/0.125, mode topk']
+    # a phrase longer than a line still breaks after its spaces, nothing lost
+    lines = viz._wrapped(title, font, font.getlength('keep_ratio 0.5/0.25'))
+    assert 'mode topk' in lines and ' '.join(lines).replace(' ', '') == title.replace(' ', '')
+    assert all(font.getlength(line) <= font.getlength('keep_ratio 0.5/0.25') for line in lines)
+
+
+def test_a_long_file_name_wraps_whole_under_a_narrow_row():
+    px, name = 10, 'fmnist_test0000_ankle_boot.png'
+    font = viz._font(px)
+    width = round(font.getlength(name + ': Ankle boot 0.91')) - 20  # too narrow for name and answer
+    lines = viz._name_and_answer(name, 'Ankle boot 0.91', px, width)
+    texts = [''.join(t for t, _ in line) for line in lines]
+    assert texts[0].rstrip() == name + ':' and texts[-1].strip() == 'Ankle boot 0.91'  # not cut, not shortened
+    assert all(sum(f.getlength(t) for t, f in line) <= width for line in lines)
+    narrow = viz._name_and_answer(name, 'Ankle boot 0.91', px, round(font.getlength('fmnist_test0000_')) + 2)
+    assert ''.join(t for t, _ in narrow[0]) + ''.join(t for t, _ in narrow[1]) == name + ':'  # split after its _
+    # a name longer than two lines keeps its start and its extension
+    long = viz._name_and_answer('x' * 200 + '.png', 'Bag 0.9', px, 100)
+    assert len(long) == 3 and ''.join(t for t, _ in long[1]).endswith('.png:')
+
+
+def test_the_demo_picture_is_a_grid_not_a_scroll(tmp_path):
+    """Pictures tiled in rows come out about as wide as tall, each whole; so does the demo's (a
+    section per zoo model: it was 546 x 4807 pixels stacked)."""
+    pictures = [Image.new('RGB', (w, 450), (i, 0, 0)) for i, w in enumerate([366, 366, 546, 366, 366, 200, 200, 200,
+                                                                            350, 350])]
+    grid = viz.tiled(pictures)
+    assert 2 / 3 <= grid.width / grid.height <= 3 / 2
+    assert all(_contains(grid, p.crop((0, 0, 8, 8))) for p in pictures)  # every picture drawn
+    assert viz.tiled(pictures[:1]).size == pictures[0].size
+    samples = Path(dynvit.__file__).parent / 'samples'
+    r = run_cli('demo', '--out', tmp_path / 'demo.png', '--threads', '1', '--images',
+                *sorted(samples.glob('fmnist_test000[0-2]_*.png')))  # the three images it draws by default
+    assert r.returncode == 0, r.stderr
+    width, height = Image.open(tmp_path / 'demo.png').size
+    assert 1 / 2 <= width / height <= 2 and height <= 2500

@@ -91,3 +91,29 @@ def test_timm_and_dynvit_create_model_build_the_same_model_for_every_tag():
             ours, theirs = dynvit.create_model(name), timm.create_model(name)
             assert type(theirs) is type(ours) and theirs.model_args == ours.model_args, name
             assert theirs.sparsity_config() == ours.sparsity_config(), name
+
+
+def test_zoo_pictures_label_every_model_apart_by_its_zoo_name(tmp_path):
+    """docs/zoo_tradeoff.png: every sparse model's tag beside its point, no two labels overlapping;
+    docs/zoo_curves.png: the lines named by the zoo's models (not the runs), a point below the scale
+    explained."""
+    pytest.importorskip('matplotlib')
+    import importlib.util
+    import itertools
+    import json
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location('zoo_report', root / 'benchmarks' / 'zoo_report.py')
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    rows = json.loads((root / 'benchmarks' / 'results' / 'zoo_cpu.json').read_text())['rows']
+    boxes = report.plot(rows, tmp_path / 'tradeoff.png')
+    assert len(boxes) == sum(bool(r.get('dense')) for r in rows.values())
+    assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
+    runs = report.shipped_runs()
+    assert runs['vit_dyn05_13ep'] == 'dynamicvit_pico_patch4_28.fmnist_kr05'
+    logs = root / 'benchmarks' / 'results' / 'zoo_curves'
+    texts = report.plot_curves(logs, tmp_path / 'curves.png')
+    shown = {runs[log.stem] for log in logs.glob('*.jsonl') if log.stem in runs}
+    assert shown and shown <= set(texts)
+    assert not any(log.stem in text for log in logs.glob('*.jsonl') for text in texts)  # no run names
+    assert all('validated at' in t for t in texts if '(below the scale)' in t)

@@ -133,7 +133,7 @@ class DynamicModel:
         spec: Its ``dynvit.families.FamilySpec``. The class takes from it ``family`` (its name),
             ``sparsity_knob``, ``sparsity_meaning``, ``kept_unit``, ``sparse_label``,
             ``stage_label``, ``per_block_label``, ``total_label``, ``kept_style``, ``picture``,
-            ``not_kept`` and ``onnx_batch_fixed`` (see the spec for what each is).
+            ``kept_patch``, ``not_kept`` and ``onnx_batch_fixed`` (see the spec for what each is).
         sparsity_args: Constructor arguments that configure the sparsity (not the backbone).
         fixed_settings: Settings chosen when the model is built and not changed after (in
             ``sparsity_config`` but not ``set_sparsity``).
@@ -154,6 +154,7 @@ class DynamicModel:
     total_label: ClassVar[str] = ''
     kept_style: ClassVar[str] = 'stages'
     picture: ClassVar[str] = 'stages'
+    kept_patch: ClassVar[str] = ''
     not_kept: ClassVar[str] = ''
     onnx_batch_fixed: ClassVar[str] = ''
     _sparsity: Dict[str, Any]
@@ -164,7 +165,7 @@ class DynamicModel:
         if spec is not None:
             cls.family, cls.sparsity_knob, cls.sparsity_meaning = spec.name, spec.knob, spec.meaning
             for label in ('kept_unit', 'sparse_label', 'stage_label', 'per_block_label', 'total_label', 'kept_style',
-                          'picture', 'not_kept', 'onnx_batch_fixed'):
+                          'picture', 'kept_patch', 'not_kept', 'onnx_batch_fixed'):
                 setattr(cls, label, getattr(spec, label))
 
     # ---- settings ----
