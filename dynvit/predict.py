@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn as nn
@@ -58,6 +58,7 @@ class Prediction:
             as ``token_groups`` (N small ints per image).
         picture: How pictures show what the image kept (the family's ``FamilySpec.picture``:
             'stages', 'groups' or 'channels').
+        kept_patch: What a patch a stage kept is, in words (the family's, for legends; '': 'kept patch').
         not_kept: What a patch a stage did not keep became, in words (the family's, for legends).
         input: The model's input image, de-normalised to [0, 1] ``[C, H, W]`` (for pictures; it may
             be scaled down, or None when not kept: see ``iter_predictions``).
@@ -73,6 +74,7 @@ class Prediction:
     fused_masks: List[List[bool]] = field(default_factory=list)
     token_groups: Optional[List[int]] = None
     picture: str = 'stages'
+    kept_patch: str = ''
     not_kept: str = ''
     input: Optional[torch.Tensor] = field(default=None, repr=False)
 
@@ -100,39 +102,72 @@ class Prediction:
         return out
 
 
-def list_images(paths: Iterable[str]) -> Tuple[List[str], Problems, Problems]:
-    """The image files of ``paths`` (files as given, the images of folders sorted, not recursive),
-    without reading them.
+def list_images(paths: Iterable[str], recursive: bool = False) -> Tuple[List[str], Problems, Problems]:
+    """The image files of ``paths`` (files as given, the images of folders sorted), without reading them.
+
+    Args:
+        paths: Image files and folders.
+        recursive: Also the images of the folders' subfolders (sorted by path; hidden subfolders are
+            skipped). Without it, a folder with no images of its own whose subfolders hold some (a
+            class-per-subfolder dataset) is an error that says so and counts them.
 
     Returns:
-        The files to read, ``[(path, error message)]`` for the paths that give none (missing,
-        an unlistable folder, a folder without images), and ``[(path, reason)]`` for the files
-        of a folder that are not images (other types, hidden files): every file is in one of
-        the three.
+        The files to read (a folder's as the folder's path joined with the file's path in it), ``[(path,
+        error message)]`` for the paths that give none (missing, an unlistable folder, a folder without
+        images), and ``[(path, reason)]`` for the files of a folder that are not images (other types,
+        hidden files, hidden subfolders): every file is in one of the three.
     """
     files, errors, skipped = [], [], []
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            try:
-                found = []
-                for f in sorted(f for f in path.iterdir() if f.is_file()):
-                    reason = skip_reason(f)
-                    if reason is None:
-                        found.append(str(f))
-                    else:
-                        skipped.append((str(f), reason))
-            except OSError as e:
-                errors.append((str(path), f'cannot list the folder: {e.strerror or e}'))
+            found = _folder_images(path, recursive, errors, skipped)
+            if found is None:
                 continue
             if not found:
-                errors.append((str(path), f'no images ({", ".join(IMAGE_SUFFIXES)}) in the folder'))
+                errors.append((str(path), _no_images_reason(path, recursive)))
             files += found
         elif not path.exists():
             errors.append((str(path), 'no such file'))
         else:
             files.append(str(path))
     return files, errors, skipped
+
+
+def _folder_images(folder: Path, recursive: bool, errors: Problems, skipped: Problems,
+                   seen: Optional[Set[Path]] = None) -> Optional[List[str]]:
+    """The images of ``folder`` in name order (with ``recursive``, a subfolder's where its name sorts);
+    its other files and hidden subfolders go to ``skipped``, a subfolder that cannot be listed to
+    ``errors``. None when ``folder`` itself cannot be listed (named in ``errors``)."""
+    seen = set() if seen is None else seen
+    seen.add(folder.resolve())  # a link back to a folder being searched is not searched again
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as e:
+        errors.append((str(folder), f'cannot list the folder: {e.strerror or e}'))
+        return None
+    found = []
+    for entry in entries:
+        if entry.is_file():
+            reason = skip_reason(entry)
+            if reason is None:
+                found.append(str(entry))
+            else:
+                skipped.append((str(entry), reason))
+        elif recursive and entry.is_dir():
+            if entry.name.startswith('.'):
+                skipped.append((str(entry), 'hidden folder (not searched)'))
+            elif entry.resolve() not in seen:
+                found += _folder_images(entry, recursive, errors, skipped, seen) or []
+    return found
+
+
+def _no_images_reason(folder: Path, recursive: bool) -> str:
+    """Why a folder gave no images; without ``recursive``, how many its subfolders hold, if any."""
+    below = 0 if recursive else len(_folder_images(folder, True, [], []) or [])
+    if below:
+        return f'no images in the folder, but its subfolders hold {below}: pass --recursive to search them'
+    return f'no images ({", ".join(IMAGE_SUFFIXES)}) in the folder' + (' or its subfolders' if recursive else '')
 
 
 def read_images(files: Iterable[str], min_size: Optional[int] = None,
@@ -158,15 +193,17 @@ def read_images(files: Iterable[str], min_size: Optional[int] = None,
         del image  # not alive while the next one decodes
 
 
-def gather_images(paths: Iterable[str]) -> Tuple[List[Tuple[str, Image.Image]], Problems, Problems]:
-    """Loads image files and the images of folders (sorted, not recursive), all at full size.
+def gather_images(paths: Iterable[str], recursive: bool = False
+                  ) -> Tuple[List[Tuple[str, Image.Image]], Problems, Problems]:
+    """Loads image files and the images of folders (sorted; with ``recursive`` also those of their
+    subfolders, see ``list_images``), all at full size.
 
     Returns:
         ``[(path, image)]`` for what could be read, ``[(path, error message)]`` for what could not
         (missing or unreadable images), and ``[(path, reason)]`` for the files of a folder that
         are not images (other types, hidden files): every file is in one of the three.
     """
-    files, errors, skipped = list_images(paths)
+    files, errors, skipped = list_images(paths, recursive)
     images = list(read_images(files, on_error=lambda path, reason: errors.append((path, reason))))
     return images, errors, skipped
 
@@ -239,6 +276,7 @@ def iter_predictions(model: nn.Module, images: Iterable[Tuple[str, Image.Image]]
     transform = model_transform(model)
     names = class_names(model)
     picture, not_kept = getattr(model, 'picture', 'stages'), getattr(model, 'not_kept', '')
+    kept_patch = getattr(model, 'kept_patch', '')
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in model_norm(model))
     model.eval()
     device = next(iter(model.parameters()), torch.empty(0)).device  # an ONNX Runtime model has none
@@ -272,7 +310,8 @@ def iter_predictions(model: nn.Module, images: Iterable[Tuple[str, Image.Image]]
                     stage_masks=[m[b].tolist() for m in masks], grid=aux.grid,
                     fused_masks=[m[b].tolist() for m in fused],
                     token_groups=None if groups is None else groups[b].tolist(),
-                    picture=picture, not_kept=not_kept, input=None if pixels is None else pixels[b])
+                    picture=picture, kept_patch=kept_patch, not_kept=not_kept,
+                    input=None if pixels is None else pixels[b])
 
 
 def _picture_input(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,

@@ -35,6 +35,29 @@ def test_list_json_and_pattern():
             'saved_fraction'} <= set(kr05)
 
 
+def test_list_finds_pretrained_tags_and_says_when_nothing_matches():
+    """A word only pretrained tags hold lists those arch.tag names; one that matches nothing says so
+    in one line on stderr, never an empty line on stdout."""
+    tagged = cli('list', 'fmnist', '--pretrained', '--json')
+    expected = [row['name'] for row in json.loads(tagged.stdout)]
+    r = cli('list', 'fmnist')
+    assert r.returncode == 0 and r.stdout.split() == expected and 'fbs_resnet18_half.fmnist_d50' in expected
+    assert r.stderr == (f"dynvit list: {len(expected)} pretrained tag(s) match 'fmnist' (arch.tag names; "
+                        f"`dynvit list fmnist --pretrained` shows their weights and accuracy)\n")
+    assert json.loads(cli('list', 'FMNIST', '--json').stdout) == expected  # any case
+    assert 'dynvit_pico_patch4_28.fmnist' not in cli('list', 'pico').stdout  # the archs matched: no tags added
+    r = cli('list', 'nosuchword')
+    assert (r.returncode, r.stdout) == (0, '') and r.stderr == (
+        "dynvit list: no model name or pretrained tag matches 'nosuchword'; `dynvit list` shows every model, "
+        "`dynvit list --pretrained` every arch.tag with weights\n")
+    r = cli('list', 'nosuchword', '--pretrained', '--json')
+    assert (r.returncode, r.stdout) == (0, '[]\n') and r.stderr.count('\n') == 1
+    r = cli('list', 'resnet2')  # only test_fbs_resnet2
+    assert r.stdout == '' and "only internal test models match 'resnet2': `dynvit list resnet2 --all`" in r.stderr
+    r = cli('list', 'test_dyn', '--pretrained')
+    assert r.stdout == '' and 'no pretrained weights match \'test_dyn\', but 2 model(s) without weights do' in r.stderr
+
+
 def test_info_reports_macs():
     r = cli('info', 'test_dynamicvit', '--keep-ratio', '0.5', '--json')
     assert r.returncode == 0, r.stderr
@@ -101,6 +124,7 @@ def test_predict_reads_what_users_have_and_names_the_corrupt_file(photos):
     r = cli('predict', 'fbs_resnet18_half.fmnist_d50', str(photos), '--topk', '3', '--json', '--threads', '1')
     assert r.returncode == 3, r.stderr  # some images failed, the others were predicted
     out = json.loads(r.stdout)
+    assert out['input'].startswith('1x64x64 grayscale')
     assert [p['image'].rsplit('/', 1)[-1] for p in out['predictions']] == [
         'a_rgba.png', 'b_gray.jpg', 'c_color.webp', 'd_16bit.png', 'f_anim.gif', 'g_cmyk.jpg']
     assert [(e['image'].rsplit('/', 1)[-1], e['error']) for e in out['errors']] == [
@@ -117,7 +141,10 @@ def test_predict_reads_what_users_have_and_names_the_corrupt_file(photos):
     r = cli('predict', 'fbs_resnet18_half.fmnist_d50', str(photos / 'b_gray.jpg'), '--density', '0.25', '--threads', '1')
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].endswith('b_gray.jpg') and 'saved' in lines[2]
+    assert lines[0] == ('fbs_resnet18_half.fmnist_d50 sees each image as 1x64x64 grayscale (color images are '
+                        'converted), resized to 73 px (bilinear) and center-cropped to 64x64, normalised with mean '
+                        '0.286, std 0.353')  # what the model sees (a color photo, too)
+    assert lines[1].endswith('b_gray.jpg') and 'saved' in lines[3]
     assert r.stdout.count('MMACs') == 1
 
 
@@ -155,6 +182,58 @@ def test_empty_and_mislabelled_files_are_named_once(tmp_path):
     assert f'skipped {tmp_path / "empty.png"}: empty file\n' in r.stderr
     assert f'skipped {tmp_path / "text.jpg"}: not an image file' in r.stderr
     assert r.stderr.count(str(tmp_path / 'empty.png')) == 1 and '<_io.' not in r.stderr
+
+
+def test_predict_recursive_reads_class_subfolders(tmp_path):
+    """A folder per class: without --recursive one line says the subfolders hold the images (before the
+    model is loaded); with it they are read in path order, each named by its path."""
+    for name in ('cat/0.png', 'cat/1.png', 'dog/0.png', 'a.txt', '.cache/0.png'):
+        (tmp_path / 'mydata' / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new('RGB', (28, 28), 'gray').save(tmp_path / 'mydata' / name, format='PNG')
+    root = tmp_path / 'mydata'
+    r = cli('predict', 'no_such_model', root)  # the images are listed first
+    assert r.returncode == 1 and r.stderr.splitlines()[-1] == (
+        f'dynvit predict: error: {root}: no images in the folder, but its subfolders hold 3: pass --recursive to '
+        'search them')
+    r = cli('predict', 'test_dynamicvit', root, '--recursive', '--json')
+    assert r.returncode == 0, r.stderr
+    assert [p['image'] for p in json.loads(r.stdout)['predictions']] == [
+        str(root / 'cat/0.png'), str(root / 'cat/1.png'), str(root / 'dog/0.png')]
+    assert f'skipped {root / ".cache"}: hidden folder (not searched)' in r.stderr and 'a.txt: not an image' in r.stderr
+    r = cli('viz', 'test_dynamicvit', root, '--recursive', '--out', tmp_path / 'grid.png', '--size', '32')
+    assert r.returncode == 0 and '3 image(s) drawn' in r.stdout
+
+
+def test_outputs_are_checked_before_the_model_is_loaded(tmp_path):
+    """A file a command could not write fails at once, in one line with the types it writes: the model
+    (no_such_model) is never looked up."""
+    pictures = '.png .jpg .jpeg .webp .bmp .gif .tif .tiff .pdf'
+    (tmp_path / 'a_file').write_text('')
+    image = tmp_path / 'x.png'
+    Image.new('RGB', (28, 28)).save(image)
+    for args, message in [
+        (('viz', 'no_such_model', image, '--out', 'out.xyz'),
+         f'dynvit viz: error: --out out.xyz: dynvit cannot write .xyz files; give a file name ending in one of {pictures}'),
+        (('predict', 'no_such_model', image, '--viz', 'kept'),
+         f'dynvit predict: error: --viz kept: no file type; give a file name ending in one of {pictures}'),
+        (('viz', 'no_such_model', image, '--out', tmp_path),
+         f'dynvit viz: error: --out {tmp_path} is a folder; give a file name in it ({tmp_path / "out.png"})'),
+        (('viz', 'no_such_model', image, '--out', tmp_path / 'a_file' / 'grid.png'),
+         f'dynvit viz: error: --out {tmp_path / "a_file" / "grid.png"}: cannot be written, {tmp_path / "a_file"} is '
+         'a file, not a folder'),
+        (('demo', '--out', 'demo.svg'), 'dynvit demo: error: --out demo.svg: dynvit cannot write .svg files'),
+        (('export', 'no_such_model', 'model.xyz'),
+         'dynvit export: error: OUT model.xyz: dynvit cannot write .xyz files; give a file name ending in .onnx'),
+        (('compress', 'no_such_model', '--heads', '0.1', '--out', 'small.pt'),
+         'dynvit compress: error: --out small.pt: dynvit cannot write .pt files; give a file name ending in '
+         '.safetensors'),
+        (('convert', image, tmp_path / 'a_file' / 'm.safetensors', '--model', 'no_such_model'),
+         f'dynvit convert: error: OUTPUT {tmp_path / "a_file" / "m.safetensors"}: cannot be written'),
+    ]:
+        r = cli(*args)
+        assert r.returncode == 1 and r.stderr.count('\n') == 1 and r.stderr.startswith(message), r.stderr
+    r = cli('viz', 'test_dynamicvit', image, '--out', tmp_path / 'new' / 'dir' / 'grid.PNG', '--size', '32')
+    assert r.returncode == 0 and (tmp_path / 'new' / 'dir' / 'grid.PNG').is_file()  # folders made, any case
 
 
 def test_predict_threshold_mode_and_picture(photos, tmp_path):

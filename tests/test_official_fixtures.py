@@ -186,7 +186,7 @@ def test_a_files_stored_arguments_win_over_the_tags_presets(tmp_path):
     assert dynvit.create_model(name, keep_ratio=0.6).keep_ratio[0] == 0.6  # the caller's arguments win too
     # refused: a DynamicViT checkpoint as an Evo-ViT, and an output that is not .safetensors
     for model_name, output, message in (('evovit_small_patch16_224.official_in1k', 'x.safetensors', 'keep predictors'),
-                                        (name, 'x.pth', 'must be a .safetensors file')):
+                                        (name, 'x.pth', 'give a file name ending in .safetensors')):
         r = run_cli('convert', str(tmp_path / 'official.pth'), str(tmp_path / output), '--model', model_name,
                     '--model-args', json.dumps(args))
         assert r.returncode == 1 and message in r.stderr and not (tmp_path / output).exists()

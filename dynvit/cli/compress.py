@@ -4,7 +4,7 @@ import json
 import os
 from pathlib import Path
 
-from ._common import EXIT_OK, example_family, load_model_arg
+from ._common import EXIT_OK, check_output, example_family, load_model_arg
 
 _TOKENS, _CHANNELS = example_family('patches'), example_family('channels')
 EXAMPLES = (
@@ -42,8 +42,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         prune_mlp_units,
     )
     from ..hub import save_pruned
-    if not args.out.endswith('.safetensors'):
-        raise ValueError(f'the output must be a .safetensors file, got {args.out}')
+    check_output(args.out, ('.safetensors',), '--out')
     if not (args.heads or args.mlp or args.channels or args.prune_weights or args.dtype):
         raise ValueError('nothing to do: give --heads, --mlp, --channels, --prune-weights and/or --dtype')
     model = load_model_arg(args.model).eval()
@@ -86,6 +85,7 @@ def add_parsers(add) -> None:
                         'no fewer MACs)')
     p.add_argument('--scope', default='layer', choices=['layer', 'global'],
                    help="'layer': the fraction in every block / layer; 'global': ranked over all of them")
-    p.add_argument('--dtype', default=None, choices=['fp32', 'fp16', 'bf16'], help='storage precision')
+    p.add_argument('--dtype', default=None, choices=['fp32', 'fp16', 'bf16'],
+                   help='storage precision (default: the model\'s own)')
     p.add_argument('--json', action='store_true', help='print the result as JSON')
     p.set_defaults(func=_cmd_compress)

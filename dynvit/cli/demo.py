@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import List
 
 from ..families import spec_of_arch
-from ._common import EXIT_OK, EXIT_SOME_IMAGES_FAILED, positive_int, report_skipped
+from ._common import EXIT_OK, EXIT_SOME_IMAGES_FAILED, check_output, picture_suffixes, positive_int, report_skipped
 from .models import kept_text
 
 SAMPLES = Path(__file__).resolve().parents[1] / 'samples'
@@ -38,13 +38,13 @@ def _zoo_models() -> List[str]:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
-    from PIL import Image
     from ..hub.zoo import read_card
     from ..predict import gather_images, predict_images
-    from ..viz import prediction_grid
+    from ..viz import prediction_grid, tiled
     from ..hub import create_model
+    check_output(args.out, picture_suffixes(), '--out')
     torch.set_num_threads(args.threads)
-    images, errors, skipped = gather_images(args.images or [str(SAMPLES)])
+    images, errors, skipped = gather_images(args.images or [str(SAMPLES)], recursive=args.recursive)
     report_skipped('demo', errors + skipped)
     if not images:
         raise ValueError('no image could be read')
@@ -74,14 +74,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               f'  {mean_saved:.1%} of the dense MACs saved on average\n')
         sections.append(prediction_grid(preds[:args.per_model], size=args.size,
                                         title=f'{name}: {model.sparsity_text()}'))
-    picture = Image.new('RGB', (max(s.width for s in sections), sum(s.height for s in sections)), 'white')
-    y = 0
-    for s in sections:
-        picture.paste(s, (0, y))
-        y += s.height
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(out)
+    tiled(sections).save(out)  # one section per model, in rows: about as wide as tall
     print(f'picture of the kept tokens and channels: {out.resolve()}')
     print('speed: dynvit bench MODEL --compare-dense; your images: dynvit predict MODEL IMAGE... --viz out.png')
     return EXIT_SOME_IMAGES_FAILED if errors else EXIT_OK
@@ -91,7 +86,9 @@ def add_parsers(add) -> None:
     p = add('demo', 'Run the zoo\'s sparse models (token and channel sparsity) on bundled Fashion-MNIST images: '
                     'predictions, kept tokens / channels and MACs saved per image, and a picture.', EXAMPLES)
     p.add_argument('--out', default='dynvit_demo.png', help='where to write the picture')
-    p.add_argument('--images', nargs='+', default=None, help='image files or folders instead of the bundled ones')
+    p.add_argument('--images', nargs='+', default=None,
+                   help='image files or folders instead of the bundled ones (default: the ten bundled images)')
+    p.add_argument('--recursive', action='store_true', help='--images: also the images in the subfolders of folders')
     p.add_argument('--per-model', type=positive_int, default=3, help='images per model in the picture')
     p.add_argument('--size', type=positive_int, default=84, help='picture: panel height in pixels')
     p.add_argument('--threads', type=positive_int, default=2, help='CPU threads')

@@ -3,8 +3,10 @@ its sparsity, data config and per-image report outputs."""
 import argparse
 
 from ._common import (
+    CHECKPOINT_HELP,
     EXIT_OK,
     apply_sparsity,
+    check_output,
     example_family,
     knob_args,
     knob_example,
@@ -28,8 +30,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import json
 
     from ..export import load_onnx, to_onnx
-    if not args.out.endswith('.onnx'):
-        raise ValueError(f'the output must be an .onnx file, got {args.out}')
+    check_output(args.out, ('.onnx',), 'OUT')
     if args.dynamic_batch and args.batch_size is not None:
         raise ValueError('--batch-size fixes the batch size, --dynamic-batch leaves it open; choose one')
     model = load_model_arg(args.model, args.checkpoint).eval()
@@ -50,7 +51,7 @@ def add_parsers(add) -> None:
                       'per image) with its sparsity and data config in the metadata.', EXAMPLES)
     p.add_argument('model', help='arch.tag, arch, or a dynvit .safetensors file')
     p.add_argument('out', help='the .onnx file to write')
-    p.add_argument('--checkpoint', default=None, help='weights for MODEL (a dynvit, timm or DeiT file)')
+    p.add_argument('--checkpoint', default=None, help=CHECKPOINT_HELP)
     knob_args(p)
     p.add_argument('--batch-size', type=positive_int, default=None, help='a fixed batch size (default 1)')
     p.add_argument('--dynamic-batch', action='store_true',

@@ -8,9 +8,11 @@ from typing import Any, Dict, List, Optional
 
 from ..families import knob_options
 from ._common import (
+    CHECKPOINT_HELP,
     EXIT_OK,
     EXIT_SOME_IMAGES_FAILED,
     apply_sparsity,
+    check_output,
     example_family,
     int8_arg,
     knob_args,
@@ -18,6 +20,7 @@ from ._common import (
     knob_settings,
     load_model_arg,
     maybe_int8,
+    picture_suffixes,
     positive_int,
     probability,
     report_skipped,
@@ -41,6 +44,7 @@ EXAMPLES = {
                f'  dynvit predict {knob_example(_CHANNELS)} photos/ --topk 3 --json\n'
                f'  dynvit predict runs/fm/best.safetensors a.png {_TOKENS.flag} {_TOKENS.example_value} --viz kept.png\n'
                '  dynvit predict MODEL photos/ --threshold 0.5   # a model with a threshold mode\n'
+               f'  dynvit predict {_TOKENS.example} mydata/ --recursive   # mydata/cat/*.jpg, mydata/dog/*.jpg\n'
                'exit codes: 0 all images predicted, 1 error (model, arguments), 2 usage, '
                '3 some images could not be read (the others were predicted)',
     'viz': f'examples:\n  dynvit viz {_TOKENS.example} photos/ --out grid.png\n'
@@ -57,13 +61,13 @@ EXAMPLES = {
 # ---- loading a model to run ----
 
 def _sparsity_args(p: argparse.ArgumentParser, threshold: bool = True) -> None:
-    p.add_argument('--checkpoint', default=None, help='weights for MODEL (a dynvit, timm or DeiT file)')
+    p.add_argument('--checkpoint', default=None, help=CHECKPOINT_HELP)
     p.add_argument('--pretrained', action='store_true', help='load the default pretrained weights of an arch name')
     knob_args(p)
     if threshold:
         p.add_argument('--threshold', type=probability, default=None,
                        help='models with a threshold mode: keep the tokens whose keep probability reaches T (the '
-                            'count varies per image)')
+                            'count varies per image) (default: none, the knob\'s fixed counts)')
     p.add_argument('--threads', type=int, default=0, help='CPU threads (default: torch\'s)')
     int8_arg(p)
 
@@ -102,6 +106,11 @@ def _deployed(model, args: argparse.Namespace, batch_size: int = 1):
     return model
 
 
+def _recursive_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--recursive', action='store_true',
+                   help='also the images in the subfolders of folders (e.g. a folder per class), in path order')
+
+
 # ---- commands ----
 
 INTERNAL_PREFIX = 'test_'  # tiny configurations for the tests: listed only when asked for
@@ -109,18 +118,49 @@ INTERNAL_PREFIX = 'test_'  # tiny configurations for the tests: listed only when
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from ..hub import list_models, pretrained_info
-    pattern = args.pattern or ''
+    pattern = (args.pattern or '').lower()  # every name is lower case
     if pattern and not any(c in pattern for c in '*?['):  # a plain word matches anywhere in the name
         pattern = f'*{pattern}*'
-    internal = args.all or 'test' in (args.pattern or '')  # `dynvit list test_` names them
-    names = [n for n in list_models(pattern, pretrained=args.pretrained)
-             if internal or not n.startswith(INTERNAL_PREFIX)]
+    internal = args.all or 'test' in pattern  # `dynvit list test_` names them
+
+    def shown(pretrained: bool) -> List[str]:
+        return [n for n in list_models(pattern, pretrained=pretrained) if internal or not n.startswith(INTERNAL_PREFIX)]
+
+    names = shown(args.pretrained)
+    if not args.pretrained and pattern:  # a word only pretrained tags hold (fmnist, deit): those arch.tag names
+        tagged = [n for n in shown(True) if n.split('.')[0] not in names]
+        if tagged and not args.json:
+            print(f'dynvit list: {len(tagged)} pretrained tag(s) match {args.pattern!r} (arch.tag names; `dynvit list '
+                  f'{args.pattern} --pretrained` shows their weights and accuracy)', file=sys.stderr)
+        names += tagged
+    if not names:
+        hidden = not internal and bool(list_models(pattern) + list_models(pattern, pretrained=True))
+        print(f'dynvit list: {_nothing_matched(args, hidden, len(shown(False)))}', file=sys.stderr)
+        if not args.json:
+            return EXIT_OK
     if not args.pretrained:
         print(json.dumps(names) if args.json else '\n'.join(names))
         return EXIT_OK
     rows = [pretrained_info(n) for n in names]
     print(json.dumps(rows, indent=1) if args.json else _pretrained_table(rows))
     return EXIT_OK
+
+
+def _nothing_matched(args: argparse.Namespace, hidden: bool, without_weights: int) -> str:
+    """Why ``dynvit list PATTERN`` shows nothing, and what would show something.
+
+    Args:
+        args: The command's arguments.
+        hidden: Internal test models match (not listed without ``--all``).
+        without_weights: Models whose name matches (``--pretrained`` lists only those with weights).
+    """
+    if hidden:
+        return f'only internal test models match {args.pattern!r}: `dynvit list {args.pattern} --all` lists them'
+    if args.pretrained and without_weights:
+        return (f'no pretrained weights match {args.pattern!r}, but {without_weights} model(s) without weights do: '
+                f'`dynvit list {args.pattern}`')
+    return (f'no model name or pretrained tag matches {args.pattern!r}; `dynvit list` shows every model, `dynvit '
+            f'list --pretrained` every arch.tag with weights')
 
 
 def _pretrained_table(rows: List[Dict[str, Any]]) -> str:
@@ -195,8 +235,9 @@ NONE_READABLE = 'none of the given paths is a readable image'
 
 def _predict(args: argparse.Namespace, input_size: int):
     """The model and its predictions on the images, streamed (read and predicted a batch at a
-    time); the paths that give no image are named on stderr at once, the unreadable files as
-    they come (``errors``, filled while the predictions are read).
+    time); the paths that give no image are named on stderr at once, before the model is loaded
+    (``--recursive``: the subfolders' images too), the unreadable files as they come (``errors``,
+    filled while the predictions are read).
 
     Args:
         args: The command's arguments.
@@ -206,13 +247,16 @@ def _predict(args: argparse.Namespace, input_size: int):
         ``(model, predictions, errors, skipped)``.
     """
     from ..predict import list_images, predict_files
+    files, errors, skipped = list_images(args.images, recursive=args.recursive)  # before the model: fails fast
+    report_skipped(args.command, skipped)
+    if not files and len(errors) == 1:  # one path, one reason: the error says it
+        raise ValueError(': '.join(errors[0]))
+    report_skipped(args.command, errors)
+    if not files:
+        raise ValueError(NONE_READABLE)
     model = _model(args)
     if getattr(args, 'compile', False):
         model = _deployed(model, args)
-    files, errors, skipped = list_images(args.images)
-    report_skipped(args.command, errors + skipped)
-    if not files:
-        raise ValueError(NONE_READABLE)
 
     def unreadable(path: str, reason: str) -> None:
         errors.append((path, reason))
@@ -246,7 +290,12 @@ def _prediction_text(pred) -> str:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if args.viz:
+        check_output(args.viz, picture_suffixes(), '--viz')
+    from ..data import describe_input
     model, preds, errors, skipped = _predict(args, input_size=args.size if args.viz else 0)
+    if not args.json:  # what the model sees of every image, before the first result
+        print(f'{args.model} sees each image as {describe_input(model)}', flush=True)
     drawn, results, count = [], [], 0  # the pictures' predictions (small inputs), the JSON entries
     for p in preds:
         count += 1
@@ -261,7 +310,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.viz:
         _write_picture(drawn, args.viz, args.size, _title(args, model))
     if args.json:
-        print(json.dumps(dict(model=args.model, untrained=untrained_parts(model), predictions=results,
+        print(json.dumps(dict(model=args.model, input=describe_input(model), untrained=untrained_parts(model),
+                              predictions=results,
                               errors=[dict(image=i, error=e) for i, e in errors],
                               skipped=[dict(file=f, reason=r) for f, r in skipped],
                               picture=args.viz or None), indent=1))
@@ -271,6 +321,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_viz(args: argparse.Namespace) -> int:
+    check_output(args.out, picture_suffixes(), '--out')
     model, preds, errors, _ = _predict(args, input_size=args.size)
     preds = list(preds)
     _write_picture(preds, args.out, args.size, _title(args, model))
@@ -328,8 +379,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise ValueError(f'--model-args must be a JSON object, got {args.model_args!r}')
     if not Path(args.input).is_file():
         raise FileNotFoundError(f'checkpoint file not found: {args.input}')
-    if not args.output.endswith('.safetensors'):
-        raise ValueError(f'the output must be a .safetensors file (self-describing), got {args.output}')
+    check_output(args.output, ('.safetensors',), 'OUTPUT')  # self-describing
     raw = read_state_dict(args.input)
     overlay = dict(file=args.input)
     if 'num_classes' in kwargs:  # the checkpoint's own head size: keep its classifier (timm drops a mismatching one)
@@ -376,11 +426,13 @@ def add_parsers(add) -> None:
     p.add_argument('model', help='arch.tag (its pretrained weights), arch, a dynvit .safetensors file or an '
                                  'exported .onnx file (run by ONNX Runtime)')
     p.add_argument('images', nargs='+', help='image files or folders (PNG, JPEG, WebP, ...)')
+    _recursive_arg(p)
     _sparsity_args(p)
     p.add_argument('--compile', action='store_true', help='run it compiled (torch.compile, whole graph)')
     p.add_argument('--topk', type=positive_int, default=5, help='classes shown per image')
     p.add_argument('--batch-size', type=positive_int, default=16, help='images per forward')
-    p.add_argument('--viz', default=None, metavar='OUT.png', help='also draw the kept tokens / channels per image')
+    p.add_argument('--viz', default=None, metavar='OUT.png', help='also draw the kept tokens / channels per image '
+                                                                  '(.png, .jpg, .webp, .pdf, ...) (default: no picture)')
     p.add_argument('--size', type=positive_int, default=112, help='picture: panel height in pixels')
     p.add_argument('--json', action='store_true', help='print the result as JSON')
     p.set_defaults(func=_cmd_predict)
@@ -391,6 +443,7 @@ def add_parsers(add) -> None:
                    'legend.', EXAMPLES['viz'])
     p.add_argument('model', help='arch.tag, arch, or a dynvit .safetensors file')
     p.add_argument('images', nargs='+', help='image files or folders')
+    _recursive_arg(p)
     _sparsity_args(p)
     p.add_argument('--out', required=True, help='the picture to write (.png, .jpg, ...)')
     p.add_argument('--size', type=positive_int, default=112, help='panel height in pixels')
@@ -404,7 +457,7 @@ def add_parsers(add) -> None:
     p.add_argument('--model', required=True, help='arch.tag it belongs to, an official tag (dynvit list official '
                                                    '--pretrained): the tag brings its sparsity settings')
     p.add_argument('--model-args', default=None, help='JSON constructor arguments overriding the tag\'s (e.g. '
-                                                      'num_classes of a checkpoint fine-tuned on other classes)')
+                                                      'num_classes of a checkpoint fine-tuned on other classes) (default: none)')
     p.set_defaults(func=_cmd_convert)
 
     p = add('bench', 'Median latency and throughput of a model on the CPU (or its device), optionally against '
