@@ -95,6 +95,12 @@ def test_bad_folders_give_clear_errors(tmp_path):
         image_folder(str(tmp_path / 'one'))
     root = make_folder(tmp_path / 'broken', classes=2, per_class=3)
     (root / 'class1' / '2.png').write_bytes(b'this is not a png')
+    with pytest.raises(ValueError, match=r'1 image file\(s\) in .*broken cannot be read: .*2\.png: not an image file'):
+        image_folder(str(root), 0.3, seed=0)  # found when the folder is listed
+    png = bytearray((root / 'class0' / '0.png').read_bytes())  # header and end intact, pixels corrupt:
+    start = png.index(b'IDAT') + 8  # only decoding finds it
+    png[start:start + 40] = bytes(40)
+    (root / 'class1' / '2.png').write_bytes(bytes(png))
     train, val, _ = image_folder(str(root), 0.3, seed=0)
     with pytest.raises(ValueError, match=r'cannot read image .*2\.png'):
         [train[i] for i in range(len(train))] + [val[i] for i in range(len(val))]
@@ -140,7 +146,7 @@ def test_folder_gifs_are_images_and_other_files_are_named(tmp_path):
     r = run_cli('eval', 'test_dynamicvit', '--data', root, '--val-fraction', '0.25',
                 '--model-args', '{"num_classes": 2}', '--json')
     assert r.returncode == 0, r.stderr
-    assert '2 file(s) in' in r.stderr and 'are not images dynvit reads and are skipped: ' in r.stderr
+    assert '2 file(s) in' in r.stderr and 'are skipped (not images dynvit reads' in r.stderr
     assert 'notes.txt' in r.stderr
 
 

@@ -3,12 +3,17 @@
 Nothing here imports torch at module level: ``dynvit --help`` must stay fast.
 """
 import argparse
+import os
 import sys
-from typing import Any, Dict, List, Optional, Tuple, Union
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..families import FamilySpec, all_specs, knob_options
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_IMAGES_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+CHECKPOINT_HELP = "weights for MODEL (a dynvit, timm or DeiT file) (default: an arch.tag's own; a bare arch is random)"
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """``--help`` with the examples as written and every option's default (where it has one that
@@ -16,8 +21,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ''
-        if (not action.option_strings or action.default in (None, False, argparse.SUPPRESS)
-                or 'default' in text):
+        if (not action.option_strings or action.default is None or action.default is False
+                or action.default is argparse.SUPPRESS or 'default' in text):  # `is`: 0 is a default to show
             return text
         return f'{text} (default: %(default)s)'
 
@@ -75,11 +80,55 @@ def report_skipped(command: str, skipped) -> None:
 
 
 def report_skipped_count(command: str, folder: str, skipped) -> None:
-    """One start-up line: how many files of a training folder are not images, and the first of them."""
+    """One start-up line: how many files of a training folder are skipped (not images, or unreadable
+    with --skip-unreadable), and the first of them."""
     if skipped:
         shown = ', '.join(skipped[:3]) + (f' and {len(skipped) - 3} more' if len(skipped) > 3 else '')
-        print(f'dynvit {command}: {len(skipped)} file(s) in {folder} are not images dynvit reads and are skipped: '
-              f'{shown}', file=sys.stderr)
+        print(f'dynvit {command}: {len(skipped)} file(s) in {folder} are skipped (not images dynvit reads, or '
+              f'unreadable with --skip-unreadable): {shown}', file=sys.stderr)
+
+
+# the picture types the commands write (--out, --viz): those PIL can save an RGB picture as and dynvit reads back
+PICTURE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.gif', '.tif', '.tiff', '.pdf')
+
+
+def picture_suffixes() -> Tuple[str, ...]:
+    """``PICTURE_SUFFIXES`` that this installation's PIL can save (WebP needs libwebp)."""
+    from PIL import Image
+    Image.init()
+    saved = {suffix for suffix, kind in Image.registered_extensions().items() if kind in Image.SAVE}
+    return tuple(s for s in PICTURE_SUFFIXES if s in saved)
+
+
+def check_output(path: str, suffixes: Sequence[str], option: str) -> None:
+    """Fails before any work (loading a model, running it) when a command could not write its output
+    file at the end: a type not in ``suffixes``, a folder given as the file, or a folder that cannot be
+    made or written in.
+
+    Args:
+        path: The file to write (its folders are made when missing).
+        suffixes: The file types the command writes, lower case with the dot (``('.onnx',)``).
+        option: How the command line names it in messages (``'--out'``, ``'OUT'``).
+
+    Raises:
+        ValueError: One line naming the problem and what to give instead.
+    """
+    target = Path(path)
+    suffix = target.suffix.lower()
+    kinds = f'one of {" ".join(suffixes)}' if len(suffixes) > 1 else suffixes[0]
+    if target.is_dir():
+        name = 'out' + (suffix if suffix in suffixes else suffixes[0])
+        raise ValueError(f'{option} {path} is a folder; give a file name in it ({target / name})')
+    if suffix not in suffixes:
+        given = f'dynvit cannot write {target.suffix} files' if suffix else 'no file type'
+        raise ValueError(f'{option} {path}: {given}; give a file name ending in {kinds}')
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:  # the folder that exists, where the missing ones are made
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f'{option} {path}: cannot be written, {folder} is a file, not a folder')
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f'{option} {path}: cannot be written, no permission to write in {folder}')
 
 
 def positive_int(text: str) -> int:

@@ -1,6 +1,7 @@
 """``dynvit finetune`` and ``dynvit eval``: training and evaluation on Fashion-MNIST or an image folder."""
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -19,6 +20,7 @@ from ._common import (
     report_skipped_count,
 )
 
+DEFAULT_BATCH = 64  # finetune's batch size, unless the training set is small (_fitted_batch)
 _TOKENS, _CHANNELS = example_family('patches'), example_family('channels')
 EXAMPLES = {
     'finetune': 'examples:\n'
@@ -103,34 +105,91 @@ def _compress_for_training(args: argparse.Namespace, model) -> None:
         apply_autoprune(model)
 
 
-def _summary(args: argparse.Namespace, trainer, source: str, classes) -> str:
-    """What a run starts from, on what data, for how long, towards which sparsity (printed at start-up)."""
+def _sparsity_in_use(trainer) -> str:
+    """What the target setting does on one image of the run (the first validation image), in the
+    family's words: e.g. 'kept patch tokens per stage 137 / 96 / 67 of 196 patches, 35.5% of the
+    MACs saved'."""
+    import torch
+    from ..runtime import profile
+    model = trainer.model
+    dataset = trainer.val_loader.dataset if trainer.val_loader else trainer.train_set
+    level, was_training = model.sparsity_level, model.training
+    try:
+        model.set_sparsity_level(trainer.target).eval()
+        with torch.no_grad():
+            _, report = profile(model, dataset[0][0][None].to(trainer.device))
+    finally:
+        model.set_sparsity_level(level).train(was_training)
+    kept = report.kept_text(report.images[0].kept)
+    which = 'validation' if trainer.val_loader else 'training'
+    return (f'{report.stage_label} {kept} of {report.total} {report.total_label}, {report.saved_fraction:.1%} of the '
+            f'MACs saved on the first {which} image')
+
+
+def _summary(args: argparse.Namespace, trainer, source: str, classes, resumed: bool) -> str:
+    """What a run starts from (or resumes), on what data and input, for how long, towards which
+    sparsity (printed at start-up)."""
+    from ..data import describe_input
     model, cfg = trainer.model, trainer.config
-    kind, _, what = source.partition(' ')  # resolve_model's 'random', 'file PATH', 'pretrained ARCH.TAG'
-    weights = dict(random='random initialisation', file=f'the file {what}',
-                   pretrained=f'the pretrained weights of {what}')[kind]
-    had = model.pretrained_cfg.get('num_classes')
-    if source != 'random' and had and had != model.num_classes:
-        weights += f'; head reset from {had} to {model.num_classes} classes'
+    if resumed:
+        origin = (f'resumed from {Path(args.out) / "train_state.safetensors"} at epoch {trainer.epoch + 1}/'
+                  f'{cfg.epochs}, step {trainer.step}/{trainer.steps_per_epoch}')
+    else:
+        kind, _, what = source.partition(' ')  # resolve_model's 'random', 'file PATH', 'pretrained ARCH.TAG'
+        origin = 'from ' + dict(random='random initialisation', file=f'the file {what}',
+                                pretrained=f'the pretrained weights of {what}')[kind]
+        had = model.pretrained_cfg.get('num_classes')
+        if source != 'random' and had and had != model.num_classes:
+            origin += f'; head reset from {had} to {model.num_classes} classes'
     knob, target = model.sparsity_knob, model.level_text(trainer.target)  # per stage / gate
     if cfg.sparsity_warmup_epochs > 0 and any(v < cfg.sparsity_start for v in trainer.target):
         start = model.level_text((cfg.sparsity_start,))
         sparsity = f'{knob} {start} -> {target} over the first {cfg.sparsity_warmup_epochs:g} epoch(s)'
     else:
         sparsity = f'{knob} {target} from the start'
+    sparsity += f' ({model.sparsity_meaning}); at {target}: {_sparsity_in_use(trainer)}'
     if cfg.gate_warmup_epochs:
         sparsity += f'; only the sparse modules train in the first {cfg.gate_warmup_epochs} epoch(s)'
     teacher = ('none' if not cfg.distill else f'{args.teacher} (logits)' if args.teacher
                else 'the dense copy of the starting model')
-    rows = [('model', f'{args.model} ({model.family}), from {weights}'),
+    batch = f'{cfg.batch_size} images'
+    if args.batch_size is None and cfg.batch_size < DEFAULT_BATCH:
+        batch += f' (fitted to the {len(trainer.train_set)} training images; --batch-size sets it)'
+    from ..train import WARMUP_CAP
+    warmup = f'warm-up {cfg.lr_warmup_epochs:g} epoch(s)'
+    if cfg.lr_warmup_epochs < cfg.warmup_epochs:
+        warmup += f', capped at {WARMUP_CAP:.0%} of the run'
+    rows = [('model', f'{args.model} ({model.family}), {origin}'),
             ('data', f'{args.data}: {len(classes)} classes, {len(trainer.train_set)} training and '
                      f'{len(trainer.val_loader.dataset) if trainer.val_loader else 0} validation images'),
-            ('schedule', f'{cfg.epochs} epoch(s) of {trainer.steps_per_epoch} steps of {cfg.batch_size} images, '
-                         f'lr {cfg.lr:g} (warm-up {cfg.warmup_epochs:g} epoch(s), cosine)'),
-            ('sparsity', f'{sparsity} ({model.sparsity_meaning})'),
+            ('input', describe_input(model)),
+            ('schedule', f'{cfg.epochs} epoch(s) of {trainer.steps_per_epoch} steps of {batch}, '
+                         f'lr {cfg.lr:g} ({warmup}, cosine)'),
+            ('sparsity', sparsity),
             ('teacher', teacher),
             ('out', f'{args.out} (train_state.safetensors, best.safetensors, log.jsonl)')]
+    if trainer.changed_settings:
+        rows.insert(0, ('changed', ', '.join(f'{_flag_of(trainer.model, k)} {a} -> {b}'
+                                             for k, (a, b) in trainer.changed_settings.items())
+                        + ' (--allow-changes): the run no longer reproduces an uninterrupted one'))
     return '\n'.join(f'{k:>9}: {v}' for k, v in rows)
+
+
+def _flag_of(model, setting: str) -> str:
+    """The command-line flag of a training setting (``TrainConfig`` field, or 'sparsity_target')."""
+    from ._common import knob_options
+    if setting == 'sparsity_target':
+        return next((o.flag for o in knob_options() if o.knob == model.sparsity_knob), model.sparsity_knob)
+    special = dict(distill='--no-distill', autoprune_weight='--autoprune', num_workers='--workers',
+                   train_kwargs='--aug-scale / --no-color-jitter', min_lr_ratio='min_lr_ratio')
+    return special.get(setting, '--' + setting.replace('_', '-'))
+
+
+def _fitted_batch(n: int, world: int) -> int:
+    """The default batch size for ``n`` training images: ``DEFAULT_BATCH``, or for fewer than four
+    batches of it a quarter of the images (four steps an epoch), a multiple of the processes."""
+    batch = min(DEFAULT_BATCH, max(1, n // 4))
+    return max(world, batch - batch % world)
 
 
 def _resume_hint(args: argparse.Namespace) -> str:
@@ -147,7 +206,7 @@ def _resume_hint(args: argparse.Namespace) -> str:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     import torch
     from ..data import build_datasets, skipped_files
-    from ..train import TrainConfig, Trainer
+    from ..train import SettingsChanged, TrainConfig, Trainer
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.resume and (Path(args.out) / 'train_state.safetensors').exists():
@@ -160,12 +219,14 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if args.no_color_jitter:
         train_kwargs['color_jitter'] = None
     train, val, classes = build_datasets(args.data, model, args.data_root, args.val_fraction, args.seed,
-                                         train_kwargs, augment=not args.no_aug)
+                                         train_kwargs, augment=not args.no_aug, skip_unreadable=args.skip_unreadable)
     report_skipped_count(args.command, args.data, skipped_files(train, val))
     if args.max_train_images and args.max_train_images < len(train):
         train = torch.utils.data.Subset(train, range(args.max_train_images))
+    world = int(os.environ.get('WORLD_SIZE', '1'))
     config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, sparse_lr=args.sparse_lr,
+        epochs=args.epochs, batch_size=args.batch_size or _fitted_batch(len(train), world), lr=args.lr,
+        sparse_lr=args.sparse_lr,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
         sparsity_start=args.sparsity_start, sparsity_warmup_epochs=args.sparsity_warmup_epochs,
         gate_warmup_epochs=args.gate_warmup_epochs, distill=not args.no_distill, l1_weight=args.l1_weight,
@@ -175,14 +236,24 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     teacher = _external_teacher(args, model) if args.teacher else None
     trainer = Trainer(model, train, val, config, out_dir=args.out, class_names=classes, progress=not args.quiet,
                       teacher=teacher)
-    if trainer.rank == 0:
-        print(_summary(args, trainer, source, classes), flush=True)
     if args.resume:
-        if not trainer.resume():
-            raise FileNotFoundError(f'nothing to resume in {args.out} (no train_state.safetensors)')
-        if trainer.rank == 0:
-            print(f'resuming at epoch {trainer.epoch + 1}/{config.epochs}, step {trainer.step}/'
-                  f'{trainer.steps_per_epoch}', flush=True)
+        try:
+            if not trainer.resume(allow_changes=args.allow_changes):
+                raise FileNotFoundError(f'nothing to resume in {args.out} (no train_state.safetensors)')
+        except SettingsChanged as e:
+            changed = ', '.join(f'{_flag_of(model, k)} {a} (this command: {b})' for k, (a, b) in e.changes.items())
+            raise ValueError(f'the run in {args.out} was saved with {changed}: a resume with other settings does not '
+                             f'reproduce the uninterrupted run; repeat the saved values, or add --allow-changes to '
+                             f'continue with these') from None
+        if trainer.complete:
+            if trainer.rank == 0:
+                print(f'the run in {args.out} is complete: {trainer.epoch} of {config.epochs} epoch(s) trained, best '
+                      f'validation top-1 {trainer.best_top1:.4f} in {Path(args.out) / "best.safetensors"}; nothing '
+                      f'to do. To train longer, give a larger --epochs with --resume --allow-changes (the '
+                      f'learning rate then follows the longer schedule)')
+            return EXIT_OK
+    if trainer.rank == 0:
+        print(_summary(args, trainer, source, classes, resumed=args.resume), flush=True)
     finished = False
     try:
         trainer.fit()  # Ctrl-C: the step finishes and the state is saved; main() exits 130
@@ -212,7 +283,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model = _model_for_data(args, None)[0].eval()
     model = maybe_int8(model, args)
     _, val, classes = build_datasets(args.data, model, args.data_root, args.val_fraction, args.seed, augment=False,
-                                     split=args.split)
+                                     split=args.split, skip_unreadable=args.skip_unreadable)
     report_skipped_count(args.command, args.data, skipped_files(val))
     if len(classes) != model.num_classes:
         raise ValueError(f'the data has {len(classes)} classes, the model {model.num_classes}')
@@ -235,34 +306,49 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def add_parsers(add) -> None:
     """Adds ``finetune`` and ``eval``; ``add(name, help, examples)`` makes a subparser."""
-    def data_args(p: argparse.ArgumentParser) -> None:
+    def data_args(p: argparse.ArgumentParser, training: bool) -> None:
         p.add_argument('model', help='a model name, or a dynvit .safetensors file')
         p.add_argument('--data', required=True, help="'fashion-mnist' or an image folder (root/<class>/<image>)")
         p.add_argument('--data-root', default=None, help='Fashion-MNIST IDX folder (default: the Debian package\'s)')
         p.add_argument('--val-fraction', type=float, default=0.1,
                        help='validation share held out of the training images (stratified, seeded)')
         p.add_argument('--img-size', type=int, default=None,
-                       help='CNNs: input size (ViTs take img_size in --model-args)')
-        p.add_argument('--checkpoint', default=None, help='weights to start from (dense or sparse; timm, DeiT, dynvit)')
-        p.add_argument('--model-args', default=None, help='JSON constructor arguments, e.g. \'{"img_size": 28}\'')
+                       help='CNNs: input size (default: the model\'s; ViTs take img_size in --model-args)')
+        p.add_argument('--checkpoint', default=None, help='weights to start from (dense or sparse; timm, DeiT, dynvit) (default: an '
+                            'arch.tag\'s pretrained weights; a bare arch starts from random ones)')
+        p.add_argument('--model-args', default=None, help='JSON constructor arguments, e.g. \'{"img_size": 28}\' (default: none)')
         p.add_argument('--mean', type=float, nargs='+', default=None, help='normalisation mean (default: model cfg)')
         p.add_argument('--std', type=float, nargs='+', default=None, help='normalisation std (default: model cfg)')
-        p.add_argument('--batch-size', type=positive_int, default=64, help='global batch size')
+        if training:
+            p.add_argument('--batch-size', type=positive_int, default=None,
+                           help=f'global batch size (default: {DEFAULT_BATCH}, or a quarter of the training images '
+                                f'when they are fewer than {4 * DEFAULT_BATCH}: four steps an epoch)')
+        else:
+            p.add_argument('--batch-size', type=positive_int, default=DEFAULT_BATCH, help='batch size')
         p.add_argument('--workers', type=int, default=0, help='DataLoader worker processes (0: load in the main process)')
         p.add_argument('--threads', type=int, default=0, help='CPU threads (default: torch\'s)')
         p.add_argument('--seed', type=int, default=0, help='seed of the validation split, data order, augmentation and new parameters')
+        p.add_argument('--skip-unreadable', action='store_true',
+                       help='leave out image files that cannot be read (checked when the folder is listed; '
+                            'default: stop and name them)')
 
     p = add('finetune', 'Fine-tune a dynamic model on Fashion-MNIST or an image folder (resumable; torchrun for DDP).',
             EXAMPLES['finetune'])
-    data_args(p)
+    data_args(p, training=True)
     p.add_argument('--out', required=True, help='run folder: train_state.safetensors, best.safetensors, log.jsonl')
-    p.add_argument('--resume', action='store_true', help='continue the run in --out')
+    p.add_argument('--resume', action='store_true',
+                   help='continue the run in --out with the same settings (the same command again)')
+    p.add_argument('--allow-changes', action='store_true',
+                   help='--resume with settings other than the saved run\'s (e.g. a larger --epochs to train a '
+                        'finished run longer); the run then no longer reproduces an uninterrupted one')
     knob_args(p, target=True)
     p.add_argument('--epochs', type=positive_int, default=10, help='passes over the training images')
     p.add_argument('--lr', type=float, default=5e-4, help='peak learning rate (AdamW)')
     p.add_argument('--sparse-lr', type=float, default=None, help='lr of keep predictors / gates (default: --lr)')
     p.add_argument('--weight-decay', type=float, default=0.05, help='AdamW weight decay (not on norms and biases)')
-    p.add_argument('--warmup-epochs', type=float, default=1.0, help='linear learning-rate warm-up, then cosine decay')
+    p.add_argument('--warmup-epochs', type=float, default=1.0,
+                   help='linear learning-rate warm-up, then cosine decay; at most a fifth of the run '
+                        '(dynvit.train.WARMUP_CAP)')
     p.add_argument('--label-smoothing', type=float, default=0.0, help='cross-entropy label smoothing')
     p.add_argument('--sparsity-start', type=fraction, default=1.0, help='keep ratio / density the schedule starts at')
     p.add_argument('--sparsity-warmup-epochs', type=float, default=0.0, help='epochs to reach the target sparsity')
@@ -284,20 +370,20 @@ def add_parsers(add) -> None:
     p.add_argument('--distill-weight', type=float, default=0.5, help='weight of the soft-target KL term')
     p.add_argument('--distill-temperature', type=float, default=1.0, help='its temperature T (scaled by T^2)')
     p.add_argument('--teacher', help='distil (logits) from this pretrained model (arch.tag or dynvit file) '
-                                     'instead of the dense copy of the starting model')
+                                     'instead of the dense copy of the starting model (default: that copy)')
     p.add_argument('--amp', default='auto', choices=['auto', 'off', 'bf16', 'fp16'],
                    help='mixed precision (auto: bf16 on CUDA, off on the CPU)')
     p.add_argument('--grad-clip', type=float, default=None, help='clip the gradient norm to this (default: no clipping)')
-    p.add_argument('--aug-scale', type=float, default=None, help='smallest random-resized-crop area (timm: 0.08)')
+    p.add_argument('--aug-scale', type=float, default=None, help='smallest random-resized-crop area (default: timm\'s, 0.08)')
     p.add_argument('--no-color-jitter', action='store_true', help='no colour jitter in the training augmentation')
     p.add_argument('--no-aug', action='store_true', help='no training augmentation')
-    p.add_argument('--max-train-images', type=int, default=0, help='use the first N training images')
+    p.add_argument('--max-train-images', type=int, default=0, help='use the first N training images (default: 0, all)')
     p.add_argument('--quiet', action='store_true', help='no progress bar (the start-up summary and the per-epoch lines stay)')
     p.set_defaults(func=_cmd_finetune)
 
     p = add('eval', 'Top-1/top-5 and the MACs per image of a model on Fashion-MNIST or an image folder.',
             EXAMPLES['eval'])
-    data_args(p)
+    data_args(p, training=False)
     p.add_argument('--split', default='val', choices=['val', 'test'],
                    help="'val': the held-out part of the training data; 'test': Fashion-MNIST's test set")
     knob_args(p)

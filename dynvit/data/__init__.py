@@ -11,5 +11,5 @@ from .folders import (
     skipped_files,
     split_indices,
 )
-from .transforms import SeededAugmentation, model_decode_size, model_norm, model_transform
+from .transforms import SeededAugmentation, describe_input, model_decode_size, model_norm, model_transform
 from .build import build_datasets, describe_split

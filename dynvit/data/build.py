@@ -37,6 +37,7 @@ def build_datasets(
         train_kwargs: Optional[Dict[str, Any]] = None,
         augment: bool = True,
         split: str = 'val',
+        skip_unreadable: bool = False,
 ) -> Tuple[Dataset, Dataset, List[str]]:
     """``(train, validation or test, class names)`` preprocessed for ``model``.
 
@@ -52,6 +53,7 @@ def build_datasets(
         augment: False: the training set gets the validation preprocessing.
         split: 'val' (the held-out part) or, for Fashion-MNIST, 'test' (the 10k test images) as the
             second set.
+        skip_unreadable: An image folder's unreadable files are left out (else an error names them).
     """
     if split not in ('val', 'test'):
         raise ValueError(f"split must be 'val' or 'test', got {split!r}")
@@ -65,4 +67,4 @@ def build_datasets(
         return Subset(train, train_idx), Subset(FashionMNIST(data_root, 'train', val_tf), val_idx), list(train.classes)
     if split == 'test':
         raise ValueError("split='test' exists for Fashion-MNIST only; an image folder has train and val")
-    return image_folder(data, val_fraction, seed, train_tf, val_tf)
+    return image_folder(data, val_fraction, seed, train_tf, val_tf, skip_unreadable)

@@ -2,8 +2,9 @@
 validation split, and clear errors for the ways a folder can be wrong."""
 import copy
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, Subset
@@ -11,7 +12,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 __all__ = ['IMAGE_SUFFIXES', 'ImageReadError', 'folder_classes', 'image_folder', 'load_image', 'skip_reason',
-           'skipped_files', 'split_indices']
+           'skipped_files', 'split_indices', 'unreadable_reason']
 
 # torchvision's list (what its ImageFolder reads) and GIF, which PIL reads as well
 IMAGE_SUFFIXES = tuple(IMG_EXTENSIONS) + ('.gif',)
@@ -23,6 +24,33 @@ def skip_reason(path: Path) -> Optional[str]:
         return 'hidden file (e.g. a macOS resource fork)'
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return f'not an image type dynvit reads ({" ".join(IMAGE_SUFFIXES)})'
+    return None
+
+
+# what a complete file ends with, for the formats whose end is marked (a truncated copy lacks it)
+_END_MARKERS = {'JPEG': (b'\xff\xd9', 64), 'PNG': (b'IEND\xaeB`\x82', 12)}
+
+
+def unreadable_reason(path: str) -> Optional[str]:
+    """Why an image file cannot be read, found cheaply (None: it looks readable): an empty file,
+    contents PIL does not recognise, or a JPEG or PNG cut short (its end marker missing). Reads the
+    header and the last bytes, not the pixels."""
+    try:
+        with open(path, 'rb') as f:
+            if f.seek(0, 2) == 0:
+                return 'empty file'
+            f.seek(0)
+            with Image.open(f) as image:
+                fmt = image.format
+            marker, tail = _END_MARKERS.get(fmt, (None, 0))
+            if marker:
+                f.seek(max(0, f.seek(0, 2) - tail))
+                if marker not in f.read():
+                    return f'{fmt} file cut short (no end marker): a partial download or copy'
+    except UnidentifiedImageError:
+        return 'not an image file (PIL does not recognise its contents)'
+    except (OSError, SyntaxError, ValueError) as e:
+        return f'{type(e).__name__}: {e}'
     return None
 
 
@@ -64,7 +92,14 @@ def load_image(path: str, min_size: Optional[int] = None) -> Image.Image:
     return image
 
 
-def _folder(root: Path) -> ImageFolder:
+def _unreadable(paths: Sequence[str]) -> Dict[str, str]:
+    """``{path: reason}`` for the files of ``paths`` that ``unreadable_reason`` finds unreadable
+    (threads: the time is the file system's)."""
+    with ThreadPoolExecutor(8) as pool:
+        return {p: r for p, r in zip(paths, pool.map(unreadable_reason, paths)) if r}
+
+
+def _folder(root: Path, skip_unreadable: bool = False) -> ImageFolder:
     if not root.is_dir():
         raise FileNotFoundError(f'image folder not found: {root}')
     skipped: List[str] = []
@@ -76,14 +111,34 @@ def _folder(root: Path) -> ImageFolder:
         return False
 
     try:
-        dataset = ImageFolder(str(root), loader=load_image, is_valid_file=is_image)
-    except FileNotFoundError as e:  # no class subfolders, or no images in them
+        dataset = ImageFolder(str(root), loader=load_image, is_valid_file=is_image, allow_empty=True)
+    except FileNotFoundError as e:  # no class subfolders
         raise ValueError(f'{root} holds no images in the class-per-subfolder layout (root/<class>/<image>): '
                          f'{e}') from None
     if len(dataset.classes) < 2:
         raise ValueError(f'{root} has {len(dataset.classes)} class folder(s) ({", ".join(dataset.classes)}); '
                          f'classification needs at least 2')
+    bad = _unreadable([path for path, _ in dataset.samples])
+    if bad and not skip_unreadable:
+        shown = '; '.join(f'{p}: {r}' for p, r in list(bad.items())[:3]) + (f'; and {len(bad) - 3} more'
+                                                                            if len(bad) > 3 else '')
+        raise ValueError(f'{len(bad)} image file(s) in {root} cannot be read: {shown}. Replace or remove them, '
+                         f'or pass --skip-unreadable (Python: skip_unreadable=True) to leave them out')
+    if bad:
+        dataset.samples = [s for s in dataset.samples if s[0] not in bad]
+        dataset.imgs, dataset.targets = dataset.samples, [t for _, t in dataset.samples]
+        skipped += list(bad)
+    counts = [0] * len(dataset.classes)
+    for t in dataset.targets:
+        counts[t] += 1
+    empty = [c for c, n in zip(dataset.classes, counts) if n == 0]
+    if empty:
+        names = ', '.join(str(root / c) for c in empty)
+        raise ValueError(f'class folder(s) {names} hold no {"readable " if bad else ""}images '
+                         f'({sum(counts)} images in the other {len(dataset.classes) - len(empty)} classes): add '
+                         f'images to them or remove them (each subfolder of {root} is a class)')
     dataset.skipped_files = skipped  # named at start-up by the commands (not silently dropped)
+    dataset.unreadable_files = sorted(bad)
     return dataset
 
 
@@ -133,24 +188,28 @@ def image_folder(
         seed: int = 0,
         train_transform: Optional[Callable] = None,
         val_transform: Optional[Callable] = None,
+        skip_unreadable: bool = False,
 ) -> Tuple[Dataset, Dataset, List[str]]:
     """Training and validation sets from an image folder.
 
     ``root/train/<class>/...`` and ``root/val/<class>/...`` are used as they are when both exist;
-    otherwise ``root/<class>/...`` is split, stratified, ``val_fraction`` for validation.
+    otherwise ``root/<class>/...`` is split, stratified, ``val_fraction`` for validation. Every
+    image file is checked cheaply when the folder is listed (``unreadable_reason``): unreadable
+    ones are an error naming them, or, with ``skip_unreadable``, left out and listed with the
+    other skipped files (``skipped_files``). A class folder without images is an error naming it.
 
     Returns:
         The training set, the validation set and the class names.
     """
     root = Path(root)
     if _has_train_val(root):
-        train, val = _folder(root / 'train'), _folder(root / 'val')
+        train, val = _folder(root / 'train', skip_unreadable), _folder(root / 'val', skip_unreadable)
         if train.classes != val.classes:
             raise ValueError(f'{root}/train and {root}/val have different class folders: '
                              f'{train.classes} vs {val.classes}')
         train.transform, val.transform = train_transform, val_transform
         return train, val, train.classes
-    full = _folder(root)
+    full = _folder(root, skip_unreadable)
     train_idx, val_idx = split_indices(full.targets, val_fraction, seed)
     if not val_idx:
         raise ValueError(f'{root} has too few images for a validation split (one per class at most)')

@@ -14,7 +14,7 @@ from torchvision import transforms as T
 
 from ..models import model_input_size
 
-__all__ = ['model_decode_size', 'model_norm', 'model_transform', 'SeededAugmentation']
+__all__ = ['describe_input', 'model_decode_size', 'model_norm', 'model_transform', 'SeededAugmentation']
 
 
 def model_norm(model: torch.nn.Module) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
@@ -54,6 +54,22 @@ def model_transform(model: torch.nn.Module, is_training: bool = False,
         kwargs.update(train_kwargs or {})
     mode = 'L' if chans == 1 else 'RGB'
     return T.Compose([ConvertMode(mode), create_transform(is_training=is_training, **kwargs)])
+
+
+def describe_input(model: torch.nn.Module) -> str:
+    """What ``model_transform(model)`` makes of an image file, in words (for start-up summaries),
+    e.g. '1x28x28 grayscale (color images are converted), resized to 32 px (bicubic) and
+    center-cropped to 28x28, normalised with mean 0.286, std 0.353'."""
+    cfg = resolve_data_config({}, model=model)
+    chans, h, w = model_input_size(model)
+    mean, std = model_norm(model)
+    kind = 'grayscale (color images are converted)' if chans == 1 else 'RGB (grayscale images are converted)'
+    crop_pct = cfg.get('crop_pct') or DEFAULT_CROP_PCT
+    resize = math.floor(min(h, w) / crop_pct)
+    how = (f'resized to {resize} px ({cfg["interpolation"]}) and {cfg.get("crop_mode", "center")}-cropped to '
+           f'{h}x{w}' if resize != min(h, w) else f'resized to {h} px ({cfg["interpolation"]}), cropped to {h}x{w}')
+    values = lambda v: ', '.join(f'{x:.3g}' for x in v)  # noqa: E731
+    return f'{chans}x{h}x{w} {kind}, {how}, normalised with mean {values(mean)}, std {values(std)}'
 
 
 def model_decode_size(model: torch.nn.Module) -> int:

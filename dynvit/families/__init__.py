@@ -37,7 +37,9 @@ class FamilySpec:
         flag_type: How the command line reads the flag: 'fraction' (a number in (0, 1]) or
             'counts' (whole numbers: ``R``, ``R1,R2,...`` or ``R:INFLECT``).
         knob_noun: What the knob is, in words ('keep ratio').
-        meaning: What one value of the knob means, for help texts.
+        meaning: What a value of the knob means, as a rule ('rho: stage s keeps rho^s ...'): summaries
+            print it beside the value in use.
+        meaning_example: The rule worked out for one value, for help texts ('0.5 -> 0.5 / 0.25').
         order: Where its models come in listings and the demo (lower first).
         kept_unit: What ``aux.kept`` counts ('patches', 'channels').
         stage_label: Column title of ``aux.kept`` in reports.
@@ -50,7 +52,9 @@ class FamilySpec:
         picture: How pictures show what an image kept: 'stages' (a panel per stage, the patches
             it did not keep marked, fused ones tinted), 'groups' (merged patches in their group's
             colour) or 'channels' (a map of each gated layer's channels).
-        not_kept: What a patch a stage did not keep became, for the legends of 'stages' pictures.
+        kept_patch: What a patch a stage kept is, for the legends of 'stages' pictures.
+        not_kept: What a patch a stage did not keep became, for the same ('patch dropped by the
+            panel's stage'; a family that updates those patches cheaply instead says so).
         onnx_batch_fixed: Why an ONNX graph of the family needs a fixed batch size ('' if not).
         example: A model of the family for help texts (a zoo tag, offline), and
         example_value: a value of its knob to show with it.
@@ -77,10 +81,17 @@ class FamilySpec:
     kept_style: str = 'stages'
     own_parts: Dict[str, str] = field(default_factory=dict)
     picture: str = 'stages'
+    meaning_example: str = ''
+    kept_patch: str = 'kept patch'
     not_kept: str = "patch dropped by the panel's stage"
     onnx_batch_fixed: str = ''
     example: str = ''
     example_value: str = ''
+
+
+    def explained(self) -> str:
+        """The knob's rule with its worked example, for help texts."""
+        return f'{self.meaning} ({self.meaning_example})' if self.meaning_example else self.meaning
 
 
 def read_spec(path: Path) -> FamilySpec:
@@ -149,7 +160,9 @@ class KnobOption:
     def help(self, target: bool = False) -> str:
         """The flag's help: what it sets and, per family, what one value means."""
         what = 'the target ' if target else ''
-        return f'{what}{self.noun}; what one value means: ' + '; '.join(f'{s.name}: {s.meaning}' for s in self.families)
+        default = 'the starting model\'s' if target else 'the model\'s'
+        return f'{what}{self.noun} (default: {default}); what one value means: ' + '; '.join(f'{s.name}: {s.explained()}'
+                                                                         for s in self.families)
 
 
 def knob_options() -> List[KnobOption]:

@@ -82,18 +82,19 @@ class SparsityReport:
                          dense_macs=r.dense_macs, saved_fraction=r.saved_fraction) for r in self.images],
         )
 
-    def _kept(self, kept: List[int]) -> str:
+    def kept_text(self, kept: List[int]) -> str:
+        """``kept`` (one image's) as reports print it."""
         if self.kept_style == 'runs':
             return run_length(kept)
         return ' / '.join(str(k) for k in kept) or '-'
 
     def __str__(self) -> str:
-        width = max([30, len(self.stage_label)] + [len(self._kept(r.kept)) for r in self.images])
+        width = max([30, len(self.stage_label)] + [len(self.kept_text(r.kept)) for r in self.images])
         width2 = max([24, len(self.per_block_label)] + [len(run_length(r.per_block)) for r in self.images])
         rows = [f'{"image":>5}  {self.stage_label:<{width}} {self.per_block_label:<{width2}} '
                 f'{"GMACs":>7} {"dense":>7} {"saved":>6}']
         for i, r in enumerate(self.images):
-            rows.append(f'{i:>5}  {self._kept(r.kept):<{width}} {run_length(r.per_block):<{width2}} '
+            rows.append(f'{i:>5}  {self.kept_text(r.kept):<{width}} {run_length(r.per_block):<{width2}} '
                         f'{r.macs / 1e9:>7.3f} {r.dense_macs / 1e9:>7.3f} {r.saved_fraction:>6.1%}')
         rows.append(f'{"mean":>5}  {f"of {self.total} {self.total_label}":<{width}} {"":<{width2}} '
                     f'{self.mean_macs / 1e9:>7.3f} {self.dense_macs / 1e9:>7.3f} {self.saved_fraction:>6.1%}')

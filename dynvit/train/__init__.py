@@ -3,9 +3,9 @@ objective lives with its model; ``dynvit.train.<Loss>`` finds it there too)."""
 from typing import Any
 
 from ..losses import ClassificationLoss, DistilledLoss, ObjectiveConfig, distillation_kl
-from .checkpoint import load_training_state, save_training_state
+from .checkpoint import load_training_state, read_training_progress, save_training_state
 from .teacher import ExternalTeacher
-from .trainer import EpochBatchSampler, TrainConfig, Trainer, evaluate
+from .trainer import WARMUP_CAP, EpochBatchSampler, SettingsChanged, TrainConfig, Trainer, evaluate
 
 
 def __getattr__(name: str) -> Any:

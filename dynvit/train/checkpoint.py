@@ -66,14 +66,25 @@ def save_training_state(path: str, model: nn.Module, optimizer: torch.optim.Opti
     save_file_atomic(tensors, path, meta)
 
 
-def load_training_state(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        scheduler: Any) -> Dict[str, Any]:
-    """Restores model, optimizer, scheduler and random states from ``save_training_state``;
-    returns the progress dict."""
+def _metadata(path: str) -> Dict[str, str]:
     with safe_open(str(path), framework='pt') as f:
         meta = f.metadata() or {}
     if meta.get('format') != FORMAT:
         raise ValueError(f'{path} is not a dynvit training checkpoint')
+    return meta
+
+
+def read_training_progress(path: str) -> Dict[str, Any]:
+    """The progress dict ``save_training_state`` recorded (epoch, step, config, ...), without
+    loading the tensors."""
+    return json.loads(_metadata(path)['progress'])
+
+
+def load_training_state(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        scheduler: Any) -> Dict[str, Any]:
+    """Restores model, optimizer, scheduler and random states from ``save_training_state``;
+    returns the progress dict."""
+    meta = _metadata(path)
     tensors = read_state_dict(path)
     prefix = 'model.'
     model_sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -31,13 +31,16 @@ from ..data.transforms import SeededAugmentation
 from ..hub import save_pruned
 from ..losses import ObjectiveConfig
 from ..models import DynamicModel
-from .checkpoint import load_training_state, save_training_state
+from .checkpoint import load_training_state, read_training_progress, save_training_state
 from .interrupt import StopRequest
 from .teacher import ExternalTeacher
 
 __all__ = ['TrainConfig', 'Trainer', 'evaluate', 'EpochBatchSampler']
 
 STATE_FILE = 'train_state.safetensors'
+WARMUP_CAP = 0.2  # the learning-rate warm-up takes at most this fraction of the run
+# settings a resumed run may change without changing what it computes
+_FREE_SETTINGS = ('num_workers',)
 BEST_FILE = 'best.safetensors'
 
 
@@ -52,7 +55,8 @@ class TrainConfig:
         sparse_lr: Peak learning rate of the model's sparse modules (keep predictors, channel
             gates: ``model.sparse_modules()``) (None: ``lr``).
         weight_decay: AdamW weight decay (not on norms, biases, tokens).
-        warmup_epochs: Linear warm-up of the learning rate, then cosine decay to ``min_lr_ratio * lr``.
+        warmup_epochs: Linear warm-up of the learning rate, then cosine decay to ``min_lr_ratio * lr``;
+            at most ``WARMUP_CAP`` of the run (a short run is not all warm-up).
         min_lr_ratio: Final learning rate as a fraction of the peak.
         label_smoothing: Cross-entropy label smoothing.
         sparsity_start: Value of the model's sparsity knob (``model.sparsity_knob``: keep ratio,
@@ -113,10 +117,31 @@ class TrainConfig:
         if not 0.0 < self.sparsity_start <= 1.0:
             raise ValueError(f'sparsity_start must be in (0, 1], got {self.sparsity_start}')
 
+    @property
+    def lr_warmup_epochs(self) -> float:
+        """The warm-up that runs: ``warmup_epochs``, at most ``WARMUP_CAP`` of the run."""
+        return min(self.warmup_epochs, WARMUP_CAP * self.epochs)
+
+    def changes_from(self, saved: Dict[str, Any]) -> Dict[str, Tuple[Any, Any]]:
+        """``{setting: (saved value, this value)}`` for the settings that differ from ``saved`` (a
+        run's recorded ``asdict`` config) and change what a resumed run computes."""
+        now = json.loads(json.dumps(asdict(self)))  # as recorded: tuples are lists
+        return {k: (saved.get(k), v) for k, v in now.items() if k not in _FREE_SETTINGS and saved.get(k, v) != v}
+
     def objective(self) -> ObjectiveConfig:
         """The settings the model's training objective is built from."""
         return ObjectiveConfig(label_smoothing=self.label_smoothing, distill_weight=self.distill_weight,
                                distill_temperature=self.distill_temperature, l1_weight=self.l1_weight)
+
+
+class SettingsChanged(ValueError):
+    """A resume with settings other than the saved run's; ``changes``: ``{setting: (saved, now)}``."""
+
+    def __init__(self, path: Path, changes: Dict[str, Tuple[Any, Any]]) -> None:
+        listed = ', '.join(f'{k} {a!r} (now {b!r})' for k, a, b in ((k, *v) for k, v in changes.items()))
+        super().__init__(f'{path} was saved with {listed}: resuming with other settings does not reproduce the '
+                         f'uninterrupted run; use the saved ones, or allow_changes=True to continue with these')
+        self.changes = changes
 
 
 # ---- the schedule and the teacher ----
@@ -299,6 +324,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
                 find_unused_parameters=True)
         self.epoch, self.step, self.best_top1 = 0, 0, -1.0
+        self.changed_settings: Dict[str, Tuple[Any, Any]] = {}  # by a resume with allow_changes
         self._saved_at: Optional[str] = None  # where the last saved state stands (for messages)
         self.history: List[Dict[str, Any]] = []
         self._sums = torch.zeros(5, dtype=torch.float64)  # this epoch so far: images, correct, loss, kept, saved
@@ -322,7 +348,7 @@ class Trainer:
 
     def _lr_factor(self, step: int) -> float:
         total = self.config.epochs * self.steps_per_epoch
-        warmup = self.config.warmup_epochs * self.steps_per_epoch
+        warmup = self.config.lr_warmup_epochs * self.steps_per_epoch
         if step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1.0, total - warmup)
@@ -345,7 +371,7 @@ class Trainer:
     def _progress_state(self) -> Dict[str, Any]:
         return dict(epoch=self.epoch, step=self.step, best_top1=self.best_top1, history=self.history,
                     epoch_sums=self._sums.tolist(), config=asdict(self.config), world=self.world,
-                    untrained_sparse=self.model.untrained_sparse)
+                    untrained_sparse=self.model.untrained_sparse, sparsity_target=list(self.target))
 
     def save_state(self) -> None:
         """Writes ``train_state.safetensors`` atomically (rank 0)."""
@@ -355,11 +381,25 @@ class Trainer:
                                 self._progress_state())
             self._saved_at = f'epoch {self.epoch + 1}/{self.config.epochs}, step {self.step}/{self.steps_per_epoch}'
 
-    def resume(self, path: Optional[str] = None) -> bool:
-        """Continues from ``path`` (default: this run's ``train_state.safetensors``); False if there is none."""
+    def resume(self, path: Optional[str] = None, allow_changes: bool = False) -> bool:
+        """Continues from ``path`` (default: this run's ``train_state.safetensors``); False if there is none.
+
+        Raises:
+            SettingsChanged: The run was saved with other settings (``TrainConfig.changes_from``, and
+                the target sparsity ``'sparsity_target'``): continuing with these would not reproduce the uninterrupted run. ``allow_changes``
+                continues with the new ones (e.g. more epochs for a finished run).
+        """
         path = Path(path) if path else (self.out_dir / STATE_FILE if self.out_dir else None)
         if path is None or not path.is_file():
             return False
+        saved = read_training_progress(str(path))
+        changes = self.config.changes_from(saved.get('config', {}))
+        target = saved.get('sparsity_target')
+        if target is not None and tuple(float(v) for v in target) != tuple(self.target):
+            changes['sparsity_target'] = (self.model.level_text(target), self.model.level_text(self.target))
+        if changes and not allow_changes:
+            raise SettingsChanged(path, changes)
+        self.changed_settings = changes
         progress = load_training_state(str(path), self.model, self.optimizer, self.scheduler)
         self.epoch, self.step = progress['epoch'], progress['step']
         self.best_top1, self.history = progress['best_top1'], progress['history']
@@ -368,6 +408,11 @@ class Trainer:
         if self.rank:  # every process continues its own random stream
             torch.manual_seed(self.config.seed + self.rank + 1_000 * (self.epoch * self.steps_per_epoch + self.step))
         return True
+
+    @property
+    def complete(self) -> bool:
+        """Whether the run has trained all its epochs."""
+        return self.epoch >= self.config.epochs
 
     # -- training --
     def fit(self, on_step: Optional[Callable[['Trainer'], None]] = None) -> List[Dict[str, Any]]:
