@@ -3,6 +3,8 @@
     python benchmarks/zoo_ship.py RUN_DIR/best.safetensors --tag fmnist_dense --dense-of ... \\
         --command "bash benchmarks/zoo_fashion_mnist.sh"
 
+    python benchmarks/zoo_ship.py --recard --macs-from benchmarks/results/zoo_cpu.json   # MACs re-counted
+
 Stores the weights in fp16 when the test top-1 does not change by more than 0.05 points (else
 fp32), evaluates the shipped file on all 10,000 Fashion-MNIST test images and on the fixed
 500-image sample in ``tests/fixtures`` (which the tests re-check), writes the card with a
@@ -129,11 +131,24 @@ def card_text(card: dict) -> str:
             + f'\n\n```json\n{json.dumps(card, indent=1)}\n```\n')
 
 
-def recard() -> None:
-    """Re-writes every card's text from its JSON block (the weights and the JSON stay as they are)."""
+def recard(bench: str = '') -> None:
+    """Re-writes every card's text from its JSON block (the weights stay as they are). With
+    ``bench`` (``bench_zoo.py``'s results, all 10,000 test images), the MACs per image and the
+    fraction saved come from there first: the MACs of what runs, when the counting of a family
+    changed; the test top-1 must not have moved (the weights and the logits did not change)."""
+    rows = json.loads(Path(bench).read_text())['rows'] if bench else {}
     for md in sorted((ROOT / 'weights').glob('*.md')):
-        md.write_text(card_text(read_card(md.with_suffix('.safetensors'))))
+        card = read_card(md.with_suffix('.safetensors'))
+        row = rows.get(card['name'])
+        if row:
+            if abs(row['test_top1'] - card['test_top1']) > 1e-4:
+                raise SystemExit(f'{card["name"]}: test top-1 {row["test_top1"]} in {bench}, {card["test_top1"]} in '
+                                 f'its card: the weights or the model changed; ship it again instead')
+            card.update(mean_macs=int(round(row['mean_macs'])),
+                        saved_fraction_vs_own_dense=round(row['saved_vs_own_dense'], 6))
+        md.write_text(card_text(card))
         print(f'wrote {md}')
+    print(f'index: {write_index()}')
 
 
 def main() -> None:
@@ -141,6 +156,8 @@ def main() -> None:
     ap.add_argument('model', nargs='?', help='the run\'s best.safetensors')
     ap.add_argument('--tag')
     ap.add_argument('--recard', action='store_true', help='only re-write every card\'s text from its JSON')
+    ap.add_argument('--macs-from', default='', metavar='BENCH_JSON',
+                    help='--recard: take the MACs per image and the fraction saved from bench_zoo.py\'s results')
     ap.add_argument('--dense', default=None, help='name (arch.tag) of its dense model in the zoo')
     ap.add_argument('--command', help='how the run was made (recorded in the card)')
     ap.add_argument('--arch', default=None,
@@ -149,7 +166,7 @@ def main() -> None:
     ap.add_argument('--threads', type=int, default=2)
     args = ap.parse_args()
     if args.recard:
-        return recard()
+        return recard(args.macs_from)
     if not (args.model and args.tag and args.command):
         ap.error('give the run\'s model file, --tag and --command (or --recard)')
     torch.set_num_threads(args.threads)
@@ -175,7 +192,7 @@ def main() -> None:
         std=info['pretrained_cfg'].get('std'), storage='fp16' if use_half else 'fp32',
         test_top1=round(full['top1'], 4), test_top5=round(full['top5'], 4),
         sample500_top1=round(sample['top1'], 4), mean_macs=int(round(full['mean_macs'])),
-        saved_fraction_vs_own_dense=round(full['saved_fraction'], 4), dense_model=args.dense,
+        saved_fraction_vs_own_dense=round(full['saved_fraction'], 6), dense_model=args.dense,
         sha256=hashlib.sha256(out.read_bytes()).hexdigest(), size_bytes=out.stat().st_size,
         training=info['extra'].get('trained_with'), command=args.command, seed=args.seed,
     )
