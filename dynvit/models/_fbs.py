@@ -341,8 +341,8 @@ class FBSModel(DynamicModel):
         kept, the others' outputs zeroed (computes more than each image needs, reads each weight once);
         'mask': dense convolutions times the gate (the training computation);
         'auto' (default): 'grouped', except on the CPU at batch > 1, where each block runs what
-        measured fastest for its shapes (ResNet blocks with outputs of 64 pixels or fewer 'union',
-        MBConv blocks with outputs of 56 x 56 or more 'loop'): decided from the shapes, so every run
+        measured fastest for its shapes (blocks with outputs of 64 pixels or fewer 'union', MBConv
+        blocks with outputs of 56 x 56 or more 'loop'): decided from the shapes, so every run
         gives the same numbers. At batch 1 grouped, loop and union are the same computation.
         Training always masks.""")
 
