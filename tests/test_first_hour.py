@@ -116,8 +116,8 @@ def test_unreadable_images_are_named_at_start_up_or_skipped_when_asked(photos, t
     (root / 'dog' / 'notes.jpg').write_text('not a photo')
     r = _finetune(root, tmp_path / 'run')
     assert r.returncode == 1 and not (tmp_path / 'run').exists()
-    assert (f'2 image file(s) in {root} cannot be read: {root / "cat" / "corrupt.jpg"}: JPEG file cut short (no end '
-            f'marker): a partial download or copy; {root / "dog" / "notes.jpg"}: not an image file') in r.stderr
+    assert (f'2 image file(s) in {root} cannot be read: {root / "cat" / "corrupt.jpg"}: JPEG file cut short: a partial '
+            f'download or copy; {root / "dog" / "notes.jpg"}: not an image file') in r.stderr
     assert 'pass --skip-unreadable' in r.stderr
     r = _finetune(root, tmp_path / 'run', '--skip-unreadable')
     assert r.returncode == 0, r.stderr
@@ -128,6 +128,16 @@ def test_unreadable_images_are_named_at_start_up_or_skipped_when_asked(photos, t
     train, val, _ = image_folder(str(root), skip_unreadable=True)
     assert len(train) + len(val) == 30 and sorted(p.rsplit('/', 1)[-1] for p in train.dataset.unreadable_files) == \
         ['corrupt.jpg', 'notes.jpg']
+
+
+def test_a_photo_with_data_after_its_end_is_readable(photos, tmp_path):
+    """Phones append data after a JPEG's end (motion photos): decoded to tell it from a cut-off file."""
+    from dynvit.data.folders import unreadable_reason
+    whole = (photos / 'cat' / '0.jpg').read_bytes()
+    (tmp_path / 'motion.jpg').write_bytes(whole + b'MotionPhoto_Data' + bytes(4096))
+    (tmp_path / 'cut.jpg').write_bytes(whole[:-200])
+    assert unreadable_reason(str(tmp_path / 'motion.jpg')) is None
+    assert unreadable_reason(str(tmp_path / 'cut.jpg')) == 'JPEG file cut short: a partial download or copy'
 
 
 def test_every_option_of_every_command_shows_its_default():

@@ -33,8 +33,9 @@ _END_MARKERS = {'JPEG': (b'\xff\xd9', 64), 'PNG': (b'IEND\xaeB`\x82', 12)}
 
 def unreadable_reason(path: str) -> Optional[str]:
     """Why an image file cannot be read, found cheaply (None: it looks readable): an empty file,
-    contents PIL does not recognise, or a JPEG or PNG cut short (its end marker missing). Reads the
-    header and the last bytes, not the pixels."""
+    contents PIL does not recognise, or a JPEG or PNG cut short. Reads the header and the last
+    bytes; only a file whose end marker is not among them (cut short, or with data appended after
+    the image, as some phones write) is decoded to tell which."""
     try:
         with open(path, 'rb') as f:
             if f.seek(0, 2) == 0:
@@ -42,11 +43,15 @@ def unreadable_reason(path: str) -> Optional[str]:
             f.seek(0)
             with Image.open(f) as image:
                 fmt = image.format
-            marker, tail = _END_MARKERS.get(fmt, (None, 0))
-            if marker:
-                f.seek(max(0, f.seek(0, 2) - tail))
-                if marker not in f.read():
-                    return f'{fmt} file cut short (no end marker): a partial download or copy'
+                marker, tail = _END_MARKERS.get(fmt, (None, 0))
+                if marker:
+                    f.seek(max(0, f.seek(0, 2) - tail))
+                    if marker not in f.read():
+                        f.seek(0)
+                        try:
+                            Image.open(f).load()
+                        except OSError:
+                            return f'{fmt} file cut short: a partial download or copy'
     except UnidentifiedImageError:
         return 'not an image file (PIL does not recognise its contents)'
     except (OSError, SyntaxError, ValueError) as e:
