@@ -33,7 +33,7 @@ import math
 import re
 import subprocess
 import unicodedata
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -387,7 +387,24 @@ def _row_min_width(px: int) -> int:
     return 20 * px
 
 
-def prediction_row(pred: Prediction, size: int = 112) -> Image.Image:
+def distinct_names(sources: Sequence[str]) -> List[str]:
+    """Each path's file name, with as many of its folders in front as it takes to tell it from the
+    others ('cat/0.jpg' and 'dog/0.jpg', not '0.jpg' twice)."""
+    parts = [s.replace('\\', '/').split('/') for s in sources]
+    depth = [1] * len(parts)
+    while True:
+        names = ['/'.join(p[-d:]) for p, d in zip(parts, depth)]
+        seen: Dict[str, int] = {}
+        for n in names:
+            seen[n] = seen.get(n, 0) + 1
+        grow = [i for i, n in enumerate(names) if seen[n] > 1 and depth[i] < len(parts[i])]
+        if not grow:
+            return names
+        for i in grow:
+            depth[i] += 1
+
+
+def prediction_row(pred: Prediction, size: int = 112, name: Optional[str] = None) -> Image.Image:
     """One image's picture: input, then the patches kept per stage (ViTs) or the channel map (CNNs),
     each panel titled; below, the file name with the top class and its probability (on more lines
     when the row is narrow: ``_name_and_answer``), and the MACs.
@@ -395,6 +412,7 @@ def prediction_row(pred: Prediction, size: int = 112) -> Image.Image:
     Args:
         pred: The image's prediction (``dynvit.predict.predict_images``; CNNs need its channel masks).
         size: Panel height in pixels (a channel map gets at least 3 pixels per gated layer).
+        name: The image's name under it (default: its file name).
     """
     panels, titles = _panels(pred, size)
     px = _text_px(size)
@@ -402,8 +420,8 @@ def prediction_row(pred: Prediction, size: int = 112) -> Image.Image:
     top, height = _title_band(size), max(p.height for p in panels)
     width = max(_row_min_width(px), sum(p.width for p in panels) + _GAP * (len(panels) + 1))
     _, label, prob = pred.topk[0]
-    named = _name_and_answer(pred.source.replace('\\', '/').rsplit('/', 1)[-1], f'{label} {prob:.2f}', px,
-                             width - 2 * _GAP)
+    name = name or distinct_names([pred.source])[0]
+    named = _name_and_answer(name, f'{label} {prob:.2f}', px, width - 2 * _GAP)
     row = Image.new('RGB', (width, top + height + (len(named) + 1) * line + 6), _BG)
     draw = ImageDraw.Draw(row)
     x = _GAP
@@ -522,7 +540,7 @@ def prediction_grid(preds: Sequence[Prediction], size: int = 112, title: str = '
     """
     if not preds:
         raise ValueError('no predictions to draw')
-    rows = [prediction_row(p, size) for p in preds]
+    rows = [prediction_row(p, size, name) for p, name in zip(preds, distinct_names([p.source for p in preds]))]
     px = _text_px(size)
     width = max(r.width for r in rows)
     header = _header(title, _legend(preds, px), width, px)

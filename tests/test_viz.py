@@ -300,3 +300,11 @@ def test_the_demo_picture_is_a_grid_not_a_scroll(tmp_path):
     assert r.returncode == 0, r.stderr
     width, height = Image.open(tmp_path / 'demo.png').size
     assert 1 / 2 <= width / height <= 2 and height <= 2500
+
+
+def test_same_named_images_in_class_folders_are_told_apart_in_pictures():
+    from dynvit.viz import distinct_names
+    assert distinct_names(['data/cat/0.jpg', 'data/dog/0.jpg', 'data/dog/1.jpg', 'x.png']) == \
+        ['cat/0.jpg', 'dog/0.jpg', '1.jpg', 'x.png']
+    assert distinct_names(['a/s/0.jpg', 'b/s/0.jpg']) == ['a/s/0.jpg', 'b/s/0.jpg']
+    assert distinct_names(['0.jpg', 'cat/0.jpg']) == ['0.jpg', 'cat/0.jpg']  # a name cannot grow past its path
