@@ -167,3 +167,24 @@ def test_the_warm_up_of_a_short_run_is_capped():
     assert TrainConfig(epochs=1, warmup_epochs=1.0).lr_warmup_epochs == pytest.approx(WARMUP_CAP)
     assert TrainConfig(epochs=15, warmup_epochs=1.0).lr_warmup_epochs == 1.0
     assert WARMUP_CAP == 0.2 and 'at most a fifth of the run' in ' '.join(_cli('finetune', '--help').stdout.split())
+
+
+def test_the_first_hour_as_a_user_types_it(photos, tmp_path):
+    """The items about the command line, each in a new interpreter as a user runs it: a small
+    folder trains with a fitted batch (1) and says what the model sees (2); resuming the finished
+    run says it is complete (4); `list fmnist` finds the zoo's tags (9); `predict` on a class-folder
+    root says to pass --recursive (10); `viz --out out.xyz` is refused before any model runs (11)."""
+    out = tmp_path / 'run'
+    common = ['finetune', 'test_dynamicvit', '--data', str(photos), '--out', str(out), '--epochs', '1', '--quiet',
+              '--val-fraction', '0.2', '--threads', '1']
+    r = _cli(*common)
+    assert r.returncode == 0, r.stderr
+    assert 'steps of 6 images (fitted to the 24 training images' in r.stdout and '    input: 3x32x32 RGB' in r.stdout
+    r = _cli(*common, '--resume')
+    assert r.returncode == 0 and f'the run in {out} is complete' in r.stdout, r.stdout + r.stderr
+    r = _cli('list', 'fmnist')
+    assert r.returncode == 0 and 'dynamicvit_pico_patch4_28.fmnist_kr05' in r.stdout.split(), r.stdout + r.stderr
+    r = _cli('predict', 'dynamicvit_pico_patch4_28.fmnist_kr05', str(photos))
+    assert r.returncode == 1 and 'but its subfolders hold 30: pass --recursive' in r.stderr, r.stderr
+    r = _cli('viz', 'no_such_model', str(photos), '--recursive', '--out', str(tmp_path / 'out.xyz'))
+    assert r.returncode == 1 and 'dynvit cannot write .xyz files' in r.stderr and '.png' in r.stderr, r.stderr
