@@ -37,7 +37,8 @@ import torch
 import torch.nn as nn
 
 import dynvit
-from dynvit.backends import on_backend
+from dynvit.backends import error_line, on_backend
+from dynvit.runtime import smooth_images
 
 DTYPES = {'bf16': torch.bfloat16, 'fp32': torch.float32}
 # (label, architecture, sparsity arguments): the settings of the GPU issue's table
@@ -73,17 +74,13 @@ def groups(widths: List[str], quick: bool) -> Dict[str, Dict[str, nn.Module]]:
 
 
 def images(model: nn.Module, batch: int, device: str, dtype: torch.dtype) -> torch.Tensor:
-    """Smooth random images (the token / channel choices vary per image as on photos)."""
-    g = torch.Generator().manual_seed(batch)
-    c, h, w = dynvit.model_input_size(model)
-    x = torch.nn.functional.interpolate(torch.randn(batch, c, max(2, h // 8), max(2, w // 8), generator=g),
-                                        size=(h, w), mode='bilinear', align_corners=False)
+    """Smooth random images (``dynvit.runtime.smooth_images``) for ``model``, seeded by the batch size."""
+    x = smooth_images(batch, dynvit.model_input_size(model), torch.Generator().manual_seed(batch))
     return x.to(device=device, dtype=dtype)
 
 
 def failure(e: BaseException) -> Dict[str, str]:
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    return dict(error=f'{type(e).__name__}: {lines[0] if lines else ""}', traceback=traceback.format_exc())
+    return dict(error=error_line(e), traceback=traceback.format_exc())
 
 
 def checks(models: Dict[str, Dict[str, nn.Module]], device: str, quick: bool) -> List[dict]:

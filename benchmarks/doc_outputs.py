@@ -14,8 +14,8 @@ What it runs:
   in the block after it.
 
 The files the shown commands write (``--viz docs/predict.png``, ``kr05.onnx``) go to a temporary
-folder (the pictures in docs/ are made by the commands their captions give). Timings (``dynvit bench``) are not shown outputs of this kind:
-they are recorded by the benchmarks.
+folder (the pictures in docs/ are made by the commands their captions give). Timings (``dynvit
+bench``) are not shown outputs of this kind: they are recorded by the benchmarks.
 """
 import argparse
 import contextlib
@@ -74,7 +74,7 @@ def _rerun_block(block: str, scratch: Path) -> str:
     parts = re.split(r'^(?=\$ )', block, flags=re.M)
     out = []
     for part in parts:
-        line, _, shown = part.partition('\n')
+        line = part.partition('\n')[0]
         argv = _shown_command(line)
         if argv is None:
             out.append(part)

@@ -29,9 +29,9 @@ import torch.nn as nn
 
 from .export import compile_model
 from .models import DynamicModel, model_input_size
-from .runtime import median_latencies
+from .runtime import median_latencies, smooth_images
 
-__all__ = ['BACKENDS', 'BackendChoice', 'CudaGraphModel', 'choose_backend', 'on_backend']
+__all__ = ['BACKENDS', 'BackendChoice', 'CudaGraphModel', 'choose_backend', 'error_line', 'on_backend']
 
 BACKENDS = ('eager', 'cuda_graph', 'compiled', 'compiled_cuda_graph')
 
@@ -163,7 +163,8 @@ class BackendChoice:
         return '\n'.join(rows)
 
 
-def _one_line(error: BaseException) -> str:
+def error_line(error: BaseException) -> str:
+    """``'Type: first line of its message'``: an error in one line (compiler errors run to pages)."""
     lines = [line for line in str(error).splitlines() if line.strip()]
     return f'{type(error).__name__}: {lines[0] if lines else ""}'
 
@@ -205,10 +206,7 @@ def choose_backend(
     if backends is None:
         backends = [b for b in BACKENDS if device.type == 'cuda' or 'cuda_graph' not in b]
     if images is None:
-        c, h, w = model_input_size(model)
-        gen = torch.Generator().manual_seed(0)  # smooth: the choices vary per image as on photos
-        images = torch.nn.functional.interpolate(torch.randn(batch_size, c, max(2, h // 8), max(2, w // 8),
-                                                             generator=gen), size=(h, w), mode='bilinear')
+        images = smooth_images(batch_size, model_input_size(model), torch.Generator().manual_seed(0))
     x = images.to(device, dtype)
     model = model.eval()
     dense = model.dense_copy().eval()
@@ -222,8 +220,8 @@ def choose_backend(
                     runner(x)  # compile / capture now: a failure is the backend's, not the timing's
                 candidates[(which, backend)] = runner
             except Exception as e:  # recorded: another backend may run
-                failed[backend if which == 'sparse' else f'{backend} (dense)'] = _one_line(e)
-                warnings.warn(f'{backend} ({which}): {_one_line(e)}\n{traceback.format_exc(limit=-3)}',
+                failed[backend if which == 'sparse' else f'{backend} (dense)'] = error_line(e)
+                warnings.warn(f'{backend} ({which}): {error_line(e)}\n{traceback.format_exc(limit=-3)}',
                               RuntimeWarning, stacklevel=2)
     if not any(which == 'sparse' for which, _ in candidates):
         raise RuntimeError('no backend ran the model: ' + '; '.join(f'{b}: {w}' for b, w in failed.items()))

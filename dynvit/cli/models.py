@@ -332,7 +332,7 @@ def _cmd_viz(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
     from ..models import model_input_size
-    from ..runtime import median_latencies
+    from ..runtime import median_latencies, smooth_images
     if args.compile and args.ort:
         raise ValueError('--compile and --ort are two backends; choose one')
     model = _model(args)
@@ -346,9 +346,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     gen = torch.Generator().manual_seed(0)
     rows: List[Dict[str, Any]] = []
     for bs in args.batch_size:
-        # smooth random images (low-frequency noise): the token / channel choices vary per image as on photos
-        x = torch.nn.functional.interpolate(torch.randn(bs, c, max(2, h // 8), max(2, w // 8), generator=gen),
-                                            size=(h, w), mode='bilinear', align_corners=False)
+        x = smooth_images(bs, (c, h, w), gen)
         models = {k: _deployed(m, args, bs) for k, m in eager.items()}
         times = median_latencies(models, x, args.rounds, max(1, args.runs // args.rounds))
         with torch.inference_mode():
@@ -431,8 +429,9 @@ def add_parsers(add) -> None:
     p.add_argument('--compile', action='store_true', help='run it compiled (torch.compile, whole graph)')
     p.add_argument('--topk', type=positive_int, default=5, help='classes shown per image')
     p.add_argument('--batch-size', type=positive_int, default=16, help='images per forward')
-    p.add_argument('--viz', default=None, metavar='OUT.png', help='also draw the kept tokens / channels per image '
-                                                                  '(.png, .jpg, .webp, .pdf, ...) (default: no picture)')
+    p.add_argument('--viz', default=None, metavar='OUT.png',
+                   help='also draw the kept tokens / channels per image (.png, .jpg, .webp, .pdf, ...) (default: no '
+                        'picture)')
     p.add_argument('--size', type=positive_int, default=112, help='picture: panel height in pixels')
     p.add_argument('--json', action='store_true', help='print the result as JSON')
     p.set_defaults(func=_cmd_predict)
@@ -456,8 +455,9 @@ def add_parsers(add) -> None:
     p.add_argument('output', help='the .safetensors file to write')
     p.add_argument('--model', required=True, help='arch.tag it belongs to, an official tag (dynvit list official '
                                                    '--pretrained): the tag brings its sparsity settings')
-    p.add_argument('--model-args', default=None, help='JSON constructor arguments overriding the tag\'s (e.g. '
-                                                      'num_classes of a checkpoint fine-tuned on other classes) (default: none)')
+    p.add_argument('--model-args', default=None,
+                   help='JSON constructor arguments overriding the tag\'s (e.g. num_classes of a checkpoint '
+                        'fine-tuned on other classes) (default: none)')
     p.set_defaults(func=_cmd_convert)
 
     p = add('bench', 'Median latency and throughput of a model on the CPU (or its device), optionally against '

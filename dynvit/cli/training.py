@@ -194,7 +194,6 @@ def _fitted_batch(n: int, world: int) -> int:
 
 def _resume_hint(args: argparse.Namespace) -> str:
     """How to continue an interrupted run: the same command with ``--resume``."""
-    import os
     import shlex
     if not (Path(args.out) / 'train_state.safetensors').is_file():
         return 'no state was saved yet: run the command again to start over'
@@ -314,9 +313,11 @@ def add_parsers(add) -> None:
                        help='validation share held out of the training images (stratified, seeded)')
         p.add_argument('--img-size', type=int, default=None,
                        help='CNNs: input size (default: the model\'s; ViTs take img_size in --model-args)')
-        p.add_argument('--checkpoint', default=None, help='weights to start from (dense or sparse; timm, DeiT, dynvit) (default: an '
-                            'arch.tag\'s pretrained weights; a bare arch starts from random ones)')
-        p.add_argument('--model-args', default=None, help='JSON constructor arguments, e.g. \'{"img_size": 28}\' (default: none)')
+        p.add_argument('--checkpoint', default=None,
+                       help='weights to start from (dense or sparse; timm, DeiT, dynvit) (default: an arch.tag\'s '
+                            'pretrained weights; a bare arch starts from random ones)')
+        p.add_argument('--model-args', default=None,
+                       help='JSON constructor arguments, e.g. \'{"img_size": 28}\' (default: none)')
         p.add_argument('--mean', type=float, nargs='+', default=None, help='normalisation mean (default: model cfg)')
         p.add_argument('--std', type=float, nargs='+', default=None, help='normalisation std (default: model cfg)')
         if training:
@@ -374,7 +375,8 @@ def add_parsers(add) -> None:
     p.add_argument('--amp', default='auto', choices=['auto', 'off', 'bf16', 'fp16'],
                    help='mixed precision (auto: bf16 on CUDA, off on the CPU)')
     p.add_argument('--grad-clip', type=float, default=None, help='clip the gradient norm to this (default: no clipping)')
-    p.add_argument('--aug-scale', type=float, default=None, help='smallest random-resized-crop area (default: timm\'s, 0.08)')
+    p.add_argument('--aug-scale', type=float, default=None,
+                   help='smallest random-resized-crop area (default: timm\'s, 0.08)')
     p.add_argument('--no-color-jitter', action='store_true', help='no colour jitter in the training augmentation')
     p.add_argument('--no-aug', action='store_true', help='no training augmentation')
     p.add_argument('--max-train-images', type=int, default=0, help='use the first N training images (default: 0, all)')

@@ -27,6 +27,8 @@ def skip_reason(path: Path) -> Optional[str]:
     return None
 
 
+# why a file is not an image, in the words of both checks (listing: unreadable_reason; reading: load_image)
+_EMPTY, _NOT_IMAGE = 'empty file', 'not an image file (PIL does not recognise its contents)'
 # what a complete file ends with, for the formats whose end is marked (a truncated copy lacks it)
 _END_MARKERS = {'JPEG': (b'\xff\xd9', 64), 'PNG': (b'IEND\xaeB`\x82', 12)}
 
@@ -39,7 +41,7 @@ def unreadable_reason(path: str) -> Optional[str]:
     try:
         with open(path, 'rb') as f:
             if f.seek(0, 2) == 0:
-                return 'empty file'
+                return _EMPTY
             f.seek(0)
             with Image.open(f) as image:
                 fmt = image.format
@@ -53,7 +55,7 @@ def unreadable_reason(path: str) -> Optional[str]:
                         except OSError:
                             return f'{fmt} file cut short: a partial download or copy'
     except UnidentifiedImageError:
-        return 'not an image file (PIL does not recognise its contents)'
+        return _NOT_IMAGE
     except (OSError, SyntaxError, ValueError) as e:
         return f'{type(e).__name__}: {e}'
     return None
@@ -79,7 +81,7 @@ def load_image(path: str, min_size: Optional[int] = None) -> Image.Image:
     """
     try:
         if Path(path).stat().st_size == 0:
-            raise ImageReadError(path, 'empty file')
+            raise ImageReadError(path, _EMPTY)
         with open(path, 'rb') as f:
             image = Image.open(f)
             if min_size:
@@ -87,7 +89,7 @@ def load_image(path: str, min_size: Optional[int] = None) -> Image.Image:
             image.load()
         image = ImageOps.exif_transpose(image)  # photos taken sideways come out upright
     except UnidentifiedImageError:
-        raise ImageReadError(path, 'not an image file (PIL does not recognise its contents)') from None
+        raise ImageReadError(path, _NOT_IMAGE) from None
     except (OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageReadError(path, f'{type(e).__name__}: {e}') from None
     except ImageReadError:

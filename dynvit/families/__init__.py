@@ -161,8 +161,8 @@ class KnobOption:
         """The flag's help: what it sets and, per family, what one value means."""
         what = 'the target ' if target else ''
         default = 'the starting model\'s' if target else 'the model\'s'
-        return f'{what}{self.noun} (default: {default}); what one value means: ' + '; '.join(f'{s.name}: {s.explained()}'
-                                                                         for s in self.families)
+        meanings = '; '.join(f'{s.name}: {s.explained()}' for s in self.families)
+        return f'{what}{self.noun} (default: {default}); what one value means: {meanings}'
 
 
 def knob_options() -> List[KnobOption]:

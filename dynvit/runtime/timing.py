@@ -1,10 +1,20 @@
-"""Latency measurement shared by the benchmarks and the CLI."""
+"""Latency measurement shared by the benchmarks and the CLI: its inputs and its medians."""
 import statistics
 import time
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+
+def smooth_images(batch: int, size: Tuple[int, int, int], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``[batch, C, H, W]`` low-frequency noise (normal values on a grid 8 times coarser, bilinearly
+    upsampled) for timing: the token and channel choices vary per image as on photos, where white
+    noise would make every image look alike to the selection."""
+    c, h, w = size
+    coarse = torch.randn(batch, c, max(2, h // 8), max(2, w // 8), generator=generator)
+    return F.interpolate(coarse, size=(h, w), mode='bilinear', align_corners=False)
 
 
 def median_latencies(models: Dict[str, nn.Module], x: torch.Tensor, rounds: int, per_round: int) -> Dict[str, float]:

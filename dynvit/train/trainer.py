@@ -138,7 +138,7 @@ class SettingsChanged(ValueError):
     """A resume with settings other than the saved run's; ``changes``: ``{setting: (saved, now)}``."""
 
     def __init__(self, path: Path, changes: Dict[str, Tuple[Any, Any]]) -> None:
-        listed = ', '.join(f'{k} {a!r} (now {b!r})' for k, a, b in ((k, *v) for k, v in changes.items()))
+        listed = ', '.join(f'{k} {a!r} (now {b!r})' for k, (a, b) in changes.items())
         super().__init__(f'{path} was saved with {listed}: resuming with other settings does not reproduce the '
                          f'uninterrupted run; use the saved ones, or allow_changes=True to continue with these')
         self.changes = changes
@@ -386,8 +386,9 @@ class Trainer:
 
         Raises:
             SettingsChanged: The run was saved with other settings (``TrainConfig.changes_from``, and
-                the target sparsity ``'sparsity_target'``): continuing with these would not reproduce the uninterrupted run. ``allow_changes``
-                continues with the new ones (e.g. more epochs for a finished run).
+                the target sparsity ``'sparsity_target'``): continuing with these would not reproduce
+                the uninterrupted run. ``allow_changes`` continues with the new ones (e.g. more
+                epochs for a finished run).
         """
         path = Path(path) if path else (self.out_dir / STATE_FILE if self.out_dir else None)
         if path is None or not path.is_file():
