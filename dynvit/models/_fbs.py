@@ -216,9 +216,12 @@ class GatedBlock:
     ``[B, gates]`` channel counts (None: dense, gates off), gates included. ``_gate_importance(tensor)`` gives
     per gate a static ``[C]`` importance of its channels from the block's weights, read by
     ``tensor`` (see ``FBSModel.init_gates``). The model sets ``density``, ``execution``,
-    ``gate_offset`` and ``block_name``.
+    ``gate_offset`` and ``block_name``. ``_map_conv`` names the gated convolution whose output map
+    sets the CPU batch strategy (``_cpu_batch_strategy``).
     """
     _gate_names: Tuple[str, ...] = ()
+    _map_conv: str = ''
+    UNION_MAX_PIXELS = 64  # 'union' on CPU batches where each gathered weight would serve no more output pixels
     reads_layer_weights = True  # sliced, BatchNorm-folded weights (dynvit.layers.weight_reads)
     density: float = 1.0
     execution: str = 'auto'
@@ -277,8 +280,12 @@ class GatedBlock:
         return self._cpu_batch_strategy(x)
 
     def _cpu_batch_strategy(self, x: torch.Tensor) -> str:
-        """The strategy for a CPU batch of more than one image (default 'grouped')."""
-        return 'grouped'
+        """The strategy for a CPU batch of more than one image: 'union' where each gathered per-image
+        weight would serve ``UNION_MAX_PIXELS`` output pixels or fewer (ResNet-18's layer 4 at
+        224 px, the zoo's 64-px Lite0: gathering every image's weights costs more than computing
+        the batch's union once; benchmarks/bench_fbs.py, per block), else 'grouped'."""
+        pixels = out_pixels(x, getattr(self, self._map_conv))
+        return 'union' if pixels <= self.UNION_MAX_PIXELS else 'grouped'
 
     def _gate_importance(self, tensor: TensorGetter) -> List[torch.Tensor]:
         raise NotImplementedError

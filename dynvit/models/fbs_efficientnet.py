@@ -61,6 +61,7 @@ class FBSInvertedResidual(GatedBlock, InvertedResidual):
     its blocks itself.
     """
     _gate_names = ('gate',)
+    _map_conv = 'conv_dw'
 
     @classmethod
     def from_block(cls, block: InvertedResidual) -> 'FBSInvertedResidual':
@@ -125,11 +126,9 @@ class FBSInvertedResidual(GatedBlock, InvertedResidual):
     def _cpu_batch_strategy(self, x: torch.Tensor) -> str:
         # 'loop' on the large early maps (EfficientNet-Lite0's first gated blocks at 224 px: 56 x 56
         # outputs or more), where each image's depthwise work is large enough to run alone
-        # (benchmarks/bench_fbs.py, per block); 'union' on maps of 64 pixels or fewer, where
-        # gathering every image's weights costs more than the batch's union (the zoo's 64-px Lite0
-        # at batch 32: 0.47x -> 0.83x of its dense twin; at 224 px its 7 x 7 blocks: no change)
-        pixels = out_pixels(x, self.conv_dw)
-        return 'loop' if pixels >= 56 * 56 else 'union' if pixels <= 64 else 'grouped'
+        # (benchmarks/bench_fbs.py, per block); else the shared rule ('union' on small maps: the
+        # zoo's 64-px Lite0 at batch 32 0.47x -> 0.83x of its dense twin; 224 px unchanged)
+        return 'loop' if out_pixels(x, self.conv_dw) >= 56 * 56 else super()._cpu_batch_strategy(x)
 
     def _gate_importance(self, tensor: TensorGetter) -> List[torch.Tensor]:
         # an expansion channel: its mean activation after the depthwise conv, times how strongly

@@ -43,7 +43,6 @@ from ._fbs import (
     check_gated_convs,
     fbs_checkpoint_filter,
     input_column_norms,
-    out_pixels,
     relu_cap,
 )
 from ._helpers import build_dynamic_model, run_block
@@ -54,6 +53,7 @@ __all__ = ['FBSBasicBlock', 'FBSResNet']
 class FBSBasicBlock(GatedBlock, BasicBlock):
     """timm ``BasicBlock`` with FBS gates on ``conv1`` (``gate1``) and ``conv2`` (``gate2``)."""
     _gate_names = ('gate1', 'gate2')
+    _map_conv = 'conv1'
 
     def __init__(self, inplanes: int, planes: int, *args: Any, **kwargs: Any) -> None:
         super().__init__(inplanes, planes, *args, **kwargs)
@@ -120,12 +120,6 @@ class FBSBasicBlock(GatedBlock, BasicBlock):
         pooled output) those inputs; the density then applies to the remaining channels."""
         self.gate1.keep_channels(outputs=keep)
         self.gate2.keep_channels(inputs=keep)
-
-    def _cpu_batch_strategy(self, x: torch.Tensor) -> str:
-        # 'union' where each gathered per-image 3x3 weight would serve 64 output pixels or fewer
-        # (ResNet-18's layer 4 at 224 px): there gathering every image's weights costs more than
-        # computing the batch's union once (benchmarks/bench_fbs.py, per block)
-        return 'union' if out_pixels(x, self.conv1) <= 64 else 'grouped'
 
     def _gate_importance(self, tensor: TensorGetter) -> List[torch.Tensor]:
         # conv1 channel: mean activation times how strongly conv2 (with bn2) reads it;
