@@ -23,6 +23,7 @@ from .token_merging import (
     merging_block_forward,
     size_bias,
 )
+from .token_sampling import packed_padding, sample_points, sample_tokens, sampling_block_forward
 from .token_ops import (
     attention_residual,
     gather_tokens,

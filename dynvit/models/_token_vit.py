@@ -14,12 +14,14 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
+from ..layers import is_packable, is_timm_attention
 from ..runtime.macs import dense_vit_macs, vit_macs
 from ._base import DynamicAux, DynamicModel
 from ._helpers import build_dynamic_model, embed_tokens, run_block, vit_embed_layer, with_stem_cfg
 from ._tags import with_tag_args, zoo_cfgs
 
-__all__ = ['TokenAux', 'TokenSparseViT', 'build_token_vit', 'deit_cfgs', 'pico_28_args', 'pico_cfgs', 'tiny_test_cfgs']
+__all__ = ['TokenAux', 'TokenSparseViT', 'adopt_plain_vit', 'build_token_vit', 'check_attention_blocks', 'deit_cfgs',
+           'pico_28_args', 'pico_cfgs', 'tiny_test_cfgs']
 
 
 @dataclass(kw_only=True)
@@ -267,3 +269,52 @@ def build_token_vit(model_cls: type, filter_fn: Any, variant: str, model_args: D
     return build_dynamic_model(model_cls, variant, pretrained, filter_fn,
                                f'{model_cls.family} selects tokens and has no full feature grid', None,
                                **with_stem_cfg(kwargs))
+
+
+def check_attention_blocks(model: VisionTransformer, what: str) -> None:
+    """Refuses, in one line, blocks other than timm ``Block`` with timm ``Attention`` (a family that
+    ``what``, e.g. 'merges tokens', inside them needs their queries, keys and values)."""
+    bad = [i for i, b in enumerate(model.blocks) if not (is_packable(b) and is_timm_attention(b.attn))]
+    if bad:
+        b = model.blocks[bad[0]]
+        raise ValueError(f'{model.family} {what} inside timm Block blocks with timm Attention; blocks {bad} are '
+                         f'{type(b).__name__} with {type(getattr(b, "attn", None)).__name__}')
+
+
+def adopt_plain_vit(model: nn.Module, family_cls: type, init: str, needs_class_token: bool,
+                    **settings: Any) -> TokenSparseViT:
+    """Turns a built timm ``VisionTransformer`` into ``family_cls``, in place (``dynvit.apply``).
+
+    The class is swapped (as token-merging patches of timm models do): modules, weights and their
+    configuration stay the very same objects. ``family_cls``'s method ``init(**settings)`` then
+    sets up its settings (and checks the blocks); if it raises, the model is left a plain ViT.
+
+    Args:
+        model: A plain timm ``VisionTransformer`` (not a subclass with its own forward).
+        family_cls: A ``TokenSparseViT`` subclass.
+        init: The name of its method that sets up its settings on an adopted model.
+        needs_class_token: Whether the family needs a class token.
+        **settings: Its sparsity settings.
+
+    Returns:
+        The same model object, now a ``family_cls``.
+    """
+    family, name = family_cls.family, type(model).__name__
+    if isinstance(model, TokenSparseViT):
+        raise ValueError(f'{name} is already a dynvit token model; set its sparsity instead')
+    if type(model) is not VisionTransformer:
+        what = 'overrides timm\'s VisionTransformer (its forward may differ)' if isinstance(model, VisionTransformer) \
+            else 'is not a timm VisionTransformer'
+        raise ValueError(f'{family} applies to plain timm VisionTransformer models; {name} {what}')
+    if model.global_pool in ('map', 'prr'):
+        raise ValueError(f"{family} does not support global_pool='{model.global_pool}' (attention pooling)")
+    if needs_class_token and not model.has_class_token:
+        raise ValueError(f'{family} reads the attention of the class token, and this {name} has none')
+    model.__class__ = family_cls
+    try:
+        getattr(model, init)(**settings)
+    except Exception:
+        model.__class__ = VisionTransformer
+        model.__dict__.pop('_sparsity', None)
+        raise
+    return model

@@ -41,14 +41,22 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn as vit_checkpoint_filter_fn
 
 from ..families import spec_of
-from ..layers import ConvPatchEmbed, block_forward_keep_attentive, is_packable, is_timm_attention
+from ..layers import ConvPatchEmbed, block_forward_keep_attentive
 from ..losses import ClassificationLoss, ObjectiveConfig
 from ._apply import register_method
 from ..runtime.macs import vit_macs
 from ._helpers import check_state_dict, first_conv_keys, run_block, vit_cfg
 from ._base import DynamicModel, setting
 from ._staged import StagedTokenViT
-from ._token_vit import TokenAux, build_token_vit, deit_cfgs, pico_28_args, pico_cfgs, tiny_test_cfgs
+from ._token_vit import (
+    TokenAux,
+    build_token_vit,
+    check_attention_blocks,
+    deit_cfgs,
+    pico_28_args,
+    pico_cfgs,
+    tiny_test_cfgs,
+)
 from ._tags import register_tag_args
 
 __all__ = ['EViT', 'EViTAux', 'evit_from_vit', 'default_drop_loc']
@@ -209,11 +217,7 @@ class EViT(StagedTokenViT):
             raise ValueError('EViT ranks tokens by the attention of the class token; class_token=False is not '
                              'supported')
         super().__init__(**kwargs)
-        bad = [i for i, b in enumerate(self.blocks) if not (is_packable(b) and is_timm_attention(b.attn))]
-        if bad:
-            b = self.blocks[bad[0]]
-            raise ValueError(f'EViT reads the class attention inside timm Block blocks with timm Attention; '
-                             f'blocks {bad} are {type(b).__name__} with {type(getattr(b, "attn", None)).__name__}')
+        check_attention_blocks(self, 'reads the class attention')
         if keep_ratio is None or fuse_token is None:
             raise ValueError('keep_ratio and fuse_token cannot be None')
         self._update_sparsity(dict(drop_loc=default_drop_loc(len(self.blocks)) if drop_loc is None else drop_loc,

@@ -39,13 +39,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn as vit_checkpoint_filter_fn
+from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn
 
 from ..families import spec_of
 from ..layers import (
     TokenMatch,
-    is_packable,
-    is_timm_attention,
     max_merge,
     merge_positions,
     merging_block_forward,
@@ -54,7 +52,17 @@ from ..layers import (
 from ..losses import ClassificationLoss, ObjectiveConfig
 from ._helpers import check_state_dict, first_conv_keys, is_scalar, run_block, vit_cfg
 from ._base import setting
-from ._token_vit import TokenAux, TokenSparseViT, build_token_vit, deit_cfgs, pico_28_args, pico_cfgs, tiny_test_cfgs
+from ._token_vit import (
+    TokenAux,
+    TokenSparseViT,
+    adopt_plain_vit,
+    build_token_vit,
+    check_attention_blocks,
+    deit_cfgs,
+    pico_28_args,
+    pico_cfgs,
+    tiny_test_cfgs,
+)
 from ._apply import register_method
 
 __all__ = ['ToMeAux', 'ToMeVisionTransformer', 'apply_tome', 'parse_r']
@@ -175,15 +183,6 @@ def _inflected(r: int, inflect: float, depth: int) -> List[int]:
     return [int(low + step * i) for i in range(depth)]
 
 
-def _check_blocks(model: VisionTransformer) -> None:
-    """ToMe merges inside timm ``Block`` blocks with timm ``Attention`` (it needs their keys)."""
-    bad = [i for i, b in enumerate(model.blocks) if not (is_packable(b) and is_timm_attention(b.attn))]
-    if bad:
-        b = model.blocks[bad[0]]
-        raise ValueError(f'ToMe merges tokens inside timm Block blocks with timm Attention; blocks {bad} are '
-                         f'{type(b).__name__} with {type(getattr(b, "attn", None)).__name__}')
-
-
 class ToMeVisionTransformer(TokenSparseViT):
     """timm ``VisionTransformer`` with ToMe token merging in every block.
 
@@ -224,12 +223,12 @@ class ToMeVisionTransformer(TokenSparseViT):
             **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _check_blocks(self)
         self._init_merging(r=r, inflect=inflect, prop_attn=prop_attn, protect_registers=protect_registers,
                            weighted_pool=weighted_pool)
 
     def _init_merging(self, **settings: Any) -> None:
         """The settings' state (also what ``apply_tome`` gives a plain timm model)."""
+        check_attention_blocks(self, 'merges tokens')  # it needs their keys
         defaults = dict(r=0, inflect=None, prop_attn=True, protect_registers=False, weighted_pool=False)
         self._sparsity = {}
         self._update_sparsity({**defaults, **settings})
@@ -386,23 +385,7 @@ def apply_tome(model: nn.Module, r: RSetting = 8, **settings: Any) -> ToMeVision
         The same model, now a ``ToMeVisionTransformer`` (``dynvit.save_model`` needs a model
         created by name: ``dynvit.create_model('tome_...')``).
     """
-    if isinstance(model, TokenSparseViT):
-        raise ValueError(f'{type(model).__name__} is already a dynvit token model; set its sparsity instead')
-    if type(model) is not VisionTransformer:
-        what = 'overrides timm\'s VisionTransformer (its forward may differ)' if isinstance(model, VisionTransformer) \
-            else 'is not a timm VisionTransformer'
-        raise ValueError(f'ToMe applies to plain timm VisionTransformer models; {type(model).__name__} {what}')
-    if model.global_pool in ('map', 'prr'):
-        raise ValueError(f"ToMe does not support global_pool='{model.global_pool}' (attention pooling)")
-    _check_blocks(model)
-    model.__class__ = ToMeVisionTransformer
-    try:
-        model._init_merging(r=r, **settings)
-    except Exception:
-        model.__class__ = VisionTransformer
-        model.__dict__.pop('_sparsity', None)
-        raise
-    return model
+    return adopt_plain_vit(model, ToMeVisionTransformer, '_init_merging', needs_class_token=False, r=r, **settings)
 
 
 register_method('tome', apply_tome)

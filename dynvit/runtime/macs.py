@@ -39,9 +39,26 @@ def attention_macs(attn: nn.Module, num_tokens: IntOrTensor) -> IntOrTensor:
     return 2 * num_tokens * num_tokens * attn_dim
 
 
-def block_macs(block: nn.Module, num_tokens: IntOrTensor, mlp_tokens: Optional[IntOrTensor] = None) -> IntOrTensor:
-    """MACs of a timm transformer block on ``num_tokens`` tokens; ``mlp_tokens``: tokens its MLP
-    computed when the block reduced them between attention and MLP (merging), else ``num_tokens``."""
+def block_macs(
+        block: nn.Module,
+        num_tokens: IntOrTensor,
+        mlp_tokens: Optional[IntOrTensor] = None,
+        query_tokens: Optional[IntOrTensor] = None,
+) -> IntOrTensor:
+    """MACs of a timm transformer block on ``num_tokens`` tokens.
+
+    Args:
+        block: A timm ``Block``.
+        num_tokens: Tokens entering it (its keys and values).
+        mlp_tokens: Tokens its MLP computed when the block reduced them between attention and MLP
+            (merging), else ``num_tokens``.
+        query_tokens: Tokens whose attention rows, output projection and MLP it computed when it
+            kept only those after its keys and values (sampling), else ``num_tokens``.
+    """
+    if query_tokens is not None:
+        qkv = linear_macs(block.attn.qkv)
+        attn_dim = block.attn.num_heads * block.attn.head_dim
+        return qkv * num_tokens + (linear_macs(block) - qkv) * query_tokens + 2 * query_tokens * num_tokens * attn_dim
     macs = linear_macs(block) * num_tokens + attention_macs(block.attn, num_tokens)
     if mlp_tokens is None:
         return macs
@@ -53,6 +70,7 @@ def vit_macs(
         tokens_per_block: torch.Tensor,
         num_patches: int,
         mlp_tokens_per_block: Optional[torch.Tensor] = None,
+        query_tokens_per_block: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """MACs per image of a timm ``VisionTransformer`` given the tokens entering each block.
 
@@ -62,15 +80,20 @@ def vit_macs(
         num_patches: Patches produced by the patch embedding.
         mlp_tokens_per_block: ``[B, depth]`` tokens each block's MLP computed, where blocks reduce
             their tokens after the attention (None: ``tokens_per_block``).
+        query_tokens_per_block: ``[B, depth]`` tokens whose attention rows, projection and MLP
+            each block computed, where blocks keep a subset after their keys and values (None:
+            ``tokens_per_block``).
 
     Returns:
         ``[B]`` int64 MACs: patch embedding + blocks + head (attention-pooling heads are not counted).
     """
     tokens = tokens_per_block.long()
     mlp = None if mlp_tokens_per_block is None else mlp_tokens_per_block.long()
+    queries = None if query_tokens_per_block is None else query_tokens_per_block.long()
     total = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
     for i, blk in enumerate(model.blocks):
-        total += block_macs(blk, tokens[:, i], None if mlp is None else mlp[:, i])
+        total += block_macs(blk, tokens[:, i], None if mlp is None else mlp[:, i],
+                            None if queries is None else queries[:, i])
     embed = model.patch_embed  # a convolutional stem (ConvPatchEmbed) counts its own layers
     total += (embed.macs(num_patches) if hasattr(embed, 'macs') else conv_macs(embed, num_patches))
     total += linear_macs(model.head)
