@@ -21,20 +21,22 @@ def per_stage_ratio(
         num_stages: int,
         stages: str,
         meaning: str,
+        name: str = 'keep_ratio',
 ) -> Tuple[float, ...]:
-    """Per-stage keep ratios: a float is the same at every stage, a sequence gives one per stage.
+    """Per-stage fractions (keep ratios): a float is the same at every stage, a sequence gives one per stage.
 
     Args:
-        value: The ``keep_ratio`` given.
+        value: The value given.
         num_stages: Stages of the model.
         stages: What the stages are, for messages ('selections (select_loc)').
         meaning: What a ratio is, for messages ('the fraction of patches ...').
+        name: The setting's name, for messages.
     """
     ratios = (float(value),) * num_stages if is_scalar(value) else tuple(float(r) for r in value)
     if len(ratios) != num_stages:
-        raise ValueError(f'keep_ratio has {len(ratios)} values for {num_stages} {stages}')
+        raise ValueError(f'{name} has {len(ratios)} values for {num_stages} {stages}')
     if any(not 0.0 < r <= 1.0 for r in ratios):
-        raise ValueError(f'keep_ratio is {meaning} and must be in (0, 1], got {list(ratios)}')
+        raise ValueError(f'{name} is {meaning} and must be in (0, 1], got {list(ratios)}')
     return ratios
 
 

@@ -187,7 +187,7 @@ class ATSViT(TokenSparseViT):
         else:
             value = old[0]
         budget = per_stage_ratio(value, len(blocks), 'ATS blocks (ats_blocks)',
-                                 'the points each ATS block samples as a fraction of the patches')
+                                 'the points each ATS block samples as a fraction of the patches', 'budget')
         return dict(ats_blocks=blocks, budget=budget)
 
     def _sparsity_changed(self) -> None:
