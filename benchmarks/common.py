@@ -14,9 +14,11 @@ from dynvit.runtime.report import ImageReport, SparsityReport, run_length
 
 
 def parse_args(description: str, keep_ratio: Optional[float] = None, density: Optional[float] = None,
-               batch: int = 32, flags: Optional[Dict[str, str]] = None) -> argparse.Namespace:
-    """The options every benchmark takes (ViTs: ``--size``, ``--keep-ratio``; CNNs: ``--density``)
-    and the script's own on/off ``flags`` ``{'--name': help}``; sets the thread count and the seed."""
+               batch: int = 32, flags: Optional[Dict[str, str]] = None,
+               values: Optional[Dict[str, float]] = None) -> argparse.Namespace:
+    """The options every benchmark takes (ViTs: ``--size``, ``--keep-ratio``; CNNs: ``--density``),
+    the script's own on/off ``flags`` ``{'--name': help}`` and numbers ``values`` ``{'--name':
+    default}``; sets the thread count and the seed."""
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     if keep_ratio is not None:
         ap.add_argument('--size', default='small', choices=['tiny', 'small', 'base'])
@@ -31,6 +33,8 @@ def parse_args(description: str, keep_ratio: Optional[float] = None, density: Op
     ap.add_argument('--out', type=str, default='')
     for flag, text in (flags or {}).items():
         ap.add_argument(flag, action='store_true', help=text)
+    for flag, default in (values or {}).items():
+        ap.add_argument(flag, type=float, default=default)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -56,12 +60,21 @@ def compare(models: Dict[str, nn.Module], xb: torch.Tensor, rounds: int, runs_b1
             executed_gmacs=(r.mean_macs if r.executed_macs is None else r.executed_macs) / 1e9,
             mean_kept_tokens=[round(v, 1) for v in kept],
             tokens_per_block=r.images[0].per_block,
+            # the spread over the images: patches kept after the last stage, MACs saved (min, median, max)
+            kept_last_spread=_spread([img.kept[-1] for img in r.images]) if stages else [],
+            saved_spread=[round(v, 4) for v in _spread([img.saved_fraction for img in r.images])],
             b1_latency_ms=b1[k] * 1e3,
             b1_speedup=b1[baseline] / b1[k],
             throughput_img_s=xb.shape[0] / bl[k],
             throughput_ratio=bl[baseline] / bl[k],
         )
     return rows
+
+
+def _spread(values: list) -> list:
+    """``[min, median, max]`` of ``values``."""
+    ordered = sorted(values)
+    return [ordered[0], ordered[len(ordered) // 2], ordered[-1]]
 
 
 def _report(model: nn.Module, xb: torch.Tensor) -> SparsityReport:
@@ -82,9 +95,14 @@ def deit_title(args: argparse.Namespace, versus: str) -> str:
 
 
 def print_tokens_per_block(rows: Dict[str, dict]) -> None:
-    """Per model, the tokens each block computed (run-length: '197x4 100x8')."""
+    """Per model, the tokens each block computed (run-length: '197x4 100x8'; the first image's
+    where images keep their own numbers, then their spread)."""
     for k, r in rows.items():
         print(f'{k:<12} tokens per block: {run_length(r["tokens_per_block"])}')
+        kept, saved = r.get('kept_last_spread') or [], r['saved_spread']
+        if kept and kept[0] != kept[-1]:
+            print(f'{"":<12} per image (min / median / max): {kept[0]} / {kept[1]} / {kept[2]} patches kept '
+                  f'after the last stage, {saved[0]:.1%} / {saved[1]:.1%} / {saved[2]:.1%} of the MACs saved')
 
 
 def print_rows(title: str, rows: Dict[str, dict], batch: int) -> None:

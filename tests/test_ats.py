@@ -164,6 +164,22 @@ def test_outputs_and_gradients_match_the_plain_reference(spec):
         torch.testing.assert_close(grads[n], p.grad, rtol=0, atol=gradient_tolerance(model, p.grad), msg=n)
 
 
+def test_stochastic_depth_draws_once_per_image_of_a_packed_batch():
+    """timm's DropPath sees a packed batch as one sample; per image, each image's branch is kept or
+    dropped whole (and scaled by 1 / keep), independently of the others."""
+    from timm.layers import DropPath
+    from dynvit.layers import packed_drop_path
+    drop = DropPath(0.5).train()
+    torch.manual_seed(0)
+    lengths = [3, 1, 4, 2, 5, 3, 2, 4]
+    out = packed_drop_path(drop, torch.ones(1, sum(lengths), 2), lengths)[0, :, 0]
+    per_image = [part.unique().tolist() for part in out.split(lengths)]
+    assert all(len(v) == 1 and v[0] in (0.0, 2.0) for v in per_image) and len({v[0] for v in per_image}) == 2
+    assert torch.equal(packed_drop_path(drop.eval(), torch.ones(1, 5, 2), [5]), torch.ones(1, 5, 2))
+    model = dynvit.create_model('test_ats', drop_path_rate=0.5, budget=0.5).train()
+    model(images(4)).sum().backward()  # trains with it
+
+
 # ---- the dense limit, batches, MACs ----
 
 @pytest.mark.parametrize('spec', list(SPECS))

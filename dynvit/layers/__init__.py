@@ -32,6 +32,7 @@ from .token_ops import (
     mlp_residual,
     packed_attention,
     packed_block_forward,
+    packed_drop_path,
     residual_block_forward,
     unpack_tokens,
 )

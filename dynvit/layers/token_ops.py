@@ -9,7 +9,7 @@ Three ways to run a transformer block on a subset of tokens:
   sequence; token-wise layers (norms, qkv, MLP) run once over all T tokens and attention
   runs per image (threshold inference).
 """
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -67,6 +67,25 @@ def packed_attention(attn: Attention, x: torch.Tensor, lengths: Sequence[int]) -
     return merge_heads(attn, torch.cat(out, dim=2), gate)
 
 
+def packed_drop_path(drop_path: nn.Module, y: torch.Tensor, lengths: Optional[Sequence[int]]) -> torch.Tensor:
+    """timm's ``DropPath`` (stochastic depth) per image of a packed sequence: one draw per image,
+    where the module itself would see one sample and drop the whole batch's branch at once.
+
+    Args:
+        drop_path: A block's ``drop_path1`` / ``drop_path2`` (``DropPath`` or ``Identity``).
+        y: The branch output ``[1, T, C]`` (``[B, L, C]`` when ``lengths`` is None).
+        lengths: Tokens per image of a packed ``y``; None: not packed.
+    """
+    p = float(getattr(drop_path, 'drop_prob', 0.0))
+    if lengths is None or not drop_path.training or p == 0.0:
+        return drop_path(y)
+    keep = 1.0 - p
+    mask = y.new_empty(len(lengths)).bernoulli_(keep)  # [B]
+    if keep > 0.0 and getattr(drop_path, 'scale_by_keep', True):
+        mask.div_(keep)
+    return y * mask.repeat_interleave(torch.as_tensor(list(lengths), device=y.device))[None, :, None]
+
+
 def packed_block_forward(block: Block, x: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
     """Runs a timm ``Block`` on several images packed into one sequence.
 
@@ -81,41 +100,45 @@ def packed_block_forward(block: Block, x: torch.Tensor, lengths: Sequence[int]) 
     Returns:
         ``[1, T, C]``.
     """
-    return residual_block_forward(block, x, lambda attn, y: packed_attention(attn, y, lengths))
+    return residual_block_forward(block, x, lambda attn, y: packed_attention(attn, y, lengths), lengths)
 
 
 def residual_block_forward(
         block: Block,
         x: torch.Tensor,
         attention: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+        lengths: Optional[Sequence[int]] = None,
 ) -> torch.Tensor:
     """timm's pre-norm ``Block.forward`` with the attention call replaced.
 
     Args:
         block: A timm ``Block`` (see ``is_packable``).
-        x: Tokens ``[B, L, C]``.
+        x: Tokens ``[B, L, C]`` (or packed ``[1, T, C]`` with ``lengths``).
         attention: ``attention(block.attn, norm1(x))`` returns the attention branch ``[B, L, C]``.
+        lengths: Tokens per image of a packed ``x`` (drop path per image); None: not packed.
 
     Returns:
         ``[B, L, C]``.
     """
-    return mlp_residual(block, attention_residual(block, x, attention))
+    return mlp_residual(block, attention_residual(block, x, attention, lengths), lengths)
 
 
 def attention_residual(
         block: Block,
         x: torch.Tensor,
         attention: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+        lengths: Optional[Sequence[int]] = None,
 ) -> torch.Tensor:
     """The first half of timm's ``Block.forward``: ``x + attention(block.attn, norm1(x))`` (with
-    LayerScale and drop path), ``[B, L, C]``."""
-    return x + block.drop_path1(block.ls1(attention(block.attn, block.norm1(x))))
+    LayerScale and drop path, per image of a packed ``x`` with ``lengths``), ``[B, L, C]``."""
+    return x + packed_drop_path(block.drop_path1, block.ls1(attention(block.attn, block.norm1(x))), lengths)
 
 
-def mlp_residual(block: Block, x: torch.Tensor) -> torch.Tensor:
+def mlp_residual(block: Block, x: torch.Tensor, lengths: Optional[Sequence[int]] = None) -> torch.Tensor:
     """The second half of timm's ``Block.forward``: ``x + mlp(norm2(x))`` (with LayerScale and drop
-    path), ``[B, L, C]``; L may differ from the first half's (tokens dropped in between)."""
-    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    path, per image of a packed ``x`` with ``lengths``), ``[B, L, C]``; L may differ from the first
+    half's (tokens dropped in between)."""
+    return x + packed_drop_path(block.drop_path2, block.ls2(block.mlp(block.norm2(x))), lengths)
 
 
 def unpack_tokens(x: torch.Tensor, lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ from einops import rearrange
 from timm.models.vision_transformer import Block
 
 from .attention import attend, merge_heads
-from .token_ops import mlp_residual
+from .token_ops import mlp_residual, packed_drop_path
 
 __all__ = ['packed_padding', 'sample_points', 'sample_tokens', 'sampling_block_forward']
 
@@ -139,5 +139,5 @@ def sampling_block_forward(
                    for qi, ki, vi in zip(q_kept.split(new_lengths, dim=1), k.split(list(lengths), dim=1),
                                          v.split(list(lengths), dim=1))], dim=1)  # [H, T', D]
     gate = attn.gate(h[:, kept]).sigmoid() if getattr(attn, 'gate', None) is not None else None
-    x = x[:, kept] + block.drop_path1(block.ls1(merge_heads(attn, o[None], gate)))
-    return mlp_residual(block, x), keep, new_lengths
+    x = x[:, kept] + packed_drop_path(block.drop_path1, block.ls1(merge_heads(attn, o[None], gate)), new_lengths)
+    return mlp_residual(block, x, new_lengths), keep, new_lengths

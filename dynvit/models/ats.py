@@ -320,8 +320,8 @@ def ats_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> ATSViT:
 @register_model
 def ats_pico_patch4_28(pretrained: bool = False, **kwargs: Any) -> ATSViT:
     """ATS on the zoo's 28-px ViT (patch 4: 49 patches; 96 wide, 6 blocks, 3 heads, convolutional
-    stem). By default sampling in blocks 1..5, 35 points each (budget 0.7)."""
-    model_args = pico_28_args(ats_blocks=(1, 2, 3, 4, 5), budget=0.7)
+    stem). By default sampling in blocks 1..5, 49 points each (budget 0.999, the released setting)."""
+    model_args = pico_28_args(ats_blocks=(1, 2, 3, 4, 5), budget=0.999)
     return _create_ats('ats_pico_patch4_28', model_args, pretrained, **kwargs)
 
 
