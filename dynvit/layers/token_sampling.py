@@ -124,7 +124,7 @@ def sampling_block_forward(
     index, valid = packed_padding(lengths, x.device)  # [B, L]
     starts = index[:, 0]
     # significance: the class token's attention row (its own softmax over the image's keys) x value norms
-    k_pad = k[:, index].masked_fill(~valid[None, :, :, None], 0.0)  # [H, B, L, D]
+    k_pad = k[:, index]  # [H, B, L, D]; padding repeats a real key, masked below
     logits = torch.einsum('hbd,hbld->bhl', q[:, starts] * attn.scale, k_pad)  # [B, H, L]
     row = logits.float().masked_fill(~valid[:, None], float('-inf')).softmax(dim=-1).sum(dim=1)  # [B, L]
     value_norm = rearrange(v, 'h t d -> t (h d)').float().norm(dim=-1)[index]  # [B, L]
@@ -134,7 +134,7 @@ def sampling_block_forward(
     kept = index[keep]  # [T'] packed positions of the kept tokens, image after image
     new_lengths = keep.sum(dim=1).tolist()
     dropout_p = attn.attn_drop.p if attn.training else 0.0
-    q_kept = q[:, kept]
+    q_kept = q[:, kept]  # per image below: measured faster than one call padded to the longest image
     o = torch.cat([attend(qi[None], ki[None], vi[None], None, attn.fused_attn, attn.scale, dropout_p)[0]
                    for qi, ki, vi in zip(q_kept.split(new_lengths, dim=1), k.split(list(lengths), dim=1),
                                          v.split(list(lengths), dim=1))], dim=1)  # [H, T', D]

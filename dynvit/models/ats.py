@@ -100,8 +100,8 @@ class _Trace:
     """The counts and kept patches of a pass: tokens into each block, its query tokens, and per
     stage which patches are left (original positions)."""
 
-    def __init__(self, batch: int, num_prefix: int, num_patches: int, device: torch.device) -> None:
-        self.P, self.N, self.device = num_prefix, num_patches, device
+    def __init__(self, batch: int, num_prefix: int, num_patches: int, device: torch.device, track: bool) -> None:
+        self.P, self.N, self.device, self.track = num_prefix, num_patches, device, track
         self.keys: List[List[int]] = []  # per block, per image
         self.queries: List[List[int]] = []
         self.kept: List[torch.Tensor] = []
@@ -114,7 +114,12 @@ class _Trace:
         self.queries.append(queries)
 
     def stage(self, block: int, points: int, keep: torch.Tensor) -> None:
-        """Block ``block`` kept ``keep`` ``[B, L]`` (prefix first, padding False) of its tokens."""
+        """Block ``block`` kept ``keep`` ``[B, L]`` (prefix first, padding False) of its tokens
+        (the patches it kept are tracked only for an aux that is wanted)."""
+        self.blocks.append(block)
+        self.points.append(points)
+        if not self.track:
+            return
         picked = keep[:, self.P:self.P + self.patch_of.shape[1]]
         patches = self.patch_of[picked]  # the kept patches, image after image
         index, valid = packed_padding(picked.sum(dim=1).tolist(), self.device)
@@ -122,8 +127,6 @@ class _Trace:
         slots = torch.where(valid, self.patch_of, self.N)
         mask = torch.zeros(keep.shape[0], self.N + 1, device=self.device).scatter_(1, slots, 1.0)
         self.kept.append(mask[:, :self.N])
-        self.blocks.append(block)
-        self.points.append(points)
 
     def aux(self, **kwargs: Any) -> ATSAux:
         as_tensor = partial(torch.tensor, dtype=torch.long, device=self.device)
@@ -220,8 +223,8 @@ class ATSViT(TokenSparseViT):
 
         Args:
             images: ``[B, C, H, W]``.
-            want_aux: Also make the ``ATSAux`` (it is made anyway once a block sampled: its
-                ``token_mask`` marks the padding of the output).
+            want_aux: Also make the ``ATSAux`` (a pass that pools over the tokens makes one
+                anyway, without the kept patches: its ``token_mask`` marks the output's padding).
 
         Returns:
             Tokens ``[B, P + n, C]`` after the final norm (prefix tokens, then each image's kept
@@ -231,7 +234,7 @@ class ATSViT(TokenSparseViT):
         x = self._embed(images)
         B, L, C = x.shape
         P = self.num_prefix_tokens
-        trace = _Trace(B, P, L - P, x.device)
+        trace = _Trace(B, P, L - P, x.device, track=want_aux)
         lengths: Optional[List[int]] = None  # tokens per image once packed ([1, T, C]); None: [B, L, C]
         for i, block in enumerate(self.blocks):
             points = self.num_points(i, L - P)
@@ -250,8 +253,9 @@ class ATSViT(TokenSparseViT):
         token_mask = None
         if lengths is not None:
             x, token_mask = unpack_tokens(x, lengths)
-        elif not want_aux:
-            return x, None
+        if not want_aux and (token_mask is None or self.global_pool == 'token'):
+            return x, None  # nothing but the class token is read
+        # not wanted but pooled: the aux carries the output's token_mask (no kept patches tracked)
         return x, trace.aux(features=x, token_mask=token_mask, grid=self._patch_grid(images))
 
     # ---- MACs ----
