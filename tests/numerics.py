@@ -16,8 +16,8 @@ Tolerances follow from the computation, not from one machine's rounding:
 * Discrete outputs (kept tokens, channels, merges, top-1) are compared exactly, except where the
   decision itself sat within rounding of its threshold: two scores at a top-k boundary, a merge
   partner's runner-up or a threshold closer than the rounding tolerance. ``decision_margins``
-  finds those images (every ``topk``, ``sort``, ``max``/``argmax`` and comparison with a number
-  in the forward, recorded per image), and ``assert_matches`` reports them with a
+  finds those images (every ``topk``, ``sort`` (where its order is cut, or scattered back whole),
+  ``max``/``argmax`` and comparison with a number in the forward, recorded per image), and ``assert_matches`` reports them with a
   ``NearTieWarning`` instead of failing, and fails for any other difference.
 """
 import warnings
@@ -65,6 +65,7 @@ _SELECTIONS = {aten.topk.default: (2, -1, 'k'), aten.sort.default: (1, -1, 'orde
                aten.max.dim: (1, None, 'best'), aten.min.dim: (1, None, 'best'), aten.argmax.default: (1, None, 'best'),
                aten.argmin.default: (1, None, 'best')}
 _COMPARISONS = {aten.ge.Scalar, aten.gt.Scalar, aten.le.Scalar, aten.lt.Scalar}
+_SCATTERS = {aten.scatter.src, aten.scatter_.src, aten.scatter.value, aten.scatter_.value}
 
 
 def _selection_gaps(func, args, kwargs) -> Optional[torch.Tensor]:
@@ -120,6 +121,14 @@ class _Margins(TorchDispatchMode):
             if cut is not None and 0 < cut < n:
                 self._record(x, (v[..., cut - 1] - v[..., cut]).abs())
 
+    def _scattered(self, indices: torch.Tensor) -> None:
+        """A sort's whole order is scattered back (each sorted position decides something about the
+        element now there): records the gaps between neighbours in that order (equal masked -inf
+        values decide nothing)."""
+        _, x, v, _ = self.sorted[id(indices)]
+        if v.shape[-1] > 1:
+            self._record(x, (v[..., 1:] - v[..., :-1]).abs())
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
@@ -129,6 +138,8 @@ class _Margins(TorchDispatchMode):
         with torch.no_grad():
             if func is aten.slice.Tensor and id(x) in self.sorted:
                 self._cut(x, args, kwargs)
+            elif func in _SCATTERS and len(args) > 2 and id(args[2]) in self.sorted:
+                self._scattered(args[2])
             elif not x.is_floating_point():
                 pass
             elif func in _SELECTIONS:

@@ -58,7 +58,7 @@ def sample_tokens(scores: torch.Tensor, valid: torch.Tensor, num_points: int) ->
     B, n = scores.shape
     scores = scores.float().masked_fill(~valid, 0.0)
     weights = scores / scores.sum(dim=1, keepdim=True)  # normalised before sorting, as released
-    ranked, order = weights.masked_fill(~valid, -1.0).sort(dim=1)  # ascending, padding first
+    ranked, order = weights.masked_fill(~valid, float('-inf')).sort(dim=1)  # ascending, padding first
     cdf = ranked.clamp_min(0.0).cumsum(dim=1)  # [B, n]: the padding adds nothing
     first = (n - valid.sum(dim=1, keepdim=True)).clamp_max(n - 1)  # the least significant real token
     low, high = cdf.gather(1, first), cdf[:, -1:]
