@@ -17,7 +17,6 @@ same number here, and its budget is set to save about 35%); ToMe, EViT and ATS a
 import copy
 
 import timm
-import torch
 
 import dynvit
 from dynvit.runtime import smooth_images

@@ -58,6 +58,30 @@ def dense_twin(model):
     return dense
 
 
+def plain_vit(**kwargs):
+    """A plain timm ViT (DeiT's layout and keys) with the tiny ``test_*`` ViTs' geometry: 32 px,
+    patch 4, 32 wide, 4 blocks, 2 heads, MLP ratio 2, 10 classes (``kwargs`` over them), in eval mode."""
+    args = dict(img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2, num_classes=10)
+    return timm.models.VisionTransformer(**{**args, **kwargs}).eval()
+
+
+class Colours(torch.utils.data.Dataset):
+    """Noise images (3 x 32 x 32) whose class (of 3) is their brightest colour channel: learnable in a
+    few training steps."""
+
+    def __init__(self, n=16):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 3, 32, 32, generator=g) * 0.5
+        self.y = torch.arange(n) % 3
+        self.x[torch.arange(n), self.y] += 1.0
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
 def images(batch, size=32, chans=3):
     return torch.randn(batch, chans, size, size)
 

@@ -11,7 +11,6 @@ import timm
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from torch.utils.data import Dataset
 
 import dynvit
 from dynvit.layers import sample_points, sample_tokens
@@ -19,8 +18,8 @@ from dynvit.models import ats
 from dynvit.runtime import count_flops
 from dynvit.train import Trainer, TrainConfig
 
-from helpers import dense_twin, images, make_spec, run_cli
-from numerics import assert_matches, assert_rounding_close, gradient_tolerance, rounding_tolerance
+from helpers import Colours, dense_twin, images, make_spec, plain_vit, run_cli
+from numerics import assert_matches, assert_rounding_close, gradient_tolerance
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'official'
 
@@ -317,13 +316,8 @@ def test_gradient_checkpointing_any_image_size_and_bf16():
 
 # ---- a plain timm ViT ----
 
-def _timm_vit(**kwargs):
-    args = dict(img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2, num_classes=10)
-    return timm.models.VisionTransformer(**{**args, **kwargs}).eval()
-
-
 def test_apply_on_a_plain_timm_vit_equals_the_registered_model():
-    vit = _timm_vit()
+    vit = plain_vit()
     registered = dynvit.create_model('test_ats').eval()
     registered.load_state_dict(vit.state_dict())
     x = images(3)
@@ -336,10 +330,10 @@ def test_apply_on_a_plain_timm_vit_equals_the_registered_model():
     cases = [
         (torch.nn.Linear(3, 3), 'is not a timm VisionTransformer'),
         (timm.create_model('deit_tiny_distilled_patch16_224', img_size=32, patch_size=4, depth=2), 'overrides'),
-        (_timm_vit(class_token=False, global_pool='avg'), 'has none'),
-        (_timm_vit(block_fn=timm.models.vision_transformer.ParallelScalingBlock), 'timm Block'),
+        (plain_vit(class_token=False, global_pool='avg'), 'has none'),
+        (plain_vit(block_fn=timm.models.vision_transformer.ParallelScalingBlock), 'timm Block'),
         (dynvit.create_model('test_evit'), 'already a dynvit token model'),
-        (_timm_vit(), r'\(0, 1\]'),
+        (plain_vit(), r'\(0, 1\]'),
     ]
     for vit, match in cases:
         with pytest.raises(ValueError, match=match) as e:
@@ -350,7 +344,7 @@ def test_apply_on_a_plain_timm_vit_equals_the_registered_model():
 
 def test_dense_checkpoints_and_the_released_layout_load(tmp_path):
     from safetensors.torch import save_file
-    deit = _timm_vit()
+    deit = plain_vit()
     path = str(tmp_path / 'deit.safetensors')
     save_file(deit.state_dict(), path)
     model = dynvit.create_model('test_ats', budget=1.0, pretrained=True,
@@ -360,35 +354,19 @@ def test_dense_checkpoints_and_the_released_layout_load(tmp_path):
         torch.testing.assert_close(model(x), deit(x), rtol=0, atol=0)
     released = {**deit.state_dict(), **{f'blocks.{i}.attn.out_zero_mask': torch.zeros(1, 32) for i in (1, 2, 3)}}
     model.load_state_dict(ats.checkpoint_filter_fn({'model': released}, model))
-    save_file(_timm_vit(depth=3).state_dict(), path)
+    save_file(plain_vit(depth=3).state_dict(), path)
     with pytest.raises(ValueError, match='missing: blocks.3'):
         dynvit.create_model('test_ats', pretrained=True, pretrained_cfg_overlay=dict(file=path))
 
 
 # ---- training and the command line ----
 
-class _Colours(Dataset):
-    """Noise images whose class is their brightest colour channel."""
-
-    def __init__(self, n=16):
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(n, 3, 32, 32, generator=g) * 0.5
-        self.y = torch.arange(n) % 3
-        self.x[torch.arange(n), self.y] += 1.0
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.y[i])
-
-
 def test_fine_tuning_through_the_trainer_lowers_the_loss():
     torch.manual_seed(0)
     model = dynvit.create_model('test_ats', num_classes=3, budget=0.5)
     config = TrainConfig(epochs=3, batch_size=8, lr=5e-3, warmup_epochs=0.5, sparsity_start=1.0,
                          sparsity_warmup_epochs=2)
-    history = Trainer(model, _Colours(), None, config, progress=False).fit()
+    history = Trainer(model, Colours(), None, config, progress=False).fit()
     assert history[-1]['train_loss'] < history[0]['train_loss']
     assert history[-1]['train_sparsity'] == [0.5] and model.budget == (0.5,) * 3
     assert history[0]['train_keep_rate'] > history[-1]['train_keep_rate']

@@ -11,14 +11,13 @@ import timm
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from torch.utils.data import Dataset
 
 import dynvit
 from dynvit.models import evit
 from dynvit.runtime import count_flops
 from dynvit.train import Trainer, TrainConfig
 
-from helpers import dense_twin, images, make_spec, run_cli
+from helpers import Colours, dense_twin, images, make_spec, plain_vit, run_cli
 from numerics import assert_matches, assert_rounding_close, gradient_tolerance, rounding_tolerance, tolerance
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'official'
@@ -284,14 +283,8 @@ def test_gradient_checkpointing_any_image_size_and_bf16():
 
 # ---- checkpoints and evit_from_vit ----
 
-def _timm_vit(**kwargs):
-    """A plain timm ViT (DeiT's layout and keys) with ``test_evit``'s geometry."""
-    args = dict(img_size=32, patch_size=4, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2, num_classes=10)
-    return timm.models.VisionTransformer(**{**args, **kwargs}).eval()
-
-
 def test_dense_and_dynamicvit_checkpoints_load(tmp_path):
-    deit = _timm_vit()
+    deit = plain_vit()
     path = str(tmp_path / 'deit.safetensors')
     save_file(deit.state_dict(), path)
     x = images(2)
@@ -307,13 +300,13 @@ def test_dense_and_dynamicvit_checkpoints_load(tmp_path):
     assert model.drop_loc == (1, 2, 3) and model.keep_ratio == (0.7,) * 3
     with torch.no_grad():
         torch.testing.assert_close(model.set_sparsity(keep_ratio=1.0)(x), source(x), rtol=0, atol=0)
-    save_file(_timm_vit(depth=3).state_dict(), path)
+    save_file(plain_vit(depth=3).state_dict(), path)
     with pytest.raises(ValueError, match='missing: blocks.3'):
         dynvit.create_model('test_evit', pretrained=True, pretrained_cfg_overlay=dict(file=path))
 
 
 def test_evit_from_vit_equals_the_registered_model(tmp_path):
-    vit = _timm_vit()
+    vit = plain_vit()
     model = evit.evit_from_vit(vit, keep_ratio=0.7, drop_loc=(1, 2))
     registered = dynvit.create_model('test_evit').eval()
     registered.load_state_dict(vit.state_dict())
@@ -327,7 +320,7 @@ def test_evit_from_vit_equals_the_registered_model(tmp_path):
     applied = dynvit.apply(vit, 'evit', keep_ratio=0.7, drop_loc=(1, 2))  # the generic way, same model
     with torch.no_grad():
         torch.testing.assert_close(applied(x), registered(x), rtol=0, atol=0)
-    regularised = evit.evit_from_vit(_timm_vit(patch_drop_rate=0.25, drop_path_rate=0.1, attn_drop_rate=0.05,
+    regularised = evit.evit_from_vit(plain_vit(patch_drop_rate=0.25, drop_path_rate=0.1, attn_drop_rate=0.05,
                                                proj_drop_rate=0.1, pos_drop_rate=0.1, drop_rate=0.2))
     assert regularised.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1) and regularised.patch_drop.prob == 0.25
     path = str(tmp_path / 'from_vit.safetensors')
@@ -361,33 +354,17 @@ def test_evit_from_vit_refuses_what_it_cannot_rebuild(make, match):
 
 # ---- training and the command line ----
 
-class _Colours(Dataset):
-    """Noise images whose class is their brightest colour channel: learnable in a few steps."""
-
-    def __init__(self, n=16):
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(n, 3, 32, 32, generator=g) * 0.5
-        self.y = torch.arange(n) % 3
-        self.x[torch.arange(n), self.y] += 1.0
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.y[i])
-
-
 def test_training_with_keep_rate_warmup_and_distillation_lowers_the_loss():
     torch.manual_seed(0)
     model = dynvit.create_model('test_evit', num_classes=3, keep_ratio=0.5)
     config = TrainConfig(epochs=3, batch_size=8, lr=5e-3, warmup_epochs=0.5, sparsity_start=1.0,
                          sparsity_warmup_epochs=2)
-    history = Trainer(model, _Colours(), None, config, progress=False).fit()
+    history = Trainer(model, Colours(), None, config, progress=False).fit()
     assert history[-1]['train_loss'] < history[0]['train_loss']
     assert history[0]['train_sparsity'][0] > 0.5 and history[-1]['train_sparsity'] == [0.5, 0.5]
     assert history[0]['train_keep_rate'] > history[-1]['train_keep_rate']
     assert model.keep_ratio == (0.5, 0.5)
-    logits, aux = model(_Colours().x[:4], return_aux=True)
+    logits, aux = model(Colours().x[:4], return_aux=True)
     target, teacher = torch.tensor([0, 1, 2, 0]), torch.randn(4, 3)
     loss, parts = model.training_objective(dynvit.losses.ObjectiveConfig())(logits, aux, target, teacher_logits=teacher)
     kl = (teacher.softmax(1) * (teacher.log_softmax(1) - logits.log_softmax(1))).sum(1).mean()

@@ -16,7 +16,7 @@ Images keep different counts, so from the first sampling block on a batch runs p
 of all images in one ``[1, T, C]`` sequence (``token_ops``), the token-wise layers once over all
 of them, the attention per image.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from einops import rearrange

@@ -12,16 +12,24 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tupl
 
 import torch
 import torch.nn as nn
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn as vit_checkpoint_filter_fn
 
 from ..layers import is_packable, is_timm_attention
 from ..runtime.macs import dense_vit_macs, vit_macs
 from ._base import DynamicAux, DynamicModel
-from ._helpers import build_dynamic_model, embed_tokens, run_block, vit_embed_layer, with_stem_cfg
+from ._helpers import (
+    build_dynamic_model,
+    check_state_dict,
+    embed_tokens,
+    first_conv_keys,
+    run_block,
+    vit_embed_layer,
+    with_stem_cfg,
+)
 from ._tags import with_tag_args, zoo_cfgs
 
 __all__ = ['TokenAux', 'TokenSparseViT', 'adopt_plain_vit', 'build_token_vit', 'check_attention_blocks', 'deit_cfgs',
-           'pico_28_args', 'pico_cfgs', 'tiny_test_cfgs']
+           'pico_28_args', 'pico_cfgs', 'tiny_test_cfgs', 'token_vit_checkpoint_filter']
 
 
 @dataclass(kw_only=True)
@@ -98,10 +106,15 @@ class TokenSparseViT(DynamicModel, VisionTransformer):
 
     Class attributes:
         attn_layer: The attention class the blocks get unless ``attn_layer`` is given (None: timm's).
+        class_token_use: What the family reads the class token for ('ranks tokens by the attention of
+            the class token'); a family that needs one says so and models without one are refused.
     """
     attn_layer: ClassVar[Optional[type]] = None
+    class_token_use: ClassVar[str] = ''
 
     def __init__(self, *, stem: str = 'patch', family_args: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
+        if self.class_token_use and not kwargs.get('class_token', True):
+            raise ValueError(f'{self.family} {self.class_token_use}; class_token=False is not supported')
         global_pool = kwargs.get('global_pool', 'token')
         if global_pool in ('map', 'prr'):
             raise ValueError(f"global_pool='{global_pool}' (attention pooling) is not supported by {self.family}; "
@@ -271,6 +284,25 @@ def build_token_vit(model_cls: type, filter_fn: Any, variant: str, model_args: D
                                **with_stem_cfg(kwargs))
 
 
+def token_vit_checkpoint_filter(
+        state_dict: Dict[str, torch.Tensor],
+        model: TokenSparseViT,
+        drop_suffixes: Tuple[str, ...] = (),
+) -> Dict[str, torch.Tensor]:
+    """Maps a checkpoint in timm's ViT layout (the family's own files, a released training script's
+    ``ckpt['model']``, a dense timm/DeiT file, or another family's file: its backbone) onto
+    ``model``, without the keys ending in ``drop_suffixes`` (constants a released code stores);
+    key layouts that fit none raise a ValueError naming the keys."""
+    state_dict = state_dict.get('model', state_dict)  # the released training scripts save ckpt['model']
+    state_dict = model._drop_foreign_parts(state_dict)  # another family's file: its backbone
+    if drop_suffixes:
+        state_dict = {k: v for k, v in state_dict.items() if not k.endswith(drop_suffixes)}
+    state_dict = vit_checkpoint_filter_fn(state_dict, model)
+    # timm drops a classifier of another size and adapts the input channels after this filter
+    check_state_dict(state_dict, model, ignore=('head.',), any_shape=first_conv_keys(model))
+    return state_dict
+
+
 def check_attention_blocks(model: VisionTransformer, what: str) -> None:
     """Refuses, in one line, blocks other than timm ``Block`` with timm ``Attention`` (a family that
     ``what``, e.g. 'merges tokens', inside them needs their queries, keys and values)."""
@@ -281,8 +313,7 @@ def check_attention_blocks(model: VisionTransformer, what: str) -> None:
                          f'{type(b).__name__} with {type(getattr(b, "attn", None)).__name__}')
 
 
-def adopt_plain_vit(model: nn.Module, family_cls: type, init: str, needs_class_token: bool,
-                    **settings: Any) -> TokenSparseViT:
+def adopt_plain_vit(model: nn.Module, family_cls: type, init: str, **settings: Any) -> TokenSparseViT:
     """Turns a built timm ``VisionTransformer`` into ``family_cls``, in place (``dynvit.apply``).
 
     The class is swapped (as token-merging patches of timm models do): modules, weights and their
@@ -293,7 +324,6 @@ def adopt_plain_vit(model: nn.Module, family_cls: type, init: str, needs_class_t
         model: A plain timm ``VisionTransformer`` (not a subclass with its own forward).
         family_cls: A ``TokenSparseViT`` subclass.
         init: The name of its method that sets up its settings on an adopted model.
-        needs_class_token: Whether the family needs a class token.
         **settings: Its sparsity settings.
 
     Returns:
@@ -308,7 +338,7 @@ def adopt_plain_vit(model: nn.Module, family_cls: type, init: str, needs_class_t
         raise ValueError(f'{family} applies to plain timm VisionTransformer models; {name} {what}')
     if model.global_pool in ('map', 'prr'):
         raise ValueError(f"{family} does not support global_pool='{model.global_pool}' (attention pooling)")
-    if needs_class_token and not model.has_class_token:
+    if family_cls.class_token_use and not model.has_class_token:
         raise ValueError(f'{family} reads the attention of the class token, and this {name} has none')
     model.__class__ = family_cls
     try:

@@ -33,7 +33,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.models import generate_default_cfgs, register_model
-from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn
 
 from ..families import spec_of
 from ..layers import packed_block_forward, packed_padding, sampling_block_forward, unpack_tokens
@@ -41,7 +40,7 @@ from ..losses import ClassificationLoss, ObjectiveConfig
 from ..runtime.macs import vit_macs
 from ._apply import register_method
 from ._base import setting
-from ._helpers import check_state_dict, first_conv_keys, run_block, vit_cfg
+from ._helpers import run_block, vit_cfg
 from ._staged import block_indices, per_stage_ratio
 from ._token_vit import (
     TokenAux,
@@ -53,6 +52,7 @@ from ._token_vit import (
     pico_28_args,
     pico_cfgs,
     tiny_test_cfgs,
+    token_vit_checkpoint_filter,
 )
 
 __all__ = ['ATSAux', 'ATSViT', 'apply_ats', 'default_ats_blocks']
@@ -149,6 +149,7 @@ class ATSViT(TokenSparseViT):
     """
     spec = spec_of('ATS')
     sparsity_args = ('ats_blocks', 'budget')
+    class_token_use = 'scores tokens by the attention of the class token'
 
     ats_blocks = setting('ats_blocks', 'Blocks that sample the tokens to keep.')
     budget = setting('budget', 'Per ATS block, the points sampled as a fraction of the patches (1.0: none).')
@@ -160,9 +161,6 @@ class ATSViT(TokenSparseViT):
             budget: Union[float, Sequence[float]] = 0.999,
             **kwargs: Any,
     ) -> None:
-        if not kwargs.get('class_token', True):
-            raise ValueError('ATS scores tokens by the attention of the class token; class_token=False is not '
-                             'supported')
         super().__init__(**kwargs)
         self._init_sampling(ats_blocks=ats_blocks, budget=budget)
 
@@ -278,12 +276,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: ATSViT) -> 
     """Maps a dense timm/DeiT ViT checkpoint, the released ATS code's (timm's keys, plus the
     ``attn.out_zero_mask`` buffers of its ATS blocks, dropped) or another family's (its backbone)
     onto ``model``; key layouts that fit none of these raise a ValueError naming the keys."""
-    state_dict = state_dict.get('model', state_dict)
-    state_dict = model._drop_foreign_parts(state_dict)
-    state_dict = {k: v for k, v in state_dict.items() if not k.endswith('attn.out_zero_mask')}
-    state_dict = vit_checkpoint_filter_fn(state_dict, model)
-    check_state_dict(state_dict, model, ignore=('head.',), any_shape=first_conv_keys(model))
-    return state_dict
+    return token_vit_checkpoint_filter(state_dict, model, drop_suffixes=('attn.out_zero_mask',))
 
 
 # _create_*(variant, model_args, pretrained, **kwargs): the variant built with its family's checkpoint filter
@@ -367,8 +360,7 @@ def apply_ats(model: torch.nn.Module, budget: Union[float, Sequence[float]] = 0.
         The same model, now an ``ATSViT`` (``dynvit.save_model`` needs a model created by name:
         ``dynvit.create_model('ats_...')``).
     """
-    return adopt_plain_vit(model, ATSViT, '_init_sampling', needs_class_token=True,
-                           ats_blocks=ats_blocks, budget=budget)
+    return adopt_plain_vit(model, ATSViT, '_init_sampling', ats_blocks=ats_blocks, budget=budget)
 
 
 register_method('ats', apply_ats)

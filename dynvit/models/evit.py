@@ -38,14 +38,14 @@ import torch
 import torch.nn as nn
 from timm.layers import LayerScale, PatchDropout
 from timm.models import generate_default_cfgs, register_model
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn as vit_checkpoint_filter_fn
+from timm.models.vision_transformer import VisionTransformer
 
 from ..families import spec_of
 from ..layers import ConvPatchEmbed, block_forward_keep_attentive
 from ..losses import ClassificationLoss, ObjectiveConfig
 from ._apply import register_method
 from ..runtime.macs import vit_macs
-from ._helpers import check_state_dict, first_conv_keys, run_block, vit_cfg
+from ._helpers import run_block, vit_cfg
 from ._base import DynamicModel, setting
 from ._staged import StagedTokenViT
 from ._token_vit import (
@@ -56,6 +56,7 @@ from ._token_vit import (
     pico_28_args,
     pico_cfgs,
     tiny_test_cfgs,
+    token_vit_checkpoint_filter,
 )
 from ._tags import register_tag_args
 
@@ -198,6 +199,7 @@ class EViT(StagedTokenViT):
     """
     spec = spec_of('EViT')
     sparsity_args = ('drop_loc', 'keep_ratio', 'fuse_token')
+    class_token_use = 'ranks tokens by the attention of the class token'
     loc_arg = 'drop_loc'
     stages_what = 'pruning blocks (drop_loc)'
     ratio_meaning = 'the fraction of its tokens a pruning block keeps'
@@ -213,9 +215,6 @@ class EViT(StagedTokenViT):
             fuse_token: bool = True,
             **kwargs: Any,
     ) -> None:
-        if not kwargs.get('class_token', True):
-            raise ValueError('EViT ranks tokens by the attention of the class token; class_token=False is not '
-                             'supported')
         super().__init__(**kwargs)
         check_attention_blocks(self, 'reads the class attention')
         if keep_ratio is None or fuse_token is None:
@@ -293,12 +292,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EViT) -> Di
 
     Key layouts that fit none of these raise a ValueError naming the keys.
     """
-    state_dict = state_dict.get('model', state_dict)  # the released training scripts save ckpt['model']
-    state_dict = model._drop_foreign_parts(state_dict)  # another family's file: its backbone
-    state_dict = vit_checkpoint_filter_fn(state_dict, model)
-    # timm drops a classifier of another size and adapts the input channels after this filter
-    check_state_dict(state_dict, model, ignore=('head.',), any_shape=first_conv_keys(model))
-    return state_dict
+    return token_vit_checkpoint_filter(state_dict, model)
 
 
 # _create_*(variant, model_args, pretrained, **kwargs): the variant built with its family's checkpoint filter

@@ -33,8 +33,6 @@ from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoin
 from ..families import spec_of
 from ..layers import (
     block_forward_with_cls_attention,
-    is_packable,
-    is_timm_attention,
     merge_slow_fast,
     split_slow_fast,
 )
@@ -42,7 +40,15 @@ from ..losses import DistilledLoss, ObjectiveConfig, check_weight
 from ._helpers import check_state_dict, first_conv_keys, is_scalar, run_block, vit_cfg
 from ._base import setting
 from ._staged import StagedTokenViT
-from ._token_vit import TokenAux, build_token_vit, deit_cfgs, pico_28_args, pico_cfgs, tiny_test_cfgs
+from ._token_vit import (
+    TokenAux,
+    build_token_vit,
+    check_attention_blocks,
+    deit_cfgs,
+    pico_28_args,
+    pico_cfgs,
+    tiny_test_cfgs,
+)
 from ._tags import register_tag_args
 
 __all__ = ['EvoVisionTransformer', 'EvoViTAux', 'EvoViTLoss']
@@ -161,6 +167,7 @@ class EvoVisionTransformer(StagedTokenViT):
             ``VisionTransformer`` arguments (it needs a class token).
     """
     spec = spec_of('Evo-ViT')
+    class_token_use = 'ranks patches by the attention of the class token'
     sparsity_args = ('select_loc', 'keep_ratio', 'tradeoff', 'representative_token', 'aux_head')
     loc_arg = 'select_loc'
     loc_lowest = 1
@@ -183,15 +190,8 @@ class EvoVisionTransformer(StagedTokenViT):
             aux_head: bool = True,
             **kwargs: Any,
     ) -> None:
-        if not kwargs.get('class_token', True):
-            raise ValueError('Evo-ViT ranks patches by the attention of the class token; class_token=False '
-                             'is not supported')
         super().__init__(family_args={'aux_head': aux_head}, **kwargs)
-        bad = [i for i, b in enumerate(self.blocks) if not (is_packable(b) and is_timm_attention(b.attn))]
-        if bad:
-            b = self.blocks[bad[0]]
-            raise ValueError(f'Evo-ViT reads the class attention inside timm Block blocks with timm Attention; '
-                             f'blocks {bad} are {type(b).__name__} with {type(getattr(b, "attn", None)).__name__}')
+        check_attention_blocks(self, 'reads the class attention')
         self.norm_cls: Optional[nn.Module] = None
         self.head_cls: Optional[nn.Module] = None
         if aux_head:

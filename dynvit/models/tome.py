@@ -39,7 +39,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
-from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn
 
 from ..families import spec_of
 from ..layers import (
@@ -50,7 +49,7 @@ from ..layers import (
     size_bias,
 )
 from ..losses import ClassificationLoss, ObjectiveConfig
-from ._helpers import check_state_dict, first_conv_keys, is_scalar, run_block, vit_cfg
+from ._helpers import is_scalar, run_block, vit_cfg
 from ._base import setting
 from ._token_vit import (
     TokenAux,
@@ -62,6 +61,7 @@ from ._token_vit import (
     pico_28_args,
     pico_cfgs,
     tiny_test_cfgs,
+    token_vit_checkpoint_filter,
 )
 from ._apply import register_method
 
@@ -385,7 +385,7 @@ def apply_tome(model: nn.Module, r: RSetting = 8, **settings: Any) -> ToMeVision
         The same model, now a ``ToMeVisionTransformer`` (``dynvit.save_model`` needs a model
         created by name: ``dynvit.create_model('tome_...')``).
     """
-    return adopt_plain_vit(model, ToMeVisionTransformer, '_init_merging', needs_class_token=False, r=r, **settings)
+    return adopt_plain_vit(model, ToMeVisionTransformer, '_init_merging', r=r, **settings)
 
 
 register_method('tome', apply_tome)
@@ -394,12 +394,7 @@ register_method('tome', apply_tome)
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: ToMeVisionTransformer) -> Dict[str, torch.Tensor]:
     """Maps a dense timm/DeiT ViT checkpoint (ToMe adds no parameters), or the backbone of
     another token family's, onto ``model``; key layouts that fit none raise a ValueError naming the keys."""
-    state_dict = state_dict.get('model', state_dict)
-    state_dict = model._drop_foreign_parts(state_dict)  # another family's file: its backbone
-    state_dict = vit_checkpoint_filter_fn(state_dict, model)
-    # timm drops a classifier of another size and adapts the input channels after this filter
-    check_state_dict(state_dict, model, ignore=('head.',), any_shape=first_conv_keys(model))
-    return state_dict
+    return token_vit_checkpoint_filter(state_dict, model)
 
 
 # _create_*(variant, model_args, pretrained, **kwargs): the variant built with its family's checkpoint filter
